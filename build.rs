@@ -1,0 +1,21 @@
+//! Compiles `proto/` with protox (a pure-Rust protobuf compiler, so no protoc is
+//! needed) and generates tonic servers and clients, plus the descriptor set that
+//! server reflection serves.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const PROTOS: &[&str] = &["proto/tollgate/v1/tollgate.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    fs::write(out.join("tollgate_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

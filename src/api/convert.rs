@@ -1,0 +1,99 @@
+//! proto ⇄ domain. Bad input becomes `INVALID_ARGUMENT` naming the field.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use tonic::Status;
+
+use crate::engine::Nanos;
+use crate::limiter::{Decision, LimitStatus, Request, Verdict};
+use crate::proto::tollgate::v1 as pb;
+
+/// The longest subject, account or resource accepted, in bytes.
+pub const MAX_ID_LEN: usize = 1024;
+
+/// Checks a `LimitRequest` and borrows it as a limiter request.
+pub fn limit_request(r: &pb::LimitRequest) -> Result<Request<'_>, Status> {
+    if r.subject.trim().is_empty() {
+        return Err(Status::invalid_argument("subject: must not be empty"));
+    }
+    for (field, value) in [
+        ("subject", &r.subject),
+        ("account", &r.account),
+        ("resource", &r.resource),
+    ] {
+        if value.len() > MAX_ID_LEN {
+            return Err(Status::invalid_argument(format!(
+                "{field}: longer than {MAX_ID_LEN} bytes"
+            )));
+        }
+    }
+    if let Some(unit) = r.cost.keys().find(|u| u.trim().is_empty()) {
+        return Err(Status::invalid_argument(format!(
+            "cost: unit name {unit:?} must not be empty"
+        )));
+    }
+    let method = ["method", ":method"]
+        .iter()
+        .find_map(|k| r.attributes.get(*k))
+        .map(String::as_str)
+        .filter(|m| !m.is_empty());
+    Ok(Request {
+        subject: &r.subject,
+        account: &r.account,
+        resource: &r.resource,
+        method,
+        cost: &r.cost,
+    })
+}
+
+/// A decision as sent.
+pub fn decision(d: Decision) -> pb::Decision {
+    pb::Decision {
+        verdict: verdict(d.verdict) as i32,
+        plan: d.plan.to_string(),
+        class: d.class.as_deref().unwrap_or_default().to_owned(),
+        limits: d.limits.iter().map(limit_status).collect(),
+        retry_after: d.retry_after.map(duration),
+        headers: d
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        reason: d.reason,
+    }
+}
+
+/// A limit's state as sent.
+pub fn limit_status(l: &LimitStatus) -> pb::LimitStatus {
+    pb::LimitStatus {
+        name: l.name.to_string(),
+        unit: l.unit.to_string(),
+        limit: l.limit,
+        remaining: (!l.unlimited).then_some(l.remaining),
+        window: (l.window > 0).then(|| duration(l.window)),
+        reset_at: (!l.unlimited).then(|| timestamp(l.reset_at)),
+        unlimited: l.unlimited,
+        class: l.class.as_deref().unwrap_or_default().to_owned(),
+        algorithm: l
+            .algorithm
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+fn verdict(v: Verdict) -> pb::Verdict {
+    match v {
+        Verdict::Allowed => pb::Verdict::Allowed,
+        Verdict::RateLimited => pb::Verdict::RateLimited,
+        Verdict::NotInPlan => pb::Verdict::NotInPlan,
+        Verdict::TooLarge => pb::Verdict::TooLarge,
+    }
+}
+
+fn duration(n: Nanos) -> prost_types::Duration {
+    prost_types::Duration::try_from(Duration::from_nanos(n)).unwrap_or_default()
+}
+
+fn timestamp(n: Nanos) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_nanos(n))
+}

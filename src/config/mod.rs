@@ -1,0 +1,79 @@
+//! The configuration file: YAML, validated in full before anything uses it.
+//!
+//! [`parse`] turns text into a [`Catalog`] or into every problem found, each
+//! naming the file, the line and the field (`tollgate.yaml:14:
+//! plans.pro.limits[2].rate: expected "<amount>/<window>", got "30 per min"`).
+//! Library code never reads the environment: callers pass a path or text.
+
+mod compile;
+pub mod error;
+pub mod raw;
+
+use std::path::Path;
+
+pub use error::{Error, Problem};
+
+use crate::plans::{Catalog, SlotRegistry};
+
+/// The built-in configuration (`examples/saas.yaml`), used when none is given.
+pub const DEFAULT: &str = include_str!("../../examples/saas.yaml");
+
+/// The name errors give the built-in configuration.
+pub const DEFAULT_NAME: &str = "examples/saas.yaml (built in)";
+
+/// Reads and compiles the file at `path`.
+pub fn load(path: &Path, slots: &SlotRegistry) -> Result<Catalog, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&path.display().to_string(), &text, slots)
+}
+
+/// Compiles `text`; `file` names it in errors.
+pub fn parse(file: &str, text: &str, slots: &SlotRegistry) -> Result<Catalog, Error> {
+    let raw = deserialize(file, text)?;
+    compile::compile(file, raw, slots).map_err(Error::Invalid)
+}
+
+fn deserialize(file: &str, text: &str) -> Result<raw::RawConfig, Error> {
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let line = e.location().map_or(0, |l| l.line());
+        let message = message_of(&e);
+        Error::Invalid(vec![Problem {
+            file: file.to_owned(),
+            line,
+            field: without_spans(&path),
+            message,
+        }])
+    })
+}
+
+/// A serde path without the `value` steps that [`serde_saphyr::Spanned`] adds.
+fn without_spans(path: &str) -> String {
+    if path == "." {
+        return String::new();
+    }
+    path.split('.')
+        .filter(|step| *step != "value")
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The bare message of a YAML error, without the location and snippet that
+/// [`Problem`] shows its own way.
+fn message_of(e: &serde_saphyr::Error) -> String {
+    let text = e.without_snippet().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    match first.rfind(" at line ") {
+        Some(i) => first[..i].to_owned(),
+        None => first.to_owned(),
+    }
+}

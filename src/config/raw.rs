@@ -1,0 +1,108 @@
+//! The YAML file as written: a serde mirror with no meaning attached yet.
+//!
+//! Unknown keys are errors. Values that later checks refer to are
+//! [`Spanned`], so those errors can name their line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `x-ratelimit` (default), `ietf` or `both`.
+    #[serde(default)]
+    pub headers: Option<Spanned<String>>,
+    /// Endpoint families, by name.
+    #[serde(default)]
+    pub classes: BTreeMap<String, RawClass>,
+    /// Plans, by name.
+    pub plans: Spanned<BTreeMap<String, Spanned<RawPlan>>>,
+    /// The plan of accounts with no assignment.
+    #[serde(default)]
+    pub default_plan: Option<Spanned<String>>,
+    /// Static account → plan assignments.
+    #[serde(default)]
+    pub assignments: BTreeMap<String, Spanned<String>>,
+}
+
+/// A class: the resources it matches.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClass {
+    /// Patterns: `[METHOD ]/path`, `*` matching any run of characters.
+    #[serde(rename = "match")]
+    pub patterns: Vec<Spanned<String>>,
+    /// For people.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A plan.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    /// The plan whose limits this one inherits.
+    #[serde(default)]
+    pub extends: Option<Spanned<String>>,
+    /// Scales every inherited ceiling.
+    #[serde(default)]
+    pub multiplier: Option<Spanned<f64>>,
+    /// This plan's own limits; they replace inherited ones of the same identity.
+    #[serde(default)]
+    pub limits: Vec<Spanned<RawLimit>>,
+    /// For people.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// One limit, deny or unlimited entry of a plan.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    /// Shown in answers and headers; generated when absent.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// The class it applies to; every request of the subject when absent.
+    #[serde(default)]
+    pub class: Option<Spanned<String>>,
+    /// What is counted; `requests` by default.
+    #[serde(default)]
+    pub unit: Option<Spanned<String>>,
+    /// `<amount>/<window>`, e.g. `30/minute`, `5000/hour`, `10/30s`.
+    #[serde(default)]
+    pub rate: Option<Spanned<String>>,
+    /// With `unlimited`, the window it lifts (all of the unit's when absent).
+    #[serde(default)]
+    pub window: Option<Spanned<String>>,
+    /// `fixed_window` (default), `sliding_window` or `token_bucket`.
+    #[serde(default)]
+    pub algorithm: Option<Spanned<String>>,
+    /// Extra allowance over the rate, `20%` or a number of units.
+    #[serde(default)]
+    pub burst: Option<Spanned<Burst>>,
+    /// No limit for this unit (and window).
+    #[serde(default)]
+    pub unlimited: Option<Spanned<bool>>,
+    /// The class is not in this plan; the message says why.
+    #[serde(default)]
+    pub deny: Option<Spanned<String>>,
+    /// The most one request may cost.
+    #[serde(default)]
+    pub max_cost: Option<Spanned<u64>>,
+    /// `subject` (default) or `account`.
+    #[serde(default)]
+    pub per: Option<Spanned<String>>,
+}
+
+/// `burst:` as written: a percentage string or a number of units.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Burst {
+    /// Units.
+    Units(u64),
+    /// `20%`.
+    Text(String),
+}

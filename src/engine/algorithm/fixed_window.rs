@@ -1,0 +1,76 @@
+//! Fixed windows aligned to the Unix epoch, as envoyproxy/ratelimit counts:
+//! a per-minute window runs from :00 to :59 of each minute, for everyone.
+//!
+//! State: `a` = window index (`now / window`), `b` = units counted in it.
+//! A stored index other than the current one means an empty window.
+
+use super::{Rate, Step};
+use crate::engine::{clock::Nanos, store::State};
+
+/// Evaluates `cost` against `state` at `now`.
+pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
+    let index = now / rate.window;
+    let start = index * rate.window;
+    let end = start.saturating_add(rate.window);
+    let count = if state.a == index { state.b } else { 0 };
+    let after = count.saturating_add(cost);
+    let fits = after <= rate.amount;
+    let wait = if fits {
+        Some(0)
+    } else if cost > rate.amount {
+        None
+    } else {
+        Some(end - now)
+    };
+    Step {
+        fits,
+        counted: State {
+            a: index,
+            b: after,
+            c: 0,
+        },
+        remaining: rate.amount.saturating_sub(count),
+        remaining_after: rate.amount.saturating_sub(after),
+        wait,
+        // The window resets at its end, used or not, as the seeds publish it.
+        free_at: end,
+        free_at_after: end,
+        expires_at: end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Nanos = 60_000_000_000;
+
+    fn rate(n: u64) -> Rate {
+        Rate::new(n, MIN).expect("nonzero")
+    }
+
+    #[test]
+    fn admits_up_to_the_amount_then_waits_for_the_boundary() {
+        let now = 100 * MIN + 15_000_000_000;
+        let mut s = State::default();
+        for _ in 0..3 {
+            let st = step(s, rate(3), now, 1);
+            assert!(st.fits);
+            s = st.counted;
+        }
+        let st = step(s, rate(3), now, 1);
+        assert!(!st.fits);
+        assert_eq!(st.wait, Some(45_000_000_000));
+        assert_eq!(st.remaining, 0);
+        let next = step(s, rate(3), 101 * MIN, 1);
+        assert!(next.fits);
+        assert_eq!(next.remaining, 3);
+    }
+
+    #[test]
+    fn a_cost_above_the_amount_never_fits() {
+        let st = step(State::default(), rate(60), 5 * MIN, 61);
+        assert!(!st.fits);
+        assert_eq!(st.wait, None);
+    }
+}

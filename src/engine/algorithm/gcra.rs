@@ -1,0 +1,120 @@
+//! Token bucket as GCRA (the generic cell rate algorithm): one theoretical
+//! arrival time (TAT) per counter.
+//!
+//! A bucket holds `amount` units and refills at `amount / window`, so an idle
+//! caller may spend a whole window's amount at once and the long-run average
+//! is `amount` per window. Each unit moves the TAT forward by
+//! `window / amount`; a cost fits while `max(TAT, now) + cost * window / amount`
+//! stays within `now + window`.
+//!
+//! Time is kept in units of `1 / amount` nanosecond, so every step is exact
+//! integer arithmetic with no rounding drift: `a` holds the TAT's whole
+//! nanoseconds and `c` the remainder, `b` the amount the TAT was computed for.
+//! When the amount changes (a plan change or an override), the debt carries
+//! over in units, not in time: an upgrade unblocks at once, and a downgrade
+//! never hands out fresh quota.
+
+use super::{Rate, Step, saturate};
+use crate::engine::{clock::Nanos, store::State};
+
+/// Evaluates `cost` against `state` at `now`.
+pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
+    let amount = u128::from(rate.amount);
+    let w = u128::from(rate.window);
+    let now_s = u128::from(now) * amount;
+    // Debt in units * window: the same quantity under any amount.
+    let debt = debt(state, now);
+    let capacity = amount * w;
+    let increment = u128::from(cost) * w;
+    let fits = debt + increment <= capacity;
+    let wait = if fits {
+        Some(0)
+    } else if increment > capacity {
+        None
+    } else {
+        Some(saturate((debt + increment - capacity).div_ceil(amount)))
+    };
+    let tat_after = now_s + debt + increment;
+    let remaining = |debt: u128| saturate(capacity.saturating_sub(debt) / w);
+    let to_nanos = |scaled: u128| saturate(scaled.div_ceil(amount));
+    Step {
+        fits,
+        counted: State {
+            a: saturate(tat_after / amount),
+            b: rate.amount,
+            c: saturate(tat_after % amount),
+        },
+        remaining: remaining(debt),
+        remaining_after: remaining(debt + increment),
+        wait,
+        free_at: to_nanos(now_s + debt),
+        free_at_after: to_nanos(tat_after),
+        expires_at: to_nanos(tat_after),
+    }
+}
+
+/// The stored debt at `now`, in units * window (`(TAT - now) * amount`).
+fn debt(state: State, now: Nanos) -> u128 {
+    if state.b == 0 {
+        return 0;
+    }
+    let stored_amount = u128::from(state.b);
+    let tat = u128::from(state.a) * stored_amount + u128::from(state.c);
+    tat.saturating_sub(u128::from(now) * stored_amount)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Nanos = 1_000_000_000;
+    const MIN: Nanos = 60 * SEC;
+    const T0: Nanos = 1_700_000_000 * SEC;
+
+    fn rate(n: u64) -> Rate {
+        Rate::new(n, MIN).expect("nonzero")
+    }
+
+    #[test]
+    fn an_idle_caller_spends_a_full_window_at_once() {
+        let mut s = State::default();
+        for i in 0..20 {
+            let st = step(s, rate(20), T0, 1);
+            assert!(st.fits, "request {i}");
+            s = st.counted;
+        }
+        let st = step(s, rate(20), T0, 1);
+        assert!(!st.fits);
+        assert_eq!(st.wait, Some(3 * SEC));
+        assert!(step(s, rate(20), T0 + 3 * SEC, 1).fits);
+    }
+
+    #[test]
+    fn amounts_that_do_not_divide_the_window_stay_exact() {
+        let r = Rate::new(3, SEC).expect("nonzero");
+        let mut s = State::default();
+        for _ in 0..3 {
+            let st = step(s, r, T0, 1);
+            assert!(st.fits);
+            s = st.counted;
+        }
+        assert!(!step(s, r, T0, 1).fits);
+        // Three thirds of a second refill exactly one second later.
+        let later = step(s, r, T0 + SEC, 3);
+        assert!(later.fits);
+    }
+
+    #[test]
+    fn debt_carries_over_a_change_of_amount_in_units() {
+        let mut s = State::default();
+        for _ in 0..20 {
+            s = step(s, rate(20), T0, 1).counted;
+        }
+        // Upgraded to 1000/minute: 980 left at once.
+        assert_eq!(step(s, rate(1000), T0, 1).remaining, 980);
+        // Downgraded to 10/minute: 20 units owed, nothing left for a minute.
+        let down = step(s, rate(10), T0, 1);
+        assert!(!down.fits);
+        assert_eq!(down.wait, Some(66 * SEC));
+    }
+}

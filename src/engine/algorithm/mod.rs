@@ -1,0 +1,73 @@
+//! The three algorithms, as pure steps over a [`State`](super::store::State).
+//!
+//! Each `step` takes the stored state, the limit, the time and a cost, and
+//! says everything a decision needs: whether the cost fits, the state with the
+//! cost counted, what remains, how long to wait and when the counter is free
+//! again. Nothing is read from a clock or written anywhere; the engine decides
+//! what to keep.
+
+pub mod fixed_window;
+pub mod gcra;
+pub mod sliding_window;
+
+use super::clock::Nanos;
+use super::store::State;
+
+/// A limit's size: `amount` units per `window` nanoseconds. Both are nonzero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    amount: u64,
+    window: Nanos,
+}
+
+/// What one algorithm says about one cost against one counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Whether the cost fits now.
+    pub fits: bool,
+    /// The state with the cost counted, whether or not it fits.
+    pub counted: State,
+    /// Units left before counting.
+    pub remaining: u64,
+    /// Units left after counting (0 when overdrawn).
+    pub remaining_after: u64,
+    /// When the cost does not fit: the wait until it would; `None` when it
+    /// never can (it is larger than the limit).
+    pub wait: Option<Nanos>,
+    /// When the counter is fully free again, before and after counting.
+    pub free_at: Nanos,
+    /// As `free_at`, with the cost counted.
+    pub free_at_after: Nanos,
+    /// When the counted state becomes equivalent to an unused counter.
+    pub expires_at: Nanos,
+}
+
+// === impl Rate ===
+
+impl Rate {
+    /// `amount` units per `window` nanoseconds; `None` when either is zero.
+    ///
+    /// ```
+    /// use tollgate::engine::algorithm::Rate;
+    /// let per_minute = Rate::new(30, 60_000_000_000).unwrap();
+    /// assert_eq!(per_minute.amount(), 30);
+    /// assert!(Rate::new(0, 1).is_none());
+    /// ```
+    pub fn new(amount: u64, window: Nanos) -> Option<Self> {
+        (amount > 0 && window > 0).then_some(Self { amount, window })
+    }
+
+    /// Units per window.
+    pub fn amount(self) -> u64 {
+        self.amount
+    }
+
+    /// The window, in nanoseconds.
+    pub fn window(self) -> Nanos {
+        self.window
+    }
+}
+
+fn saturate(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,185 @@
+//! The limiter engine: pure and synchronous, no I/O, no async, no clock of
+//! its own.
+//!
+//! A decision is a list of [`Item`]s (one counter, its algorithm, its rate and
+//! the cost to count) run as one unit over a [`CounterStore`]: `Consume`
+//! counts every item only if every item fits, `Check` counts nothing, and
+//! `Record` counts every item even past its limit. The store holds all of a
+//! decision's counters locked while the algorithms run, so concurrent
+//! decisions never overshoot.
+
+pub mod algorithm;
+pub mod clock;
+pub mod store;
+
+use smallvec::SmallVec;
+
+pub use algorithm::Rate;
+pub use clock::{Clock, ManualClock, Nanos, SystemClock};
+pub use store::{CounterKey, CounterStore, State};
+
+/// How a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Windows aligned to the Unix epoch.
+    FixedWindow,
+    /// Cloudflare's weighted previous + current window.
+    SlidingWindow,
+    /// GCRA: a bucket of one window's amount refilled continuously.
+    TokenBucket,
+}
+
+/// What a decision does with the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Would it fit? Counts nothing.
+    Check,
+    /// Counts every item if every item fits; otherwise nothing.
+    Consume,
+    /// Counts every item, even past its limit.
+    Record,
+}
+
+/// One counter of a decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Item<'a> {
+    /// The counter.
+    pub key: CounterKey<'a>,
+    /// How it counts.
+    pub algorithm: Algorithm,
+    /// Its size.
+    pub rate: Rate,
+    /// The units this request counts against it.
+    pub cost: u64,
+}
+
+/// The outcome of one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemStatus {
+    /// The cost fits now.
+    pub fits: bool,
+    /// The cost can never fit: it is larger than the limit.
+    pub too_large: bool,
+    /// Units left after this decision.
+    pub remaining: u64,
+    /// When the counter is fully free again after this decision.
+    pub free_at: Nanos,
+    /// When it does not fit: how long until it would.
+    pub wait: Nanos,
+}
+
+/// The outcome of a decision: one status per item, in item order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Every item fits (for `Record`: fitted before counting).
+    pub fits: bool,
+    /// The items' states were written.
+    pub counted: bool,
+    /// Per item, in order.
+    pub items: SmallVec<[ItemStatus; 4]>,
+}
+
+/// Runs decisions over a store.
+#[derive(Debug, Default)]
+pub struct Engine<S> {
+    store: S,
+}
+
+// === impl Algorithm ===
+
+impl Algorithm {
+    /// The name used in configuration and in answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FixedWindow => "fixed_window",
+            Self::SlidingWindow => "sliding_window",
+            Self::TokenBucket => "token_bucket",
+        }
+    }
+
+    /// One algorithm step (see [`algorithm`]).
+    pub fn step(self, state: State, rate: Rate, now: Nanos, cost: u64) -> algorithm::Step {
+        match self {
+            Self::FixedWindow => algorithm::fixed_window::step(state, rate, now, cost),
+            Self::SlidingWindow => algorithm::sliding_window::step(state, rate, now, cost),
+            Self::TokenBucket => algorithm::gcra::step(state, rate, now, cost),
+        }
+    }
+}
+
+// === impl Engine ===
+
+impl<S: CounterStore> Engine<S> {
+    /// An engine over `store`.
+    pub fn new(store: S) -> Self {
+        Self { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Runs one decision at `now`. The items' keys must be distinct.
+    ///
+    /// ```
+    /// use tollgate::engine::{Algorithm, CounterKey, Engine, Item, Mode, Rate};
+    /// use tollgate::storage::memory::MemoryStore;
+    ///
+    /// let engine = Engine::new(MemoryStore::new(1_000));
+    /// let item = Item {
+    ///     key: CounterKey { scope: "key_1", slot: 0 },
+    ///     algorithm: Algorithm::FixedWindow,
+    ///     rate: Rate::new(1, 60_000_000_000).unwrap(),
+    ///     cost: 1,
+    /// };
+    /// let now = 1_700_000_000_000_000_000;
+    /// assert!(engine.decide(Mode::Consume, now, &[item]).counted);
+    /// assert!(!engine.decide(Mode::Consume, now, &[item]).fits);
+    /// ```
+    pub fn decide(&self, mode: Mode, now: Nanos, items: &[Item<'_>]) -> Outcome {
+        let keys: SmallVec<[CounterKey<'_>; 4]> = items.iter().map(|i| i.key).collect();
+        let mut outcome = Outcome {
+            fits: false,
+            counted: false,
+            items: SmallVec::new(),
+        };
+        self.store.transact(&keys, now, &mut |states, expiries| {
+            let steps: SmallVec<[algorithm::Step; 4]> = items
+                .iter()
+                .zip(states.iter())
+                .map(|(item, state)| item.algorithm.step(*state, item.rate, now, item.cost))
+                .collect();
+            let fits = steps.iter().all(|s| s.fits);
+            let count = match mode {
+                Mode::Check => false,
+                Mode::Consume => fits,
+                Mode::Record => true,
+            };
+            outcome.items = steps
+                .iter()
+                .map(|s| ItemStatus {
+                    fits: s.fits,
+                    too_large: s.wait.is_none(),
+                    remaining: if count {
+                        s.remaining_after
+                    } else {
+                        s.remaining
+                    },
+                    free_at: if count { s.free_at_after } else { s.free_at },
+                    wait: s.wait.unwrap_or(0),
+                })
+                .collect();
+            if count {
+                for (i, step) in steps.iter().enumerate() {
+                    states[i] = step.counted;
+                    expiries[i] = step.expires_at;
+                }
+            }
+            outcome.fits = fits;
+            outcome.counted = count;
+            count
+        });
+        outcome
+    }
+}

@@ -1,0 +1,61 @@
+//! The contract every counter backend meets.
+//!
+//! A store keeps one [`State`] per [`CounterKey`] and runs a decision over
+//! several of them as one atomic unit: the closure sees every state of the
+//! decision under the store's lock and says whether its new states are kept.
+//! That is what makes a decision all-or-nothing and exact under concurrency.
+
+use super::clock::Nanos;
+
+/// What identifies a counter: who is counted (`scope`, a subject or an
+/// account) and which limit identity (`slot`: class, unit, window, algorithm,
+/// `per`) it counts for. Plans are not part of it, so usage carries over a plan
+/// change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CounterKey<'a> {
+    /// The subject or account counted.
+    pub scope: &'a str,
+    /// The interned limit identity (see `plans::SlotRegistry`).
+    pub slot: u32,
+}
+
+/// The stored state of one counter. Its meaning depends on the algorithm
+/// (see `algorithm`); all zeroes is the state of a counter never used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct State {
+    /// Window index (windows) or theoretical arrival time (GCRA).
+    pub a: u64,
+    /// Count in the current window (windows) or the amount the GCRA state was
+    /// computed under, to rescale it when the limit changes.
+    pub b: u64,
+    /// Count in the previous window (sliding window).
+    pub c: u64,
+}
+
+/// A counter backend.
+pub trait CounterStore: Send + Sync {
+    /// Runs `decide` over the current states of `keys` (in order; unused
+    /// counters read as `State::default()`), holding every one of them locked.
+    /// When `decide` returns `true`, the states it left in the slice are stored
+    /// with the expiry given for each key in `expiries`; otherwise nothing changes.
+    fn transact(
+        &self,
+        keys: &[CounterKey<'_>],
+        now: Nanos,
+        decide: &mut dyn FnMut(&mut [State], &mut [Nanos]) -> bool,
+    );
+
+    /// Forgets every counter of `scope`.
+    fn reset(&self, scope: &str);
+
+    /// Drops state that has expired by `now`; returns how many counters went.
+    fn reclaim(&self, now: Nanos) -> usize;
+
+    /// How many counters are held.
+    fn len(&self) -> usize;
+
+    /// Whether no counter is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,386 @@
+//! The decision path: plan, class, limits, engine, decision, headers.
+//!
+//! This is where a request meets the plan model: the account's plan is
+//! resolved (moka-cached), the resource's class matched, the route's limits
+//! turned into engine items (a burst limit is two: a token bucket at the
+//! published rate and a sliding window at the burst ceiling), the engine runs
+//! them as one unit, and the outcome becomes a [`Decision`] whose first limit
+//! is the most constraining one, with the headers to forward.
+
+pub mod headers;
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use smallvec::SmallVec;
+
+use crate::engine::{Algorithm, Clock, CounterKey, CounterStore, Engine, Item, Mode, Nanos};
+use crate::plans::{Catalog, LimitKind, Per, Resolver, SlotRegistry, matcher::split_method};
+
+/// One request, as the decision path sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// What is counted. Never empty.
+    pub subject: &'a str,
+    /// Whose plan applies; empty means the subject.
+    pub account: &'a str,
+    /// The endpoint, optionally prefixed with its HTTP method.
+    pub resource: &'a str,
+    /// The HTTP method, when not in `resource`.
+    pub method: Option<&'a str>,
+    /// Cost per unit.
+    pub cost: &'a HashMap<String, u64>,
+}
+
+/// What the gateway should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Admitted.
+    Allowed,
+    /// A limit is exhausted for now.
+    RateLimited,
+    /// The class is not in the plan.
+    NotInPlan,
+    /// The cost can never be admitted at once.
+    TooLarge,
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// What to do.
+    pub verdict: Verdict,
+    /// The plan that applied.
+    pub plan: Arc<str>,
+    /// The class matched, if any.
+    pub class: Option<Arc<str>>,
+    /// Every limit that applied, most constraining first, unlimited last.
+    pub limits: Vec<LimitStatus>,
+    /// When rate limited: the wait until the request would be admitted.
+    pub retry_after: Option<Nanos>,
+    /// Headers to forward.
+    pub headers: Vec<(&'static str, String)>,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// One limit's state in a decision.
+#[derive(Debug, Clone)]
+pub struct LimitStatus {
+    /// The limit's name.
+    pub name: Arc<str>,
+    /// What it counts.
+    pub unit: Arc<str>,
+    /// Its class, if any.
+    pub class: Option<Arc<str>>,
+    /// How it counts; `None` when unlimited.
+    pub algorithm: Option<Algorithm>,
+    /// The published amount (0 when unlimited).
+    pub limit: u64,
+    /// Units left.
+    pub remaining: u64,
+    /// Its window (0 for an unlimited entry without one).
+    pub window: Nanos,
+    /// When it is next fully available; when denied, when the request fits.
+    pub reset_at: Nanos,
+    /// It does not limit.
+    pub unlimited: bool,
+    /// This request does not fit it now.
+    pub denied: bool,
+    /// When denied, the wait until the request fits.
+    pub wait: Nanos,
+}
+
+/// The decision path over one counter store.
+pub struct Limiter<S> {
+    engine: Engine<S>,
+    catalog: ArcSwap<Snapshot>,
+    generation: AtomicU64,
+    resolver: Resolver,
+    slots: Arc<SlotRegistry>,
+    clock: Arc<dyn Clock>,
+}
+
+/// A catalog and the generation number it was installed under.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// Increases with every installed catalog.
+    pub generation: u64,
+}
+
+// === impl Limiter ===
+
+impl<S: CounterStore> Limiter<S> {
+    /// A limiter serving `catalog`, whose counter identities come from `slots`.
+    pub fn new(
+        store: S,
+        catalog: Catalog,
+        slots: Arc<SlotRegistry>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            engine: Engine::new(store),
+            catalog: ArcSwap::from_pointee(Snapshot {
+                catalog: Arc::new(catalog),
+                generation: 0,
+            }),
+            generation: AtomicU64::new(0),
+            resolver: Resolver::new(100_000),
+            slots,
+            clock,
+        }
+    }
+
+    /// The counter store.
+    pub fn store(&self) -> &S {
+        self.engine.store()
+    }
+
+    /// The catalog in force.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load().catalog.clone()
+    }
+
+    /// The slot registry catalogs for this limiter must be compiled with.
+    pub fn slots(&self) -> &Arc<SlotRegistry> {
+        &self.slots
+    }
+
+    /// The plan resolver, for invalidation.
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// The clock decisions read.
+    pub fn now(&self) -> Nanos {
+        self.clock.now()
+    }
+
+    /// Installs a new catalog; the next decision uses it.
+    pub fn replace_catalog(&self, catalog: Catalog) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.catalog.store(Arc::new(Snapshot {
+            catalog: Arc::new(catalog),
+            generation,
+        }));
+        self.resolver.invalidate_all();
+    }
+
+    /// Decides `request` in `mode`.
+    pub async fn decide(&self, mode: Mode, request: &Request<'_>) -> Decision {
+        let snapshot = self.catalog.load_full();
+        let account = if request.account.is_empty() {
+            request.subject
+        } else {
+            request.account
+        };
+        let plan = self
+            .resolver
+            .resolve(&snapshot.catalog, snapshot.generation, account)
+            .await;
+        let catalog = &snapshot.catalog;
+
+        let (prefix_method, path) = split_method(request.resource.trim());
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let method = prefix_method
+            .or(request.method)
+            .map(str::to_ascii_uppercase);
+        let class = if path.is_empty() {
+            None
+        } else {
+            catalog.class_of(method.as_deref(), path)
+        };
+        let route = plan.route(class);
+        let class_name = class.map(|c| catalog.class_names[c].clone());
+        let mut decision = Decision {
+            verdict: Verdict::Allowed,
+            plan: plan.name.clone(),
+            class: class_name,
+            limits: Vec::new(),
+            retry_after: None,
+            headers: Vec::new(),
+            reason: String::new(),
+        };
+        if let Some(message) = &route.deny {
+            decision.verdict = Verdict::NotInPlan;
+            decision.reason = message.to_string();
+            return decision;
+        }
+
+        let now = self.clock.now();
+        let mut items: SmallVec<[Item<'_>; 4]> = SmallVec::new();
+        let mut over_max_cost = None;
+        for limit in &route.limits {
+            let cost = cost_of(request.cost, &limit.unit, mode);
+            let checked = mode != Mode::Record && over_max_cost.is_none();
+            if let Some(max) = limit.max_cost.filter(|max| checked && cost > *max) {
+                over_max_cost = Some(format!(
+                    "a cost of {cost} {} is above the most one request may cost ({max}, {})",
+                    limit.unit, limit.name
+                ));
+            }
+            let LimitKind::Counted {
+                rate,
+                algorithm,
+                slot,
+                burst,
+            } = &limit.kind
+            else {
+                continue;
+            };
+            let scope = match limit.per {
+                Per::Subject => request.subject,
+                Per::Account => account,
+            };
+            items.push(Item {
+                key: CounterKey { scope, slot: *slot },
+                algorithm: *algorithm,
+                rate: *rate,
+                cost,
+            });
+            if let Some((cap, burst_slot)) = burst {
+                items.push(Item {
+                    key: CounterKey {
+                        scope,
+                        slot: *burst_slot,
+                    },
+                    algorithm: Algorithm::SlidingWindow,
+                    rate: *cap,
+                    cost,
+                });
+            }
+        }
+        let run_mode = if over_max_cost.is_some() {
+            Mode::Check
+        } else {
+            mode
+        };
+        let outcome = self.engine.decide(run_mode, now, &items);
+
+        let mut statuses = outcome.items.iter();
+        let mut too_large = None;
+        for limit in &route.limits {
+            let status = match &limit.kind {
+                LimitKind::Counted {
+                    rate,
+                    algorithm,
+                    burst,
+                    ..
+                } => {
+                    let mut s = *statuses.next().expect("one status per item");
+                    if burst.is_some() {
+                        let cap = statuses.next().expect("one status per burst item");
+                        s.fits &= cap.fits;
+                        s.too_large |= cap.too_large;
+                        // The binding part of the pair tells when it frees.
+                        if cap.remaining < s.remaining {
+                            s.remaining = cap.remaining;
+                            s.free_at = cap.free_at;
+                        }
+                        s.wait = s.wait.max(cap.wait);
+                    }
+                    if s.too_large && too_large.is_none() {
+                        too_large = Some(format!(
+                            "a cost of {} {} is more than {} ever admits at once",
+                            cost_of(request.cost, &limit.unit, mode),
+                            limit.unit,
+                            limit.name
+                        ));
+                    }
+                    let denied = !s.fits;
+                    LimitStatus {
+                        name: limit.name.clone(),
+                        unit: limit.unit.clone(),
+                        class: limit.class.clone(),
+                        algorithm: Some(*algorithm),
+                        limit: rate.amount(),
+                        remaining: s.remaining,
+                        window: rate.window(),
+                        reset_at: if denied && !s.too_large {
+                            now + s.wait
+                        } else {
+                            s.free_at
+                        },
+                        unlimited: false,
+                        denied,
+                        wait: if denied { s.wait } else { 0 },
+                    }
+                }
+                _ => LimitStatus {
+                    name: limit.name.clone(),
+                    unit: limit.unit.clone(),
+                    class: limit.class.clone(),
+                    algorithm: None,
+                    limit: 0,
+                    remaining: 0,
+                    window: limit.window,
+                    reset_at: 0,
+                    unlimited: true,
+                    denied: false,
+                    wait: 0,
+                },
+            };
+            decision.limits.push(status);
+        }
+        decision.limits.sort_by(most_constraining);
+
+        if mode == Mode::Record {
+            decision.verdict = if outcome.fits {
+                Verdict::Allowed
+            } else {
+                Verdict::RateLimited
+            };
+        } else if let Some(reason) = over_max_cost.or(too_large) {
+            decision.verdict = Verdict::TooLarge;
+            decision.reason = reason;
+        } else if !outcome.fits {
+            decision.verdict = Verdict::RateLimited;
+            let first = &decision.limits[0];
+            decision.retry_after = Some(first.wait);
+            decision.reason = format!(
+                "{} exhausted: {} of {} {} left",
+                first.name, first.remaining, first.limit, first.unit
+            );
+        }
+        decision.headers = headers::build(catalog.headers, &decision, now);
+        decision
+    }
+}
+
+impl<S> std::fmt::Debug for Limiter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("catalog", &self.catalog.load())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cost of a request in `unit`: as given; otherwise one request for
+/// checks and consumption, and for a record with no cost at all.
+fn cost_of(cost: &HashMap<String, u64>, unit: &str, mode: Mode) -> u64 {
+    match cost.get(unit) {
+        Some(&c) => c,
+        None if unit == "requests" && (mode != Mode::Record || cost.is_empty()) => 1,
+        None => 0,
+    }
+}
+
+/// Denied before admitted, the longest wait first; then the smallest share
+/// of the limit left; unlimited last.
+fn most_constraining(a: &LimitStatus, b: &LimitStatus) -> CmpOrdering {
+    (a.unlimited, !a.denied)
+        .cmp(&(b.unlimited, !b.denied))
+        .then_with(|| b.wait.cmp(&a.wait))
+        .then_with(|| {
+            // a.remaining / a.limit vs b.remaining / b.limit, exactly.
+            let left = u128::from(a.remaining) * u128::from(b.limit.max(1));
+            let right = u128::from(b.remaining) * u128::from(a.limit.max(1));
+            left.cmp(&right)
+        })
+        .then_with(|| b.window.cmp(&a.window))
+}

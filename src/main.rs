@@ -1,0 +1,172 @@
+//! The `tollgate` binary: parse the command line, validate the configuration,
+//! bind, serve.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use tollgate::config;
+use tollgate::engine::SystemClock;
+use tollgate::limiter::Limiter;
+use tollgate::plans::SlotRegistry;
+use tollgate::storage::memory::MemoryStore;
+
+/// A gRPC rate-limit decision service that enforces SaaS API plans.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gRPC API.
+    Serve(Serve),
+    /// Validate a configuration file and exit (non-zero with `file:line: field: problem`).
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Serve {
+    /// Configuration file; the built-in examples/saas.yaml when absent.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to serve gRPC on; port 0 picks a free one (the log says which).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// Most counters held in memory; expired ones go first, then the
+    /// soonest-expiring live ones (counted and logged).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4_000_000,
+        conflicts_with = "max_memory"
+    )]
+    max_counters: usize,
+    /// Memory cap for counters, instead of --max-counters: bytes, or with a
+    /// unit (512MiB, 2GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<usize>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file } => match config::load(&file, &SlotRegistry::default()) {
+            Ok(catalog) => {
+                let mut out = std::io::stdout();
+                let _ = writeln!(
+                    out,
+                    "{}: ok ({} plans, {} classes)",
+                    file.display(),
+                    catalog.plans.len(),
+                    catalog.class_names.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Serve(serve) => {
+            init_tracing(serve.log_format);
+            match run(serve) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "tollgate: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn run(serve: Serve) -> anyhow::Result<()> {
+    let slots = Arc::new(SlotRegistry::default());
+    let catalog = match &serve.config {
+        Some(path) => config::load(path, &slots)?,
+        None => config::parse(config::DEFAULT_NAME, config::DEFAULT, &slots)?,
+    };
+    let store = match serve.max_memory {
+        Some(bytes) => MemoryStore::with_memory(bytes),
+        None => MemoryStore::new(serve.max_counters),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(serve.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", serve.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(
+            listen = %addr,
+            config = %serve.config.as_ref().map_or(config::DEFAULT_NAME.into(), |p| p.display().to_string()),
+            plans = catalog.plans.len(),
+            counters.capacity = store.capacity(),
+            "tollgate listening on {addr}"
+        );
+        let limiter = Arc::new(Limiter::new(store, catalog, slots, Arc::new(SystemClock)));
+        tollgate::server::run(listener, limiter, tollgate::server::signal::shutdown()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `1048576`, `512MiB`, `2GiB`, `100MB`.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("expected a size such as 512MiB, got {s:?}"))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "KiB" | "K" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" | "M" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" | "G" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}

@@ -1,0 +1,187 @@
+//! The plan model, compiled from configuration: classes, plans and limits.
+//!
+//! A [`Catalog`] is immutable once built: inheritance and multipliers are
+//! resolved, every plan has its limits pre-grouped per class ([`Route`]) and
+//! the class matcher is precompiled, so the decision path only looks up.
+//! Catalogs are swapped whole on reload; counters outlive them because a
+//! limit's counter identity ([`SlotRegistry`]) does not name the plan.
+
+pub mod matcher;
+pub mod resolver;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::engine::{Algorithm, Nanos, Rate};
+
+pub use matcher::Matcher;
+pub use resolver::Resolver;
+
+/// Everything the decision path needs from the configuration.
+#[derive(Debug)]
+pub struct Catalog {
+    /// Resource → class.
+    pub classes: Matcher,
+    /// Class names, by class index.
+    pub class_names: Vec<Arc<str>>,
+    /// Plans by name.
+    pub plans: BTreeMap<String, Arc<Plan>>,
+    /// The plan of accounts with no assignment.
+    pub default_plan: Arc<Plan>,
+    /// Static account → plan assignments from the file.
+    pub assignments: HashMap<String, Arc<Plan>>,
+    /// Which rate-limit headers decisions carry.
+    pub headers: HeaderStyle,
+}
+
+/// A plan with inheritance resolved.
+#[derive(Debug)]
+pub struct Plan {
+    /// Its name.
+    pub name: Arc<str>,
+    /// For people.
+    pub description: Option<String>,
+    /// The plan it extends, if any.
+    pub extends: Option<String>,
+    /// Every entry of the plan (limits, denies, unlimited), in order.
+    pub limits: Vec<Arc<Limit>>,
+    /// Per class index + 1 (0 = no class): what applies to such a request.
+    pub routes: Vec<Route>,
+}
+
+/// What applies to a request of one class under one plan.
+#[derive(Debug, Default)]
+pub struct Route {
+    /// When set, the class is not in the plan: NOT_IN_PLAN with this message.
+    pub deny: Option<Arc<str>>,
+    /// Limits that apply, class-wide ones and the class's own.
+    pub limits: Vec<Arc<Limit>>,
+}
+
+/// One limit of a plan.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    /// Shown in answers and headers.
+    pub name: Arc<str>,
+    /// The class it is for; `None` for every request of the subject.
+    pub class: Option<Arc<str>>,
+    /// What it counts.
+    pub unit: Arc<str>,
+    /// Who it counts: the subject or its account.
+    pub per: Per,
+    /// The window; 0 for an unlimited entry without one.
+    pub window: Nanos,
+    /// How it counts, or that it does not.
+    pub kind: LimitKind,
+    /// The most one request may cost, if limited.
+    pub max_cost: Option<u64>,
+}
+
+/// How a limit counts.
+#[derive(Debug, Clone)]
+pub enum LimitKind {
+    /// It does not: shown as unlimited.
+    Unlimited,
+    /// The class is not in the plan.
+    Deny(Arc<str>),
+    /// It counts with `algorithm` at `rate` on counter `slot`.
+    Counted {
+        /// The published rate.
+        rate: Rate,
+        /// How.
+        algorithm: Algorithm,
+        /// Counter identity.
+        slot: u32,
+        /// A burst allowance: a sliding window of the larger rate, counted
+        /// together with a token bucket at `rate` (see README, "Bursts").
+        burst: Option<(Rate, u32)>,
+    },
+}
+
+/// Who a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Per {
+    /// Each subject (API key) on its own.
+    Subject,
+    /// All subjects of one account together.
+    Account,
+}
+
+/// Which rate-limit headers a decision carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderStyle {
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`, `Retry-After`.
+    #[default]
+    XRateLimit,
+    /// The IETF `RateLimit` and `RateLimit-Policy` fields (draft 11), and `Retry-After`.
+    Ietf,
+    /// Both sets.
+    Both,
+}
+
+/// Interns counter identities (per, class, unit, window, algorithm) as small
+/// numbers. Shared by every catalog of a running server, so an identity keeps
+/// its number, and its counters, across reloads.
+#[derive(Debug, Default)]
+pub struct SlotRegistry {
+    slots: Mutex<HashMap<String, u32>>,
+}
+
+// === impl Catalog ===
+
+impl Catalog {
+    /// The class a resource belongs to, as an index into `class_names`.
+    pub fn class_of(&self, method: Option<&str>, path: &str) -> Option<usize> {
+        self.classes.find(method, path)
+    }
+}
+
+// === impl Plan ===
+
+impl Plan {
+    /// What applies to a request of class `class`.
+    pub fn route(&self, class: Option<usize>) -> &Route {
+        &self.routes[class.map_or(0, |c| c + 1)]
+    }
+}
+
+// === impl Per ===
+
+impl Per {
+    /// `subject` or `account`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Subject => "subject",
+            Self::Account => "account",
+        }
+    }
+}
+
+// === impl SlotRegistry ===
+
+impl SlotRegistry {
+    /// The number of `identity`, assigning the next one if it is new.
+    pub fn intern(&self, identity: &str) -> u32 {
+        let mut slots = self.slots.lock();
+        let next = u32::try_from(slots.len()).expect("fewer than 2^32 limit identities");
+        *slots.entry(identity.to_owned()).or_insert(next)
+    }
+}
+
+/// A window as people say it: `second`, `minute`, `hour`, `day`, `week`, or a
+/// duration such as `30s`.
+pub fn window_name(window: Nanos) -> String {
+    const S: Nanos = crate::engine::clock::SECOND;
+    match window {
+        S => "second".into(),
+        w if w == 60 * S => "minute".into(),
+        w if w == 3600 * S => "hour".into(),
+        w if w == 86_400 * S => "day".into(),
+        w if w == 604_800 * S => "week".into(),
+        w => humantime::format_duration(std::time::Duration::from_nanos(w))
+            .to_string()
+            .replace(' ', ""),
+    }
+}

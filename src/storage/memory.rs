@@ -1,0 +1,303 @@
+//! The default counter store: sharded in-process tables, bounded in size.
+//!
+//! Counters are grouped by scope (a subject or an account): one entry per
+//! scope holds that scope's cells, so the counters of one decision usually sit
+//! under a single shard lock, which is held while the decision runs. There is
+//! no global lock: a decision locks the one or two shards of its scopes, in
+//! shard order.
+//!
+//! Memory is bounded by `max_counters`. When a shard is over its share, it
+//! first drops expired state (windows that ended, buckets that refilled);
+//! only if that frees too little does it evict the live entries that expire
+//! soonest. Evicting a live counter forgets its usage (that scope starts
+//! afresh), so every eviction is counted ([`MemoryStore::evictions`]) and
+//! logged; new counters are always enforced, so a full store never stops
+//! limiting. Size the cap above the live working set.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use parking_lot::{Mutex, MutexGuard};
+use smallvec::SmallVec;
+
+use crate::engine::{CounterKey, CounterStore, Nanos, State};
+
+/// Estimated bytes per counter, all-in, for sizing `--max-memory`; measured by
+/// `benches/engine.rs` with one million subjects.
+pub const BYTES_PER_COUNTER: usize = 160;
+
+/// The sharded in-memory store.
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: DefaultHashBuilder,
+    shard_cap: usize,
+    evictions: AtomicU64,
+    last_warning: AtomicU64,
+}
+
+#[derive(Default)]
+struct Shard {
+    table: HashTable<Entry>,
+    cells: usize,
+}
+
+/// One scope's counters.
+struct Entry {
+    scope: Box<str>,
+    expires_at: Nanos,
+    cells: Vec<Cell>,
+}
+
+struct Cell {
+    slot: u32,
+    state: State,
+}
+
+// === impl MemoryStore ===
+
+impl MemoryStore {
+    /// A store holding at most about `max_counters` counters (at least 1,024).
+    pub fn new(max_counters: usize) -> Self {
+        let max_counters = max_counters.max(1024);
+        let shards = (max_counters / 1024).next_power_of_two().clamp(1, 256);
+        Self {
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            hasher: DefaultHashBuilder::default(),
+            shard_cap: max_counters.div_ceil(shards),
+            evictions: AtomicU64::new(0),
+            last_warning: AtomicU64::new(0),
+        }
+    }
+
+    /// A store sized to about `bytes` of memory.
+    pub fn with_memory(bytes: usize) -> Self {
+        Self::new(bytes / BYTES_PER_COUNTER)
+    }
+
+    /// The most counters held at once.
+    pub fn capacity(&self) -> usize {
+        self.shard_cap * self.shards.len()
+    }
+
+    /// Live counters evicted to stay within capacity, since start.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    fn shard_of(&self, hash: u64) -> usize {
+        // hashbrown uses the low bits and the top 7; pick shards from the middle.
+        (hash >> 32) as usize & (self.shards.len() - 1)
+    }
+
+    fn hash(&self, scope: &str) -> u64 {
+        self.hasher.hash_one(scope)
+    }
+
+    /// Makes room in `shard` after an insert, sparing the scopes in `keep`.
+    fn enforce_cap(&self, shard: &mut Shard, now: Nanos, keep: &[CounterKey<'_>]) {
+        if shard.cells <= self.shard_cap {
+            return;
+        }
+        shard.retain(|e| e.expires_at > now);
+        let target = self.shard_cap - self.shard_cap / 8;
+        if shard.cells <= target {
+            return;
+        }
+        // Evict the live entries that expire soonest, in one batch.
+        let mut expiries: Vec<Nanos> = shard
+            .table
+            .iter()
+            .filter(|e| !keep.iter().any(|k| k.scope == &*e.scope))
+            .map(|e| e.expires_at)
+            .collect();
+        let excess = shard.cells - target;
+        let n = excess.min(expiries.len()).max(1) - 1;
+        if expiries.is_empty() {
+            return;
+        }
+        let (_, threshold, _) = expiries.select_nth_unstable(n);
+        let threshold = *threshold;
+        let before = shard.cells;
+        let mut budget = excess;
+        shard.retain(|e| {
+            let evict = budget > 0
+                && e.expires_at <= threshold
+                && !keep.iter().any(|k| k.scope == &*e.scope);
+            if evict {
+                budget = budget.saturating_sub(e.cells.len());
+            }
+            !evict
+        });
+        let evicted = (before - shard.cells) as u64;
+        let total = self.evictions.fetch_add(evicted, Ordering::Relaxed) + evicted;
+        self.warn_evictions(now, total);
+    }
+
+    fn warn_evictions(&self, now: Nanos, total: u64) {
+        const EVERY: Nanos = 10 * crate::engine::clock::SECOND;
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if now >= last.saturating_add(EVERY)
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                evictions = total,
+                capacity = self.capacity(),
+                "counter store full: evicting live counters; raise --max-counters"
+            );
+        }
+    }
+}
+
+impl CounterStore for MemoryStore {
+    fn transact(
+        &self,
+        keys: &[CounterKey<'_>],
+        now: Nanos,
+        decide: &mut dyn FnMut(&mut [State], &mut [Nanos]) -> bool,
+    ) {
+        let hashes: SmallVec<[u64; 4]> = keys.iter().map(|k| self.hash(k.scope)).collect();
+        let mut shard_ids: SmallVec<[usize; 4]> =
+            hashes.iter().map(|h| self.shard_of(*h)).collect();
+        shard_ids.sort_unstable();
+        shard_ids.dedup();
+        // Lock in shard order, so two decisions never wait on each other in a cycle.
+        let mut guards: SmallVec<[(usize, MutexGuard<'_, Shard>); 2]> = shard_ids
+            .iter()
+            .map(|&i| (i, self.shards[i].lock()))
+            .collect();
+        let guard_of = |shard: usize| {
+            shard_ids
+                .iter()
+                .position(|&s| s == shard)
+                .expect("every key's shard is locked")
+        };
+
+        let mut states: SmallVec<[State; 4]> = SmallVec::with_capacity(keys.len());
+        for (key, &hash) in keys.iter().zip(&hashes) {
+            let shard = &guards[guard_of(self.shard_of(hash))].1;
+            let state = shard
+                .find(hash, key.scope)
+                .filter(|e| e.expires_at > now)
+                .and_then(|e| e.cells.iter().find(|c| c.slot == key.slot))
+                .map_or_else(State::default, |c| c.state);
+            states.push(state);
+        }
+        let mut expiries: SmallVec<[Nanos; 4]> = SmallVec::from_elem(0, keys.len());
+        if !decide(&mut states, &mut expiries) {
+            return;
+        }
+
+        let mut grew: SmallVec<[usize; 2]> = SmallVec::new();
+        for (i, (key, &hash)) in keys.iter().zip(&hashes).enumerate() {
+            let g = guard_of(self.shard_of(hash));
+            let shard = &mut *guards[g].1;
+            if shard.write(hash, &self.hasher, *key, states[i], expiries[i], now) {
+                grew.push(g);
+            }
+        }
+        for g in grew {
+            self.enforce_cap(&mut guards[g].1, now, keys);
+        }
+    }
+
+    fn reset(&self, scope: &str) {
+        let hash = self.hash(scope);
+        let mut shard = self.shards[self.shard_of(hash)].lock();
+        if let Ok(entry) = shard.table.find_entry(hash, |e| &*e.scope == scope) {
+            let (removed, _) = entry.remove();
+            shard.cells -= removed.cells.len();
+        }
+    }
+
+    fn reclaim(&self, now: Nanos) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let mut shard = s.lock();
+                let before = shard.cells;
+                shard.retain(|e| e.expires_at > now);
+                before - shard.cells
+            })
+            .sum()
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().cells).sum()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .field("capacity", &self.capacity())
+            .field("evictions", &self.evictions())
+            .finish()
+    }
+}
+
+// === impl Shard ===
+
+impl Shard {
+    fn find(&self, hash: u64, scope: &str) -> Option<&Entry> {
+        self.table.find(hash, |e| &*e.scope == scope)
+    }
+
+    /// Stores `state` for `key`; returns whether a new cell was added.
+    fn write(
+        &mut self,
+        hash: u64,
+        hasher: &DefaultHashBuilder,
+        key: CounterKey<'_>,
+        state: State,
+        expires_at: Nanos,
+        now: Nanos,
+    ) -> bool {
+        let entry = self
+            .table
+            .entry(
+                hash,
+                |e| &*e.scope == key.scope,
+                |e| hasher.hash_one(&*e.scope),
+            )
+            .or_insert_with(|| Entry {
+                scope: key.scope.into(),
+                expires_at: 0,
+                cells: Vec::with_capacity(1),
+            })
+            .into_mut();
+        if entry.expires_at <= now {
+            // Everything in it is stale: drop it rather than carry it.
+            self.cells -= entry.cells.len();
+            entry.cells.clear();
+        }
+        entry.expires_at = entry.expires_at.max(expires_at);
+        if let Some(cell) = entry.cells.iter_mut().find(|c| c.slot == key.slot) {
+            cell.state = state;
+            false
+        } else {
+            entry.cells.push(Cell {
+                slot: key.slot,
+                state,
+            });
+            self.cells += 1;
+            true
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        let mut removed = 0;
+        self.table.retain(|e| {
+            let k = keep(e);
+            if !k {
+                removed += e.cells.len();
+            }
+            k
+        });
+        self.cells -= removed;
+    }
+}
