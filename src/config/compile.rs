@@ -349,9 +349,11 @@ fn entry(
                         );
                     }
                 }
+                // A burst is always a token bucket at the rate under a sliding
+                // window at the burst ceiling (README, "Bursts").
                 let algorithm = match (algorithm, &burst) {
-                    (Some(a), _) => a,
-                    (None, Some(_)) => Algorithm::TokenBucket,
+                    (_, Some(_)) => Algorithm::TokenBucket,
+                    (Some(a), None) => a,
                     (None, None) => Algorithm::FixedWindow,
                 };
                 EntryKind::Counted {

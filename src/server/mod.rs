@@ -59,14 +59,16 @@ pub async fn run(
     });
 
     let result = Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RateLimiterServer::new(RateLimiterService::new(limiter)))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
-            let _ = stop_rx.await;
-        })
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = stop_rx.await;
+            },
+        )
         .await;
     reclaimer.abort();
     result

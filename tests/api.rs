@@ -1,0 +1,285 @@
+//! tollgate.v1.RateLimiter end to end: a real server, a tonic client.
+
+mod support;
+
+use support::*;
+
+const CONFIG: &str = r#"
+classes:
+  fetch:  { match: ["/api/v1/fetch/*"] }
+  search: { match: ["/api/v1/fetch/search"] }
+  emails: { match: ["POST /api/v1/batch/emails"] }
+  chat:   { match: ["POST /v1/chat"] }
+plans:
+  free:
+    limits:
+      - { rate: 5/minute }
+      - { rate: 8/hour }
+      - { class: search, deny: "Enterprise plan required" }
+      - { class: emails, unit: emails, rate: 60/minute, max_cost: 60 }
+      - { class: chat, unit: tokens, rate: 1000/minute }
+      - { class: fetch, rate: 3/minute, per: account, name: fetch-per-org }
+  pro: { extends: free, multiplier: 10 }
+default_plan: free
+assignments: { acct_pro: pro }
+"#;
+
+#[tokio::test]
+async fn consume_counts_and_the_limit_denies_with_headers() {
+    let s = TestServer::start(CONFIG).await;
+    let r = req("key_1", "/other");
+    for left in (0..5).rev() {
+        let d = s.consume(r.clone()).await;
+        assert_eq!(verdict(&d), Verdict::Allowed);
+        assert_eq!(d.plan, "free");
+        assert_eq!(header(&d, "X-RateLimit-Limit"), Some("5"));
+        assert_eq!(
+            header(&d, "X-RateLimit-Remaining"),
+            Some(left.to_string().as_str())
+        );
+        assert_eq!(header(&d, "Retry-After"), None);
+    }
+    s.advance(secs(20));
+    let d = s.consume(r.clone()).await;
+    assert_eq!(verdict(&d), Verdict::RateLimited);
+    assert_eq!(header(&d, "X-RateLimit-Remaining"), Some("0"));
+    assert_eq!(header(&d, "Retry-After"), Some("40"));
+    let reset = (T0 / 1_000_000_000 + 60).to_string();
+    assert_eq!(header(&d, "X-RateLimit-Reset"), Some(reset.as_str()));
+    assert_eq!(d.retry_after.expect("set when limited").seconds, 40);
+    assert_eq!(
+        d.limits[0].name, "requests/minute",
+        "the denying limit comes first"
+    );
+    assert!(d.reason.contains("requests/minute"), "{}", d.reason);
+    s.advance(secs(40));
+    assert_eq!(verdict(&s.consume(r).await), Verdict::Allowed);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn check_counts_nothing() {
+    let s = TestServer::start(CONFIG).await;
+    let r = req("key_1", "/other");
+    for _ in 0..10 {
+        let d = s.check(r.clone()).await;
+        assert_eq!(verdict(&d), Verdict::Allowed);
+        assert_eq!(remaining(&d, "requests/minute"), 5);
+    }
+    assert_eq!(s.consume_n(&r, 6).await, 5);
+    assert_eq!(verdict(&s.check(r).await), Verdict::RateLimited);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn consume_is_all_or_nothing_across_windows() {
+    let s = TestServer::start(CONFIG).await;
+    let r = req("key_1", "/other");
+    // 5 in the first minute, 3 in the second: the hour (8) is spent.
+    assert_eq!(s.consume_n(&r, 5).await, 5);
+    s.advance(secs(60));
+    assert_eq!(s.consume_n(&r, 3).await, 3);
+    let d = s.consume(r.clone()).await;
+    assert_eq!(verdict(&d), Verdict::RateLimited);
+    assert_eq!(d.limits[0].name, "requests/hour");
+    assert_eq!(header(&d, "X-RateLimit-Limit"), Some("8"));
+    assert_eq!(header(&d, "Retry-After"), Some("3540"));
+    // The refused request counted against the minute neither.
+    let c = s.check(r).await;
+    assert_eq!(remaining(&c, "requests/minute"), 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn multi_unit_costs_are_checked_together() {
+    let s = TestServer::start(CONFIG).await;
+    let chat = req("key_1", "POST /v1/chat");
+    let d = s
+        .consume(with_cost(chat.clone(), &[("requests", 1), ("tokens", 900)]))
+        .await;
+    assert_eq!(verdict(&d), Verdict::Allowed);
+    assert_eq!(remaining(&d, "chat:tokens/minute"), 100);
+    assert_eq!(remaining(&d, "requests/minute"), 4);
+    // Too many tokens: the request is not counted either.
+    let d = s
+        .consume(with_cost(chat.clone(), &[("requests", 1), ("tokens", 200)]))
+        .await;
+    assert_eq!(verdict(&d), Verdict::RateLimited);
+    assert_eq!(d.limits[0].name, "chat:tokens/minute");
+    assert_eq!(remaining(&d, "requests/minute"), 4);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn record_counts_past_the_limit_and_later_requests_wait() {
+    let s = TestServer::start(CONFIG).await;
+    let chat = req("key_1", "POST /v1/chat");
+    let d = s.record(with_cost(chat.clone(), &[("tokens", 1500)])).await;
+    assert_eq!(verdict(&d), Verdict::RateLimited, "recorded past the limit");
+    assert_eq!(remaining(&d, "chat:tokens/minute"), 0);
+    assert_eq!(
+        remaining(&d, "requests/minute"),
+        5,
+        "a record with a cost counts no request"
+    );
+    let d = s.consume(with_cost(chat.clone(), &[("tokens", 1)])).await;
+    assert_eq!(verdict(&d), Verdict::RateLimited);
+    s.advance(secs(60));
+    assert_eq!(
+        verdict(&s.consume(with_cost(chat, &[("tokens", 1)])).await),
+        Verdict::Allowed
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn costs_that_can_never_fit_are_too_large() {
+    let s = TestServer::start(CONFIG).await;
+    let emails = req("key_1", "POST /api/v1/batch/emails");
+    let d = s
+        .consume(with_cost(emails.clone(), &[("emails", 61)]))
+        .await;
+    assert_eq!(verdict(&d), Verdict::TooLarge);
+    assert_eq!(header(&d, "Retry-After"), None);
+    assert!(d.reason.contains("61 emails"), "{}", d.reason);
+    let d = s
+        .consume(with_cost(
+            req("key_1", "POST /v1/chat"),
+            &[("tokens", 1001)],
+        ))
+        .await;
+    assert_eq!(verdict(&d), Verdict::TooLarge);
+    // Nothing was counted by either.
+    let d = s.consume(with_cost(emails, &[("emails", 60)])).await;
+    assert_eq!(verdict(&d), Verdict::Allowed);
+    assert_eq!(remaining(&d, "requests/minute"), 4);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_class_outside_the_plan_is_not_in_plan() {
+    let s = TestServer::start(CONFIG).await;
+    let d = s.consume(req("key_1", "/api/v1/fetch/search?q=x")).await;
+    assert_eq!(verdict(&d), Verdict::NotInPlan);
+    assert_eq!(d.class, "search");
+    assert_eq!(d.reason, "Enterprise plan required");
+    assert!(d.headers.is_empty());
+    // The method may also come as an attribute.
+    let mut r = req("key_1", "/api/v1/batch/emails");
+    r.attributes.insert("method".into(), "post".into());
+    assert_eq!(s.consume(r).await.class, "emails");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn plans_follow_the_account_and_per_account_limits_share_counters() {
+    let s = TestServer::start(CONFIG).await;
+    let d = s.consume(of_account(req("key_a", "/x"), "acct_pro")).await;
+    assert_eq!(d.plan, "pro");
+    assert_eq!(remaining(&d, "requests/minute"), 49);
+    assert_eq!(s.consume(req("key_free", "/x")).await.plan, "free");
+    // fetch-per-org counts the account: two keys share 3 a minute.
+    let a = of_account(req("key_a", "/api/v1/fetch/people"), "acct_x");
+    let b = of_account(req("key_b", "/api/v1/fetch/people"), "acct_x");
+    assert_eq!(s.consume_n(&a, 2).await, 2);
+    assert_eq!(s.consume_n(&b, 2).await, 1);
+    // ...while requests/minute is per key.
+    assert_eq!(remaining(&s.check(b).await, "requests/minute"), 4);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn usage_carries_over_a_plan_change() {
+    let s = TestServer::start(CONFIG).await;
+    let r = of_account(req("key_1", "/x"), "acct_1");
+    assert_eq!(s.consume_n(&r, 6).await, 5);
+    let upgraded = CONFIG.replace("acct_pro: pro", "acct_pro: pro, acct_1: pro");
+    let catalog = tollgate::config::parse("t.yaml", &upgraded, s.limiter.slots()).expect("valid");
+    s.limiter.replace_catalog(catalog);
+    let d = s.consume(r.clone()).await;
+    assert_eq!(verdict(&d), Verdict::Allowed, "an upgrade unblocks at once");
+    assert_eq!(
+        remaining(&d, "requests/minute"),
+        44,
+        "and usage carried over"
+    );
+    // A downgrade hands out no fresh quota.
+    let catalog = tollgate::config::parse("t.yaml", CONFIG, s.limiter.slots()).expect("valid");
+    s.limiter.replace_catalog(catalog);
+    assert_eq!(verdict(&s.consume(r).await), Verdict::RateLimited);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn ietf_headers_name_every_policy() {
+    let yaml = format!("headers: both\n{CONFIG}");
+    let s = TestServer::start(&yaml).await;
+    let d = s.consume(req("key_1", "/x")).await;
+    assert_eq!(
+        header(&d, "RateLimit-Policy"),
+        Some(r#""requests/minute";q=5;w=60, "requests/hour";q=8;w=3600"#)
+    );
+    assert_eq!(
+        header(&d, "RateLimit"),
+        Some(r#""requests/minute";r=4;t=60, "requests/hour";r=7;t=3600"#)
+    );
+    assert_eq!(header(&d, "X-RateLimit-Limit"), Some("5"));
+    let ietf = TestServer::start(&format!("headers: ietf\n{CONFIG}")).await;
+    let d = ietf.consume(req("key_1", "/x")).await;
+    assert_eq!(header(&d, "X-RateLimit-Limit"), None);
+    assert!(header(&d, "RateLimit").is_some());
+    s.stop().await;
+    ietf.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_naming_the_field() {
+    let s = TestServer::start(CONFIG).await;
+    let mut client = s.client.clone();
+    let err = client
+        .consume(req("", "/x"))
+        .await
+        .expect_err("empty subject");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("subject"), "{}", err.message());
+    let err = client
+        .consume(with_cost(req("k", "/x"), &[("", 1)]))
+        .await
+        .expect_err("empty unit");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("cost"), "{}", err.message());
+    let err = client
+        .consume(req(&"k".repeat(2000), "/x"))
+        .await
+        .expect_err("long subject");
+    assert!(err.message().starts_with("subject"), "{}", err.message());
+    // Nothing was counted by the refused calls.
+    assert_eq!(
+        remaining(&s.check(req("k", "/x")).await, "requests/minute"),
+        5
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn health_answers_serving() {
+    let s = TestServer::start(CONFIG).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    s.stop().await;
+}

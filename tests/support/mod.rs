@@ -1,0 +1,175 @@
+//! A real tollgate server on 127.0.0.1:0 with a manual clock, and its clients.
+#![allow(dead_code, missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use tollgate::engine::{ManualClock, Nanos, clock::SECOND};
+use tollgate::limiter::Limiter;
+use tollgate::plans::SlotRegistry;
+use tollgate::proto::tollgate::v1 as pb;
+use tollgate::storage::memory::MemoryStore;
+
+pub use pb::rate_limiter_client::RateLimiterClient;
+pub use pb::{Decision, LimitRequest, Verdict};
+
+/// A day boundary (2027-01-15T00:00:00Z), so every window starts aligned.
+pub const T0: Nanos = 1_799_971_200 * SECOND;
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub limiter: Arc<Limiter<MemoryStore>>,
+    pub client: RateLimiterClient<Channel>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Serves the configuration `yaml` with a clock at [`T0`].
+    pub async fn start(yaml: &str) -> Self {
+        Self::start_with(yaml, MemoryStore::new(100_000)).await
+    }
+
+    /// Serves the example file `examples/<name>`.
+    pub async fn example(name: &str) -> Self {
+        let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+        let yaml = std::fs::read_to_string(&path).expect("example exists");
+        Self::start(&yaml).await
+    }
+
+    pub async fn start_with(yaml: &str, store: MemoryStore) -> Self {
+        let slots = Arc::new(SlotRegistry::default());
+        let catalog = tollgate::config::parse("test.yaml", yaml, &slots).expect("valid config");
+        let clock = Arc::new(ManualClock::new(T0));
+        let limiter = Arc::new(Limiter::new(store, catalog, slots, clock.clone()));
+        // Bound before spawning, so the client can connect at once.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn({
+            let limiter = limiter.clone();
+            async move {
+                tollgate::server::run(listener, limiter, async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server runs");
+            }
+        });
+        let client = RateLimiterClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        Self {
+            addr,
+            clock,
+            limiter,
+            client,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    pub async fn consume(&self, r: LimitRequest) -> Decision {
+        self.client
+            .clone()
+            .consume(r)
+            .await
+            .expect("consume")
+            .into_inner()
+    }
+
+    pub async fn check(&self, r: LimitRequest) -> Decision {
+        self.client
+            .clone()
+            .check_limit(r)
+            .await
+            .expect("check")
+            .into_inner()
+    }
+
+    pub async fn record(&self, r: LimitRequest) -> Decision {
+        self.client
+            .clone()
+            .record(r)
+            .await
+            .expect("record")
+            .into_inner()
+    }
+
+    /// Consumes `r` `n` times and returns how many were allowed.
+    pub async fn consume_n(&self, r: &LimitRequest, n: usize) -> usize {
+        let mut allowed = 0;
+        for _ in 0..n {
+            if self.consume(r.clone()).await.verdict == Verdict::Allowed as i32 {
+                allowed += 1;
+            }
+        }
+        allowed
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("server task ends cleanly");
+        }
+    }
+}
+
+/// A request of `subject` for `resource`, costing one request.
+pub fn req(subject: &str, resource: &str) -> LimitRequest {
+    LimitRequest {
+        subject: subject.into(),
+        resource: resource.into(),
+        ..Default::default()
+    }
+}
+
+/// `r` with `cost`.
+pub fn with_cost(mut r: LimitRequest, cost: &[(&str, u64)]) -> LimitRequest {
+    r.cost = cost
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect::<HashMap<_, _>>();
+    r
+}
+
+/// `r` for `account`.
+pub fn of_account(mut r: LimitRequest, account: &str) -> LimitRequest {
+    r.account = account.into();
+    r
+}
+
+pub fn verdict(d: &Decision) -> Verdict {
+    Verdict::try_from(d.verdict).expect("known verdict")
+}
+
+pub fn header<'a>(d: &'a Decision, name: &str) -> Option<&'a str> {
+    d.headers.get(name).map(String::as_str)
+}
+
+/// The remaining of the limit named `name`.
+pub fn remaining(d: &Decision, name: &str) -> u64 {
+    d.limits
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no limit {name} in {d:?}"))
+        .remaining
+        .expect("counted limit")
+}
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
