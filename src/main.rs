@@ -1,7 +1,7 @@
 //! The `tollgate` binary: parse the command line, validate the configuration,
 //! bind, serve.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

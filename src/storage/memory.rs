@@ -8,11 +8,13 @@
 //!
 //! Memory is bounded by `max_counters`. When a shard is over its share, it
 //! first drops expired state (windows that ended, buckets that refilled);
-//! only if that frees too little does it evict the live entries that expire
-//! soonest. Evicting a live counter forgets its usage (that scope starts
-//! afresh), so every eviction is counted ([`MemoryStore::evictions`]) and
-//! logged; new counters are always enforced, so a full store never stops
-//! limiting. Size the cap above the live working set.
+//! only if that frees too little does it evict the least recently used live
+//! entries (a decision, admitted or not, counts as a use). Evicting a live
+//! counter forgets its usage (that scope starts afresh), so every eviction is
+//! counted ([`MemoryStore::evictions`]) and logged. Scopes in active use are
+//! never the ones evicted and new counters are always enforced, so a full
+//! store keeps limiting, unlike a cache that stops tracking past its cap.
+//! Size the cap above the live working set.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,12 +42,15 @@ pub struct MemoryStore {
 struct Shard {
     table: HashTable<Entry>,
     cells: usize,
+    /// Counts decisions in this shard; stamps entries for LRU eviction.
+    tick: u64,
 }
 
 /// One scope's counters.
 struct Entry {
     scope: Box<str>,
     expires_at: Nanos,
+    touched: u64,
     cells: Vec<Cell>,
 }
 
@@ -104,26 +109,25 @@ impl MemoryStore {
         if shard.cells <= target {
             return;
         }
-        // Evict the live entries that expire soonest, in one batch.
-        let mut expiries: Vec<Nanos> = shard
+        // Evict the least recently used live entries, in one batch.
+        let mut stamps: Vec<u64> = shard
             .table
             .iter()
             .filter(|e| !keep.iter().any(|k| k.scope == &*e.scope))
-            .map(|e| e.expires_at)
+            .map(|e| e.touched)
             .collect();
-        let excess = shard.cells - target;
-        let n = excess.min(expiries.len()).max(1) - 1;
-        if expiries.is_empty() {
+        if stamps.is_empty() {
             return;
         }
-        let (_, threshold, _) = expiries.select_nth_unstable(n);
+        let excess = shard.cells - target;
+        let n = excess.min(stamps.len()).max(1) - 1;
+        let (_, threshold, _) = stamps.select_nth_unstable(n);
         let threshold = *threshold;
         let before = shard.cells;
         let mut budget = excess;
         shard.retain(|e| {
-            let evict = budget > 0
-                && e.expires_at <= threshold
-                && !keep.iter().any(|k| k.scope == &*e.scope);
+            let evict =
+                budget > 0 && e.touched <= threshold && !keep.iter().any(|k| k.scope == &*e.scope);
             if evict {
                 budget = budget.saturating_sub(e.cells.len());
             }
@@ -178,9 +182,15 @@ impl CounterStore for MemoryStore {
 
         let mut states: SmallVec<[State; 4]> = SmallVec::with_capacity(keys.len());
         for (key, &hash) in keys.iter().zip(&hashes) {
-            let shard = &guards[guard_of(self.shard_of(hash))].1;
+            let shard = &mut *guards[guard_of(self.shard_of(hash))].1;
+            shard.tick += 1;
+            let tick = shard.tick;
             let state = shard
-                .find(hash, key.scope)
+                .find_mut(hash, key.scope)
+                .map(|e| {
+                    e.touched = tick;
+                    &*e
+                })
                 .filter(|e| e.expires_at > now)
                 .and_then(|e| e.cells.iter().find(|c| c.slot == key.slot))
                 .map_or_else(State::default, |c| c.state);
@@ -243,8 +253,8 @@ impl std::fmt::Debug for MemoryStore {
 // === impl Shard ===
 
 impl Shard {
-    fn find(&self, hash: u64, scope: &str) -> Option<&Entry> {
-        self.table.find(hash, |e| &*e.scope == scope)
+    fn find_mut(&mut self, hash: u64, scope: &str) -> Option<&mut Entry> {
+        self.table.find_mut(hash, |e| &*e.scope == scope)
     }
 
     /// Stores `state` for `key`; returns whether a new cell was added.
@@ -257,6 +267,7 @@ impl Shard {
         expires_at: Nanos,
         now: Nanos,
     ) -> bool {
+        let tick = self.tick;
         let entry = self
             .table
             .entry(
@@ -267,6 +278,7 @@ impl Shard {
             .or_insert_with(|| Entry {
                 scope: key.scope.into(),
                 expires_at: 0,
+                touched: tick,
                 cells: Vec::with_capacity(1),
             })
             .into_mut();

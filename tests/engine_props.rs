@@ -1,0 +1,131 @@
+//! Property tests of the engine's invariants, with time passed by hand.
+
+use proptest::prelude::*;
+
+use tollgate::engine::{Algorithm, CounterKey, CounterStore, Engine, Item, Mode, Rate};
+use tollgate::storage::memory::MemoryStore;
+
+const SEC: u64 = 1_000_000_000;
+const T0: u64 = 1_799_971_200 * SEC;
+
+/// (nanoseconds to advance, cost) steps.
+fn steps() -> impl Strategy<Value = Vec<(u64, u64)>> {
+    prop::collection::vec((0..20 * SEC, 1..4u64), 1..300)
+}
+
+fn item(slot: u32, algorithm: Algorithm, amount: u64, window: u64, cost: u64) -> Item<'static> {
+    Item {
+        key: CounterKey { scope: "s", slot },
+        algorithm,
+        rate: Rate::new(amount, window).expect("nonzero"),
+        cost,
+    }
+}
+
+/// Runs the steps against one limit; returns (time, cost) of each admission.
+fn admissions(
+    algorithm: Algorithm,
+    amount: u64,
+    window: u64,
+    steps: &[(u64, u64)],
+) -> Vec<(u64, u64)> {
+    let engine = Engine::new(MemoryStore::new(1024));
+    let mut now = T0;
+    let mut out = Vec::new();
+    for &(advance, cost) in steps {
+        now += advance;
+        if engine
+            .decide(
+                Mode::Consume,
+                now,
+                &[item(0, algorithm, amount, window, cost)],
+            )
+            .counted
+        {
+            out.push((now, cost));
+        }
+    }
+    out
+}
+
+proptest! {
+    #[test]
+    fn fixed_windows_never_admit_more_than_the_amount(amount in 1..20u64, steps in steps()) {
+        let window = 60 * SEC;
+        let admitted = admissions(Algorithm::FixedWindow, amount, window, &steps);
+        let mut per_window = std::collections::HashMap::new();
+        for (t, c) in admitted {
+            *per_window.entry(t / window).or_insert(0) += c;
+        }
+        prop_assert!(per_window.values().all(|&n| n <= amount));
+    }
+
+    #[test]
+    fn token_buckets_never_exceed_capacity_plus_refill(amount in 1..20u64, steps in steps()) {
+        let window = 60 * SEC;
+        let admitted = admissions(Algorithm::TokenBucket, amount, window, &steps);
+        // In any span [a, b], at most amount + (b - a) * amount / window units.
+        for i in 0..admitted.len() {
+            let mut sum = 0u128;
+            for j in i..admitted.len() {
+                sum += u128::from(admitted[j].1);
+                let span = u128::from(admitted[j].0 - admitted[i].0);
+                let bound = u128::from(amount) + span * u128::from(amount) / u128::from(window);
+                prop_assert!(sum <= bound, "{sum} units within {span} ns; bound {bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn sliding_windows_keep_the_estimate_within_the_amount(amount in 1..20u64, steps in steps()) {
+        let window = 60 * SEC;
+        let admitted = admissions(Algorithm::SlidingWindow, amount, window, &steps);
+        for &(t, _) in &admitted {
+            let idx = t / window;
+            let count = |w: u64| admitted.iter().filter(|(u, _)| *u / window == w && *u <= t).map(|(_, c)| *c).sum::<u64>();
+            let prev = if idx == 0 { 0 } else { count(idx - 1) };
+            let elapsed = (t - idx * window) as f64 / window as f64;
+            let estimate = prev as f64 * (1.0 - elapsed) + count(idx) as f64;
+            prop_assert!(estimate <= amount as f64 + 1e-9, "estimate {estimate} at {t}");
+        }
+    }
+
+    #[test]
+    fn consume_is_all_or_nothing(steps in steps(), small in 1..10u64) {
+        // Two limits counting the same costs: they stay equal, so a decision
+        // never counted one without the other.
+        let engine = Engine::new(MemoryStore::new(1024));
+        let window = 60 * SEC;
+        let mut now = T0;
+        for (advance, cost) in steps {
+            now += advance;
+            let items = [
+                item(0, Algorithm::FixedWindow, small, window, cost),
+                item(1, Algorithm::FixedWindow, 1_000, window, cost),
+            ];
+            let before = engine.decide(Mode::Check, now, &items);
+            let out = engine.decide(Mode::Consume, now, &items);
+            let after = engine.decide(Mode::Check, now, &items);
+            let used = |o: &tollgate::engine::Outcome, i: usize, amount: u64| amount - o.items[i].remaining;
+            prop_assert_eq!(used(&after, 0, small), used(&after, 1, 1_000));
+            if !out.counted {
+                prop_assert_eq!(&before.items, &after.items);
+            }
+        }
+    }
+
+    #[test]
+    fn check_never_changes_state(steps in steps()) {
+        let engine = Engine::new(MemoryStore::new(1024));
+        let mut now = T0;
+        for (advance, cost) in steps {
+            now += advance;
+            let items = [item(0, Algorithm::TokenBucket, 5, 10 * SEC, cost), item(1, Algorithm::SlidingWindow, 7, 10 * SEC, cost)];
+            let a = engine.decide(Mode::Check, now, &items);
+            let b = engine.decide(Mode::Check, now, &items);
+            prop_assert_eq!(a, b);
+            engine.decide(Mode::Consume, now, &items);
+        }
+        prop_assert!(engine.store().len() <= 2);
+    }
+}
