@@ -1,7 +1,6 @@
 //! Engine benchmarks: ns per decision for one limit and for three
-//! (minute + hour + day), for one subject and across 1,000,000 subjects; the
-//! whole decision path (plan, class, engine, headers); and bytes per tracked
-//! counter with 1,000,000 live subjects, printed before the timings.
+//! (minute + hour + day), for one subject and across 1,000,000 subjects; and
+//! the whole decision path (plan, class, engine, headers).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -10,9 +9,7 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group};
 
-use tollgate::engine::{
-    Algorithm, CounterKey, CounterStore, Engine, Item, ManualClock, Mode, Rate,
-};
+use tollgate::engine::{Algorithm, CounterKey, Engine, Item, ManualClock, Mode, Rate};
 use tollgate::limiter::{Limiter, Request};
 use tollgate::plans::SlotRegistry;
 use tollgate::storage::memory::MemoryStore;
@@ -21,21 +18,25 @@ const SEC: u64 = 1_000_000_000;
 const NOW: u64 = 1_799_971_200 * SEC;
 const SUBJECTS: usize = 1_000_000;
 
-fn items<'a>(scope: &'a str, algorithm: Algorithm, windows: &[u64]) -> Vec<Item<'a>> {
-    windows
-        .iter()
-        .enumerate()
-        .map(|(slot, w)| Item {
-            key: CounterKey {
-                scope,
-                slot: slot as u32,
-            },
-            algorithm,
-            // Large enough never to deny: the benchmark measures admitting.
-            rate: Rate::new(u64::MAX / 4, *w).unwrap(),
-            cost: 1,
-        })
-        .collect()
+/// The time of the next decision: 1 µs after the previous one.
+fn tick() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CLOCK: AtomicU64 = AtomicU64::new(NOW);
+    CLOCK.fetch_add(1_000, Ordering::Relaxed)
+}
+
+fn items<const N: usize>(scope: &str, algorithm: Algorithm, windows: [u64; N]) -> [Item<'_>; N] {
+    std::array::from_fn(|slot| Item {
+        key: CounterKey {
+            scope,
+            slot: slot as u32,
+        },
+        algorithm,
+        // 100M a window while time moves 1 µs a decision: never denied, and
+        // every value stays in the range real limits use.
+        rate: Rate::new(100_000_000, windows[slot]).unwrap(),
+        cost: 1,
+    })
 }
 
 fn subjects() -> Vec<String> {
@@ -52,36 +53,42 @@ fn engine(c: &mut Criterion) {
         ("token_bucket", Algorithm::TokenBucket),
     ] {
         let e = Engine::new(MemoryStore::new(4 * SUBJECTS));
-        let it = items("key_1", algorithm, &one);
+        let it = items("key_1", algorithm, one);
         group.bench_function(format!("{name}/1_limit/1_subject"), |b| {
-            b.iter(|| black_box(e.decide(Mode::Consume, NOW, black_box(&it))))
+            b.iter(|| black_box(e.decide(Mode::Consume, tick(), black_box(&it))))
         });
     }
     let e = Engine::new(MemoryStore::new(4 * SUBJECTS));
-    let it = items("key_1", Algorithm::FixedWindow, &three);
+    let it = items("key_1", Algorithm::FixedWindow, three);
     group.bench_function("fixed_window/3_limits/1_subject", |b| {
-        b.iter(|| black_box(e.decide(Mode::Consume, NOW, black_box(&it))))
+        b.iter(|| black_box(e.decide(Mode::Consume, tick(), black_box(&it))))
     });
 
     let keys = subjects();
-    for (label, windows) in [("1_limit", &one[..]), ("3_limits", &three[..])] {
-        let e = Engine::new(MemoryStore::new(4 * SUBJECTS));
-        for k in &keys {
-            e.decide(
-                Mode::Consume,
-                NOW,
-                &items(k, Algorithm::FixedWindow, windows),
-            );
-        }
-        let mut i = 0usize;
-        group.bench_function(format!("fixed_window/{label}/1M_subjects"), |b| {
-            b.iter(|| {
-                i = (i + 7919) % SUBJECTS;
-                let it = items(&keys[i], Algorithm::FixedWindow, windows);
-                black_box(e.decide(Mode::Consume, NOW, &it))
-            })
-        });
+    let mut i = 0usize;
+    let e = Engine::new(MemoryStore::new(4 * SUBJECTS));
+    for k in &keys {
+        e.decide(Mode::Consume, NOW, &items(k, Algorithm::FixedWindow, one));
     }
+    group.bench_function("fixed_window/1_limit/1M_subjects", |b| {
+        b.iter(|| {
+            i = (i + 7919) % SUBJECTS;
+            let it = items(&keys[i], Algorithm::FixedWindow, one);
+            black_box(e.decide(Mode::Consume, tick(), &it))
+        })
+    });
+    drop(e);
+    let e = Engine::new(MemoryStore::new(4 * SUBJECTS));
+    for k in &keys {
+        e.decide(Mode::Consume, NOW, &items(k, Algorithm::FixedWindow, three));
+    }
+    group.bench_function("fixed_window/3_limits/1M_subjects", |b| {
+        b.iter(|| {
+            i = (i + 7919) % SUBJECTS;
+            let it = items(&keys[i], Algorithm::FixedWindow, three);
+            black_box(e.decide(Mode::Consume, tick(), &it))
+        })
+    });
     group.finish();
 }
 
@@ -126,58 +133,9 @@ fn decision_path(c: &mut Criterion) {
     });
 }
 
-/// Resident memory per counter with a million live subjects, one counter each.
-fn memory_per_counter() {
-    let keys = subjects();
-    let before = resident_bytes();
-    let e = Engine::new(MemoryStore::new(4 * SUBJECTS));
-    for k in &keys {
-        e.decide(
-            Mode::Consume,
-            NOW,
-            &items(k, Algorithm::TokenBucket, &[60 * SEC]),
-        );
-    }
-    let after = resident_bytes();
-    let counters = e.store().len();
-    let per = (after.saturating_sub(before)) as f64 / counters as f64;
-    eprintln!(
-        "memory: {counters} counters for {SUBJECTS} subjects: {per:.0} bytes per counter all-in \
-         (subject key, table slot, cell; resident set growth)"
-    );
-    let e3 = Engine::new(MemoryStore::new(4 * SUBJECTS));
-    let before = resident_bytes();
-    for k in &keys {
-        e3.decide(
-            Mode::Consume,
-            NOW,
-            &items(
-                k,
-                Algorithm::FixedWindow,
-                &[60 * SEC, 3600 * SEC, 86_400 * SEC],
-            ),
-        );
-    }
-    let after = resident_bytes();
-    let counters = e3.store().len();
-    let per = (after.saturating_sub(before)) as f64 / counters as f64;
-    eprintln!("memory: {counters} counters (3 per subject): {per:.0} bytes per counter all-in");
-}
-
-fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 criterion_group!(benches, engine, decision_path);
 
 fn main() {
-    memory_per_counter();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -145,35 +145,34 @@ impl<S: CounterStore> Engine<S> {
             items: SmallVec::new(),
         };
         self.store.transact(&keys, now, &mut |states, expiries| {
-            let steps: SmallVec<[algorithm::Step; 4]> = items
-                .iter()
-                .zip(states.iter())
-                .map(|(item, state)| item.algorithm.step(*state, item.rate, now, item.cost))
-                .collect();
-            let fits = steps.iter().all(|s| s.fits);
+            outcome.items.clear();
+            // What each item's counter becomes if the decision counts.
+            let mut counted: SmallVec<[(State, Nanos, u64, Nanos); 4]> = SmallVec::new();
+            let mut fits = true;
+            for (item, state) in items.iter().zip(states.iter()) {
+                let s = item.algorithm.step(*state, item.rate, now, item.cost);
+                fits &= s.fits;
+                counted.push((s.counted, s.expires_at, s.remaining_after, s.free_at_after));
+                outcome.items.push(ItemStatus {
+                    fits: s.fits,
+                    too_large: s.wait.is_none(),
+                    remaining: s.remaining,
+                    free_at: s.free_at,
+                    wait: s.wait.unwrap_or(0),
+                });
+            }
             let count = match mode {
                 Mode::Check => false,
                 Mode::Consume => fits,
                 Mode::Record => true,
             };
-            outcome.items = steps
-                .iter()
-                .map(|s| ItemStatus {
-                    fits: s.fits,
-                    too_large: s.wait.is_none(),
-                    remaining: if count {
-                        s.remaining_after
-                    } else {
-                        s.remaining
-                    },
-                    free_at: if count { s.free_at_after } else { s.free_at },
-                    wait: s.wait.unwrap_or(0),
-                })
-                .collect();
             if count {
-                for (i, step) in steps.iter().enumerate() {
-                    states[i] = step.counted;
-                    expiries[i] = step.expires_at;
+                for (i, (state, expires_at, remaining, free_at)) in counted.into_iter().enumerate()
+                {
+                    states[i] = state;
+                    expiries[i] = expires_at;
+                    outcome.items[i].remaining = remaining;
+                    outcome.items[i].free_at = free_at;
                 }
             }
             outcome.fits = fits;

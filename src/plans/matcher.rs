@@ -6,7 +6,7 @@
 //! Exact patterns are hash lookups; wildcards are tried in specificity order
 //! and the first match ends the search.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 /// The compiled patterns of every class.
 #[derive(Debug, Default)]

@@ -19,6 +19,7 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use compact_str::CompactString;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
@@ -48,10 +49,12 @@ struct Shard {
 
 /// One scope's counters.
 struct Entry {
-    scope: Box<str>,
+    /// Inline up to 24 bytes, so most keys need no allocation of their own.
+    scope: CompactString,
     expires_at: Nanos,
     touched: u64,
-    cells: Vec<Cell>,
+    /// One cell inline: most scopes have one counter per entry.
+    cells: SmallVec<[Cell; 1]>,
 }
 
 struct Cell {
@@ -113,7 +116,7 @@ impl MemoryStore {
         let mut stamps: Vec<u64> = shard
             .table
             .iter()
-            .filter(|e| !keep.iter().any(|k| k.scope == &*e.scope))
+            .filter(|e| !keep.iter().any(|k| k.scope == e.scope.as_str()))
             .map(|e| e.touched)
             .collect();
         if stamps.is_empty() {
@@ -126,8 +129,9 @@ impl MemoryStore {
         let before = shard.cells;
         let mut budget = excess;
         shard.retain(|e| {
-            let evict =
-                budget > 0 && e.touched <= threshold && !keep.iter().any(|k| k.scope == &*e.scope);
+            let evict = budget > 0
+                && e.touched <= threshold
+                && !keep.iter().any(|k| k.scope == e.scope.as_str());
             if evict {
                 budget = budget.saturating_sub(e.cells.len());
             }
@@ -138,26 +142,84 @@ impl MemoryStore {
         self.warn_evictions(now, total);
     }
 
-    fn warn_evictions(&self, now: Nanos, total: u64) {
-        const EVERY: Nanos = 10 * crate::engine::clock::SECOND;
-        let last = self.last_warning.load(Ordering::Relaxed);
-        if now >= last.saturating_add(EVERY)
-            && self
-                .last_warning
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(
-                evictions = total,
-                capacity = self.capacity(),
-                "counter store full: evicting live counters; raise --max-counters"
-            );
+    /// One decision over one scope: a single lookup, the common case.
+    fn transact_scope(
+        &self,
+        scope: &str,
+        keys: &[CounterKey<'_>],
+        now: Nanos,
+        decide: &mut dyn FnMut(&mut [State], &mut [Nanos]) -> bool,
+    ) {
+        let hash = self.hash(scope);
+        let mut guard = self.shards[self.shard_of(hash)].lock();
+        let shard = &mut *guard;
+        shard.tick += 1;
+        let mut states: SmallVec<[State; 4]> = SmallVec::from_elem(State::default(), keys.len());
+        let mut expiries: SmallVec<[Nanos; 4]> = SmallVec::from_elem(0, keys.len());
+        let Shard { table, cells, tick } = shard;
+        match table.find_mut(hash, |e| e.scope.as_str() == scope) {
+            Some(entry) => {
+                entry.touched = *tick;
+                if entry.expires_at > now {
+                    for (state, key) in states.iter_mut().zip(keys) {
+                        if let Some(c) = entry.cells.iter().find(|c| c.slot == key.slot) {
+                            *state = c.state;
+                        }
+                    }
+                }
+                if !decide(&mut states, &mut expiries) {
+                    return;
+                }
+                if entry.expires_at <= now {
+                    *cells -= entry.cells.len();
+                    entry.cells.clear();
+                }
+                let mut grew = false;
+                for ((key, state), expires_at) in keys.iter().zip(&states).zip(&expiries) {
+                    entry.expires_at = entry.expires_at.max(*expires_at);
+                    match entry.cells.iter_mut().find(|c| c.slot == key.slot) {
+                        Some(cell) => cell.state = *state,
+                        None => {
+                            entry.cells.push(Cell {
+                                slot: key.slot,
+                                state: *state,
+                            });
+                            *cells += 1;
+                            grew = true;
+                        }
+                    }
+                }
+                if grew {
+                    self.enforce_cap(shard, now, keys);
+                }
+            }
+            None => {
+                if !decide(&mut states, &mut expiries) {
+                    return;
+                }
+                let entry = Entry {
+                    scope: scope.into(),
+                    expires_at: expiries.iter().copied().max().unwrap_or(0),
+                    touched: *tick,
+                    cells: keys
+                        .iter()
+                        .zip(&states)
+                        .map(|(k, s)| Cell {
+                            slot: k.slot,
+                            state: *s,
+                        })
+                        .collect(),
+                };
+                *cells += entry.cells.len();
+                let hasher = &self.hasher;
+                table.insert_unique(hash, entry, |e| hasher.hash_one(e.scope.as_str()));
+                self.enforce_cap(shard, now, keys);
+            }
         }
     }
-}
 
-impl CounterStore for MemoryStore {
-    fn transact(
+    /// One decision over several scopes, locking their shards in order.
+    fn transact_shards(
         &self,
         keys: &[CounterKey<'_>],
         now: Nanos,
@@ -214,10 +276,43 @@ impl CounterStore for MemoryStore {
         }
     }
 
+    fn warn_evictions(&self, now: Nanos, total: u64) {
+        const EVERY: Nanos = 10 * crate::engine::clock::SECOND;
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if now >= last.saturating_add(EVERY)
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                evictions = total,
+                capacity = self.capacity(),
+                "counter store full: evicting live counters; raise --max-counters"
+            );
+        }
+    }
+}
+
+impl CounterStore for MemoryStore {
+    fn transact(
+        &self,
+        keys: &[CounterKey<'_>],
+        now: Nanos,
+        decide: &mut dyn FnMut(&mut [State], &mut [Nanos]) -> bool,
+    ) {
+        match keys.first() {
+            Some(first) if keys.iter().all(|k| k.scope == first.scope) => {
+                self.transact_scope(first.scope, keys, now, decide);
+            }
+            _ => self.transact_shards(keys, now, decide),
+        }
+    }
+
     fn reset(&self, scope: &str) {
         let hash = self.hash(scope);
         let mut shard = self.shards[self.shard_of(hash)].lock();
-        if let Ok(entry) = shard.table.find_entry(hash, |e| &*e.scope == scope) {
+        if let Ok(entry) = shard.table.find_entry(hash, |e| e.scope.as_str() == scope) {
             let (removed, _) = entry.remove();
             shard.cells -= removed.cells.len();
         }
@@ -254,7 +349,7 @@ impl std::fmt::Debug for MemoryStore {
 
 impl Shard {
     fn find_mut(&mut self, hash: u64, scope: &str) -> Option<&mut Entry> {
-        self.table.find_mut(hash, |e| &*e.scope == scope)
+        self.table.find_mut(hash, |e| e.scope.as_str() == scope)
     }
 
     /// Stores `state` for `key`; returns whether a new cell was added.
@@ -272,14 +367,14 @@ impl Shard {
             .table
             .entry(
                 hash,
-                |e| &*e.scope == key.scope,
-                |e| hasher.hash_one(&*e.scope),
+                |e| e.scope.as_str() == key.scope,
+                |e| hasher.hash_one(e.scope.as_str()),
             )
             .or_insert_with(|| Entry {
                 scope: key.scope.into(),
                 expires_at: 0,
                 touched: tick,
-                cells: Vec::with_capacity(1),
+                cells: SmallVec::new(),
             })
             .into_mut();
         if entry.expires_at <= now {

@@ -14,15 +14,15 @@
 //! over in units, not in time: an upgrade unblocks at once, and a downgrade
 //! never hands out fresh quota.
 
-use super::{Rate, Step, saturate};
+use super::{Rate, Step, div, div_ceil, saturate};
 use crate::engine::{clock::Nanos, store::State};
 
 /// Evaluates `cost` against `state` at `now`.
 pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let amount = u128::from(rate.amount);
     let w = u128::from(rate.window);
-    let now_s = u128::from(now) * amount;
-    // Debt in units * window: the same quantity under any amount.
+    // Debt in units * window: the same quantity under any amount. Everything
+    // below is relative to `now`, so it stays small (and mostly 64-bit).
     let debt = debt(state, now);
     let capacity = amount * w;
     let increment = u128::from(cost) * w;
@@ -32,35 +32,35 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     } else if increment > capacity {
         None
     } else {
-        Some(saturate((debt + increment - capacity).div_ceil(amount)))
+        Some(saturate(div_ceil(debt + increment - capacity, amount)))
     };
-    let tat_after = now_s + debt + increment;
-    let remaining = |debt: u128| saturate(capacity.saturating_sub(debt) / w);
-    let to_nanos = |scaled: u128| saturate(scaled.div_ceil(amount));
+    let debt_after = debt + increment;
+    let remaining = |debt: u128| saturate(div(capacity.saturating_sub(debt), w));
+    let at = |debt: u128| now.saturating_add(saturate(div_ceil(debt, amount)));
+    let whole = div(debt_after, amount);
     Step {
         fits,
         counted: State {
-            a: saturate(tat_after / amount),
+            a: now.saturating_add(saturate(whole)),
             b: rate.amount,
-            c: saturate(tat_after % amount),
+            c: saturate(debt_after - whole * amount),
         },
         remaining: remaining(debt),
-        remaining_after: remaining(debt + increment),
+        remaining_after: remaining(debt_after),
         wait,
-        free_at: to_nanos(now_s + debt),
-        free_at_after: to_nanos(tat_after),
-        expires_at: to_nanos(tat_after),
+        free_at: at(debt),
+        free_at_after: at(debt_after),
+        expires_at: at(debt_after),
     }
 }
 
 /// The stored debt at `now`, in units * window (`(TAT - now) * amount`).
 fn debt(state: State, now: Nanos) -> u128 {
-    if state.b == 0 {
-        return 0;
+    match state.a.checked_sub(now) {
+        // The remainder `c` is below `b`, so a TAT before `now` owes nothing.
+        Some(ahead) if state.b != 0 => u128::from(ahead) * u128::from(state.b) + u128::from(state.c),
+        _ => 0,
     }
-    let stored_amount = u128::from(state.b);
-    let tat = u128::from(state.a) * stored_amount + u128::from(state.c);
-    tat.saturating_sub(u128::from(now) * stored_amount)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! State: `a` = current window index, `b` = count in it, `c` = count in the
 //! window before it.
 
-use super::{Rate, Step, saturate};
+use super::{Rate, Step, div, saturate};
 use crate::engine::{clock::Nanos, store::State};
 
 /// Evaluates `cost` against `state` at `now`.
@@ -31,7 +31,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let used = |cur: u64| weighted_prev + u128::from(cur) * u128::from(w);
     let after = cur.saturating_add(cost);
     let fits = used(after) <= cap;
-    let remaining = |cur: u64| saturate(cap.saturating_sub(used(cur)) / u128::from(w));
+    let remaining = |cur: u64| saturate(div(cap.saturating_sub(used(cur)), u128::from(w)));
     let wait = if fits {
         Some(0)
     } else if cost > rate.amount {
