@@ -181,8 +181,7 @@ impl<S: CounterStore> Limiter<S> {
         };
         let plan = self
             .resolver
-            .resolve(&snapshot.catalog, snapshot.generation, account)
-            .await;
+            .resolve(&snapshot.catalog, snapshot.generation, account);
         let catalog = &snapshot.catalog;
 
         let (prefix_method, path) = split_method(request.resource.trim());

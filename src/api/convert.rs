@@ -4,7 +4,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tonic::Status;
 
-use crate::engine::Nanos;
+use crate::engine::{Algorithm, Nanos};
 use crate::limiter::{Decision, LimitStatus, Request, Verdict};
 use crate::proto::tollgate::v1 as pb;
 
@@ -74,10 +74,15 @@ pub fn limit_status(l: &LimitStatus) -> pb::LimitStatus {
         reset_at: (!l.unlimited).then(|| timestamp(l.reset_at)),
         unlimited: l.unlimited,
         class: l.class.as_deref().unwrap_or_default().to_owned(),
-        algorithm: l
-            .algorithm
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default(),
+        algorithm: l.algorithm.map_or(pb::Algorithm::Unspecified, algorithm) as i32,
+    }
+}
+
+fn algorithm(a: Algorithm) -> pb::Algorithm {
+    match a {
+        Algorithm::FixedWindow => pb::Algorithm::FixedWindow,
+        Algorithm::SlidingWindow => pb::Algorithm::SlidingWindow,
+        Algorithm::TokenBucket => pb::Algorithm::TokenBucket,
     }
 }
 

@@ -28,7 +28,7 @@ impl<S> RateLimiterService<S> {
 }
 
 impl<S: CounterStore + 'static> RateLimiterService<S> {
-    #[instrument(name = "decide", skip_all, fields(rpc = ?mode, subject = Empty, plan = Empty, class = Empty, verdict = Empty))]
+    #[instrument(level = "debug", name = "decide", skip_all, fields(rpc = ?mode, subject = Empty, plan = Empty, class = Empty, verdict = Empty))]
     async fn decide(
         &self,
         mode: Mode,

@@ -6,18 +6,24 @@
 //! serves a plan from the previous file; `invalidate` drops one account, for
 //! plan changes that must apply on the very next decision. Concurrent misses
 //! for one account load once (`get_with`).
+//!
+//! The cache is moka's synchronous one with a fast hasher: a hit costs tens of
+//! nanoseconds on the decision path, where the async cache cost a microsecond
+//! (measured with `scripts/load.sh`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::future::Cache;
+use moka::sync::Cache;
 
 use super::{Catalog, Plan};
+
+type Hasher = hashbrown::DefaultHashBuilder;
 
 /// The cached resolver.
 #[derive(Debug, Clone)]
 pub struct Resolver {
-    cache: Cache<String, (u64, Arc<Plan>)>,
+    cache: Cache<String, (u64, Arc<Plan>), Hasher>,
 }
 
 // === impl Resolver ===
@@ -30,25 +36,21 @@ impl Resolver {
                 .max_capacity(capacity)
                 // A safety net only; invalidation makes changes immediate.
                 .time_to_live(Duration::from_secs(300))
-                .build(),
+                .build_with_hasher(Hasher::default()),
         }
     }
 
     /// The plan of `account` under `catalog` (generation `generation`).
-    pub async fn resolve(
-        &self,
-        catalog: &Arc<Catalog>,
-        generation: u64,
-        account: &str,
-    ) -> Arc<Plan> {
-        if let Some((g, plan)) = self.cache.get(account).await {
+    pub fn resolve(&self, catalog: &Arc<Catalog>, generation: u64, account: &str) -> Arc<Plan> {
+        if let Some((g, plan)) = self.cache.get(account) {
             if g == generation {
                 return plan;
             }
-            self.cache.invalidate(account).await;
+            self.cache.invalidate(account);
         }
-        let load = async { (generation, Self::load(catalog, account)) };
-        let (g, plan) = self.cache.get_with(account.to_owned(), load).await;
+        let (g, plan) = self
+            .cache
+            .get_with_by_ref(account, || (generation, Self::load(catalog, account)));
         if g == generation {
             plan
         } else {
@@ -58,8 +60,8 @@ impl Resolver {
     }
 
     /// Forgets the cached plan of `account`: the next decision resolves anew.
-    pub async fn invalidate(&self, account: &str) {
-        self.cache.invalidate(account).await;
+    pub fn invalidate(&self, account: &str) {
+        self.cache.invalidate(account);
     }
 
     /// Forgets every cached plan.

@@ -58,7 +58,9 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
 fn debt(state: State, now: Nanos) -> u128 {
     match state.a.checked_sub(now) {
         // The remainder `c` is below `b`, so a TAT before `now` owes nothing.
-        Some(ahead) if state.b != 0 => u128::from(ahead) * u128::from(state.b) + u128::from(state.c),
+        Some(ahead) if state.b != 0 => {
+            u128::from(ahead) * u128::from(state.b) + u128::from(state.c)
+        }
         _ => 0,
     }
 }

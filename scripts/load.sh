@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# gRPC load test: tollgate's Consume against a bare tonic server that answers
+# without limiting, each pinned to CPU 0, with h2load pinned to CPU 1.
+#   scripts/load.sh [calls] [connections] [streams per connection]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+calls="${1:-300000}" conns="${2:-8}" streams="${3:-16}"
+command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
+cargo build --release --quiet --bin tollgate --example bare
+
+work="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# One gRPC frame: LimitRequest{subject: "key_1", resource: "/api/v1/fetch/people"}.
+python3 - "$work/request.bin" <<'PY'
+import struct, sys
+def field(n, s):
+    b = s.encode()
+    return bytes([n << 3 | 2, len(b)]) + b
+msg = field(1, "key_1") + field(3, "/api/v1/fetch/people")
+open(sys.argv[1], "wb").write(b"\0" + struct.pack(">I", len(msg)) + msg)
+PY
+
+run() { # name, command...
+    local name="$1"; shift
+    taskset -c 0 "$@" 2> "$work/$name.log" &
+    local pid=$! addr=""
+    for _ in $(seq 100); do
+        addr="$(grep -o 'listening on [0-9.:]*' "$work/$name.log" | head -1 | cut -d' ' -f3 || true)"
+        [ -n "$addr" ] && break
+        sleep 0.1
+    done
+    local rps
+    rps="$(taskset -c 1 h2load -n "$calls" -c "$conns" -m "$streams" \
+        -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/request.bin" \
+        "http://$addr/tollgate.v1.RateLimiter/Consume" | tee "$work/$name.h2load" \
+        | awk '/^finished in/ {print $4}')"
+    grep -E '^requests:' "$work/$name.h2load" | sed "s/^/$name /"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "$name: $rps calls/s"
+}
+run bare target/release/examples/bare 127.0.0.1:0
+run tollgate target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml --log-format text
