@@ -248,7 +248,7 @@ impl<S: CounterStore> Limiter<S> {
                         scope,
                         slot: *burst_slot,
                     },
-                    algorithm: Algorithm::SlidingWindow,
+                    algorithm: Algorithm::SlidingRing,
                     rate: *cap,
                     cost,
                 });

@@ -77,6 +77,16 @@ proptest! {
     }
 
     #[test]
+    fn sliding_rings_never_admit_more_than_the_amount_in_any_window(amount in 1..20u64, steps in steps()) {
+        let window = 60 * SEC;
+        let admitted = admissions(Algorithm::SlidingRing, amount, window, &steps);
+        for (i, &(start, _)) in admitted.iter().enumerate() {
+            let in_span: u64 = admitted[i..].iter().take_while(|(t, _)| *t < start + window).map(|(_, c)| c).sum();
+            prop_assert!(in_span <= amount, "{in_span} within a window from {start}");
+        }
+    }
+
+    #[test]
     fn sliding_windows_keep_the_estimate_within_the_amount(amount in 1..20u64, steps in steps()) {
         let window = 60 * SEC;
         let admitted = admissions(Algorithm::SlidingWindow, amount, window, &steps);

@@ -81,7 +81,7 @@ pub fn limit_status(l: &LimitStatus) -> pb::LimitStatus {
 fn algorithm(a: Algorithm) -> pb::Algorithm {
     match a {
         Algorithm::FixedWindow => pb::Algorithm::FixedWindow,
-        Algorithm::SlidingWindow => pb::Algorithm::SlidingWindow,
+        Algorithm::SlidingWindow | Algorithm::SlidingRing => pb::Algorithm::SlidingWindow,
         Algorithm::TokenBucket => pb::Algorithm::TokenBucket,
     }
 }

@@ -338,8 +338,14 @@ fn entry(
             Ok((amount, window)) => {
                 let burst = raw.burst.as_ref().map(|b| b.value.clone());
                 if let Some(b) = &raw.burst {
-                    if let Err(e) = burst_extra(&b.value, amount) {
-                        p.push(b.referenced.line(), &format!("{field}.burst"), e);
+                    match burst_extra(&b.value, amount) {
+                        Err(e) => p.push(b.referenced.line(), &format!("{field}.burst"), e),
+                        Ok(extra) if burst_ceiling(amount, extra) > u64::from(u32::MAX) => p.push(
+                            b.referenced.line(),
+                            &format!("{field}.burst"),
+                            format!("a burst ceiling is at most {} units a window", u32::MAX),
+                        ),
+                        Ok(_) => {}
                     }
                     if algorithm == Some(Algorithm::FixedWindow) {
                         p.push(
@@ -470,6 +476,18 @@ fn parse_window(s: &str) -> Result<Nanos, String> {
         return Err(format!("window {s:?} is longer than a year"));
     }
     Ok(nanos)
+}
+
+/// The most a burst may admit in one window: `amount + extra`, and at least
+/// `amount * 7 / 6`, below which the six-bucket ring would hold steady traffic
+/// at `amount` under its rate (see `engine::algorithm::sliding_ring`).
+fn burst_ceiling(amount: u64, extra: u64) -> u64 {
+    amount.saturating_add(extra).max(
+        (u128::from(amount) * 7)
+            .div_ceil(6)
+            .try_into()
+            .unwrap_or(u64::MAX),
+    )
 }
 
 /// The extra units a burst allows over `amount`.
@@ -671,8 +689,9 @@ fn build_limit(e: &Entry, class_names: &[Arc<str>], slots: &SlotRegistry) -> Lim
             );
             let rate = Rate::new(*amount, *window).expect("amount and window checked nonzero");
             let burst = burst.as_ref().map(|b| {
-                let extra = burst_extra(b, *amount).unwrap_or(0);
-                let cap = Rate::new(amount.saturating_add(extra), *window).expect("nonzero");
+                let cap = burst_ceiling(*amount, burst_extra(b, *amount).unwrap_or(0))
+                    .min(u64::from(u32::MAX));
+                let cap = Rate::new(cap, *window).expect("nonzero");
                 (cap, slots.intern(&format!("{identity}|burst")))
             });
             let kind = LimitKind::Counted {

@@ -27,6 +27,8 @@ pub enum Algorithm {
     SlidingWindow,
     /// GCRA: a bucket of one window's amount refilled continuously.
     TokenBucket,
+    /// A strict sliding window over six buckets: a burst's ceiling.
+    SlidingRing,
 }
 
 /// What a decision does with the counters.
@@ -94,6 +96,7 @@ impl Algorithm {
             Self::FixedWindow => "fixed_window",
             Self::SlidingWindow => "sliding_window",
             Self::TokenBucket => "token_bucket",
+            Self::SlidingRing => "sliding_ring",
         }
     }
 
@@ -103,6 +106,7 @@ impl Algorithm {
             Self::FixedWindow => algorithm::fixed_window::step(state, rate, now, cost),
             Self::SlidingWindow => algorithm::sliding_window::step(state, rate, now, cost),
             Self::TokenBucket => algorithm::gcra::step(state, rate, now, cost),
+            Self::SlidingRing => algorithm::sliding_ring::step(state, rate, now, cost),
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct State {
     pub b: u64,
     /// Count in the previous window (sliding window).
     pub c: u64,
+    /// Only the sliding ring uses a fourth word (see its module).
+    pub d: u64,
 }
 
 /// A counter backend.

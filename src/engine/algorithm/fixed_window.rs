@@ -27,7 +27,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
         counted: State {
             a: index,
             b: after,
-            c: 0,
+            ..State::default()
         },
         remaining: rate.amount.saturating_sub(count),
         remaining_after: rate.amount.saturating_sub(after),

@@ -44,6 +44,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
             a: now.saturating_add(saturate(whole)),
             b: rate.amount,
             c: saturate(debt_after - whole * amount),
+            d: 0,
         },
         remaining: remaining(debt),
         remaining_after: remaining(debt_after),

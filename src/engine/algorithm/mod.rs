@@ -8,6 +8,7 @@
 
 pub mod fixed_window;
 pub mod gcra;
+pub mod sliding_ring;
 pub mod sliding_window;
 
 use super::clock::Nanos;

@@ -54,6 +54,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
             a: index,
             b: after,
             c: prev,
+            d: 0,
         },
         remaining: remaining(cur),
         remaining_after: remaining(after),
@@ -105,7 +106,11 @@ mod tests {
     fn weighs_the_previous_window_by_its_overlap() {
         // 10 counted in the previous window; a quarter into this one, 7.5 of
         // them still count, so 2 more fit under 10 and a third does not.
-        let s = State { a: 99, b: 10, c: 0 };
+        let s = State {
+            a: 99,
+            b: 10,
+            ..State::default()
+        };
         let now = 100 * MIN + 15 * SEC;
         let one = step(s, rate(10), now, 1);
         assert!(one.fits);
@@ -121,7 +126,7 @@ mod tests {
         let s = State {
             a: 100,
             b: 10,
-            c: 0,
+            ..State::default()
         };
         let now = 100 * MIN + 30 * SEC;
         let st = step(s, rate(10), now, 1);
