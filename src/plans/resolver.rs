@@ -9,7 +9,11 @@
 //!
 //! The cache is moka's synchronous one with a fast hasher: a hit costs tens of
 //! nanoseconds on the decision path, where the async cache cost a microsecond
-//! (measured with `scripts/load.sh`).
+//! (measured with `scripts/load.sh`). Only accounts with an assignment are
+//! cached: an account without one gets the default plan after a source lookup
+//! and is not inserted, because inserting every unassigned subject (per-IP
+//! limiting sees millions) churns the cache at about 5 µs a miss (measured by
+//! `benches/engine.rs`, `limiter/consume/3_limits/1M_subjects`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,14 +52,17 @@ impl Resolver {
             }
             self.cache.invalidate(account);
         }
+        let Some(assigned) = Self::assigned(catalog, account) else {
+            return catalog.default_plan.clone();
+        };
         let (g, plan) = self
             .cache
-            .get_with_by_ref(account, || (generation, Self::load(catalog, account)));
+            .get_with_by_ref(account, || (generation, assigned.clone()));
         if g == generation {
             plan
         } else {
             // Raced with a reload; answer from the catalog in hand.
-            Self::load(catalog, account)
+            assigned
         }
     }
 
@@ -69,11 +76,51 @@ impl Resolver {
         self.cache.invalidate_all();
     }
 
-    fn load(catalog: &Catalog, account: &str) -> Arc<Plan> {
-        catalog
-            .assignments
-            .get(account)
-            .unwrap_or(&catalog.default_plan)
-            .clone()
+    /// The plan assigned to `account`, if any: the source behind the cache.
+    fn assigned(catalog: &Catalog, account: &str) -> Option<Arc<Plan>> {
+        catalog.assignments.get(account).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plans::SlotRegistry;
+
+    fn catalog(assign: &str) -> Arc<Catalog> {
+        let yaml = format!(
+            "plans: {{ free: {{ limits: [ {{ rate: 1/minute }} ] }}, pro: {{ limits: [ {{ rate: 9/minute }} ] }} }}\n\
+             default_plan: free\nassignments: {{ {assign} }}\n"
+        );
+        Arc::new(crate::config::parse("t.yaml", &yaml, &SlotRegistry::default()).expect("valid"))
+    }
+
+    #[test]
+    fn assigned_accounts_are_cached_per_generation() {
+        let r = Resolver::new(100);
+        let one = catalog("a: pro");
+        assert_eq!(&*r.resolve(&one, 1, "a").name, "pro");
+        assert_eq!(&*r.resolve(&one, 1, "b").name, "free");
+        r.cache.run_pending_tasks();
+        assert_eq!(
+            r.cache.entry_count(),
+            1,
+            "only assigned accounts are cached"
+        );
+        // A new catalog generation is never answered from the old one.
+        let two = catalog("b: pro");
+        assert_eq!(&*r.resolve(&two, 2, "a").name, "free");
+        assert_eq!(&*r.resolve(&two, 2, "b").name, "pro");
+    }
+
+    #[test]
+    fn invalidation_drops_one_account() {
+        let r = Resolver::new(100);
+        let c = catalog("a: pro, b: pro");
+        r.resolve(&c, 1, "a");
+        r.resolve(&c, 1, "b");
+        r.invalidate("a");
+        assert!(r.cache.get("a").is_none());
+        assert!(r.cache.get("b").is_some());
     }
 }
