@@ -21,4 +21,5 @@ pub mod limiter;
 pub mod plans;
 pub mod proto;
 pub mod server;
+pub mod state;
 pub mod storage;

@@ -17,8 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 
-use crate::engine::{Algorithm, Clock, CounterKey, CounterStore, Engine, Item, Mode, Nanos};
-use crate::plans::{Catalog, LimitKind, Per, Resolver, SlotRegistry, matcher::split_method};
+use crate::engine::{
+    Algorithm, Clock, CounterKey, CounterStore, Engine, Item, Mode, Nanos, Outcome,
+};
+use crate::plans::{
+    Catalog, Limit, LimitKind, Per, Plan, Resolver, SlotRegistry, matcher::split_method,
+};
+use crate::state::RuntimeState;
 
 /// One request, as the decision path sees it.
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +128,17 @@ impl<S: CounterStore> Limiter<S> {
         slots: Arc<SlotRegistry>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        Self::with_state(store, catalog, slots, clock, None)
+    }
+
+    /// As [`Limiter::new`], with runtime assignments and overrides from `state`.
+    pub fn with_state(
+        store: S,
+        catalog: Catalog,
+        slots: Arc<SlotRegistry>,
+        clock: Arc<dyn Clock>,
+        state: Option<Arc<RuntimeState>>,
+    ) -> Self {
         Self {
             engine: Engine::new(store),
             catalog: ArcSwap::from_pointee(Snapshot {
@@ -130,7 +146,7 @@ impl<S: CounterStore> Limiter<S> {
                 generation: 0,
             }),
             generation: AtomicU64::new(0),
-            resolver: Resolver::new(100_000),
+            resolver: Resolver::new(100_000, state, slots.clone()),
             slots,
             clock,
         }
@@ -172,17 +188,14 @@ impl<S: CounterStore> Limiter<S> {
     }
 
     /// Decides `request` in `mode`.
-    pub async fn decide(&self, mode: Mode, request: &Request<'_>) -> Decision {
+    pub fn decide(&self, mode: Mode, request: &Request<'_>) -> Decision {
         let snapshot = self.catalog.load_full();
-        let account = if request.account.is_empty() {
-            request.subject
-        } else {
-            request.account
-        };
+        let catalog = &snapshot.catalog;
+        let account = account_of(request.subject, request.account);
+        let now = self.clock.now();
         let plan = self
             .resolver
-            .resolve(&snapshot.catalog, snapshot.generation, account);
-        let catalog = &snapshot.catalog;
+            .resolve(catalog, snapshot.generation, account, now);
 
         let (prefix_method, path) = split_method(request.resource.trim());
         let path = path.split_once('?').map_or(path, |(p, _)| p);
@@ -195,11 +208,10 @@ impl<S: CounterStore> Limiter<S> {
             catalog.class_of(method.as_deref(), path)
         };
         let route = plan.route(class);
-        let class_name = class.map(|c| catalog.class_names[c].clone());
         let mut decision = Decision {
             verdict: Verdict::Allowed,
             plan: plan.name.clone(),
-            class: class_name,
+            class: class.map(|c| catalog.class_names[c].clone()),
             limits: Vec::new(),
             retry_after: None,
             headers: Vec::new(),
@@ -211,122 +223,29 @@ impl<S: CounterStore> Limiter<S> {
             return decision;
         }
 
-        let now = self.clock.now();
-        let mut items: SmallVec<[Item<'_>; 4]> = SmallVec::new();
-        let mut over_max_cost = None;
-        for limit in &route.limits {
-            let cost = cost_of(request.cost, &limit.unit, mode);
-            let checked = mode != Mode::Record && over_max_cost.is_none();
-            if let Some(max) = limit.max_cost.filter(|max| checked && cost > *max) {
-                over_max_cost = Some(format!(
-                    "a cost of {cost} {} is above the most one request may cost ({max}, {})",
-                    limit.unit, limit.name
-                ));
-            }
-            let LimitKind::Counted {
-                rate,
-                algorithm,
-                slot,
-                burst,
-            } = &limit.kind
-            else {
-                continue;
-            };
-            let scope = match limit.per {
-                Per::Subject => request.subject,
-                Per::Account => account,
-            };
-            items.push(Item {
-                key: CounterKey { scope, slot: *slot },
-                algorithm: *algorithm,
-                rate: *rate,
-                cost,
-            });
-            if let Some((cap, burst_slot)) = burst {
-                items.push(Item {
-                    key: CounterKey {
-                        scope,
-                        slot: *burst_slot,
-                    },
-                    algorithm: Algorithm::SlidingRing,
-                    rate: *cap,
-                    cost,
-                });
-            }
-        }
+        let cost = |limit: &Limit| cost_of(request.cost, &limit.unit, mode);
+        let over_max_cost = (mode != Mode::Record)
+            .then(|| {
+                route.limits.iter().find_map(|l| {
+                    let c = cost(l);
+                    l.max_cost.filter(|max| c > *max).map(|max| {
+                        format!(
+                            "a cost of {c} {} is above the most one request may cost ({max}, {})",
+                            l.unit, l.name
+                        )
+                    })
+                })
+            })
+            .flatten();
+        let items = items(&route.limits, request.subject, account, cost);
         let run_mode = if over_max_cost.is_some() {
             Mode::Check
         } else {
             mode
         };
         let outcome = self.engine.decide(run_mode, now, &items);
-
-        let mut statuses = outcome.items.iter();
-        let mut too_large = None;
-        for limit in &route.limits {
-            let status = match &limit.kind {
-                LimitKind::Counted {
-                    rate,
-                    algorithm,
-                    burst,
-                    ..
-                } => {
-                    let mut s = *statuses.next().expect("one status per item");
-                    if burst.is_some() {
-                        let cap = statuses.next().expect("one status per burst item");
-                        s.fits &= cap.fits;
-                        s.too_large |= cap.too_large;
-                        // The binding part of the pair tells when it frees.
-                        if cap.remaining < s.remaining {
-                            s.remaining = cap.remaining;
-                            s.free_at = cap.free_at;
-                        }
-                        s.wait = s.wait.max(cap.wait);
-                    }
-                    if s.too_large && too_large.is_none() {
-                        too_large = Some(format!(
-                            "a cost of {} {} is more than {} ever admits at once",
-                            cost_of(request.cost, &limit.unit, mode),
-                            limit.unit,
-                            limit.name
-                        ));
-                    }
-                    let denied = !s.fits;
-                    LimitStatus {
-                        name: limit.name.clone(),
-                        unit: limit.unit.clone(),
-                        class: limit.class.clone(),
-                        algorithm: Some(*algorithm),
-                        limit: rate.amount(),
-                        remaining: s.remaining,
-                        window: rate.window(),
-                        reset_at: if denied && !s.too_large {
-                            now + s.wait
-                        } else {
-                            s.free_at
-                        },
-                        unlimited: false,
-                        denied,
-                        wait: if denied { s.wait } else { 0 },
-                    }
-                }
-                _ => LimitStatus {
-                    name: limit.name.clone(),
-                    unit: limit.unit.clone(),
-                    class: limit.class.clone(),
-                    algorithm: None,
-                    limit: 0,
-                    remaining: 0,
-                    window: limit.window,
-                    reset_at: 0,
-                    unlimited: true,
-                    denied: false,
-                    wait: 0,
-                },
-            };
-            decision.limits.push(status);
-        }
-        decision.limits.sort_by(most_constraining);
+        let (limits, too_large) = statuses(&route.limits, &outcome, now);
+        decision.limits = limits;
 
         if mode == Mode::Record {
             decision.verdict = if outcome.fits {
@@ -334,7 +253,16 @@ impl<S: CounterStore> Limiter<S> {
             } else {
                 Verdict::RateLimited
             };
-        } else if let Some(reason) = over_max_cost.or(too_large) {
+        } else if let Some(reason) = over_max_cost.or_else(|| {
+            too_large.map(|l| {
+                format!(
+                    "a cost of {} {} is more than {} ever admits at once",
+                    cost(l),
+                    l.unit,
+                    l.name
+                )
+            })
+        }) {
             decision.verdict = Verdict::TooLarge;
             decision.reason = reason;
         } else if !outcome.fits {
@@ -349,6 +277,174 @@ impl<S: CounterStore> Limiter<S> {
         decision.headers = headers::build(catalog.headers, &decision, now);
         decision
     }
+
+    /// The plan of a subject and the state of every limit of it, counting
+    /// nothing: what `WatchQuota` and `Admin.GetSubject` show.
+    pub fn quota(&self, subject: &str, account: &str) -> Quota {
+        let snapshot = self.catalog.load_full();
+        let account = account_of(subject, account);
+        let now = self.clock.now();
+        let plan = self
+            .resolver
+            .resolve(&snapshot.catalog, snapshot.generation, account, now);
+        let limits: Vec<Arc<Limit>> = plan
+            .limits
+            .iter()
+            .filter(|l| !matches!(l.kind, LimitKind::Deny(_)))
+            .cloned()
+            .collect();
+        let items = items(&limits, subject, account, |_| 0);
+        let outcome = self.engine.decide(Mode::Check, now, &items);
+        let (statuses, _) = statuses(&limits, &outcome, now);
+        let denied = plan
+            .limits
+            .iter()
+            .filter_map(|l| match (&l.kind, &l.class) {
+                (LimitKind::Deny(m), Some(c)) => Some((c.clone(), m.clone())),
+                _ => None,
+            })
+            .collect();
+        Quota {
+            plan,
+            limits: statuses,
+            denied,
+            at: now,
+        }
+    }
+}
+
+/// A subject's quota: its plan and every limit of it.
+#[derive(Debug, Clone)]
+pub struct Quota {
+    /// The plan in force, overrides applied.
+    pub plan: Arc<Plan>,
+    /// Every limit, most constraining first.
+    pub limits: Vec<LimitStatus>,
+    /// Classes the plan does not include, with their message.
+    pub denied: Vec<(Arc<str>, Arc<str>)>,
+    /// When it was read.
+    pub at: Nanos,
+}
+
+/// The account of a request: the subject when none is given.
+pub fn account_of<'a>(subject: &'a str, account: &'a str) -> &'a str {
+    if account.is_empty() { subject } else { account }
+}
+
+/// The engine items of `limits` (a burst limit gives two), in order.
+fn items<'a>(
+    limits: &'a [Arc<Limit>],
+    subject: &'a str,
+    account: &'a str,
+    cost: impl Fn(&Limit) -> u64,
+) -> SmallVec<[Item<'a>; 4]> {
+    let mut items = SmallVec::new();
+    for limit in limits {
+        let LimitKind::Counted {
+            rate,
+            algorithm,
+            slot,
+            burst,
+        } = &limit.kind
+        else {
+            continue;
+        };
+        let scope = match limit.per {
+            Per::Subject => subject,
+            Per::Account => account,
+        };
+        let cost = cost(limit);
+        items.push(Item {
+            key: CounterKey { scope, slot: *slot },
+            algorithm: *algorithm,
+            rate: *rate,
+            cost,
+        });
+        if let Some((cap, burst_slot)) = burst {
+            items.push(Item {
+                key: CounterKey {
+                    scope,
+                    slot: *burst_slot,
+                },
+                algorithm: Algorithm::SlidingRing,
+                rate: *cap,
+                cost,
+            });
+        }
+    }
+    items
+}
+
+/// One status per limit from the engine's outcome over [`items`], most
+/// constraining first, and the first limit the cost can never fit, if any.
+fn statuses<'l>(
+    limits: &'l [Arc<Limit>],
+    outcome: &Outcome,
+    now: Nanos,
+) -> (Vec<LimitStatus>, Option<&'l Limit>) {
+    let mut from_engine = outcome.items.iter();
+    let mut too_large = None;
+    let mut out = Vec::with_capacity(limits.len());
+    for limit in limits {
+        let status = match &limit.kind {
+            LimitKind::Counted {
+                rate,
+                algorithm,
+                burst,
+                ..
+            } => {
+                let mut s = *from_engine.next().expect("one status per item");
+                if burst.is_some() {
+                    let cap = from_engine.next().expect("one status per burst item");
+                    s.fits &= cap.fits;
+                    s.too_large |= cap.too_large;
+                    // The binding part of the pair tells when it frees.
+                    if cap.remaining < s.remaining {
+                        s.remaining = cap.remaining;
+                        s.free_at = cap.free_at;
+                    }
+                    s.wait = s.wait.max(cap.wait);
+                }
+                if s.too_large && too_large.is_none() {
+                    too_large = Some(&**limit);
+                }
+                let denied = !s.fits;
+                LimitStatus {
+                    name: limit.name.clone(),
+                    unit: limit.unit.clone(),
+                    class: limit.class.clone(),
+                    algorithm: Some(*algorithm),
+                    limit: rate.amount(),
+                    remaining: s.remaining,
+                    window: rate.window(),
+                    reset_at: if denied && !s.too_large {
+                        now + s.wait
+                    } else {
+                        s.free_at
+                    },
+                    unlimited: false,
+                    denied,
+                    wait: if denied { s.wait } else { 0 },
+                }
+            }
+            _ => LimitStatus {
+                name: limit.name.clone(),
+                unit: limit.unit.clone(),
+                class: limit.class.clone(),
+                algorithm: None,
+                limit: 0,
+                remaining: 0,
+                window: limit.window,
+                reset_at: 0,
+                unlimited: true,
+                denied: false,
+                wait: 0,
+            },
+        };
+        out.push(status);
+    }
+    out.sort_by(most_constraining);
+    (out, too_large)
 }
 
 impl<S> std::fmt::Debug for Limiter<S> {

@@ -38,7 +38,7 @@ impl<S: CounterStore + 'static> RateLimiterService<S> {
         let domain = convert::limit_request(&request)?;
         let span = Span::current();
         span.record("subject", domain.subject);
-        let decision = self.limiter.decide(mode, &domain).await;
+        let decision = self.limiter.decide(mode, &domain);
         span.record("plan", &*decision.plan);
         span.record("class", decision.class.as_deref().unwrap_or(""));
         span.record("verdict", tracing::field::debug(decision.verdict));

@@ -10,7 +10,8 @@ use super::error::Problem;
 use super::raw::{Burst, RawConfig, RawLimit, RawPlan};
 use crate::engine::{Algorithm, Nanos, Rate, clock::SECOND};
 use crate::plans::{
-    Catalog, HeaderStyle, Limit, LimitKind, Matcher, Per, Plan, Route, SlotRegistry, window_name,
+    Catalog, HeaderStyle, Limit, LimitKind, Matcher, Per, Plan, SlotRegistry, counter_identity,
+    default_name,
 };
 
 /// Collects problems against one file.
@@ -431,7 +432,7 @@ fn entry(
 }
 
 /// `<amount>/<window>`: `30/minute`, `100_000/day`, `10/30s`.
-fn parse_rate(s: &str) -> Result<(u64, Nanos), String> {
+pub(crate) fn parse_rate(s: &str) -> Result<(u64, Nanos), String> {
     let bad =
         || format!("expected \"<amount>/<window>\" such as \"30/minute\" or \"10/30s\", got {s:?}");
     let (amount, window) = s.split_once('/').ok_or_else(bad)?;
@@ -481,7 +482,7 @@ fn parse_window(s: &str) -> Result<Nanos, String> {
 /// The most a burst may admit in one window: `amount + extra`, and at least
 /// `amount * 7 / 6`, below which the six-bucket ring would hold steady traffic
 /// at `amount` under its rate (see `engine::algorithm::sliding_ring`).
-fn burst_ceiling(amount: u64, extra: u64) -> u64 {
+pub(crate) fn burst_ceiling(amount: u64, extra: u64) -> u64 {
     amount.saturating_add(extra).max(
         (u128::from(amount) * 7)
             .div_ceil(6)
@@ -625,31 +626,13 @@ fn build_plan(
         .iter()
         .map(|e| Arc::new(build_limit(e, class_names, slots)))
         .collect();
-    let routes = (0..=class_names.len())
-        .map(|route| {
-            let class = route.checked_sub(1).map(|c| &class_names[c]);
-            let mut r = Route::default();
-            for limit in &limits {
-                match (&limit.class, class) {
-                    (None, _) => {}
-                    (Some(c), Some(rc)) if c == rc => {}
-                    _ => continue,
-                }
-                match &limit.kind {
-                    LimitKind::Deny(message) => r.deny = Some(message.clone()),
-                    _ => r.limits.push(limit.clone()),
-                }
-            }
-            r
-        })
-        .collect();
-    Plan {
-        name: name.into(),
-        description: raw.description.clone(),
-        extends: raw.extends.as_ref().map(|e| e.value.clone()),
+    Plan::new(
+        name,
+        raw.description.clone(),
+        raw.extends.as_ref().map(|e| e.value.clone()),
         limits,
-        routes,
-    }
+        class_names,
+    )
 }
 
 fn build_limit(e: &Entry, class_names: &[Arc<str>], slots: &SlotRegistry) -> Limit {
@@ -665,11 +648,6 @@ fn build_limit(e: &Entry, class_names: &[Arc<str>], slots: &SlotRegistry) -> Lim
         .as_deref()
         .map(|c| format!("{c}:"))
         .unwrap_or_default();
-    let per_part = if e.per == Per::Account {
-        "@account"
-    } else {
-        ""
-    };
     let (window, kind) = match &e.kind {
         EntryKind::Deny(m) => (0, LimitKind::Deny(m.as_str().into())),
         EntryKind::Unlimited { window } => (window.unwrap_or(0), LimitKind::Unlimited),
@@ -679,14 +657,8 @@ fn build_limit(e: &Entry, class_names: &[Arc<str>], slots: &SlotRegistry) -> Lim
             algorithm,
             burst,
         } => {
-            let identity = format!(
-                "{}|{}|{}|{}|{}",
-                e.per.as_str(),
-                e.class.as_deref().unwrap_or(""),
-                e.unit,
-                window,
-                algorithm.as_str()
-            );
+            let identity =
+                counter_identity(e.per, e.class.as_deref(), &e.unit, *window, *algorithm);
             let rate = Rate::new(*amount, *window).expect("amount and window checked nonzero");
             let burst = burst.as_ref().map(|b| {
                 let cap = burst_ceiling(*amount, burst_extra(b, *amount).unwrap_or(0))
@@ -705,8 +677,10 @@ fn build_limit(e: &Entry, class_names: &[Arc<str>], slots: &SlotRegistry) -> Lim
     };
     let generated = match &e.kind {
         EntryKind::Deny(_) => format!("{class_part}deny"),
-        EntryKind::Unlimited { window: None } => format!("{class_part}{}{per_part}", e.unit),
-        _ => format!("{class_part}{}/{}{per_part}", e.unit, window_name(window)),
+        EntryKind::Unlimited { window: None } => {
+            default_name(e.class.as_deref(), &e.unit, None, e.per)
+        }
+        _ => default_name(e.class.as_deref(), &e.unit, Some(window), e.per),
     };
     Limit {
         name: e.name.clone().unwrap_or(generated).into(),

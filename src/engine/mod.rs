@@ -19,7 +19,8 @@ pub use clock::{Clock, ManualClock, Nanos, SystemClock};
 pub use store::{CounterKey, CounterStore, State};
 
 /// How a limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Windows aligned to the Unix epoch.
     FixedWindow,

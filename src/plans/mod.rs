@@ -7,6 +7,7 @@
 //! limit's counter identity ([`SlotRegistry`]) does not name the plan.
 
 pub mod matcher;
+pub mod overrides;
 pub mod resolver;
 
 use std::collections::{BTreeMap, HashMap};
@@ -101,7 +102,8 @@ pub enum LimitKind {
 }
 
 /// Who a limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Per {
     /// Each subject (API key) on its own.
     Subject,
@@ -141,6 +143,41 @@ impl Catalog {
 // === impl Plan ===
 
 impl Plan {
+    /// A plan of `limits`, grouped per class of `class_names` into routes.
+    pub fn new(
+        name: &str,
+        description: Option<String>,
+        extends: Option<String>,
+        limits: Vec<Arc<Limit>>,
+        class_names: &[Arc<str>],
+    ) -> Self {
+        let routes = (0..=class_names.len())
+            .map(|route| {
+                let class = route.checked_sub(1).map(|c| &class_names[c]);
+                let mut r = Route::default();
+                for limit in &limits {
+                    match (&limit.class, class) {
+                        (None, _) => {}
+                        (Some(c), Some(rc)) if c == rc => {}
+                        _ => continue,
+                    }
+                    match &limit.kind {
+                        LimitKind::Deny(message) => r.deny = Some(message.clone()),
+                        _ => r.limits.push(limit.clone()),
+                    }
+                }
+                r
+            })
+            .collect();
+        Self {
+            name: name.into(),
+            description,
+            extends,
+            limits,
+            routes,
+        }
+    }
+
     /// What applies to a request of class `class`.
     pub fn route(&self, class: Option<usize>) -> &Route {
         &self.routes[class.map_or(0, |c| c + 1)]
@@ -167,6 +204,34 @@ impl SlotRegistry {
         let mut slots = self.slots.lock();
         let next = u32::try_from(slots.len()).expect("fewer than 2^32 limit identities");
         *slots.entry(identity.to_owned()).or_insert(next)
+    }
+}
+
+/// The counter identity of a limit: what its counters are keyed by, never
+/// the plan, so usage carries over plan changes.
+pub fn counter_identity(
+    per: Per,
+    class: Option<&str>,
+    unit: &str,
+    window: Nanos,
+    algorithm: Algorithm,
+) -> String {
+    format!(
+        "{}|{}|{unit}|{window}|{}",
+        per.as_str(),
+        class.unwrap_or(""),
+        algorithm.as_str()
+    )
+}
+
+/// The name a limit gets when the configuration gives none:
+/// `[class:]unit/window[@account]`.
+pub fn default_name(class: Option<&str>, unit: &str, window: Option<Nanos>, per: Per) -> String {
+    let class = class.map(|c| format!("{c}:")).unwrap_or_default();
+    let per = if per == Per::Account { "@account" } else { "" };
+    match window {
+        Some(w) => format!("{class}{unit}/{}{per}", window_name(w)),
+        None => format!("{class}{unit}{per}"),
     }
 }
 
