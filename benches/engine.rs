@@ -101,9 +101,6 @@ fn decision_path(c: &mut Criterion) {
         slots,
         Arc::new(ManualClock::new(NOW)),
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
     let cost = HashMap::new();
     let request = Request {
         subject: "key_1",
