@@ -23,3 +23,4 @@ pub mod proto;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod watch;

@@ -58,6 +58,8 @@ pub enum Verdict {
 pub struct Decision {
     /// What to do.
     pub verdict: Verdict,
+    /// Counters changed (an admitted Consume, any Record).
+    pub counted: bool,
     /// The plan that applied.
     pub plan: Arc<str>,
     /// The class matched, if any.
@@ -128,16 +130,23 @@ impl<S: CounterStore> Limiter<S> {
         slots: Arc<SlotRegistry>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self::with_state(store, catalog, slots, clock, None)
+        Self::with_state(
+            store,
+            catalog,
+            slots,
+            clock,
+            Arc::new(RuntimeState::in_memory()),
+        )
     }
 
-    /// As [`Limiter::new`], with runtime assignments and overrides from `state`.
+    /// As [`Limiter::new`], with runtime assignments and overrides kept in `state`
+    /// (`new` keeps them in memory).
     pub fn with_state(
         store: S,
         catalog: Catalog,
         slots: Arc<SlotRegistry>,
         clock: Arc<dyn Clock>,
-        state: Option<Arc<RuntimeState>>,
+        state: Arc<RuntimeState>,
     ) -> Self {
         Self {
             engine: Engine::new(store),
@@ -210,6 +219,7 @@ impl<S: CounterStore> Limiter<S> {
         let route = plan.route(class);
         let mut decision = Decision {
             verdict: Verdict::Allowed,
+            counted: false,
             plan: plan.name.clone(),
             class: class.map(|c| catalog.class_names[c].clone()),
             limits: Vec::new(),
@@ -246,6 +256,7 @@ impl<S: CounterStore> Limiter<S> {
         let outcome = self.engine.decide(run_mode, now, &items);
         let (limits, too_large) = statuses(&route.limits, &outcome, now);
         decision.limits = limits;
+        decision.counted = outcome.counted;
 
         if mode == Mode::Record {
             decision.verdict = if outcome.fits {

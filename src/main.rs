@@ -6,14 +6,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use tollgate::config;
-use tollgate::engine::SystemClock;
+use tollgate::engine::{Clock, SystemClock};
 use tollgate::limiter::Limiter;
 use tollgate::plans::SlotRegistry;
+use tollgate::server::Options;
+use tollgate::state::RuntimeState;
 use tollgate::storage::memory::MemoryStore;
 
 /// A gRPC rate-limit decision service that enforces SaaS API plans.
@@ -59,6 +62,21 @@ struct Serve {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The state file: runtime plan assignments and overrides, and the
+    /// counters across a graceful restart.
+    #[arg(long, value_name = "PATH", default_value = "tollgate-state.redb")]
+    state: PathBuf,
+    /// A file holding the admin API's bearer token (instead of the
+    /// TOLLGATE_ADMIN_TOKEN environment variable). Without either, the admin
+    /// API refuses every call.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Coalescing interval of WatchQuota consumption updates (e.g. 100ms, 1s).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
+    watch_interval: Duration,
+    /// The longest a graceful shutdown waits for in-flight calls.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,6 +128,33 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         Some(bytes) => MemoryStore::with_memory(bytes),
         None => MemoryStore::new(serve.max_counters),
     };
+    let admin_token = match &serve.admin_token_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the admin token file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("TOLLGATE_ADMIN_TOKEN").ok(),
+    }
+    .filter(|t| !t.is_empty());
+    let state = Arc::new(RuntimeState::open(&serve.state)?);
+    let clock = Arc::new(SystemClock);
+    if let Some(saved) = state.take_counters()? {
+        let restored = store.import(&saved, clock.now(), &slots);
+        tracing::info!(restored, state.path = %serve.state.display(), "counters restored");
+    }
+    let options = Options {
+        config_path: serve.config.clone(),
+        admin_token,
+        watch_interval: serve.watch_interval,
+        drain: serve.drain_timeout,
+    };
+    if options.admin_token.is_none() {
+        tracing::info!(
+            "admin API disabled: set TOLLGATE_ADMIN_TOKEN or --admin-token-file to enable it"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -126,8 +171,8 @@ fn run(serve: Serve) -> anyhow::Result<()> {
             counters.capacity = store.capacity(),
             "tollgate listening on {addr}"
         );
-        let limiter = Arc::new(Limiter::new(store, catalog, slots, Arc::new(SystemClock)));
-        tollgate::server::run(listener, limiter, tollgate::server::signal::shutdown()).await?;
+        let limiter = Arc::new(Limiter::with_state(store, catalog, slots, clock, state));
+        tollgate::server::run(listener, limiter, options, tollgate::server::signal::shutdown()).await?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -71,6 +71,20 @@ impl RuntimeState {
         })
     }
 
+    /// State kept in memory only, for embedding and tests: lost on exit.
+    pub fn in_memory() -> Self {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("an in-memory database opens");
+        let maps = load(&db).expect("an empty in-memory database loads");
+        Self {
+            path: PathBuf::from(":memory:"),
+            db,
+            maps: ArcSwap::from_pointee(maps),
+            write: Mutex::new(()),
+        }
+    }
+
     /// The state file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -78,7 +78,8 @@ pub fn limit_status(l: &LimitStatus) -> pb::LimitStatus {
     }
 }
 
-fn algorithm(a: Algorithm) -> pb::Algorithm {
+/// An algorithm as sent.
+pub fn algorithm(a: Algorithm) -> pb::Algorithm {
     match a {
         Algorithm::FixedWindow => pb::Algorithm::FixedWindow,
         Algorithm::SlidingWindow | Algorithm::SlidingRing => pb::Algorithm::SlidingWindow,
@@ -95,10 +96,22 @@ fn verdict(v: Verdict) -> pb::Verdict {
     }
 }
 
-fn duration(n: Nanos) -> prost_types::Duration {
+/// A duration as sent.
+pub fn duration(n: Nanos) -> prost_types::Duration {
     prost_types::Duration::try_from(Duration::from_nanos(n)).unwrap_or_default()
 }
 
-fn timestamp(n: Nanos) -> prost_types::Timestamp {
+/// A time as a protobuf timestamp.
+pub fn timestamp(n: Nanos) -> prost_types::Timestamp {
     prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_nanos(n))
+}
+
+/// A timestamp as received; before the epoch or unreadable is INVALID_ARGUMENT.
+pub fn nanos_of(t: &prost_types::Timestamp) -> Result<Nanos, Status> {
+    let bad = || Status::invalid_argument("expires_at: not a valid time after 1970");
+    let secs = u64::try_from(t.seconds).map_err(|_| bad())?;
+    let nanos = u64::try_from(t.nanos).map_err(|_| bad())?;
+    secs.checked_mul(1_000_000_000)
+        .and_then(|s| s.checked_add(nanos))
+        .ok_or_else(bad)
 }

@@ -1,5 +1,7 @@
 //! The `tollgate.v1` gRPC services: convert, call the limiter, convert back.
 
+pub mod admin;
+pub mod auth;
 pub mod convert;
 
 use std::sync::Arc;
@@ -10,20 +12,21 @@ use tracing::{Span, field::Empty, instrument};
 use crate::engine::{CounterStore, Mode};
 use crate::limiter::Limiter;
 use crate::proto::tollgate::v1 as pb;
+use crate::watch::{Hub, QuotaStream};
 use pb::rate_limiter_server::RateLimiter;
 
 /// `tollgate.v1.RateLimiter`.
-#[derive(Debug)]
 pub struct RateLimiterService<S> {
     limiter: Arc<Limiter<S>>,
+    hub: Arc<Hub<S>>,
 }
 
 // === impl RateLimiterService ===
 
 impl<S> RateLimiterService<S> {
-    /// The service over `limiter`.
-    pub fn new(limiter: Arc<Limiter<S>>) -> Self {
-        Self { limiter }
+    /// The service over `limiter`, telling `hub` of consumption.
+    pub fn new(limiter: Arc<Limiter<S>>, hub: Arc<Hub<S>>) -> Self {
+        Self { limiter, hub }
     }
 }
 
@@ -39,6 +42,9 @@ impl<S: CounterStore + 'static> RateLimiterService<S> {
         let span = Span::current();
         span.record("subject", domain.subject);
         let decision = self.limiter.decide(mode, &domain);
+        if mode != Mode::Check && decision.counted {
+            self.hub.consumed(domain.subject, domain.account);
+        }
         span.record("plan", &*decision.plan);
         span.record("class", decision.class.as_deref().unwrap_or(""));
         span.record("verdict", tracing::field::debug(decision.verdict));
@@ -70,14 +76,16 @@ impl<S: CounterStore + 'static> RateLimiter for RateLimiterService<S> {
         self.decide(Mode::Record, request).await
     }
 
-    type WatchQuotaStream = tokio_stream::Empty<Result<pb::QuotaUpdate, Status>>;
+    type WatchQuotaStream = QuotaStream;
 
     async fn watch_quota(
         &self,
-        _request: Request<pb::WatchRequest>,
+        request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchQuotaStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchQuota is not available in this version of tollgate",
-        ))
+        let r = request.into_inner();
+        if r.subject.trim().is_empty() {
+            return Err(Status::invalid_argument("subject: must not be empty"));
+        }
+        Ok(Response::new(self.hub.subscribe(&r.subject, &r.account)))
     }
 }

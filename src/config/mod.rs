@@ -8,9 +8,11 @@
 mod compile;
 pub mod error;
 pub mod raw;
+pub mod reload;
 
 use std::path::Path;
 
+pub(crate) use compile::parse_rate;
 pub use error::{Error, Problem};
 
 use crate::plans::{Catalog, SlotRegistry};

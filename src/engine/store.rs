@@ -47,8 +47,8 @@ pub trait CounterStore: Send + Sync {
         decide: &mut dyn FnMut(&mut [State], &mut [Nanos]) -> bool,
     );
 
-    /// Forgets every counter of `scope`.
-    fn reset(&self, scope: &str);
+    /// Forgets every counter of `scope`; returns how many there were.
+    fn reset(&self, scope: &str) -> usize;
 
     /// Drops state that has expired by `now`; returns how many counters went.
     fn reclaim(&self, now: Nanos) -> usize;

@@ -128,7 +128,14 @@ pub enum HeaderStyle {
 /// its number, and its counters, across reloads.
 #[derive(Debug, Default)]
 pub struct SlotRegistry {
-    slots: Mutex<HashMap<String, u32>>,
+    slots: Mutex<Slots>,
+}
+
+/// Identity → number, and number → identity.
+#[derive(Debug, Default)]
+struct Slots {
+    ids: HashMap<String, u32>,
+    names: Vec<Arc<str>>,
 }
 
 // === impl Catalog ===
@@ -202,8 +209,18 @@ impl SlotRegistry {
     /// The number of `identity`, assigning the next one if it is new.
     pub fn intern(&self, identity: &str) -> u32 {
         let mut slots = self.slots.lock();
-        let next = u32::try_from(slots.len()).expect("fewer than 2^32 limit identities");
-        *slots.entry(identity.to_owned()).or_insert(next)
+        if let Some(&id) = slots.ids.get(identity) {
+            return id;
+        }
+        let id = u32::try_from(slots.names.len()).expect("fewer than 2^32 limit identities");
+        slots.ids.insert(identity.to_owned(), id);
+        slots.names.push(identity.into());
+        id
+    }
+
+    /// The identity numbered `slot`.
+    pub fn identity(&self, slot: u32) -> Option<Arc<str>> {
+        self.slots.lock().names.get(slot as usize).cloned()
     }
 }
 

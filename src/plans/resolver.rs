@@ -32,7 +32,7 @@ type Hasher = hashbrown::DefaultHashBuilder;
 #[derive(Clone)]
 pub struct Resolver {
     cache: Cache<String, Cached, Hasher>,
-    state: Option<Arc<RuntimeState>>,
+    state: Arc<RuntimeState>,
     slots: Arc<SlotRegistry>,
 }
 
@@ -58,8 +58,8 @@ pub enum Source {
 
 impl Resolver {
     /// A resolver caching up to `capacity` accounts, reading runtime
-    /// assignments and overrides from `state` when there is one.
-    pub fn new(capacity: u64, state: Option<Arc<RuntimeState>>, slots: Arc<SlotRegistry>) -> Self {
+    /// assignments and overrides from `state`.
+    pub fn new(capacity: u64, state: Arc<RuntimeState>, slots: Arc<SlotRegistry>) -> Self {
         Self {
             cache: Cache::builder()
                 .max_capacity(capacity)
@@ -71,9 +71,9 @@ impl Resolver {
         }
     }
 
-    /// The runtime state, if any.
-    pub fn state(&self) -> Option<&Arc<RuntimeState>> {
-        self.state.as_ref()
+    /// The runtime state.
+    pub fn state(&self) -> &Arc<RuntimeState> {
+        &self.state
     }
 
     /// The plan of `account` under `catalog` (generation `generation`) at `now`.
@@ -90,7 +90,7 @@ impl Resolver {
             }
             self.cache.invalidate(account);
         }
-        let known = self.state.as_ref().is_some_and(|s| s.knows(account));
+        let known = self.state.knows(account);
         if !known && !catalog.assignments.contains_key(account) {
             return catalog.default_plan.clone();
         }
@@ -109,8 +109,7 @@ impl Resolver {
     pub fn source(&self, catalog: &Catalog, account: &str) -> (Source, String) {
         if let Some(p) = self
             .state
-            .as_ref()
-            .and_then(|s| s.assignment(account))
+            .assignment(account)
             .filter(|p| catalog.plans.contains_key(p))
         {
             return (Source::Runtime, p);
@@ -134,11 +133,7 @@ impl Resolver {
     fn load(&self, catalog: &Catalog, generation: u64, account: &str, now: Nanos) -> Cached {
         let (_, name) = self.source(catalog, account);
         let base = catalog.plans.get(&name).unwrap_or(&catalog.default_plan);
-        let list = self
-            .state
-            .as_ref()
-            .map(|s| s.overrides(account))
-            .unwrap_or_default();
+        let list = self.state.overrides(account);
         let (plan, valid_until) = if list.is_empty() {
             (base.clone(), None)
         } else {
@@ -189,7 +184,11 @@ mod tests {
     }
 
     fn resolver() -> Resolver {
-        Resolver::new(100, None, Arc::new(SlotRegistry::default()))
+        Resolver::new(
+            100,
+            Arc::new(RuntimeState::in_memory()),
+            Arc::new(SlotRegistry::default()),
+        )
     }
 
     #[test]

@@ -1,36 +1,92 @@
 //! Wiring: the limiter, the services, health, reflection, background tasks,
-//! and graceful shutdown.
+//! and an ordered graceful shutdown.
+//!
+//! Shutdown: the signal → health NOT_SERVING → stop accepting → end every
+//! watch stream → drain in-flight calls, at most `drain` long → save the
+//! counters to the state file → return.
 
 pub mod signal;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::RateLimiterService;
+use crate::api::admin::AdminService;
+use crate::api::auth::AdminAuth;
+use crate::config::reload::Reloader;
 use crate::engine::CounterStore;
 use crate::limiter::Limiter;
+use crate::proto::tollgate::v1::admin_server::AdminServer;
 use crate::proto::{self, tollgate::v1::rate_limiter_server::RateLimiterServer};
 use crate::storage::memory::MemoryStore;
+use crate::watch::{Cause, Hub};
 
 /// How often expired counters are reclaimed in the background.
 const RECLAIM_EVERY: Duration = Duration::from_secs(10);
+
+/// How the server runs, beyond its listener and limiter.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The configuration file, for reloads; `None` when serving the built-in one.
+    pub config_path: Option<PathBuf>,
+    /// The admin bearer token; `None` disables the admin API.
+    pub admin_token: Option<String>,
+    /// Coalescing interval of consumption updates to watchers.
+    pub watch_interval: Duration,
+    /// The longest graceful shutdown waits for in-flight calls.
+    pub drain: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            config_path: None,
+            admin_token: None,
+            watch_interval: crate::watch::DEFAULT_INTERVAL,
+            drain: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Serves `limiter` on `listener` until `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
     limiter: Arc<Limiter<MemoryStore>>,
+    options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let stopping = CancellationToken::new();
+
+    // State, then services.
+    let hub = Hub::new(limiter.clone(), options.watch_interval, stopping.clone());
+    let reloader = Arc::new(Reloader::new(
+        options.config_path.clone(),
+        limiter.clone(),
+        {
+            let hub = hub.clone();
+            move || hub.all_changed(Cause::ConfigReloaded)
+        },
+    ));
+    let auth = AdminAuth::new(options.admin_token.clone());
+    let admin = AdminServer::with_interceptor(
+        AdminService::new(limiter.clone(), hub.clone(), reloader.clone()),
+        move |request| auth.check(request),
+    );
+    let rate_limiter =
+        RateLimiterServer::new(RateLimiterService::new(limiter.clone(), hub.clone()));
+
+    // Health, then reflection.
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<RateLimiterServer<RateLimiterService<MemoryStore>>>()
         .await;
-
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -42,44 +98,79 @@ pub async fn run(
         .build_v1alpha()
         .expect("the built-in descriptor sets are valid");
 
-    let reclaimer = tokio::spawn(reclaim(limiter.clone()));
+    // Background tasks.
+    let reclaimer = tokio::spawn(reclaim(limiter.clone(), stopping.clone()));
+    let watcher = tokio::spawn(reloader.clone().watch(stopping.clone()));
 
+    // The signal: NOT_SERVING first, then stop accepting and end the streams.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let health_on_stop = health.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        health_on_stop
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        health_on_stop
-            .set_not_serving::<RateLimiterServer<RateLimiterService<MemoryStore>>>()
-            .await;
-        let _ = stop_tx.send(());
+    tokio::spawn({
+        let (health, stopping) = (health.clone(), stopping.clone());
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            health
+                .set_not_serving::<RateLimiterServer<RateLimiterService<MemoryStore>>>()
+                .await;
+            let _ = stop_tx.send(());
+            stopping.cancel();
+        }
     });
 
-    let result = Server::builder()
+    let serve = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RateLimiterServer::new(RateLimiterService::new(limiter)))
+        .add_service(rate_limiter)
+        .add_service(admin)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
                 let _ = stop_rx.await;
             },
-        )
-        .await;
+        );
+    tokio::pin!(serve);
+    let drain = options.drain;
+    let result = tokio::select! {
+        r = &mut serve => r,
+        () = async { stopping.cancelled().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(drain = ?drain, "calls still in flight at the drain deadline; stopping anyway");
+            Ok(())
+        }
+    };
+    stopping.cancel();
     reclaimer.abort();
+    watcher.abort();
+    save_counters(&limiter);
     result
 }
 
+/// Saves the counters to the state file, so day-long quotas survive a
+/// graceful restart.
+fn save_counters(limiter: &Limiter<MemoryStore>) {
+    let state = limiter.resolver().state();
+    let snapshot = limiter.store().export(limiter.now(), limiter.slots());
+    let counters = snapshot.counters;
+    match state.save_counters(&snapshot.bytes) {
+        Ok(()) => tracing::info!(counters, state.path = %state.path().display(), "counters saved"),
+        Err(e) => {
+            tracing::error!(error = %e, "counters could not be saved; they start afresh next time")
+        }
+    }
+}
+
 /// Drops expired counters now and then, so idle memory returns.
-async fn reclaim<S: CounterStore + 'static>(limiter: Arc<Limiter<S>>) {
+async fn reclaim<S: CounterStore + 'static>(limiter: Arc<Limiter<S>>, stopping: CancellationToken) {
     let mut every = tokio::time::interval(RECLAIM_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        every.tick().await;
+        tokio::select! {
+            _ = every.tick() => {}
+            () = stopping.cancelled() => return,
+        }
         let limiter = limiter.clone();
         let reclaimed = tokio::task::spawn_blocking(move || limiter.store().reclaim(limiter.now()))
             .await

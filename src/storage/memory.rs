@@ -25,10 +25,22 @@ use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
 use crate::engine::{CounterKey, CounterStore, Nanos, State};
+use crate::plans::SlotRegistry;
 
 /// Estimated bytes per counter, all-in, for sizing `--max-memory`; measured by
 /// `benches/engine.rs` with one million subjects.
 pub const BYTES_PER_COUNTER: usize = 160;
+
+/// Counters exported for a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The encoded counters.
+    pub bytes: Vec<u8>,
+    /// How many.
+    pub counters: usize,
+}
+
+const SNAPSHOT_MAGIC: &[u8; 4] = b"TGC1";
 
 /// The sharded in-memory store.
 pub struct MemoryStore {
@@ -86,6 +98,66 @@ impl MemoryStore {
     /// The most counters held at once.
     pub fn capacity(&self) -> usize {
         self.shard_cap * self.shards.len()
+    }
+
+    /// Every live counter at `now`, with its identity spelled out (slot
+    /// numbers are per process), for saving across a restart.
+    pub fn export(&self, now: Nanos, slots: &SlotRegistry) -> Snapshot {
+        let mut bytes = Vec::from(SNAPSHOT_MAGIC.as_slice());
+        let mut counters = 0;
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for entry in shard.table.iter().filter(|e| e.expires_at > now) {
+                for cell in &entry.cells {
+                    let Some(identity) = slots.identity(cell.slot) else {
+                        continue;
+                    };
+                    put_str(&mut bytes, entry.scope.as_str());
+                    put_str(&mut bytes, &identity);
+                    for word in [
+                        cell.state.a,
+                        cell.state.b,
+                        cell.state.c,
+                        cell.state.d,
+                        entry.expires_at,
+                    ] {
+                        bytes.extend_from_slice(&word.to_le_bytes());
+                    }
+                    counters += 1;
+                }
+            }
+        }
+        Snapshot { bytes, counters }
+    }
+
+    /// Restores counters saved by [`MemoryStore::export`], skipping any that
+    /// expired meanwhile; returns how many were restored. A damaged snapshot
+    /// restores what precedes the damage.
+    pub fn import(&self, bytes: &[u8], now: Nanos, slots: &SlotRegistry) -> usize {
+        let Some(mut rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
+            return 0;
+        };
+        let mut restored = 0;
+        while !rest.is_empty() {
+            let Some((scope, identity, words)) = read_record(&mut rest) else {
+                break;
+            };
+            let [a, b, c, d, expires_at] = words;
+            if expires_at <= now {
+                continue;
+            }
+            let key = CounterKey {
+                scope,
+                slot: slots.intern(identity),
+            };
+            self.transact(&[key], now, &mut |states, expiries| {
+                states[0] = State { a, b, c, d };
+                expiries[0] = expires_at;
+                true
+            });
+            restored += 1;
+        }
+        restored
     }
 
     /// Live counters evicted to stay within capacity, since start.
@@ -309,12 +381,16 @@ impl CounterStore for MemoryStore {
         }
     }
 
-    fn reset(&self, scope: &str) {
+    fn reset(&self, scope: &str) -> usize {
         let hash = self.hash(scope);
         let mut shard = self.shards[self.shard_of(hash)].lock();
-        if let Ok(entry) = shard.table.find_entry(hash, |e| e.scope.as_str() == scope) {
-            let (removed, _) = entry.remove();
-            shard.cells -= removed.cells.len();
+        match shard.table.find_entry(hash, |e| e.scope.as_str() == scope) {
+            Ok(entry) => {
+                let (removed, _) = entry.remove();
+                shard.cells -= removed.cells.len();
+                removed.cells.len()
+            }
+            Err(_) => 0,
         }
     }
 
@@ -343,6 +419,31 @@ impl std::fmt::Debug for MemoryStore {
             .field("evictions", &self.evictions())
             .finish()
     }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
+}
+
+fn read_record<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str, [u64; 5])> {
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        *rest = tail;
+        Some(head)
+    }
+    fn string<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+        let len = u16::from_le_bytes(take(rest, 2)?.try_into().ok()?);
+        std::str::from_utf8(take(rest, usize::from(len))?).ok()
+    }
+    let scope = string(rest)?;
+    let identity = string(rest)?;
+    let mut words = [0u64; 5];
+    for w in &mut words {
+        *w = u64::from_le_bytes(take(rest, 8)?.try_into().ok()?);
+    }
+    Some((scope, identity, words))
 }
 
 // === impl Shard ===

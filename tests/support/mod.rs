@@ -19,6 +19,9 @@ use tollgate::storage::memory::MemoryStore;
 pub use pb::rate_limiter_client::RateLimiterClient;
 pub use pb::{Decision, LimitRequest, Verdict};
 
+/// The admin token test servers accept.
+pub const ADMIN_TOKEN: &str = "test-token";
+
 /// A day boundary (2027-01-15T00:00:00Z), so every window starts aligned.
 pub const T0: Nanos = 1_799_971_200 * SECOND;
 
@@ -56,7 +59,12 @@ impl TestServer {
         let handle = tokio::spawn({
             let limiter = limiter.clone();
             async move {
-                tollgate::server::run(listener, limiter, async {
+                let options = tollgate::server::Options {
+                    admin_token: Some(ADMIN_TOKEN.into()),
+                    watch_interval: std::time::Duration::from_millis(50),
+                    ..Default::default()
+                };
+                tollgate::server::run(listener, limiter, options, async {
                     let _ = rx.await;
                 })
                 .await

@@ -1,0 +1,302 @@
+//! The quota hub behind `WatchQuota`: a snapshot first, then the latest
+//! state on every change.
+//!
+//! Quota is state, not an event log: each watched subject has one
+//! `tokio::sync::watch` channel holding its latest [`pb::QuotaUpdate`], shared
+//! by all of its watchers, so a slow or stalled watcher never makes the
+//! server buffer anything (it just sees the newest state when it reads) and
+//! the publisher never waits on a watcher. A task per watched subject
+//! publishes: consumption is coalesced to one update per interval; window
+//! resets and override expiries are timers; plan changes, overrides and
+//! reloads come as events. The task and the channel go when the last watcher
+//! does. Every stream ends when the server shuts down.
+//!
+//! The decision path pays one atomic load when nobody watches, and a map
+//! lookup under a short lock when someone does.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::WatchStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::Instrument;
+
+use crate::api::convert;
+use crate::engine::{CounterStore, Nanos};
+use crate::limiter::{Limiter, Quota, account_of};
+use crate::proto::tollgate::v1 as pb;
+
+pub use pb::quota_update::Cause;
+
+/// The default coalescing interval for consumption updates.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Watched subjects and their publishers.
+pub struct Hub<S> {
+    limiter: Arc<Limiter<S>>,
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    watchers: Arc<AtomicUsize>,
+    interval: Duration,
+    shutdown: CancellationToken,
+}
+
+/// One watched subject.
+struct Topic {
+    subject: String,
+    account: String,
+    tx: watch::Sender<Arc<pb::QuotaUpdate>>,
+    wake: Notify,
+    /// The most significant cause since the last update.
+    pending: Mutex<Option<Cause>>,
+}
+
+/// A `WatchQuota` stream: a snapshot, then the watch channel's changes,
+/// until shutdown.
+pub struct QuotaStream {
+    first: Option<pb::QuotaUpdate>,
+    inner: WatchStream<Arc<pb::QuotaUpdate>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    _guard: WatcherGuard,
+}
+
+/// Counts a watcher for as long as its stream lives.
+struct WatcherGuard(Arc<AtomicUsize>);
+
+// === impl Hub ===
+
+impl<S: CounterStore + 'static> Hub<S> {
+    /// A hub over `limiter`, coalescing consumption to one update per
+    /// `interval`, ending every stream when `shutdown` is cancelled.
+    pub fn new(
+        limiter: Arc<Limiter<S>>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            limiter,
+            topics: Mutex::new(HashMap::new()),
+            watchers: Arc::new(AtomicUsize::new(0)),
+            interval,
+            shutdown,
+        })
+    }
+
+    /// Open watch streams.
+    pub fn watchers(&self) -> usize {
+        self.watchers.load(Ordering::Relaxed)
+    }
+
+    /// A stream of `subject`'s quota: a snapshot now, then every change.
+    pub fn subscribe(self: &Arc<Self>, subject: &str, account: &str) -> QuotaStream {
+        let account = account_of(subject, account).to_owned();
+        let snapshot = self.update(subject, &account, Cause::Snapshot);
+        let key = topic_key(subject, &account);
+        let rx = {
+            let mut topics = self.topics.lock();
+            match topics.get(&key) {
+                Some(t) => t.tx.subscribe(),
+                None => {
+                    let (tx, rx) = watch::channel(snapshot.clone());
+                    let topic = Arc::new(Topic {
+                        subject: subject.to_owned(),
+                        account,
+                        tx,
+                        wake: Notify::new(),
+                        pending: Mutex::new(None),
+                    });
+                    topics.insert(key.clone(), topic.clone());
+                    let span = tracing::debug_span!("watch", subject = %topic.subject);
+                    tokio::spawn(self.clone().publish(key, topic).instrument(span));
+                    rx
+                }
+            }
+        };
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        QuotaStream {
+            first: Some((*snapshot).clone()),
+            inner: WatchStream::from_changes(rx),
+            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
+            _guard: WatcherGuard(self.watchers.clone()),
+        }
+    }
+
+    /// Consumption by `subject` of `account`: watchers of either hear of it
+    /// within the coalescing interval.
+    pub fn consumed(&self, subject: &str, account: &str) {
+        if self.watchers.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let account = account_of(subject, account);
+        let topics = self.topics.lock();
+        for topic in topics.values() {
+            if topic.subject == subject || topic.account == account {
+                topic.signal(Cause::Consumption);
+            }
+        }
+    }
+
+    /// A change to `account` (plan, override): its watchers get an update now.
+    pub fn account_changed(&self, account: &str, cause: Cause) {
+        let topics = self.topics.lock();
+        for topic in topics
+            .values()
+            .filter(|t| t.account == account || t.subject == account)
+        {
+            topic.signal(cause);
+        }
+    }
+
+    /// Every watcher gets an update now (a reload, a usage reset).
+    pub fn all_changed(&self, cause: Cause) {
+        for topic in self.topics.lock().values() {
+            topic.signal(cause);
+        }
+    }
+
+    fn update(&self, subject: &str, account: &str, cause: Cause) -> Arc<pb::QuotaUpdate> {
+        let quota = self.limiter.quota(subject, account);
+        Arc::new(to_update(&quota, cause))
+    }
+
+    /// The publisher of one topic, until its last watcher or the server goes.
+    async fn publish(self: Arc<Self>, key: String, topic: Arc<Topic>) {
+        loop {
+            let now = self.limiter.now();
+            let next = self.next_timer(&topic, now);
+            let sleep = tokio::time::sleep(Duration::from_nanos(next.saturating_sub(now)));
+            let cause = tokio::select! {
+                () = topic.wake.notified() => {
+                    let cause = topic.pending.lock().take().unwrap_or(Cause::Consumption);
+                    if cause == Cause::Consumption {
+                        // Coalesce: whatever happens meanwhile rides along.
+                        tokio::time::sleep(self.interval).await;
+                        topic.pending.lock().take().map_or(cause, |c| c.max_by_rank(cause))
+                    } else {
+                        cause
+                    }
+                }
+                () = sleep => Cause::WindowReset,
+                () = topic.tx.closed() => {
+                    // Subscribing takes this lock too, so no watcher can
+                    // arrive between the check and the removal.
+                    let mut topics = self.topics.lock();
+                    if topic.tx.receiver_count() == 0 {
+                        topics.remove(&key);
+                        return;
+                    }
+                    continue;
+                }
+                () = self.shutdown.cancelled() => return,
+            };
+            let update = self.update(&topic.subject, &topic.account, cause);
+            topic.tx.send_replace(update);
+        }
+    }
+
+    /// When the topic next changes by itself: the earliest reset of a used
+    /// limit, or the earliest expiry of an override. Far away when neither.
+    fn next_timer(&self, topic: &Topic, now: Nanos) -> Nanos {
+        let current = topic.tx.borrow().clone();
+        let resets = current.limits.iter().filter_map(|l| {
+            let used = l.remaining.is_some_and(|r| r < l.limit);
+            let at = l.reset_at.as_ref().map(timestamp_nanos)?;
+            (used && at > now).then_some(at)
+        });
+        let expiries = self
+            .limiter
+            .resolver()
+            .state()
+            .overrides(&topic.account)
+            .into_iter()
+            .filter_map(|o| o.expires_at)
+            .filter(|t| *t > now);
+        resets
+            .chain(expiries)
+            .min()
+            .unwrap_or(now + 3_600 * crate::engine::clock::SECOND)
+    }
+}
+
+// === impl Topic ===
+
+impl Topic {
+    fn signal(&self, cause: Cause) {
+        let mut pending = self.pending.lock();
+        *pending = Some(pending.map_or(cause, |p| p.max_by_rank(cause)));
+        drop(pending);
+        self.wake.notify_one();
+    }
+}
+
+// === impl Cause ===
+
+impl Cause {
+    /// The more significant of two causes, for an update that covers both.
+    fn max_by_rank(self, other: Cause) -> Cause {
+        fn rank(c: Cause) -> u8 {
+            match c {
+                Cause::Unspecified | Cause::Snapshot => 0,
+                Cause::Consumption => 1,
+                Cause::WindowReset => 2,
+                Cause::OverrideChanged => 3,
+                Cause::PlanChanged => 4,
+                Cause::ConfigReloaded => 5,
+            }
+        }
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+// === impl QuotaStream ===
+
+impl Stream for QuotaStream {
+    type Item = Result<pb::QuotaUpdate, tonic::Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        Pin::new(&mut self.inner)
+            .poll_next(cx)
+            .map(|u| u.map(|u| Ok((*u).clone())))
+    }
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn topic_key(subject: &str, account: &str) -> String {
+    format!("{subject}\u{0}{account}")
+}
+
+fn to_update(quota: &Quota, cause: Cause) -> pb::QuotaUpdate {
+    pb::QuotaUpdate {
+        cause: cause as i32,
+        plan: quota.plan.name.to_string(),
+        limits: quota.limits.iter().map(convert::limit_status).collect(),
+        at: Some(convert::timestamp(quota.at)),
+    }
+}
+
+fn timestamp_nanos(t: &prost_types::Timestamp) -> Nanos {
+    u64::try_from(t.seconds).unwrap_or(0) * crate::engine::clock::SECOND
+        + u64::try_from(t.nanos).unwrap_or(0)
+}
