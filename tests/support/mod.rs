@@ -16,6 +16,7 @@ use tollgate::plans::SlotRegistry;
 use tollgate::proto::tollgate::v1 as pb;
 use tollgate::storage::memory::MemoryStore;
 
+pub use pb::admin_client::AdminClient;
 pub use pb::rate_limiter_client::RateLimiterClient;
 pub use pb::{Decision, LimitRequest, Verdict};
 
@@ -48,6 +49,20 @@ impl TestServer {
     }
 
     pub async fn start_with(yaml: &str, store: MemoryStore) -> Self {
+        let options = tollgate::server::Options {
+            admin_token: Some(ADMIN_TOKEN.into()),
+            watch_interval: std::time::Duration::from_millis(50),
+            ..Default::default()
+        };
+        Self::start_opts(yaml, store, options).await
+    }
+
+    /// Serves `yaml` with `options`.
+    pub async fn start_opts(
+        yaml: &str,
+        store: MemoryStore,
+        options: tollgate::server::Options,
+    ) -> Self {
         let slots = Arc::new(SlotRegistry::default());
         let catalog = tollgate::config::parse("test.yaml", yaml, &slots).expect("valid config");
         let clock = Arc::new(ManualClock::new(T0));
@@ -59,11 +74,6 @@ impl TestServer {
         let handle = tokio::spawn({
             let limiter = limiter.clone();
             async move {
-                let options = tollgate::server::Options {
-                    admin_token: Some(ADMIN_TOKEN.into()),
-                    watch_interval: std::time::Duration::from_millis(50),
-                    ..Default::default()
-                };
                 tollgate::server::run(listener, limiter, options, async {
                     let _ = rx.await;
                 })
@@ -82,6 +92,13 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// An admin client (requests need [`authed`]).
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
     }
 
     pub fn advance(&self, by: Duration) {
@@ -180,4 +197,19 @@ pub fn remaining(d: &Decision, name: &str) -> u64 {
 
 pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
+}
+
+/// `msg` with the test admin token.
+pub fn authed<T>(msg: T) -> tonic::Request<T> {
+    with_token(msg, ADMIN_TOKEN)
+}
+
+/// `msg` with `authorization: Bearer <token>`.
+pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    r
 }

@@ -1,0 +1,183 @@
+//! WatchQuota end to end: a snapshot, coalesced consumption, causes,
+//! stalled and many watchers.
+
+mod support;
+
+use std::time::Duration;
+
+use pb::quota_update::Cause;
+use support::*;
+use tokio_stream::StreamExt;
+use tollgate::proto::tollgate::v1 as pb;
+
+const CONFIG: &str = r#"
+plans:
+  free: { limits: [ { rate: 100/minute } ] }
+  pro: { extends: free, multiplier: 10 }
+default_plan: free
+"#;
+
+fn watch(subject: &str) -> pb::WatchRequest {
+    pb::WatchRequest {
+        subject: subject.into(),
+        ..Default::default()
+    }
+}
+
+async fn next(stream: &mut tonic::Streaming<pb::QuotaUpdate>) -> pb::QuotaUpdate {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("an update within 5 s")
+        .expect("stream open")
+        .expect("ok")
+}
+
+fn cause(u: &pb::QuotaUpdate) -> Cause {
+    Cause::try_from(u.cause).expect("known cause")
+}
+
+#[tokio::test]
+async fn a_snapshot_then_coalesced_consumption_then_plan_changes() {
+    let s = TestServer::start(CONFIG).await;
+    let mut stream = s
+        .client
+        .clone()
+        .watch_quota(watch("key_1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = next(&mut stream).await;
+    assert_eq!(cause(&first), Cause::Snapshot);
+    assert_eq!(first.plan, "free");
+    assert_eq!(first.limits[0].remaining, Some(100));
+    // Ten decisions in a burst: fewer messages, the last one up to date.
+    assert_eq!(s.consume_n(&req("key_1", "/x"), 10).await, 10);
+    let mut seen = 0;
+    let last = loop {
+        let u = next(&mut stream).await;
+        assert_eq!(cause(&u), Cause::Consumption);
+        seen += 1;
+        if u.limits[0].remaining == Some(90) {
+            break u;
+        }
+    };
+    assert!(seen < 10, "{seen} messages for 10 decisions");
+    assert_eq!(last.plan, "free");
+    // A plan change, with its cause.
+    s.admin()
+        .await
+        .set_plan(authed(pb::SetPlanRequest {
+            account: "key_1".into(),
+            plan: "pro".into(),
+            clear: false,
+        }))
+        .await
+        .expect("set plan");
+    let u = next(&mut stream).await;
+    assert_eq!(cause(&u), Cause::PlanChanged);
+    assert_eq!(
+        (u.plan.as_str(), u.limits[0].limit, u.limits[0].remaining),
+        ("pro", 1000, Some(990))
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_watcher_gets_the_latest_state_not_a_backlog() {
+    let s = TestServer::start(CONFIG).await;
+    let mut stream = s
+        .client
+        .clone()
+        .watch_quota(watch("key_1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(cause(&next(&mut stream).await), Cause::Snapshot);
+    // The watcher reads nothing while 100 decisions land over 2 s.
+    for _ in 0..20 {
+        assert_eq!(s.consume_n(&req("key_1", "/x"), 5).await, 5);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // What reached it is at most one update per coalescing interval (50 ms
+    // here, ~2.2 s elapsed), never one per decision, and ends on the latest
+    // state. The server holds one value per subject; what is in flight is
+    // bounded by HTTP/2 flow control.
+    let mut got = vec![next(&mut stream).await];
+    while let Ok(Some(Ok(u))) =
+        tokio::time::timeout(Duration::from_millis(300), stream.next()).await
+    {
+        got.push(u);
+    }
+    assert!(got.len() <= 50, "{} updates for 100 decisions", got.len());
+    assert_eq!(got.last().expect("one").limits[0].remaining, Some(0));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_watchers_while_consuming() {
+    let s = TestServer::start(CONFIG).await;
+    let mut streams = Vec::new();
+    // Ten connections of a hundred streams each, on ten subjects.
+    for c in 0..10 {
+        let mut client = RateLimiterClient::connect(format!("http://{}", s.addr))
+            .await
+            .expect("connect");
+        for w in 0..100 {
+            let subject = format!("key_{}", (c * 100 + w) % 10);
+            let mut st = client
+                .watch_quota(watch(&subject))
+                .await
+                .expect("watch")
+                .into_inner();
+            assert_eq!(cause(&next(&mut st).await), Cause::Snapshot);
+            streams.push((subject, st));
+        }
+    }
+    for k in 0..10 {
+        assert_eq!(s.consume_n(&req(&format!("key_{k}"), "/x"), 3).await, 3);
+    }
+    for (subject, st) in &mut streams {
+        loop {
+            let u = next(st).await;
+            if u.limits[0].remaining == Some(97) {
+                break;
+            }
+            assert_eq!(cause(&u), Cause::Consumption, "{subject}");
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn streams_end_cleanly_when_the_server_stops() {
+    let s = TestServer::start(CONFIG).await;
+    let mut stream = s
+        .client
+        .clone()
+        .watch_quota(watch("key_1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(cause(&next(&mut stream).await), Cause::Snapshot);
+    let stopped = tokio::time::timeout(Duration::from_secs(5), s.stop()).await;
+    assert!(stopped.is_ok(), "shutdown waited on an open stream");
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("ends");
+    assert!(matches!(end, None | Some(Ok(_))), "{end:?}");
+}
+
+#[tokio::test]
+async fn watching_needs_a_subject() {
+    let s = TestServer::start(CONFIG).await;
+    let err = s
+        .client
+        .clone()
+        .watch_quota(watch(""))
+        .await
+        .expect_err("empty subject");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("subject"));
+    s.stop().await;
+}
