@@ -76,10 +76,35 @@ struct Served {
     addr: String,
 }
 
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("tollgate-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
 fn serve(args: &[&str]) -> Served {
-    let mut child = Command::new(BIN)
+    serve_env(args, &[])
+}
+
+fn serve_env(args: &[&str], env: &[(&str, &str)]) -> Served {
+    let state = temp_dir("state").join(format!(
+        "{}.redb",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos()
+    ));
+    let state = state.display().to_string();
+    let has_state = args.contains(&"--state");
+    let mut command = Command::new(BIN);
+    command
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args)
+        .args(args);
+    if !has_state {
+        command.args(["--state", &state]);
+    }
+    let mut child = command
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .expect("tollgate starts");
@@ -190,4 +215,141 @@ fn serve_refuses_an_invalid_config_before_binding() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tollgate.yaml: cannot read")
     );
+}
+
+fn stop(mut s: Served, within: Duration) -> std::process::ExitStatus {
+    let kill = Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = s.child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tollgate did not stop on SIGTERM within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn admin_changes_and_counters_survive_a_restart() {
+    let state = temp_dir("restart").join("state.redb");
+    let state = state.display().to_string();
+    let env = [("TOLLGATE_ADMIN_TOKEN", "s3cret")];
+    let s = serve_env(
+        &["--config", &example("helpkit.yaml"), "--state", &state],
+        &env,
+    );
+    let auth = "authorization: Bearer s3cret";
+    let out = grpcurl(&[
+        "-plaintext",
+        "-H",
+        auth,
+        "-d",
+        r#"{"account":"acct_42","plan":"pro"}"#,
+        &s.addr,
+        "tollgate.v1.Admin/SetPlan",
+    ]);
+    assert!(out.contains(r#""plan": "pro""#), "{out}");
+    for _ in 0..3 {
+        grpcurl(&[
+            "-plaintext",
+            "-d",
+            r#"{"subject":"acct_42","resource":"/x"}"#,
+            &s.addr,
+            "tollgate.v1.RateLimiter/Consume",
+        ]);
+    }
+    assert!(stop(s, Duration::from_secs(10)).success());
+
+    let s = serve_env(
+        &["--config", &example("helpkit.yaml"), "--state", &state],
+        &env,
+    );
+    let out = grpcurl(&[
+        "-plaintext",
+        "-H",
+        auth,
+        "-d",
+        r#"{"subject":"acct_42"}"#,
+        &s.addr,
+        "tollgate.v1.Admin/GetSubject",
+    ]);
+    let got: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(got["plan"], "pro");
+    assert_eq!(got["planSource"], "RUNTIME");
+    let day = got["limits"]
+        .as_array()
+        .expect("limits")
+        .iter()
+        .find(|l| l["name"] == "requests/day")
+        .expect("day");
+    assert_eq!(
+        day["remaining"], "49997",
+        "the day's usage came back: {out}"
+    );
+    // Without the token: UNAUTHENTICATED.
+    let denied = Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"subject":"acct_42"}"#,
+            &s.addr,
+            "tollgate.v1.Admin/GetSubject",
+        ])
+        .output()
+        .expect("grpcurl");
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("Unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    assert!(stop(s, Duration::from_secs(10)).success());
+}
+
+#[test]
+fn sigterm_with_open_watch_streams_exits_within_the_deadline() {
+    let s = serve(&["--drain-timeout", "3s"]);
+    // grpcurl holds a WatchQuota stream open and prints the snapshot.
+    let mut watcher = Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"subject":"key_1"}"#,
+            &s.addr,
+            "tollgate.v1.RateLimiter/WatchQuota",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("grpcurl");
+    let stdout = watcher.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    while !seen.contains("SNAPSHOT") {
+        seen.push_str(&lines.next().expect("a line").expect("utf-8"));
+    }
+    grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"subject":"key_1","resource":"/api/v1/fetch/x"}"#,
+        &s.addr,
+        "tollgate.v1.RateLimiter/Consume",
+    ]);
+    while !seen.contains("CONSUMPTION") {
+        seen.push_str(&lines.next().expect("a line").expect("utf-8"));
+    }
+    let started = Instant::now();
+    assert!(stop(s, Duration::from_secs(10)).success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The stream ended with OK, so grpcurl exits 0.
+    assert!(watcher.wait().expect("grpcurl ends").success());
 }
