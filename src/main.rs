@@ -74,6 +74,9 @@ struct Serve {
     /// Coalescing interval of WatchQuota consumption updates (e.g. 100ms, 1s).
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
     watch_interval: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// The longest a graceful shutdown waits for in-flight calls.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -145,6 +148,7 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         tracing::info!(restored, state.path = %serve.state.display(), "counters restored");
     }
     let options = Options {
+        metrics: None,
         config_path: serve.config.clone(),
         admin_token,
         watch_interval: serve.watch_interval,
@@ -164,6 +168,14 @@ fn run(serve: Serve) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", serve.listen))?;
         let addr = listener.local_addr()?;
+        let mut options = options;
+        if let Some(metrics_addr) = serve.metrics_listen {
+            let metrics = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("cannot listen on {metrics_addr} for metrics"))?;
+            tracing::info!("metrics on http://{}/metrics", metrics.local_addr()?);
+            options.metrics = Some(metrics);
+        }
         tracing::info!(
             listen = %addr,
             config = %serve.config.as_ref().map_or(config::DEFAULT_NAME.into(), |p| p.display().to_string()),

@@ -11,22 +11,31 @@ use tracing::{Span, field::Empty, instrument};
 
 use crate::engine::{CounterStore, Mode};
 use crate::limiter::Limiter;
+use crate::limiter::Verdict;
 use crate::proto::tollgate::v1 as pb;
+use crate::server::metrics::{DecisionLabels, Label, Metrics};
 use crate::watch::{Hub, QuotaStream};
 use pb::rate_limiter_server::RateLimiter;
+use std::time::Instant;
 
 /// `tollgate.v1.RateLimiter`.
 pub struct RateLimiterService<S> {
     limiter: Arc<Limiter<S>>,
     hub: Arc<Hub<S>>,
+    metrics: Arc<Metrics>,
 }
 
 // === impl RateLimiterService ===
 
 impl<S> RateLimiterService<S> {
-    /// The service over `limiter`, telling `hub` of consumption.
-    pub fn new(limiter: Arc<Limiter<S>>, hub: Arc<Hub<S>>) -> Self {
-        Self { limiter, hub }
+    /// The service over `limiter`, telling `hub` of consumption and
+    /// counting decisions in `metrics`.
+    pub fn new(limiter: Arc<Limiter<S>>, hub: Arc<Hub<S>>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            limiter,
+            hub,
+            metrics,
+        }
     }
 }
 
@@ -41,7 +50,26 @@ impl<S: CounterStore + 'static> RateLimiterService<S> {
         let domain = convert::limit_request(&request)?;
         let span = Span::current();
         span.record("subject", domain.subject);
+        let started = Instant::now();
         let decision = self.limiter.decide(mode, &domain);
+        self.metrics.decision(
+            &DecisionLabels {
+                rpc: match mode {
+                    Mode::Check => "check",
+                    Mode::Consume => "consume",
+                    Mode::Record => "record",
+                },
+                verdict: match decision.verdict {
+                    Verdict::Allowed => "allowed",
+                    Verdict::RateLimited => "rate_limited",
+                    Verdict::NotInPlan => "not_in_plan",
+                    Verdict::TooLarge => "too_large",
+                },
+                plan: Label(decision.plan.clone()),
+                class: Label(decision.class.clone().unwrap_or_else(|| Arc::from(""))),
+            },
+            started.elapsed(),
+        );
         if mode != Mode::Check && decision.counted {
             self.hub.consumed(domain.subject, domain.account);
         }

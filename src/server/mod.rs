@@ -5,6 +5,7 @@
 //! watch stream → drain in-flight calls, at most `drain` long → save the
 //! counters to the state file → return.
 
+pub mod metrics;
 pub mod signal;
 
 use std::future::Future;
@@ -27,13 +28,16 @@ use crate::proto::tollgate::v1::admin_server::AdminServer;
 use crate::proto::{self, tollgate::v1::rate_limiter_server::RateLimiterServer};
 use crate::storage::memory::MemoryStore;
 use crate::watch::{Cause, Hub};
+use metrics::{Gauges, Metrics};
 
 /// How often expired counters are reclaimed in the background.
 const RECLAIM_EVERY: Duration = Duration::from_secs(10);
 
 /// How the server runs, beyond its listener and limiter.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Options {
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics: Option<TcpListener>,
     /// The configuration file, for reloads; `None` when serving the built-in one.
     pub config_path: Option<PathBuf>,
     /// The admin bearer token; `None` disables the admin API.
@@ -47,6 +51,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            metrics: None,
             config_path: None,
             admin_token: None,
             watch_interval: crate::watch::DEFAULT_INTERVAL,
@@ -79,8 +84,12 @@ pub async fn run(
         AdminService::new(limiter.clone(), hub.clone(), reloader.clone()),
         move |request| auth.check(request),
     );
-    let rate_limiter =
-        RateLimiterServer::new(RateLimiterService::new(limiter.clone(), hub.clone()));
+    let decisions = Arc::new(Metrics::new());
+    let rate_limiter = RateLimiterServer::new(RateLimiterService::new(
+        limiter.clone(),
+        hub.clone(),
+        decisions.clone(),
+    ));
 
     // Health, then reflection.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -101,6 +110,23 @@ pub async fn run(
     // Background tasks.
     let reclaimer = tokio::spawn(reclaim(limiter.clone(), stopping.clone()));
     let watcher = tokio::spawn(reloader.clone().watch(stopping.clone()));
+    if let Some(listener) = options.metrics {
+        let gauges = {
+            let (limiter, hub, reloader) = (limiter.clone(), hub.clone(), reloader.clone());
+            Arc::new(move || Gauges {
+                watchers: hub.watchers(),
+                counters: limiter.store().len(),
+                evictions: limiter.store().evictions(),
+                reloads: reloader.counts(),
+            })
+        };
+        tokio::spawn(metrics::serve(
+            listener,
+            decisions.clone(),
+            gauges,
+            stopping.clone(),
+        ));
+    }
 
     // The signal: NOT_SERVING first, then stop accepting and end the streams.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
