@@ -15,7 +15,7 @@ use tollgate::config;
 use tollgate::engine::{Clock, SystemClock};
 use tollgate::limiter::Limiter;
 use tollgate::plans::SlotRegistry;
-use tollgate::server::Options;
+use tollgate::server::{Options, Tls};
 use tollgate::state::RuntimeState;
 use tollgate::storage::memory::MemoryStore;
 
@@ -80,6 +80,15 @@ struct Serve {
     /// The longest a graceful shutdown waits for in-flight calls.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -147,7 +156,18 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         let restored = store.import(&saved, clock.now(), &slots);
         tracing::info!(restored, state.path = %serve.state.display(), "counters restored");
     }
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let tls = match (&serve.tls_cert, &serve.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls {
+            cert: read(cert)?,
+            key: read(key)?,
+            client_ca: serve.tls_client_ca.as_ref().map(read).transpose()?,
+        }),
+        _ => None,
+    };
     let options = Options {
+        tls,
         metrics: None,
         config_path: serve.config.clone(),
         admin_token,

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::RateLimiterService;
 use crate::api::admin::AdminService;
@@ -46,6 +46,28 @@ pub struct Options {
     pub watch_interval: Duration,
     /// The longest graceful shutdown waits for in-flight calls.
     pub drain: Duration,
+    /// Serve gRPC over TLS (and require client certificates when it says so).
+    pub tls: Option<Tls>,
+}
+
+/// TLS material, PEM-encoded.
+#[derive(Clone)]
+pub struct Tls {
+    /// The server's certificate chain.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Tls")
+            .field("mtls", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Options {
@@ -56,6 +78,7 @@ impl Default for Options {
             admin_token: None,
             watch_interval: crate::watch::DEFAULT_INTERVAL,
             drain: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -146,7 +169,15 @@ pub async fn run(
         }
     });
 
-    let serve = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &options.tls {
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+    }
+    let serve = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -57,11 +57,30 @@ impl TestServer {
         Self::start_opts(yaml, store, options).await
     }
 
+    /// Serves `yaml` with TLS `options`; `client` is a plaintext client that
+    /// will not work: tests make their own.
+    pub async fn start_opts_tls(
+        yaml: &str,
+        store: MemoryStore,
+        options: tollgate::server::Options,
+    ) -> Self {
+        Self::start_inner(yaml, store, options, false).await
+    }
+
     /// Serves `yaml` with `options`.
     pub async fn start_opts(
         yaml: &str,
         store: MemoryStore,
         options: tollgate::server::Options,
+    ) -> Self {
+        Self::start_inner(yaml, store, options, true).await
+    }
+
+    async fn start_inner(
+        yaml: &str,
+        store: MemoryStore,
+        options: tollgate::server::Options,
+        plaintext: bool,
     ) -> Self {
         let slots = Arc::new(SlotRegistry::default());
         let catalog = tollgate::config::parse("test.yaml", yaml, &slots).expect("valid config");
@@ -81,9 +100,14 @@ impl TestServer {
                 .expect("server runs");
             }
         });
-        let client = RateLimiterClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect");
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri");
+        let channel = if plaintext {
+            endpoint.connect().await.expect("connect")
+        } else {
+            endpoint.connect_lazy()
+        };
+        let client = RateLimiterClient::new(channel);
         Self {
             addr,
             clock,
