@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the gRPC API.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Validate a configuration file and exit (non-zero with `file:line: field: problem`).
     Check {
         /// The file to check.
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
         },
         Command::Serve(serve) => {
             init_tracing(serve.log_format);
-            match run(serve) {
+            match run(*serve) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     let _ = writeln!(std::io::stderr(), "tollgate: {e:#}");
