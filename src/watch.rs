@@ -170,8 +170,9 @@ impl<S: CounterStore + 'static> Hub<S> {
     async fn publish(self: Arc<Self>, key: String, topic: Arc<Topic>) {
         loop {
             let now = self.limiter.now();
-            let next = self.next_timer(&topic, now);
-            let sleep = tokio::time::sleep(Duration::from_nanos(next.saturating_sub(now)));
+            let (next, timer_cause) = self.next_timer(&topic, now);
+            // A millisecond late, so the window has turned when we look.
+            let sleep = tokio::time::sleep(Duration::from_nanos(next.saturating_sub(now)) + Duration::from_millis(1));
             let cause = tokio::select! {
                 () = topic.wake.notified() => {
                     let cause = topic.pending.lock().take().unwrap_or(Cause::Consumption);
@@ -183,7 +184,7 @@ impl<S: CounterStore + 'static> Hub<S> {
                         cause
                     }
                 }
-                () = sleep => Cause::WindowReset,
+                () = sleep => timer_cause,
                 () = topic.tx.closed() => {
                     // Subscribing takes this lock too, so no watcher can
                     // arrive between the check and the removal.
@@ -203,7 +204,7 @@ impl<S: CounterStore + 'static> Hub<S> {
 
     /// When the topic next changes by itself: the earliest reset of a used
     /// limit, or the earliest expiry of an override. Far away when neither.
-    fn next_timer(&self, topic: &Topic, now: Nanos) -> Nanos {
+    fn next_timer(&self, topic: &Topic, now: Nanos) -> (Nanos, Cause) {
         let current = topic.tx.borrow().clone();
         let resets = current.limits.iter().filter_map(|l| {
             let used = l.remaining.is_some_and(|r| r < l.limit);
@@ -218,10 +219,12 @@ impl<S: CounterStore + 'static> Hub<S> {
             .into_iter()
             .filter_map(|o| o.expires_at)
             .filter(|t| *t > now);
+        let resets = resets.map(|t| (t, Cause::WindowReset));
+        let expiries = expiries.map(|t| (t, Cause::OverrideChanged));
         resets
             .chain(expiries)
-            .min()
-            .unwrap_or(now + 3_600 * crate::engine::clock::SECOND)
+            .min_by_key(|(t, _)| *t)
+            .unwrap_or((now + 3_600 * crate::engine::clock::SECOND, Cause::WindowReset))
     }
 }
 
