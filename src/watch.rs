@@ -6,7 +6,8 @@
 //! by all of its watchers, so a slow or stalled watcher never makes the
 //! server buffer anything (it just sees the newest state when it reads) and
 //! the publisher never waits on a watcher. A task per watched subject
-//! publishes: consumption is coalesced to one update per interval; window
+//! publishes: consumption is coalesced to at most one update per interval
+//! (the first at once, later ones an interval after the previous); window
 //! resets and override expiries are timers; plan changes, overrides and
 //! reloads come as events. The task and the channel go when the last watcher
 //! does. Every stream ends when the server shuts down.
@@ -168,6 +169,10 @@ impl<S: CounterStore + 'static> Hub<S> {
 
     /// The publisher of one topic, until its last watcher or the server goes.
     async fn publish(self: Arc<Self>, key: String, topic: Arc<Topic>) {
+        // Consumption goes out at once when the subject was quiet for an
+        // interval, otherwise an interval after the last update: at most one
+        // update per interval, always carrying the latest state.
+        let mut last_sent: Option<tokio::time::Instant> = None;
         loop {
             let now = self.limiter.now();
             let (next, timer_cause) = self.next_timer(&topic, now);
@@ -177,8 +182,9 @@ impl<S: CounterStore + 'static> Hub<S> {
                 () = topic.wake.notified() => {
                     let cause = topic.pending.lock().take().unwrap_or(Cause::Consumption);
                     if cause == Cause::Consumption {
-                        // Coalesce: whatever happens meanwhile rides along.
-                        tokio::time::sleep(self.interval).await;
+                        if let Some(at) = last_sent {
+                            tokio::time::sleep_until(at + self.interval).await;
+                        }
                         topic.pending.lock().take().map_or(cause, |c| c.max_by_rank(cause))
                     } else {
                         cause
@@ -199,6 +205,7 @@ impl<S: CounterStore + 'static> Hub<S> {
             };
             let update = self.update(&topic.subject, &topic.account, cause);
             topic.tx.send_replace(update);
+            last_sent = Some(tokio::time::Instant::now());
         }
     }
 
