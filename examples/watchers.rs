@@ -7,14 +7,16 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use pb::rate_limiter_client::RateLimiterClient;
 use tokio_stream::StreamExt;
 use tollgate::proto::tollgate::v1 as pb;
-use pb::rate_limiter_client::RateLimiterClient;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let addr = args.next().ok_or("usage: watchers ADDR WATCHERS CONNECTIONS")?;
+    let addr = args
+        .next()
+        .ok_or("usage: watchers ADDR WATCHERS CONNECTIONS")?;
     let watchers: usize = args.next().map_or(Ok(10_000), |a| a.parse())?;
     let connections: usize = args.next().map_or(Ok(10), |a| a.parse())?;
     let mut clients = Vec::new();
@@ -25,13 +27,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opened = Instant::now();
     for i in 0..watchers {
         let client = &mut clients[i % connections];
-        let request = pb::WatchRequest { subject: format!("watcher_{i}"), ..Default::default() };
+        let request = pb::WatchRequest {
+            subject: format!("watcher_{i}"),
+            ..Default::default()
+        };
         let mut stream = client.watch_quota(request).await?.into_inner();
         stream.next().await.ok_or("no snapshot")??;
         streams.push(stream);
     }
     let mut out = std::io::stdout();
-    writeln!(out, "opened {watchers} watch streams on {connections} connections in {:?}", opened.elapsed())?;
+    writeln!(
+        out,
+        "opened {watchers} watch streams on {connections} connections in {:?}",
+        opened.elapsed()
+    )?;
     writeln!(out, "ready")?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -46,7 +55,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let started = Instant::now();
         client.consume(request).await?;
-        tokio::time::timeout(Duration::from_secs(5), streams[i].next()).await?.ok_or("stream ended")??;
+        tokio::time::timeout(Duration::from_secs(5), streams[i].next())
+            .await?
+            .ok_or("stream ended")??;
         latencies.push(started.elapsed());
     }
     latencies.sort();

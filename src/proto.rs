@@ -12,6 +12,43 @@ pub mod tollgate {
     }
 }
 
+/// prost's codec with a 1 KiB starting buffer instead of tonic's 8 KiB.
+///
+/// Every response stream (each `WatchQuota` watcher) and every unary call
+/// allocates one; decisions encode in a few hundred bytes, and the buffer
+/// still grows for larger messages. Measured with `scripts/watch_load.sh`.
+#[derive(Debug)]
+pub struct LeanCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+fn buffer() -> tonic::codec::BufferSettings {
+    tonic::codec::BufferSettings::new(1024, 32 * 1024)
+}
+
+impl<T, U> Default for LeanCodec<T, U> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for LeanCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstCodec::<T, U>::raw_encoder(buffer())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<T, U>::raw_decoder(buffer())
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every served proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tollgate_descriptor");
 

@@ -177,7 +177,9 @@ impl<S: CounterStore + 'static> Hub<S> {
             let now = self.limiter.now();
             let (next, timer_cause) = self.next_timer(&topic, now);
             // A millisecond late, so the window has turned when we look.
-            let sleep = tokio::time::sleep(Duration::from_nanos(next.saturating_sub(now)) + Duration::from_millis(1));
+            let sleep = tokio::time::sleep(
+                Duration::from_nanos(next.saturating_sub(now)) + Duration::from_millis(1),
+            );
             let cause = tokio::select! {
                 () = topic.wake.notified() => {
                     let cause = topic.pending.lock().take().unwrap_or(Cause::Consumption);
@@ -228,10 +230,10 @@ impl<S: CounterStore + 'static> Hub<S> {
             .filter(|t| *t > now);
         let resets = resets.map(|t| (t, Cause::WindowReset));
         let expiries = expiries.map(|t| (t, Cause::OverrideChanged));
-        resets
-            .chain(expiries)
-            .min_by_key(|(t, _)| *t)
-            .unwrap_or((now + 3_600 * crate::engine::clock::SECOND, Cause::WindowReset))
+        resets.chain(expiries).min_by_key(|(t, _)| *t).unwrap_or((
+            now + 3_600 * crate::engine::clock::SECOND,
+            Cause::WindowReset,
+        ))
     }
 }
 

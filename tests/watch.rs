@@ -185,7 +185,13 @@ async fn watching_needs_a_subject() {
 #[tokio::test]
 async fn an_expiring_override_tells_watchers_when_it_goes() {
     let s = TestServer::start(CONFIG).await;
-    let mut stream = s.client.clone().watch_quota(watch("key_1")).await.expect("watch").into_inner();
+    let mut stream = s
+        .client
+        .clone()
+        .watch_quota(watch("key_1"))
+        .await
+        .expect("watch")
+        .into_inner();
     assert_eq!(cause(&next(&mut stream).await), Cause::Snapshot);
     let expires = T0 + 1_000_000_000;
     s.admin()
@@ -194,15 +200,24 @@ async fn an_expiring_override_tells_watchers_when_it_goes() {
             account: "key_1".into(),
             limit: "requests/minute".into(),
             amount: 500,
-            expires_at: Some(prost_types::Timestamp { seconds: (expires / 1_000_000_000) as i64, nanos: 0 }),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: (expires / 1_000_000_000) as i64,
+                nanos: 0,
+            }),
             ..Default::default()
         }))
         .await
         .expect("override");
     let raised = next(&mut stream).await;
-    assert_eq!((cause(&raised), raised.limits[0].limit), (Cause::OverrideChanged, 500));
+    assert_eq!(
+        (cause(&raised), raised.limits[0].limit),
+        (Cause::OverrideChanged, 500)
+    );
     s.advance(Duration::from_secs(1));
     let back = next(&mut stream).await;
-    assert_eq!((cause(&back), back.limits[0].limit), (Cause::OverrideChanged, 100));
+    assert_eq!(
+        (cause(&back), back.limits[0].limit),
+        (Cause::OverrideChanged, 100)
+    );
     s.stop().await;
 }
