@@ -43,10 +43,18 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 /// Watched subjects and their publishers.
 pub struct Hub<S> {
     limiter: Arc<Limiter<S>>,
-    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    topics: Mutex<Topics>,
     watchers: Arc<AtomicUsize>,
     interval: Duration,
     shutdown: CancellationToken,
+}
+
+/// Watched topics, found by key, by subject and by account, so a decision
+/// touches only its own watchers.
+#[derive(Default)]
+struct Topics {
+    by_key: HashMap<String, Arc<Topic>>,
+    by_name: HashMap<String, Vec<Arc<Topic>>>,
 }
 
 /// One watched subject.
@@ -83,7 +91,7 @@ impl<S: CounterStore + 'static> Hub<S> {
     ) -> Arc<Self> {
         Arc::new(Self {
             limiter,
-            topics: Mutex::new(HashMap::new()),
+            topics: Mutex::new(Topics::default()),
             watchers: Arc::new(AtomicUsize::new(0)),
             interval,
             shutdown,
@@ -102,7 +110,7 @@ impl<S: CounterStore + 'static> Hub<S> {
         let key = topic_key(subject, &account);
         let rx = {
             let mut topics = self.topics.lock();
-            match topics.get(&key) {
+            match topics.by_key.get(&key) {
                 Some(t) => t.tx.subscribe(),
                 None => {
                     let (tx, rx) = watch::channel(snapshot.clone());
@@ -137,27 +145,22 @@ impl<S: CounterStore + 'static> Hub<S> {
         }
         let account = account_of(subject, account);
         let topics = self.topics.lock();
-        for topic in topics.values() {
-            if topic.subject == subject || topic.account == account {
-                topic.signal(Cause::Consumption);
-            }
+        for topic in topics.named(subject).chain(topics.named(account)) {
+            topic.signal(Cause::Consumption);
         }
     }
 
     /// A change to `account` (plan, override): its watchers get an update now.
     pub fn account_changed(&self, account: &str, cause: Cause) {
         let topics = self.topics.lock();
-        for topic in topics
-            .values()
-            .filter(|t| t.account == account || t.subject == account)
-        {
+        for topic in topics.named(account) {
             topic.signal(cause);
         }
     }
 
     /// Every watcher gets an update now (a reload, a usage reset).
     pub fn all_changed(&self, cause: Cause) {
-        for topic in self.topics.lock().values() {
+        for topic in self.topics.lock().by_key.values() {
             topic.signal(cause);
         }
     }
@@ -198,7 +201,7 @@ impl<S: CounterStore + 'static> Hub<S> {
                     // arrive between the check and the removal.
                     let mut topics = self.topics.lock();
                     if topic.tx.receiver_count() == 0 {
-                        topics.remove(&key);
+                        topics.remove(&key, &topic);
                         return;
                     }
                     continue;
@@ -234,6 +237,41 @@ impl<S: CounterStore + 'static> Hub<S> {
             now + 3_600 * crate::engine::clock::SECOND,
             Cause::WindowReset,
         ))
+    }
+}
+
+// === impl Topics ===
+
+impl Topics {
+    fn insert(&mut self, key: String, topic: Arc<Topic>) {
+        self.by_name
+            .entry(topic.subject.clone())
+            .or_default()
+            .push(topic.clone());
+        if topic.account != topic.subject {
+            self.by_name
+                .entry(topic.account.clone())
+                .or_default()
+                .push(topic.clone());
+        }
+        self.by_key.insert(key, topic);
+    }
+
+    fn remove(&mut self, key: &str, topic: &Arc<Topic>) {
+        self.by_key.remove(key);
+        for name in [&topic.subject, &topic.account] {
+            if let Some(list) = self.by_name.get_mut(name) {
+                list.retain(|t| !Arc::ptr_eq(t, topic));
+                if list.is_empty() {
+                    self.by_name.remove(name);
+                }
+            }
+        }
+    }
+
+    /// Topics whose subject or account is `name`.
+    fn named(&self, name: &str) -> impl Iterator<Item = &Arc<Topic>> {
+        self.by_name.get(name).into_iter().flatten()
     }
 }
 
