@@ -29,7 +29,7 @@ use crate::plans::SlotRegistry;
 
 /// Estimated bytes per counter, all-in, for sizing `--max-memory`; measured by
 /// `benches/engine.rs` with one million subjects.
-pub const BYTES_PER_COUNTER: usize = 160;
+pub const BYTES_PER_COUNTER: usize = 200;
 
 /// Counters exported for a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
