@@ -107,6 +107,7 @@ fn decision_path(c: &mut Criterion) {
         account: "",
         resource: "/api/v1/fetch/people",
         method: Some("GET"),
+        plan: None,
         cost: &cost,
     };
     // Check: counts nothing, so the limits never run out while measuring.

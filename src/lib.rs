@@ -11,12 +11,15 @@
 //! - [`limiter`]: the decision path: resolve the plan, match the class, run
 //!   the engine, build the decision and its headers.
 //! - [`api`]: the `tollgate.v1` gRPC services over the limiter.
+//! - [`envoy`]: Envoy's rate limit service (RLS v3): envoyproxy/ratelimit rule
+//!   files, and Envoy domains answered from the plans.
 //! - [`server`]: wiring: listener, health, reflection, background tasks, shutdown.
 //! - [`proto`]: generated code, fenced.
 
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod envoy;
 pub mod limiter;
 pub mod plans;
 pub mod proto;

@@ -36,6 +36,11 @@ pub struct Request<'a> {
     pub resource: &'a str,
     /// The HTTP method, when not in `resource`.
     pub method: Option<&'a str>,
+    /// The plan, when the gateway already knows it (e.g. from a token
+    /// claim): used instead of the file's assignment or default, but an
+    /// Admin `SetPlan` still wins, and the account's overrides still apply.
+    /// A name the configuration does not know is ignored.
+    pub plan: Option<&'a str>,
     /// Cost per unit.
     pub cost: &'a HashMap<String, u64>,
 }
@@ -166,6 +171,11 @@ impl<S: CounterStore> Limiter<S> {
         self.engine.store()
     }
 
+    /// The engine, for decisions outside the plan model (Envoy's rule files).
+    pub fn engine(&self) -> &Engine<S> {
+        &self.engine
+    }
+
     /// The catalog in force.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.load().catalog.clone()
@@ -202,9 +212,12 @@ impl<S: CounterStore> Limiter<S> {
         let catalog = &snapshot.catalog;
         let account = account_of(request.subject, request.account);
         let now = self.clock.now();
-        let plan = self
-            .resolver
-            .resolve(catalog, snapshot.generation, account, now);
+        let plan = match request.plan.and_then(|p| catalog.plans.get(p)) {
+            Some(hinted) => self.resolver.resolve_as(catalog, account, hinted, now),
+            None => self
+                .resolver
+                .resolve(catalog, snapshot.generation, account, now),
+        };
 
         let (prefix_method, path) = split_method(request.resource.trim());
         let path = path.split_once('?').map_or(path, |(p, _)| p);

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 use tollgate::config;
 use tollgate::engine::{Clock, SystemClock};
+use tollgate::envoy::{self, RuleSet, RuleSource};
 use tollgate::limiter::Limiter;
 use tollgate::plans::SlotRegistry;
 use tollgate::server::{Options, Tls};
@@ -31,10 +33,14 @@ struct Cli {
 enum Command {
     /// Serve the gRPC API.
     Serve(Box<Serve>),
-    /// Validate a configuration file and exit (non-zero with `file:line: field: problem`).
+    /// Validate a configuration file, or a directory of envoyproxy/ratelimit
+    /// rule files, and exit (non-zero with `file:line: field: problem`).
     Check {
-        /// The file to check.
+        /// The file (or rule directory) to check.
         file: PathBuf,
+        /// With a rule directory: files may share a domain (MERGE_DOMAIN_CONFIG).
+        #[arg(long, env = "MERGE_DOMAIN_CONFIG", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+        envoy_merge_domains: bool,
     },
 }
 
@@ -89,6 +95,72 @@ struct Serve {
     /// Require client certificates signed by this CA (PEM): mutual TLS.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    envoy: EnvoyArgs,
+}
+
+/// Envoy's rate limit service. Each flag also reads the environment variable
+/// envoyproxy/ratelimit uses for the same setting.
+#[derive(Debug, clap::Args)]
+struct EnvoyArgs {
+    /// A directory of envoyproxy/ratelimit rule files (*.yaml), served to
+    /// Envoy and reloaded when they change.
+    #[arg(long, value_name = "DIR")]
+    envoy_config: Option<PathBuf>,
+    /// Let several rule files add to one domain.
+    #[arg(long, env = "MERGE_DOMAIN_CONFIG", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    envoy_merge_domains: bool,
+    /// Add RateLimit-Limit/-Remaining/-Reset to Envoy's response.
+    #[arg(long, env = "LIMIT_RESPONSE_HEADERS_ENABLED", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    envoy_response_headers: bool,
+    /// The name of the limit header.
+    #[arg(
+        long,
+        env = "LIMIT_LIMIT_HEADER",
+        value_name = "NAME",
+        default_value = "RateLimit-Limit"
+    )]
+    envoy_limit_header: String,
+    /// The name of the remaining header.
+    #[arg(
+        long,
+        env = "LIMIT_REMAINING_HEADER",
+        value_name = "NAME",
+        default_value = "RateLimit-Remaining"
+    )]
+    envoy_remaining_header: String,
+    /// The name of the reset header.
+    #[arg(
+        long,
+        env = "LIMIT_RESET_HEADER",
+        value_name = "NAME",
+        default_value = "RateLimit-Reset"
+    )]
+    envoy_reset_header: String,
+    /// Count and report, but never answer OVER_LIMIT to Envoy.
+    #[arg(long, env = "SHADOW_MODE", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    envoy_shadow_mode: bool,
+    /// Treat every descriptor as in quota mode.
+    #[arg(long, env = "QUOTA_MODE", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    envoy_quota_mode: bool,
+    /// Return dynamic metadata (the request, and the passed descriptors' metadata).
+    #[arg(long, env = "RESPONSE_DYNAMIC_METADATA", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    envoy_dynamic_metadata: bool,
+}
+
+impl EnvoyArgs {
+    fn options(&self) -> envoy::Options {
+        envoy::Options {
+            response_headers: self.envoy_response_headers.then(|| envoy::HeaderNames {
+                limit: self.envoy_limit_header.clone(),
+                remaining: self.envoy_remaining_header.clone(),
+                reset: self.envoy_reset_header.clone(),
+            }),
+            shadow_mode: self.envoy_shadow_mode,
+            quota_mode: self.envoy_quota_mode,
+            dynamic_metadata: self.envoy_dynamic_metadata,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -100,7 +172,27 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { file } => match config::load(&file, &SlotRegistry::default()) {
+        Command::Check {
+            file,
+            envoy_merge_domains,
+        } if file.is_dir() => {
+            match RuleSet::load_dir(&file, envoy_merge_domains, &SlotRegistry::default()) {
+                Ok(rules) => {
+                    let _ = writeln!(
+                        std::io::stdout(),
+                        "{}: ok ({} envoy domains)",
+                        file.display(),
+                        rules.domains()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Check { file, .. } => match config::load(&file, &SlotRegistry::default()) {
             Ok(catalog) => {
                 let mut out = std::io::stdout();
                 let _ = writeln!(
@@ -136,6 +228,11 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         Some(path) => config::load(path, &slots)?,
         None => config::parse(config::DEFAULT_NAME, config::DEFAULT, &slots)?,
     };
+    let rules = RuleSource::load(
+        serve.envoy.envoy_config.clone(),
+        serve.envoy.envoy_merge_domains,
+        slots.clone(),
+    )?;
     let store = match serve.max_memory {
         Some(bytes) => MemoryStore::with_memory(bytes),
         None => MemoryStore::new(serve.max_counters),
@@ -173,6 +270,8 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         admin_token,
         watch_interval: serve.watch_interval,
         drain: serve.drain_timeout,
+        envoy_rules: Some(Arc::new(rules)),
+        envoy: serve.envoy.options(),
     };
     if options.admin_token.is_none() {
         tracing::info!(
@@ -200,6 +299,7 @@ fn run(serve: Serve) -> anyhow::Result<()> {
             listen = %addr,
             config = %serve.config.as_ref().map_or(config::DEFAULT_NAME.into(), |p| p.display().to_string()),
             plans = catalog.plans.len(),
+            envoy.config = %serve.envoy.envoy_config.as_ref().map_or("none".into(), |p| p.display().to_string()),
             counters.capacity = store.capacity(),
             "tollgate listening on {addr}"
         );

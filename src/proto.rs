@@ -12,6 +12,39 @@ pub mod tollgate {
     }
 }
 
+/// Envoy's rate limit service (RLS v3) and the messages it uses, with
+/// Envoy's own packages (see `proto/README.md`).
+pub mod envoy {
+    pub mod service {
+        pub mod ratelimit {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.ratelimit.v3");
+            }
+        }
+    }
+    pub mod extensions {
+        pub mod common {
+            pub mod ratelimit {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.extensions.common.ratelimit.v3");
+                }
+            }
+        }
+    }
+    pub mod r#type {
+        pub mod v3 {
+            tonic::include_proto!("envoy.r#type.v3");
+        }
+    }
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+}
+
 /// prost's codec with a 1 KiB starting buffer instead of tonic's 8 KiB.
 ///
 /// Every response stream (each `WatchQuota` watcher) and every unary call
@@ -69,9 +102,11 @@ mod tests {
                     .map(move |s| format!("{}.{}", f.package(), s.name()))
             })
             .collect();
-        assert!(
-            services.contains(&"tollgate.v1.RateLimiter".to_owned()),
-            "{services:?}"
-        );
+        for name in [
+            "tollgate.v1.RateLimiter",
+            "envoy.service.ratelimit.v3.RateLimitService",
+        ] {
+            assert!(services.contains(&name.to_owned()), "{services:?}");
+        }
     }
 }

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use crate::config::reload::{ReloadError, Reloader};
 use crate::engine::{Algorithm, CounterStore};
+use crate::envoy::RuleSource;
 use crate::limiter::{Limiter, account_of};
 use crate::plans::overrides::{self, Change, Custom, Override};
 use crate::plans::resolver::Source;
@@ -26,19 +27,27 @@ pub struct AdminService<S> {
     state: Arc<RuntimeState>,
     hub: Arc<Hub<S>>,
     reloader: Arc<Reloader<S>>,
+    envoy: Arc<RuleSource>,
 }
 
 // === impl AdminService ===
 
 impl<S: CounterStore + 'static> AdminService<S> {
     /// The service over `limiter`, keeping changes in its runtime state.
-    pub fn new(limiter: Arc<Limiter<S>>, hub: Arc<Hub<S>>, reloader: Arc<Reloader<S>>) -> Self {
+    /// `ReloadConfig` re-reads the file of `reloader` and the rules of `envoy`.
+    pub fn new(
+        limiter: Arc<Limiter<S>>,
+        hub: Arc<Hub<S>>,
+        reloader: Arc<Reloader<S>>,
+        envoy: Arc<RuleSource>,
+    ) -> Self {
         let state = limiter.resolver().state().clone();
         Self {
             limiter,
             state,
             hub,
             reloader,
+            envoy,
         }
     }
 
@@ -274,22 +283,36 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
         request: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
         let peer = peer(&request);
-        let reloader = self.reloader.clone();
-        let result = tokio::task::spawn_blocking(move || reloader.reload())
-            .await
-            .map_err(|e| internal(e.to_string()))?;
-        tracing::info!(admin.action = "reload_config", client.addr = %peer, ok = result.is_ok(), "reload requested");
-        match result {
-            Ok(done) => Ok(Response::new(pb::ReloadConfigResponse {
-                path: done.path.display().to_string(),
-                plans: done.plans as u32,
-                classes: done.classes as u32,
-            })),
-            Err(ReloadError::NoFile) => {
-                Err(Status::failed_precondition(ReloadError::NoFile.to_string()))
+        let (reloader, envoy) = (self.reloader.clone(), self.envoy.clone());
+        let (file, rules) =
+            tokio::task::spawn_blocking(move || (reloader.reload(), envoy.reload()))
+                .await
+                .map_err(|e| internal(e.to_string()))?;
+        tracing::info!(admin.action = "reload_config", client.addr = %peer, ok = file.is_ok() && rules.as_ref().is_none_or(Result::is_ok), "reload requested");
+        let mut response = pb::ReloadConfigResponse::default();
+        match file {
+            Ok(done) => {
+                response.path = done.path.display().to_string();
+                response.plans = done.plans as u32;
+                response.classes = done.classes as u32;
             }
-            Err(ReloadError::Invalid(e)) => Err(Status::invalid_argument(e.to_string())),
+            // The built-in configuration: fine when there are rules to reload.
+            Err(ReloadError::NoFile) if rules.is_some() => {}
+            Err(ReloadError::NoFile) => {
+                return Err(Status::failed_precondition(ReloadError::NoFile.to_string()));
+            }
+            Err(ReloadError::Invalid(e)) => return Err(Status::invalid_argument(e.to_string())),
         }
+        if let Some(rules) = rules {
+            let domains = rules.map_err(|e| Status::invalid_argument(e.to_string()))?;
+            response.envoy_config = self
+                .envoy
+                .dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            response.envoy_domains = domains as u32;
+        }
+        Ok(Response::new(response))
     }
 }
 

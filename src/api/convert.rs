@@ -42,6 +42,7 @@ pub fn limit_request(r: &pb::LimitRequest) -> Result<Request<'_>, Status> {
         account: &r.account,
         resource: &r.resource,
         method,
+        plan: None,
         cost: &r.cost,
     })
 }

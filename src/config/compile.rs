@@ -7,11 +7,11 @@ use std::sync::Arc;
 use serde_saphyr::Spanned;
 
 use super::error::Problem;
-use super::raw::{Burst, RawConfig, RawLimit, RawPlan};
+use super::raw::{Burst, RawConfig, RawEnvoy, RawLimit, RawPlan};
 use crate::engine::{Algorithm, Nanos, Rate, clock::SECOND};
 use crate::plans::{
-    Catalog, HeaderStyle, Limit, LimitKind, Matcher, Per, Plan, SlotRegistry, counter_identity,
-    default_name,
+    Catalog, EnvoyDomain, HeaderStyle, Limit, LimitKind, Matcher, Per, Plan, SlotRegistry,
+    counter_identity, default_name,
 };
 
 /// Collects problems against one file.
@@ -55,6 +55,7 @@ pub(super) fn compile(
         list: Vec::new(),
     };
 
+    let envoy_domains = envoy_domains(&mut p, raw.envoy.as_ref());
     let headers = match raw
         .headers
         .as_ref()
@@ -172,6 +173,7 @@ pub(super) fn compile(
             default_plan,
             assignments,
             headers,
+            envoy_domains,
         }),
         _ => {
             p.list.sort_by_key(|problem| problem.line);
@@ -191,6 +193,65 @@ impl Problems<'_> {
             message,
         });
     }
+}
+
+/// `envoy.domains`: which descriptor entries carry what.
+fn envoy_domains(p: &mut Problems<'_>, raw: Option<&RawEnvoy>) -> HashMap<String, EnvoyDomain> {
+    let mut out = HashMap::new();
+    for (domain, d) in raw.map(|e| &e.domains).into_iter().flatten() {
+        let field = format!("envoy.domains.{domain}");
+        let line = d.referenced.line();
+        let d = &d.value;
+        if domain.trim().is_empty() {
+            p.push(line, "envoy.domains", "a domain needs a name".into());
+        }
+        let Some(subject) = d.subject.as_ref().filter(|s| !s.value.trim().is_empty()) else {
+            p.push(
+                line,
+                &format!("{field}.subject"),
+                "names the descriptor entry that carries the subject; required".into(),
+            );
+            continue;
+        };
+        let mut keys = vec![("subject", Some(&subject.value))];
+        keys.extend([
+            ("account", d.account.as_ref()),
+            ("plan", d.plan.as_ref()),
+            ("resource", d.resource.as_ref()),
+            ("method", d.method.as_ref()),
+        ]);
+        for (i, (what, key)) in keys.iter().enumerate() {
+            let Some(key) = key else { continue };
+            if keys[..i].iter().any(|(_, k)| *k == Some(*key)) || d.cost.contains_key(*key) {
+                p.push(
+                    line,
+                    &format!("{field}.{what}"),
+                    format!("entry {key:?} already carries another part"),
+                );
+            }
+        }
+        for (key, unit) in &d.cost {
+            if unit.trim().is_empty() {
+                p.push(
+                    line,
+                    &format!("{field}.cost.{key}"),
+                    "names the unit the entry's value counts".into(),
+                );
+            }
+        }
+        out.insert(
+            domain.clone(),
+            EnvoyDomain {
+                subject: subject.value.clone(),
+                account: d.account.clone(),
+                plan: d.plan.clone(),
+                resource: d.resource.clone(),
+                method: d.method.clone(),
+                cost: d.cost.iter().map(|(k, u)| (k.clone(), u.clone())).collect(),
+            },
+        );
+    }
+    out
 }
 
 fn check_name(p: &mut Problems<'_>, line: u64, field: &str, name: &str) {
@@ -452,7 +513,7 @@ pub(crate) fn parse_rate(s: &str) -> Result<(u64, Nanos), String> {
 
 /// `second`, `minute`, `hour`, `day`, `week` (or `s`, `m`, `h`, `d`, `w`), or
 /// a duration such as `30s`, `5m`, `1h30m`.
-fn parse_window(s: &str) -> Result<Nanos, String> {
+pub(crate) fn parse_window(s: &str) -> Result<Nanos, String> {
     let s = s.trim();
     let named = match s {
         "second" | "sec" | "s" => Some(1),
@@ -492,7 +553,7 @@ pub(crate) fn burst_ceiling(amount: u64, extra: u64) -> u64 {
 }
 
 /// The extra units a burst allows over `amount`.
-fn burst_extra(burst: &Burst, amount: u64) -> Result<u64, String> {
+pub(crate) fn burst_extra(burst: &Burst, amount: u64) -> Result<u64, String> {
     match burst {
         Burst::Units(n) => Ok(*n),
         Burst::Text(t) => {

@@ -12,7 +12,7 @@ pub mod reload;
 
 use std::path::Path;
 
-pub(crate) use compile::parse_rate;
+pub(crate) use compile::{burst_ceiling, burst_extra, parse_rate, parse_window};
 pub use error::{Error, Problem};
 
 use crate::plans::{Catalog, SlotRegistry};
@@ -34,11 +34,15 @@ pub fn load(path: &Path, slots: &SlotRegistry) -> Result<Catalog, Error> {
 
 /// Compiles `text`; `file` names it in errors.
 pub fn parse(file: &str, text: &str, slots: &SlotRegistry) -> Result<Catalog, Error> {
-    let raw = deserialize(file, text)?;
+    let raw: raw::RawConfig = deserialize(file, text)?;
     compile::compile(file, raw, slots).map_err(Error::Invalid)
 }
 
-fn deserialize(file: &str, text: &str) -> Result<raw::RawConfig, Error> {
+/// Deserializes YAML `text` into `T`; a problem names `file`, the line and the field.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<T, Error> {
     let mut path = String::new();
     let result = serde_saphyr::with_deserializer_from_str(text, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {

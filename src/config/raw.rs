@@ -26,6 +26,43 @@ pub struct RawConfig {
     /// Static account → plan assignments.
     #[serde(default)]
     pub assignments: BTreeMap<String, Spanned<String>>,
+    /// Envoy rate limit domains answered from the plans.
+    #[serde(default)]
+    pub envoy: Option<RawEnvoy>,
+}
+
+/// `envoy:`: how Envoy's descriptors map onto plans.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvoy {
+    /// Envoy domain → which descriptor entries carry what.
+    #[serde(default)]
+    pub domains: BTreeMap<String, Spanned<RawEnvoyDomain>>,
+}
+
+/// One plan-aware Envoy domain: the descriptor entry keys that carry each
+/// part of a request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvoyDomain {
+    /// The entry whose value is the subject (API key, user). Required.
+    #[serde(default)]
+    pub subject: Option<Spanned<String>>,
+    /// The entry whose value is the account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// The entry whose value names the plan (e.g. from a JWT claim).
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// The entry whose value is the resource (`/path` or `GET /path`).
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// The entry whose value is the HTTP method.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Entry → unit: the entry's value is the request's cost in that unit.
+    #[serde(default)]
+    pub cost: BTreeMap<String, String>,
 }
 
 /// A class: the resources it matches.

@@ -113,37 +113,50 @@ impl<S: CounterStore + 'static> Reloader<S> {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_owned();
-        let (tx, mut rx) = mpsc::channel::<()>(1);
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = tx.try_send(());
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the configuration; ReloadConfig still works");
-                return;
-            }
-        };
-        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-            tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the configuration directory; ReloadConfig still works");
+        let read = move || std::fs::read(&path).ok();
+        watch_dir(dir, read, move || drop(self.reload()), shutdown).await;
+    }
+}
+
+/// Calls `changed` whenever what `read` returns changes (and is `Some`), looking
+/// again after every event in `dir`, until `shutdown`. The directory is
+/// watched rather than files, so a Kubernetes ConfigMap's symlink swap is seen.
+pub(crate) async fn watch_dir(
+    dir: PathBuf,
+    read: impl Fn() -> Option<Vec<u8>>,
+    changed: impl Fn(),
+    shutdown: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.try_send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the configuration; ReloadConfig still works");
             return;
         }
-        let mut last = std::fs::read(&path).ok();
-        loop {
-            tokio::select! {
-                got = rx.recv() => if got.is_none() { return },
-                () = shutdown.cancelled() => return,
-            }
-            // Let an editor or a ConfigMap swap finish writing.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            while rx.try_recv().is_ok() {}
-            let now = std::fs::read(&path).ok();
-            if now.is_some() && now != last {
-                last = now;
-                let _ = self.reload();
-            }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the configuration directory; ReloadConfig still works");
+        return;
+    }
+    let mut last = read();
+    loop {
+        tokio::select! {
+            got = rx.recv() => if got.is_none() { return },
+            () = shutdown.cancelled() => return,
+        }
+        // Let an editor or a ConfigMap swap finish writing.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while rx.try_recv().is_ok() {}
+        let now = read();
+        if now.is_some() && now != last {
+            last = now;
+            changed();
         }
     }
 }

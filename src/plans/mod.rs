@@ -35,6 +35,26 @@ pub struct Catalog {
     pub assignments: HashMap<String, Arc<Plan>>,
     /// Which rate-limit headers decisions carry.
     pub headers: HeaderStyle,
+    /// Envoy domains answered from the plans, by domain.
+    pub envoy_domains: HashMap<String, EnvoyDomain>,
+}
+
+/// How an Envoy domain's descriptor entries map onto a request: each field
+/// names the entry key that carries that part.
+#[derive(Debug, Clone, Default)]
+pub struct EnvoyDomain {
+    /// The subject's entry. Descriptors without it are not limited.
+    pub subject: String,
+    /// The account's entry.
+    pub account: Option<String>,
+    /// The entry naming the plan, when the gateway knows it.
+    pub plan: Option<String>,
+    /// The resource's entry.
+    pub resource: Option<String>,
+    /// The HTTP method's entry.
+    pub method: Option<String>,
+    /// Entry key → unit it gives the cost of.
+    pub cost: Vec<(String, String)>,
 }
 
 /// A plan with inheritance resolved.

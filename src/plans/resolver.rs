@@ -105,6 +105,31 @@ impl Resolver {
         }
     }
 
+    /// The plan of `account` when the gateway says it is `hinted`: an Admin
+    /// assignment still wins (it is newer than any token), and the account's
+    /// overrides apply on top. Not cached: without overrides it is the
+    /// catalog's plan as it is.
+    pub fn resolve_as(
+        &self,
+        catalog: &Catalog,
+        account: &str,
+        hinted: &Arc<Plan>,
+        now: Nanos,
+    ) -> Arc<Plan> {
+        let maps = self.state.maps();
+        if let Some(p) = maps
+            .assignments
+            .get(account)
+            .and_then(|p| catalog.plans.get(p))
+        {
+            return self.with_overrides(catalog, account, p, now).0;
+        }
+        if !maps.overrides.contains_key(account) {
+            return hinted.clone();
+        }
+        self.with_overrides(catalog, account, hinted, now).0
+    }
+
     /// Where the plan of `account` comes from, and its name.
     pub fn source(&self, catalog: &Catalog, account: &str) -> (Source, String) {
         if let Some(p) = self
@@ -133,6 +158,23 @@ impl Resolver {
     fn load(&self, catalog: &Catalog, generation: u64, account: &str, now: Nanos) -> Cached {
         let (_, name) = self.source(catalog, account);
         let base = catalog.plans.get(&name).unwrap_or(&catalog.default_plan);
+        let (plan, valid_until) = self.with_overrides(catalog, account, base, now);
+        Cached {
+            generation,
+            plan,
+            valid_until: valid_until.unwrap_or(Nanos::MAX),
+        }
+    }
+
+    /// `base` with the active overrides of `account` applied, and when the
+    /// first of them expires.
+    fn with_overrides(
+        &self,
+        catalog: &Catalog,
+        account: &str,
+        base: &Arc<Plan>,
+        now: Nanos,
+    ) -> (Arc<Plan>, Option<Nanos>) {
         let list = self.state.overrides(account);
         let (plan, valid_until) = if list.is_empty() {
             (base.clone(), None)
@@ -154,11 +196,7 @@ impl Resolver {
                 Err(_) => (base.clone(), None),
             }
         };
-        Cached {
-            generation,
-            plan,
-            valid_until: valid_until.unwrap_or(Nanos::MAX),
-        }
+        (plan, valid_until)
     }
 }
 

@@ -23,7 +23,9 @@ use crate::api::admin::AdminService;
 use crate::api::auth::AdminAuth;
 use crate::config::reload::Reloader;
 use crate::engine::CounterStore;
+use crate::envoy::{self, EnvoyService, RuleSource};
 use crate::limiter::Limiter;
+use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::proto::tollgate::v1::admin_server::AdminServer;
 use crate::proto::{self, tollgate::v1::rate_limiter_server::RateLimiterServer};
 use crate::storage::memory::MemoryStore;
@@ -48,6 +50,11 @@ pub struct Options {
     pub drain: Duration,
     /// Serve gRPC over TLS (and require client certificates when it says so).
     pub tls: Option<Tls>,
+    /// envoyproxy/ratelimit rule files for Envoy's rate limit service
+    /// (`--envoy-config`); none: only plan-aware domains answer.
+    pub envoy_rules: Option<Arc<RuleSource>>,
+    /// How Envoy's rate limit service answers beyond the rules.
+    pub envoy: envoy::Options,
 }
 
 /// TLS material, PEM-encoded.
@@ -79,6 +86,8 @@ impl Default for Options {
             watch_interval: crate::watch::DEFAULT_INTERVAL,
             drain: Duration::from_secs(10),
             tls: None,
+            envoy_rules: None,
+            envoy: envoy::Options::default(),
         }
     }
 }
@@ -102,9 +111,21 @@ pub async fn run(
             move || hub.all_changed(Cause::ConfigReloaded)
         },
     ));
+    let rules = match options.envoy_rules.clone() {
+        Some(rules) => rules,
+        None => Arc::new(
+            RuleSource::load(None, false, limiter.slots().clone())
+                .expect("no directory: nothing to read"),
+        ),
+    };
     let auth = AdminAuth::new(options.admin_token.clone());
     let admin = AdminServer::with_interceptor(
-        AdminService::new(limiter.clone(), hub.clone(), reloader.clone()),
+        AdminService::new(
+            limiter.clone(),
+            hub.clone(),
+            reloader.clone(),
+            rules.clone(),
+        ),
         move |request| auth.check(request),
     );
     let decisions = Arc::new(Metrics::new());
@@ -113,11 +134,21 @@ pub async fn run(
         hub.clone(),
         decisions.clone(),
     ));
+    let envoy = RateLimitServiceServer::new(EnvoyService::new(
+        limiter.clone(),
+        rules.clone(),
+        options.envoy.clone(),
+        hub.clone(),
+        decisions.clone(),
+    ));
 
     // Health, then reflection.
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<RateLimiterServer<RateLimiterService<MemoryStore>>>()
+        .await;
+    health
+        .set_serving::<RateLimitServiceServer<EnvoyService<MemoryStore>>>()
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -133,14 +164,23 @@ pub async fn run(
     // Background tasks.
     let reclaimer = tokio::spawn(reclaim(limiter.clone(), stopping.clone()));
     let watcher = tokio::spawn(reloader.clone().watch(stopping.clone()));
+    let rules_watcher = tokio::spawn(rules.clone().watch(stopping.clone()));
     if let Some(listener) = options.metrics {
         let gauges = {
-            let (limiter, hub, reloader) = (limiter.clone(), hub.clone(), reloader.clone());
+            let (limiter, hub, reloader, rules) = (
+                limiter.clone(),
+                hub.clone(),
+                reloader.clone(),
+                rules.clone(),
+            );
             Arc::new(move || Gauges {
                 watchers: hub.watchers(),
                 counters: limiter.store().len(),
                 evictions: limiter.store().evictions(),
-                reloads: reloader.counts(),
+                reloads: {
+                    let ((ok, failed), (rok, rfailed)) = (reloader.counts(), rules.counts());
+                    (ok + rok, failed + rfailed)
+                },
             })
         };
         tokio::spawn(metrics::serve(
@@ -164,6 +204,9 @@ pub async fn run(
             health
                 .set_not_serving::<RateLimiterServer<RateLimiterService<MemoryStore>>>()
                 .await;
+            health
+                .set_not_serving::<RateLimitServiceServer<EnvoyService<MemoryStore>>>()
+                .await;
             let _ = stop_tx.send(());
             stopping.cancel();
         }
@@ -183,6 +226,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(rate_limiter)
         .add_service(admin)
+        .add_service(envoy)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
@@ -201,6 +245,7 @@ pub async fn run(
     stopping.cancel();
     reclaimer.abort();
     watcher.abort();
+    rules_watcher.abort();
     save_counters(&limiter);
     result
 }
