@@ -20,6 +20,8 @@ pub use pb::admin_client::AdminClient;
 pub use pb::rate_limiter_client::RateLimiterClient;
 pub use pb::{Decision, LimitRequest, Verdict};
 
+pub mod envoy;
+
 /// The admin token test servers accept.
 pub const ADMIN_TOKEN: &str = "test-token";
 
@@ -82,7 +84,45 @@ impl TestServer {
         options: tollgate::server::Options,
         plaintext: bool,
     ) -> Self {
+        Self::start_full(yaml, store, options, plaintext, None).await
+    }
+
+    /// Serves `yaml` and the Envoy rule files of `envoy_dir` with `options`.
+    pub async fn start_envoy(
+        yaml: &str,
+        envoy_dir: &std::path::Path,
+        envoy: tollgate::envoy::Options,
+    ) -> Self {
+        let options = tollgate::server::Options {
+            admin_token: Some(ADMIN_TOKEN.into()),
+            watch_interval: std::time::Duration::from_millis(50),
+            envoy,
+            ..Default::default()
+        };
+        Self::start_full(
+            yaml,
+            MemoryStore::new(100_000),
+            options,
+            true,
+            Some(envoy_dir),
+        )
+        .await
+    }
+
+    async fn start_full(
+        yaml: &str,
+        store: MemoryStore,
+        mut options: tollgate::server::Options,
+        plaintext: bool,
+        envoy_dir: Option<&std::path::Path>,
+    ) -> Self {
         let slots = Arc::new(SlotRegistry::default());
+        if let Some(dir) = envoy_dir {
+            let rules =
+                tollgate::envoy::RuleSource::load(Some(dir.to_owned()), false, slots.clone())
+                    .expect("valid envoy rules");
+            options.envoy_rules = Some(Arc::new(rules));
+        }
         let catalog = tollgate::config::parse("test.yaml", yaml, &slots).expect("valid config");
         let clock = Arc::new(ManualClock::new(T0));
         let limiter = Arc::new(Limiter::new(store, catalog, slots, clock.clone()));
