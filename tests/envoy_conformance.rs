@@ -125,10 +125,16 @@ async fn an_unknown_domain_limits_nothing() {
 #[tokio::test]
 async fn an_empty_domain_or_descriptor_list_is_the_references_error() {
     let e = Envoy::start(&[BASIC]).await;
-    let err = e.call(request("", &[&[("key2", "a")]])).await.unwrap_err();
+    let err = e
+        .call(request("", &[&[("key2", "a")]]))
+        .await
+        .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::Unknown);
     assert_eq!(err.message(), "rate limit domain must not be empty");
-    let err = e.call(request("test-domain", &[])).await.unwrap_err();
+    let err = e
+        .call(request("test-domain", &[]))
+        .await
+        .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::Unknown);
     assert_eq!(
         err.message(),
@@ -376,7 +382,7 @@ async fn a_descriptor_limit_with_no_unit_is_refused_not_a_crash() {
         requests_per_unit: 3,
         unit: RateLimitUnit::Unknown as i32,
     });
-    let err = e.call(r.clone()).await.unwrap_err();
+    let err = e.call(r.clone()).await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
         err.message().starts_with("descriptors[0].limit.unit"),
@@ -385,7 +391,7 @@ async fn a_descriptor_limit_with_no_unit_is_refused_not_a_crash() {
     );
     r.descriptors[0].limit.as_mut().expect("set").unit = 42;
     assert_eq!(
-        e.call(r).await.unwrap_err().code(),
+        e.call(r).await.expect_err("refused").code(),
         tonic::Code::InvalidArgument
     );
     // The server still answers.

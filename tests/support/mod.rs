@@ -21,6 +21,7 @@ pub use pb::rate_limiter_client::RateLimiterClient;
 pub use pb::{Decision, LimitRequest, Verdict};
 
 pub mod envoy;
+pub mod process;
 
 /// The admin token test servers accept.
 pub const ADMIN_TOKEN: &str = "test-token";
