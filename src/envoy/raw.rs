@@ -2,7 +2,11 @@
 //! level (a key valid in `rate_limit` is refused on a descriptor, unlike the
 //! reference, which checks every key against one flat list).
 
-use serde::Deserialize;
+use std::fmt;
+
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
 use crate::config::raw::Burst;
@@ -30,10 +34,11 @@ pub struct RawDescriptor {
     /// any value, each counted on its own.
     #[serde(default)]
     pub value: Option<Spanned<String>>,
-    /// The limit.
+    /// The limit; a list of limits counts them together (tollgate), e.g.
+    /// 10/second and 1000/day.
     #[serde(default)]
-    pub rate_limit: Option<Spanned<RawRateLimit>>,
-    /// Several limits counted together (tollgate), e.g. 10/second and 1000/day.
+    pub rate_limit: Option<Spanned<RateLimits>>,
+    /// The same as a list in `rate_limit`.
     #[serde(default)]
     pub rate_limits: Option<Spanned<Vec<Spanned<RawRateLimit>>>>,
     /// Nested descriptors: the next entry of the request.
@@ -57,6 +62,38 @@ pub struct RawDescriptor {
     /// Returned in the dynamic metadata when the descriptor passes.
     #[serde(default)]
     pub metadata: Option<Spanned<serde_json::Value>>,
+}
+
+/// `rate_limit:` as the reference writes it, or a list of limits.
+#[derive(Debug)]
+pub enum RateLimits {
+    /// One limit (the reference's form).
+    One(Box<RawRateLimit>),
+    /// Several, counted together.
+    Many(Vec<Spanned<RawRateLimit>>),
+}
+
+impl<'de> Deserialize<'de> for RateLimits {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OneOrMany;
+        impl<'de> Visitor<'de> for OneOrMany {
+            type Value = RateLimits;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rate limit, or a list of rate limits")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RateLimits, A::Error> {
+                RawRateLimit::deserialize(MapAccessDeserializer::new(map))
+                    .map(|r| RateLimits::One(Box::new(r)))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RateLimits, A::Error> {
+                Vec::deserialize(SeqAccessDeserializer::new(seq)).map(RateLimits::Many)
+            }
+        }
+        d.deserialize_any(OneOrMany)
+    }
 }
 
 /// One limit.

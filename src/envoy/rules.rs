@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
-use super::raw::{RawDescriptor, RawFile, RawRateLimit};
+use super::raw::{RateLimits, RawDescriptor, RawFile, RawRateLimit};
 use crate::config::{self, Error, Problem};
 use crate::engine::{Algorithm, Nanos, Rate, clock::SECOND};
 use crate::plans::SlotRegistry;
@@ -477,25 +477,30 @@ impl Compiler<'_> {
         }
     }
 
-    fn rule(&mut self, d: &RawDescriptor, field: &str, line: u64) -> Option<Arc<Rule>> {
-        let raws: Vec<(&Spanned<RawRateLimit>, String)> = match (&d.rate_limit, &d.rate_limits) {
+    fn rule<'r>(&mut self, d: &'r RawDescriptor, field: &str, line: u64) -> Option<Arc<Rule>> {
+        let many = |list: &'r [Spanned<RawRateLimit>],
+                    name: &str|
+         -> Vec<(u64, &'r RawRateLimit, String)> {
+            list.iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    (
+                        r.referenced.line(),
+                        &r.value,
+                        format!("{field}.{name}[{i}]"),
+                    )
+                })
+                .collect()
+        };
+        let raws = match (&d.rate_limit, &d.rate_limits) {
             (None, None) => return None,
-            (Some(one), None) => vec![(one, format!("{field}.rate_limit"))],
-            (None, Some(many)) => {
-                if many.value.is_empty() {
-                    self.push(
-                        many.referenced.line(),
-                        &format!("{field}.rate_limits"),
-                        "needs at least one limit".into(),
-                    );
-                    return None;
+            (Some(one), None) => match &one.value {
+                RateLimits::One(r) => {
+                    vec![(one.referenced.line(), &**r, format!("{field}.rate_limit"))]
                 }
-                many.value
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (r, format!("{field}.rate_limits[{i}]")))
-                    .collect()
-            }
+                RateLimits::Many(list) => many(list, "rate_limit"),
+            },
+            (None, Some(list)) => many(&list.value, "rate_limits"),
             (Some(_), Some(_)) => {
                 self.push(
                     line,
@@ -505,8 +510,16 @@ impl Compiler<'_> {
                 return None;
             }
         };
+        if raws.is_empty() {
+            self.push(
+                line,
+                &format!("{field}.rate_limit"),
+                "needs at least one limit".into(),
+            );
+            return None;
+        }
         let before = self.problems.len();
-        let unlimited = raws.iter().any(|(r, _)| r.value.unlimited);
+        let unlimited = raws.iter().any(|(_, r, _)| r.unlimited);
         if unlimited && raws.len() > 1 {
             self.push(
                 line,
@@ -523,9 +536,8 @@ impl Compiler<'_> {
             quota_mode: d.quota_mode,
             metadata: None,
         };
-        for (raw, field) in &raws {
-            let r = &raw.value;
-            let line = raw.referenced.line();
+        for (line, r, field) in &raws {
+            let line = *line;
             let own_name = r.name.as_deref().filter(|n| !n.is_empty());
             if let Some(n) = own_name {
                 rule.names.push(n.into());
@@ -775,6 +787,29 @@ mod tests {
         );
         assert!(s.find("d", &[("a_b", "c")]).is_none());
         assert!(s.find("d", &[("a", "b_c")]).is_some());
+    }
+
+    #[test]
+    fn several_limits_as_a_list_in_rate_limit_or_rate_limits() {
+        for key in ["rate_limit", "rate_limits"] {
+            let s = set(&format!(
+                "domain: d\ndescriptors:\n  - key: k\n    {key}:\n      - {{ unit: second, requests_per_unit: 10 }}\n      - {{ unit: day, requests_per_unit: 1000, algorithm: sliding_window }}\n"
+            ));
+            let m = s.find("d", &[("k", "v")]).expect("matched");
+            let amounts: Vec<u32> = m.rule.limits.iter().map(|l| l.amount).collect();
+            assert_eq!(amounts, [10, 1000], "{key}");
+        }
+        let e = err(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      - { unit: second, requests_per_unit: 10 }\n      - { unit: eon, requests_per_unit: 1 }\n",
+        );
+        assert_eq!(
+            e,
+            "t.yaml:6: descriptors[0].rate_limit[1].unit: invalid rate limit unit 'eon'"
+        );
+        let e = err(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      - { unit: second, requests_per_unit: 10, colour: red }\n",
+        );
+        assert!(e.contains("unknown field `colour`"), "{e}");
     }
 
     #[test]
