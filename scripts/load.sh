@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# gRPC load test: tollgate's Consume against a bare tonic server that answers
-# without limiting, each pinned to CPU 0, with h2load pinned to CPU 1.
+# gRPC load test: tollgate's Consume and Envoy's ShouldRateLimit against a
+# bare tonic server that answers without limiting, each pinned to CPU 0, with
+# h2load pinned to CPU 1.
 #   scripts/load.sh [calls] [connections] [streams per connection]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +20,18 @@ def field(n, s):
 msg = field(1, "key_1") + field(3, "/api/v1/fetch/people")
 open(sys.argv[1], "wb").write(b"\0" + struct.pack(">I", len(msg)) + msg)
 PY
+# RateLimitRequest{domain: "load", descriptors: [{entries: [{api_key: k1}]}]}.
+python3 - "$work/rls.bin" <<'PY'
+import struct, sys
+def field(n, b):
+    b = b.encode() if isinstance(b, str) else b
+    return bytes([n << 3 | 2, len(b)]) + b
+msg = field(1, "load") + field(2, field(1, field(1, "api_key") + field(2, "k1")))
+open(sys.argv[1], "wb").write(b"\0" + struct.pack(">I", len(msg)) + msg)
+PY
 
-run() { # name, command...
-    local name="$1"; shift
+run() { # name, path, body, command...
+    local name="$1" path="$2" body="$3"; shift 3
     taskset -c 0 "$@" 2> "$work/$name.log" &
     local pid=$! addr=""
     for _ in $(seq 100); do
@@ -31,12 +41,17 @@ run() { # name, command...
     done
     local rps
     rps="$(taskset -c 1 h2load -n "$calls" -c "$conns" -m "$streams" \
-        -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/request.bin" \
-        "http://$addr/tollgate.v1.RateLimiter/Consume" | tee "$work/$name.h2load" \
+        -H 'content-type: application/grpc' -H 'te: trailers' -d "$body" \
+        "http://$addr/$path" | tee "$work/$name.h2load" \
         | awk '/^finished in/ {print $4}')"
     grep -E '^requests:' "$work/$name.h2load" | sed "s/^/$name /"
     kill "$pid"; wait "$pid" 2>/dev/null || true
     echo "$name: $rps calls/s"
 }
-run bare target/release/examples/bare 127.0.0.1:0
-run tollgate target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml --log-format text
+consume=tollgate.v1.RateLimiter/Consume
+run bare "$consume" "$work/request.bin" target/release/examples/bare 127.0.0.1:0
+run tollgate "$consume" "$work/request.bin" \
+    target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml --log-format text --state "$work/state.redb"
+run envoy envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit "$work/rls.bin" \
+    target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml --envoy-config scripts/load-rules \
+    --log-format text --state "$work/state-envoy.redb"
