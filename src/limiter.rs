@@ -24,6 +24,7 @@ use crate::plans::{
     Catalog, Limit, LimitKind, Per, Plan, Resolver, SlotRegistry, matcher::split_method,
 };
 use crate::state::RuntimeState;
+use crate::storage::redis::{Counter, RedisStore, SharedCounters, StoreError};
 
 /// One request, as the decision path sees it.
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +110,7 @@ pub struct LimitStatus {
 /// The decision path over one counter store.
 pub struct Limiter<S> {
     engine: Engine<S>,
+    shared: Option<SharedCounters>,
     catalog: ArcSwap<Snapshot>,
     generation: AtomicU64,
     resolver: Resolver,
@@ -163,7 +165,19 @@ impl<S: CounterStore> Limiter<S> {
             resolver: Resolver::new(100_000, state, slots.clone()),
             slots,
             clock,
+            shared: None,
         }
+    }
+
+    /// Counts in Redis (`shared`) instead of the local store.
+    pub fn with_shared(mut self, shared: SharedCounters) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The shared counters, when counting in Redis.
+    pub fn shared(&self) -> Option<&SharedCounters> {
+        self.shared.as_ref()
     }
 
     /// The counter store.
@@ -206,8 +220,85 @@ impl<S: CounterStore> Limiter<S> {
         self.resolver.invalidate_all();
     }
 
-    /// Decides `request` in `mode`.
+    /// Decides `request` in `mode` on the local engine (the memory store).
+    /// With a shared store, use [`Limiter::decide_async`].
     pub fn decide(&self, mode: Mode, request: &Request<'_>) -> Decision {
+        let begun = self.begin(mode, request);
+        if let Some(early) = begun.early {
+            return early;
+        }
+        let items = begun.items(request);
+        let outcome = self.engine.decide(begun.run_mode, begun.now, &items);
+        self.conclude(&begun, request, begun.now, &outcome)
+    }
+
+    /// Decides `request` in `mode` on the counter store in force: Redis when
+    /// the limiter is shared, the local engine otherwise.
+    pub async fn decide_async(
+        &self,
+        mode: Mode,
+        request: &Request<'_>,
+    ) -> Result<Decision, StoreError> {
+        if self.shared.is_none() {
+            return Ok(self.decide(mode, request));
+        }
+        let begun = self.begin(mode, request);
+        if let Some(early) = begun.early {
+            return Ok(early);
+        }
+        let items = begun.items(request);
+        let notice = self
+            .shared
+            .as_ref()
+            .map(|s| s.notice(request.subject, begun.account));
+        let (now, outcome) = self
+            .run(
+                begun.run_mode,
+                begun.account,
+                &items,
+                notice.as_ref().map(|(m, n)| (m.as_str(), n.as_str())),
+            )
+            .await?;
+        Ok(self.conclude(&begun, request, now, &outcome))
+    }
+
+    /// Runs one decision's items (all of hash tag `tag`) on the store in
+    /// force; returns the time it was decided at (Redis's, when shared) and
+    /// the outcome. `notice` is for watchers on other replicas (see
+    /// [`shared`](crate::storage::redis::shared)).
+    pub async fn run(
+        &self,
+        mode: Mode,
+        tag: &str,
+        items: &[Item<'_>],
+        notice: Option<(&str, &str)>,
+    ) -> Result<(Nanos, Outcome), StoreError> {
+        match &self.shared {
+            None => {
+                let now = self.clock.now();
+                Ok((now, self.engine.decide(mode, now, items)))
+            }
+            Some(shared) => {
+                let counters: Vec<Counter> = items
+                    .iter()
+                    .map(|i| Counter {
+                        key: RedisStore::key(
+                            tag,
+                            i.key.scope,
+                            &self.slots.identity(i.key.slot).unwrap_or_default(),
+                        ),
+                        algorithm: i.algorithm,
+                        amount: i.rate.amount(),
+                        window: i.rate.window(),
+                        cost: i.cost,
+                    })
+                    .collect();
+                shared.run(mode, &counters, notice, self.clock.now()).await
+            }
+        }
+    }
+
+    fn begin<'r>(&self, mode: Mode, request: &Request<'r>) -> Begun<'r> {
         let snapshot = self.catalog.load_full();
         let catalog = &snapshot.catalog;
         let account = account_of(request.subject, request.account);
@@ -230,22 +321,13 @@ impl<S: CounterStore> Limiter<S> {
             catalog.class_of(method.as_deref(), path)
         };
         let route = plan.route(class);
-        let mut decision = Decision {
-            verdict: Verdict::Allowed,
-            counted: false,
-            plan: plan.name.clone(),
-            class: class.map(|c| catalog.class_names[c].clone()),
-            limits: Vec::new(),
-            retry_after: None,
-            headers: Vec::new(),
-            reason: String::new(),
-        };
+        let mut early = None;
         if let Some(message) = &route.deny {
+            let mut decision = Decision::new(&plan, class.map(|c| catalog.class_names[c].clone()));
             decision.verdict = Verdict::NotInPlan;
             decision.reason = message.to_string();
-            return decision;
+            early = Some(decision);
         }
-
         let cost = |limit: &Limit| cost_of(request.cost, &limit.unit, mode);
         let over_max_cost = (mode != Mode::Record)
             .then(|| {
@@ -260,14 +342,40 @@ impl<S: CounterStore> Limiter<S> {
                 })
             })
             .flatten();
-        let items = items(&route.limits, request.subject, account, cost);
         let run_mode = if over_max_cost.is_some() {
             Mode::Check
         } else {
             mode
         };
-        let outcome = self.engine.decide(run_mode, now, &items);
-        let (limits, too_large) = statuses(&route.limits, &outcome, now);
+        Begun {
+            snapshot: snapshot.clone(),
+            plan: plan.clone(),
+            class,
+            account,
+            now,
+            mode,
+            run_mode,
+            over_max_cost,
+            early,
+        }
+    }
+
+    fn conclude(
+        &self,
+        begun: &Begun<'_>,
+        request: &Request<'_>,
+        now: Nanos,
+        outcome: &Outcome,
+    ) -> Decision {
+        let catalog = &begun.snapshot.catalog;
+        let mode = begun.mode;
+        let route = begun.plan.route(begun.class);
+        let cost = |limit: &Limit| cost_of(request.cost, &limit.unit, mode);
+        let mut decision = Decision::new(
+            &begun.plan,
+            begun.class.map(|c| catalog.class_names[c].clone()),
+        );
+        let (limits, too_large) = statuses(&route.limits, outcome, now);
         decision.limits = limits;
         decision.counted = outcome.counted;
 
@@ -277,7 +385,7 @@ impl<S: CounterStore> Limiter<S> {
             } else {
                 Verdict::RateLimited
             };
-        } else if let Some(reason) = over_max_cost.or_else(|| {
+        } else if let Some(reason) = begun.over_max_cost.clone().or_else(|| {
             too_large.map(|l| {
                 format!(
                     "a cost of {} {} is more than {} ever admits at once",
@@ -303,8 +411,9 @@ impl<S: CounterStore> Limiter<S> {
     }
 
     /// The plan of a subject and the state of every limit of it, counting
-    /// nothing: what `WatchQuota` and `Admin.GetSubject` show.
-    pub fn quota(&self, subject: &str, account: &str) -> Quota {
+    /// nothing: what `WatchQuota` and `Admin.GetSubject` show. Reads the
+    /// store in force (Redis when shared).
+    pub async fn quota(&self, subject: &str, account: &str) -> Result<Quota, StoreError> {
         let snapshot = self.catalog.load_full();
         let account = account_of(subject, account);
         let now = self.clock.now();
@@ -318,7 +427,7 @@ impl<S: CounterStore> Limiter<S> {
             .cloned()
             .collect();
         let items = items(&limits, subject, account, |_| 0);
-        let outcome = self.engine.decide(Mode::Check, now, &items);
+        let (now, outcome) = self.run(Mode::Check, account, &items, None).await?;
         let (statuses, _) = statuses(&limits, &outcome, now);
         let denied = plan
             .limits
@@ -328,11 +437,75 @@ impl<S: CounterStore> Limiter<S> {
                 _ => None,
             })
             .collect();
-        Quota {
+        Ok(Quota {
             plan,
             limits: statuses,
             denied,
             at: now,
+        })
+    }
+
+    /// Forgets every counter of `subject` (and, when given, the shared ones
+    /// of `account`); how many there were.
+    pub async fn reset(&self, subject: &str, account: &str) -> Result<usize, StoreError> {
+        let scopes: SmallVec<[&str; 2]> = if account.is_empty() || account == subject {
+            smallvec::smallvec![subject]
+        } else {
+            smallvec::smallvec![subject, account]
+        };
+        match &self.shared {
+            None => Ok(scopes.iter().map(|s| self.engine.store().reset(s)).sum()),
+            Some(shared) => {
+                let tag = account_of(subject, account);
+                let keys: Vec<String> = self
+                    .slots
+                    .identities()
+                    .iter()
+                    .flat_map(|id| scopes.iter().map(move |s| RedisStore::key(tag, s, id)))
+                    .collect();
+                shared.store.delete(&keys).await
+            }
+        }
+    }
+}
+
+/// A decision under way: what `begin` resolved, for `conclude`.
+struct Begun<'r> {
+    snapshot: Arc<Snapshot>,
+    plan: Arc<Plan>,
+    class: Option<usize>,
+    account: &'r str,
+    now: Nanos,
+    mode: Mode,
+    run_mode: Mode,
+    over_max_cost: Option<String>,
+    /// Decided without counting (a class outside the plan).
+    early: Option<Decision>,
+}
+
+impl Begun<'_> {
+    fn items<'a>(&'a self, request: &'a Request<'_>) -> SmallVec<[Item<'a>; 4]> {
+        let mode = self.mode;
+        items(
+            &self.plan.route(self.class).limits,
+            request.subject,
+            self.account,
+            |l| cost_of(request.cost, &l.unit, mode),
+        )
+    }
+}
+
+impl Decision {
+    fn new(plan: &Plan, class: Option<Arc<str>>) -> Self {
+        Self {
+            verdict: Verdict::Allowed,
+            counted: false,
+            plan: plan.name.clone(),
+            class,
+            limits: Vec::new(),
+            retry_after: None,
+            headers: Vec::new(),
+            reason: String::new(),
         }
     }
 }

@@ -20,6 +20,7 @@ use tollgate::plans::SlotRegistry;
 use tollgate::server::{Options, Tls};
 use tollgate::state::RuntimeState;
 use tollgate::storage::memory::MemoryStore;
+use tollgate::storage::redis::{Failure, RedisStore, SharedCounters};
 
 /// A gRPC rate-limit decision service that enforces SaaS API plans.
 #[derive(Debug, Parser)]
@@ -95,8 +96,27 @@ struct Serve {
     /// Require client certificates signed by this CA (PEM): mutual TLS.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Count in Redis, shared by every replica started with the same URL:
+    /// redis://[user:password@]host:port[/db], rediss://… (TLS),
+    /// redis+cluster://host:port[,host:port…] (Redis Cluster). Plan
+    /// assignments and overrides live there too. Default: in memory.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// The longest a decision waits for Redis.
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = humantime::parse_duration)]
+    store_timeout: Duration,
+    /// When Redis does not answer in time: `closed` answers UNAVAILABLE (the
+    /// gateway's own failure policy decides), `open` admits the request.
+    #[arg(long, value_enum, default_value_t = StoreFailure::Closed)]
+    store_failure: StoreFailure,
     #[command(flatten)]
     envoy: EnvoyArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StoreFailure {
+    Open,
+    Closed,
 }
 
 /// Envoy's rate limit service. Each flag also reads the environment variable
@@ -247,7 +267,12 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         None => std::env::var("TOLLGATE_ADMIN_TOKEN").ok(),
     }
     .filter(|t| !t.is_empty());
-    let state = Arc::new(RuntimeState::open(&serve.state)?);
+    // With Redis, assignments and overrides live there; the state file is not used.
+    let state = Arc::new(if serve.store.is_some() {
+        RuntimeState::in_memory()
+    } else {
+        RuntimeState::open(&serve.state)?
+    });
     let clock = Arc::new(SystemClock);
     if let Some(saved) = state.take_counters()? {
         let restored = store.import(&saved, clock.now(), &slots);
@@ -303,7 +328,17 @@ fn run(serve: Serve) -> anyhow::Result<()> {
             counters.capacity = store.capacity(),
             "tollgate listening on {addr}"
         );
-        let limiter = Arc::new(Limiter::with_state(store, catalog, slots, clock, state));
+        let mut limiter = Limiter::with_state(store, catalog, slots, clock, state);
+        if let Some(url) = &serve.store {
+            let redis = RedisStore::connect(url, serve.store_timeout).await?;
+            tracing::info!(store = %redis.url(), timeout = ?serve.store_timeout, failure = ?serve.store_failure, "counting in redis");
+            let failure = match serve.store_failure {
+                StoreFailure::Open => Failure::Open,
+                StoreFailure::Closed => Failure::Closed,
+            };
+            limiter = limiter.with_shared(SharedCounters::new(redis, failure));
+        }
+        let limiter = Arc::new(limiter);
         tollgate::server::run(listener, limiter, options, tollgate::server::signal::shutdown()).await?;
         tracing::info!("stopped");
         Ok(())

@@ -163,6 +163,61 @@ impl RuntimeState {
         Ok(true)
     }
 
+    /// Replaces what is known of `account` with what another replica wrote
+    /// (kept in memory only: the shared store holds it); whether it changed.
+    pub fn replace_account(
+        &self,
+        account: &str,
+        plan: Option<String>,
+        overrides: Vec<Override>,
+    ) -> bool {
+        let _guard = self.write.lock();
+        let mut maps = (**self.maps.load()).clone();
+        let before = (
+            maps.assignments.get(account).cloned(),
+            maps.overrides.get(account).cloned().unwrap_or_default(),
+        );
+        if before == (plan.clone(), overrides.clone()) {
+            return false;
+        }
+        match plan {
+            Some(p) => maps.assignments.insert(account.to_owned(), p),
+            None => maps.assignments.remove(account),
+        };
+        if overrides.is_empty() {
+            maps.overrides.remove(account);
+        } else {
+            maps.overrides.insert(account.to_owned(), overrides);
+        }
+        self.maps.store(Arc::new(maps));
+        true
+    }
+
+    /// Replaces everything with `maps` (a full read of the shared store);
+    /// returns the accounts that changed.
+    pub fn replace_all(&self, maps: Maps) -> Vec<String> {
+        let _guard = self.write.lock();
+        let old = self.maps.load_full();
+        let mut changed: Vec<String> = Vec::new();
+        for account in old
+            .assignments
+            .keys()
+            .chain(old.overrides.keys())
+            .chain(maps.assignments.keys())
+            .chain(maps.overrides.keys())
+        {
+            if old.assignments.get(account) != maps.assignments.get(account)
+                || old.overrides.get(account) != maps.overrides.get(account)
+            {
+                changed.push(account.clone());
+            }
+        }
+        changed.sort();
+        changed.dedup();
+        self.maps.store(Arc::new(maps));
+        changed
+    }
+
     /// Saves a counters snapshot (replacing any previous one).
     pub fn save_counters(&self, snapshot: &[u8]) -> Result<(), Error> {
         let _guard = self.write.lock();

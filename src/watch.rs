@@ -34,6 +34,7 @@ use crate::api::convert;
 use crate::engine::{CounterStore, Nanos};
 use crate::limiter::{Limiter, Quota, account_of};
 use crate::proto::tollgate::v1 as pb;
+use crate::storage::redis::{RedisStore, StoreError, shared};
 
 pub use pb::quota_update::Cause;
 
@@ -104,9 +105,14 @@ impl<S: CounterStore + 'static> Hub<S> {
     }
 
     /// A stream of `subject`'s quota: a snapshot now, then every change.
-    pub fn subscribe(self: &Arc<Self>, subject: &str, account: &str) -> QuotaStream {
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        subject: &str,
+        account: &str,
+    ) -> Result<QuotaStream, StoreError> {
         let account = account_of(subject, account).to_owned();
-        let snapshot = self.update(subject, &account, Cause::Snapshot);
+        let snapshot = self.update(subject, &account, Cause::Snapshot).await?;
+        self.mark(&account).await;
         let key = topic_key(subject, &account);
         let rx = {
             let mut topics = self.topics.lock();
@@ -129,11 +135,23 @@ impl<S: CounterStore + 'static> Hub<S> {
             }
         };
         self.watchers.fetch_add(1, Ordering::Relaxed);
-        QuotaStream {
+        Ok(QuotaStream {
             first: Some((*snapshot).clone()),
             inner: WatchStream::from_changes(rx),
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
             _guard: WatcherGuard(self.watchers.clone()),
+        })
+    }
+
+    /// With a shared store: tells other replicas' decisions that `account`
+    /// is watched here (a marker they check), for a while.
+    async fn mark(&self, account: &str) {
+        let Some(shared) = self.limiter.shared() else {
+            return;
+        };
+        let marker = RedisStore::marker(account);
+        if let Err(e) = shared.store.mark(&marker, shared::MARKER_TTL).await {
+            tracing::debug!(error = %e, "watch marker not set; updates from other replicas may be missed");
         }
     }
 
@@ -165,9 +183,14 @@ impl<S: CounterStore + 'static> Hub<S> {
         }
     }
 
-    fn update(&self, subject: &str, account: &str, cause: Cause) -> Arc<pb::QuotaUpdate> {
-        let quota = self.limiter.quota(subject, account);
-        Arc::new(to_update(&quota, cause))
+    async fn update(
+        &self,
+        subject: &str,
+        account: &str,
+        cause: Cause,
+    ) -> Result<Arc<pb::QuotaUpdate>, StoreError> {
+        let quota = self.limiter.quota(subject, account).await?;
+        Ok(Arc::new(to_update(&quota, cause)))
     }
 
     /// The publisher of one topic, until its last watcher or the server goes.
@@ -176,7 +199,12 @@ impl<S: CounterStore + 'static> Hub<S> {
         // interval, otherwise an interval after the last update: at most one
         // update per interval, always carrying the latest state.
         let mut last_sent: Option<tokio::time::Instant> = None;
+        let mut marked = tokio::time::Instant::now();
         loop {
+            if marked.elapsed() > shared::MARKER_TTL / 3 {
+                self.mark(&topic.account).await;
+                marked = tokio::time::Instant::now();
+            }
             let now = self.limiter.now();
             let (next, timer_cause) = self.next_timer(&topic, now);
             // A millisecond late, so the window has turned when we look.
@@ -196,6 +224,8 @@ impl<S: CounterStore + 'static> Hub<S> {
                     }
                 }
                 () = sleep => timer_cause,
+                // Keep the watch marker of a shared store alive.
+                () = tokio::time::sleep(shared::MARKER_TTL / 3), if self.limiter.shared().is_some() => continue,
                 () = topic.tx.closed() => {
                     // Subscribing takes this lock too, so no watcher can
                     // arrive between the check and the removal.
@@ -208,8 +238,13 @@ impl<S: CounterStore + 'static> Hub<S> {
                 }
                 () = self.shutdown.cancelled() => return,
             };
-            let update = self.update(&topic.subject, &topic.account, cause);
-            topic.tx.send_replace(update);
+            match self.update(&topic.subject, &topic.account, cause).await {
+                Ok(update) => {
+                    topic.tx.send_replace(update);
+                }
+                // The store is down: the next change or timer tries again.
+                Err(e) => tracing::debug!(error = %e, "quota update skipped"),
+            }
             last_sent = Some(tokio::time::Instant::now());
         }
     }

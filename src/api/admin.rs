@@ -51,6 +51,31 @@ impl<S: CounterStore + 'static> AdminService<S> {
         }
     }
 
+    /// With a shared store, writes the account's plan to Redis (for every
+    /// replica) before it changes here.
+    async fn share_plan(&self, account: &str, plan: Option<&str>) -> Result<(), Status> {
+        match self.limiter.shared() {
+            Some(shared) => shared
+                .store
+                .put_assignment(account, plan, &shared.replica)
+                .await
+                .map_err(convert::store_error),
+            None => Ok(()),
+        }
+    }
+
+    /// As [`Self::share_plan`], for the account's overrides.
+    async fn share_overrides(&self, account: &str, list: &[Override]) -> Result<(), Status> {
+        match self.limiter.shared() {
+            Some(shared) => shared
+                .store
+                .put_overrides(account, list, &shared.replica)
+                .await
+                .map_err(convert::store_error),
+            None => Ok(()),
+        }
+    }
+
     fn changed(&self, account: &str, cause: Cause) {
         self.limiter.resolver().invalidate(account);
         self.hub.account_changed(account, cause);
@@ -123,6 +148,7 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
         let catalog = self.limiter.catalog();
         let (_, previous) = self.limiter.resolver().source(&catalog, &r.account);
         if r.clear {
+            self.share_plan(&r.account, None).await?;
             self.state
                 .set_assignment(&r.account, None)
                 .map_err(internal)?;
@@ -136,6 +162,7 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
                     known.join(", ")
                 )));
             }
+            self.share_plan(&r.account, Some(&r.plan)).await?;
             self.state
                 .set_assignment(&r.account, Some(&r.plan))
                 .map_err(internal)?;
@@ -157,7 +184,11 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
         let r = request.into_inner();
         required("subject", &r.subject)?;
         let account = account_of(&r.subject, &r.account).to_owned();
-        let quota = self.limiter.quota(&r.subject, &account);
+        let quota = self
+            .limiter
+            .quota(&r.subject, &account)
+            .await
+            .map_err(convert::store_error)?;
         let (source, _) = self
             .limiter
             .resolver()
@@ -212,6 +243,7 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
             self.limiter.slots(),
         )
         .map_err(|e| Status::invalid_argument(format!("limit: {e}")))?;
+        self.share_overrides(&r.account, &all).await?;
         self.state
             .set_override(&r.account, o.clone())
             .map_err(internal)?;
@@ -228,6 +260,9 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
         let r = request.into_inner();
         required("account", &r.account)?;
         required("limit", &r.limit)?;
+        let mut rest = self.state.overrides(&r.account);
+        rest.retain(|o| o.limit != r.limit);
+        self.share_overrides(&r.account, &rest).await?;
         let removed = self
             .state
             .remove_override(&r.account, &r.limit)
@@ -246,10 +281,11 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
         let peer = peer(&request);
         let r = request.into_inner();
         required("subject", &r.subject)?;
-        let mut counters = self.limiter.store().reset(&r.subject);
-        if !r.account.is_empty() && r.account != r.subject {
-            counters += self.limiter.store().reset(&r.account);
-        }
+        let counters = self
+            .limiter
+            .reset(&r.subject, &r.account)
+            .await
+            .map_err(convert::store_error)?;
         self.hub.consumed(&r.subject, &r.account);
         tracing::info!(admin.action = "reset_usage", client.addr = %peer, subject = %r.subject, account = %r.account, counters, "usage reset");
         Ok(Response::new(pb::ResetUsageResponse {

@@ -116,3 +116,10 @@ pub fn nanos_of(t: &prost_types::Timestamp) -> Result<Nanos, Status> {
         .and_then(|s| s.checked_add(nanos))
         .ok_or_else(bad)
 }
+
+/// The counter store failed: `UNAVAILABLE`, so the gateway's own failure
+/// policy decides (the details go to the log).
+pub fn store_error(e: crate::storage::redis::StoreError) -> Status {
+    tracing::warn!(error = %e, "counter store unavailable");
+    Status::unavailable("the counter store is unavailable; see the server log")
+}

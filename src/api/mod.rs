@@ -51,7 +51,11 @@ impl<S: CounterStore + 'static> RateLimiterService<S> {
         let span = Span::current();
         span.record("subject", domain.subject);
         let started = Instant::now();
-        let decision = self.limiter.decide(mode, &domain);
+        let decision = self
+            .limiter
+            .decide_async(mode, &domain)
+            .await
+            .map_err(convert::store_error)?;
         self.metrics.decision(
             &DecisionLabels {
                 rpc: match mode {
@@ -114,6 +118,11 @@ impl<S: CounterStore + 'static> RateLimiter for RateLimiterService<S> {
         if r.subject.trim().is_empty() {
             return Err(Status::invalid_argument("subject: must not be empty"));
         }
-        Ok(Response::new(self.hub.subscribe(&r.subject, &r.account)))
+        let stream = self
+            .hub
+            .subscribe(&r.subject, &r.account)
+            .await
+            .map_err(convert::store_error)?;
+        Ok(Response::new(stream))
     }
 }

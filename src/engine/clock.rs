@@ -12,6 +12,9 @@ pub type Nanos = u64;
 /// One second in [`Nanos`].
 pub const SECOND: Nanos = 1_000_000_000;
 
+/// One millisecond.
+pub const MILLISECOND: Nanos = 1_000_000;
+
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.

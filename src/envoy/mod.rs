@@ -103,6 +103,11 @@ impl RuleSource {
         self.rules.load()
     }
 
+    /// The rules in force, held past an `.await`.
+    pub fn current_arc(&self) -> Arc<RuleSet> {
+        self.rules.load_full()
+    }
+
     /// The directory, if rule files are served.
     pub fn dir(&self) -> Option<&PathBuf> {
         self.dir.as_ref()

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::rules::{Matched, RuleLimit, RuleSet, Unit};
 use super::{Options, RuleSource};
+use crate::api::convert;
 use crate::engine::{Algorithm, CounterKey, CounterStore, Item, Mode, Nanos, Rate, clock::SECOND};
 use crate::limiter::{self, Limiter, Verdict};
 use crate::plans::EnvoyDomain;
@@ -65,7 +66,7 @@ impl<S> EnvoyService<S> {
 }
 
 impl<S: CounterStore + 'static> EnvoyService<S> {
-    fn answer(&self, r: &pb::RateLimitRequest) -> Result<pb::RateLimitResponse, Status> {
+    async fn answer(&self, r: &pb::RateLimitRequest) -> Result<pb::RateLimitResponse, Status> {
         // The reference's errors, word for word (a plain error in Go's gRPC
         // is UNKNOWN).
         if r.domain.is_empty() {
@@ -78,20 +79,22 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
         }
         let catalog = self.limiter.catalog();
         let answers = match catalog.envoy_domains.get(&r.domain) {
-            Some(domain) => self.plan_domain(domain, r)?,
-            None => self.rule_domain(&self.rules.current(), r)?,
+            Some(domain) => self.plan_domain(domain, r).await?,
+            None => {
+                let rules = self.rules.current_arc();
+                self.rule_domain(&rules, r).await?
+            }
         };
         Ok(self.overall(r, answers))
     }
 
     /// Rule-file domains: match, then count each descriptor on its own, as
     /// the reference does.
-    fn rule_domain(
+    async fn rule_domain(
         &self,
         rules: &RuleSet,
         r: &pb::RateLimitRequest,
     ) -> Result<Vec<Answer>, Status> {
-        let now = self.limiter.now();
         let known = rules.has_domain(&r.domain);
         // Match every descriptor first: `replaces` looks across all of them.
         let mut matched: Vec<Option<Limits<'_>>> = Vec::with_capacity(r.descriptors.len());
@@ -154,7 +157,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
                 }
                 Some(Limits::Rule(m, entries)) => {
                     let scope = scope(&r.domain, entries, &m.shared);
-                    let mut a = self.count(&m.rule.limits, &scope, hits, now);
+                    let mut a = self.count(&m.rule.limits, &scope, hits).await?;
                     if m.rule.shadow_mode && a.status.code == Code::OverLimit as i32 {
                         a.status.code = Code::Ok as i32;
                     }
@@ -164,7 +167,8 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
                 }
                 Some(Limits::Override(limit, entries)) => {
                     let scope = scope(&r.domain, entries, &[]);
-                    self.count(std::slice::from_ref(limit), &scope, hits, now)
+                    self.count(std::slice::from_ref(limit), &scope, hits)
+                        .await?
                 }
             };
             answers.push(answer);
@@ -176,11 +180,12 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
     /// fixed window (every hit counts, even over the limit); all or nothing
     /// across several limits or another algorithm (a refused hit counts
     /// nowhere). `hits` 0 only checks.
-    fn count(&self, limits: &[RuleLimit], scope: &str, hits: u64, now: Nanos) -> Answer {
+    async fn count(&self, limits: &[RuleLimit], scope: &str, hits: u64) -> Result<Answer, Status> {
         if let Some(zero) = limits.iter().find(|l| l.amount == 0) {
             // Refuses everything; nothing to count.
+            let now = self.limiter.now();
             let end = (now / zero.window + 1) * zero.window;
-            return Answer::of(status(Code::OverLimit, zero, 0, end - now));
+            return Ok(Answer::of(status(Code::OverLimit, zero, 0, end - now)));
         }
         let mut items: SmallVec<[Item<'_>; 4]> = SmallVec::new();
         for l in limits {
@@ -211,7 +216,12 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
             (_, true) => Mode::Record,
             (_, false) => Mode::Consume,
         };
-        let outcome = self.limiter.engine().decide(mode, now, &items);
+        // The descriptor is its own hash tag: its counters share a slot.
+        let (now, outcome) = self
+            .limiter
+            .run(mode, scope, &items, None)
+            .await
+            .map_err(convert::store_error)?;
 
         // One status per limit (a burst's pair as one), then the most
         // constraining: refused with the longest wait, else the smallest
@@ -245,12 +255,12 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
                 best = Some((status(code, l, remaining, until), rank));
             }
         }
-        Answer::of(best.expect("a rule has one limit at least").0)
+        Ok(Answer::of(best.expect("a rule has one limit at least").0))
     }
 
     /// Plan-aware domains: each descriptor is a `Consume` (or, with
     /// `hits_addend` 0, a `CheckLimit`) of its subject.
-    fn plan_domain(
+    async fn plan_domain(
         &self,
         domain: &EnvoyDomain,
         r: &pb::RateLimitRequest,
@@ -297,7 +307,11 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
                 Mode::Consume
             };
             let started = Instant::now();
-            let decision = self.limiter.decide(mode, &request);
+            let decision = self
+                .limiter
+                .decide_async(mode, &request)
+                .await
+                .map_err(convert::store_error)?;
             self.metrics.decision(
                 &DecisionLabels {
                     rpc: "should_rate_limit",
@@ -403,7 +417,7 @@ impl<S: CounterStore + 'static> pb::rate_limit_service_server::RateLimitService
     ) -> Result<Response<pb::RateLimitResponse>, Status> {
         let r = request.into_inner();
         let started = Instant::now();
-        let response = self.answer(&r)?;
+        let response = self.answer(&r).await?;
         if !self.limiter.catalog().envoy_domains.contains_key(&r.domain) {
             self.metrics.decision(
                 &DecisionLabels {

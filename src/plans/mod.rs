@@ -238,6 +238,11 @@ impl SlotRegistry {
         id
     }
 
+    /// Every identity interned so far.
+    pub fn identities(&self) -> Vec<Arc<str>> {
+        self.slots.lock().names.clone()
+    }
+
     /// The identity numbered `slot`.
     pub fn identity(&self, slot: u32) -> Option<Arc<str>> {
         self.slots.lock().names.get(slot as usize).cloned()

@@ -6,6 +6,7 @@
 //! counters to the state file → return.
 
 pub mod metrics;
+pub mod shared;
 pub mod signal;
 
 use std::future::Future;
@@ -162,6 +163,22 @@ pub async fn run(
         .expect("the built-in descriptor sets are valid");
 
     // Background tasks.
+    if limiter.shared().is_some() {
+        shared::resync(&limiter, &hub).await;
+        tokio::spawn(shared::follow(
+            limiter.clone(),
+            hub.clone(),
+            stopping.clone(),
+        ));
+        tokio::spawn({
+            let (limiter, health, stopping) = (limiter.clone(), health.clone(), stopping.clone());
+            async move {
+                if let Some(s) = limiter.shared() {
+                    shared::watch_health(s, health, stopping).await;
+                }
+            }
+        });
+    }
     let reclaimer = tokio::spawn(reclaim(limiter.clone(), stopping.clone()));
     let watcher = tokio::spawn(reloader.clone().watch(stopping.clone()));
     let rules_watcher = tokio::spawn(rules.clone().watch(stopping.clone()));

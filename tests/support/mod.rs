@@ -22,6 +22,7 @@ pub use pb::{Decision, LimitRequest, Verdict};
 
 pub mod envoy;
 pub mod process;
+pub mod redis;
 
 /// The admin token test servers accept.
 pub const ADMIN_TOKEN: &str = "test-token";

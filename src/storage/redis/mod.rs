@@ -1,0 +1,433 @@
+//! The shared counter store: several replicas, one set of exact counters in
+//! Redis (or Valkey, or a Redis Cluster).
+//!
+//! Every decision is one round trip: one `EVALSHA` of [`consume.lua`] (the
+//! script is loaded again on `NOSCRIPT`) runs the same algorithms as the
+//! engine over all of the decision's counters, atomically, on Redis's own
+//! clock, and sets every key's expiry. Redis serializes scripts, so replicas
+//! counting one limit admit exactly its amount between them. Concurrent
+//! decisions share one multiplexed connection (pipelined by the client).
+//!
+//! Keys: `tg:{TAG}:...`, where the hash tag is the counted account (or the
+//! Envoy descriptor), so a decision's keys sit in one Cluster slot. Trade-off
+//! against the memory store: a network round trip per decision, and time in
+//! milliseconds (amount × window in ms must stay below 2^53, e.g. 100 million
+//! a day); in exchange, any number of replicas behave as one limiter.
+//!
+//! [`consume.lua`]: https://github.com/ (see `src/storage/redis/consume.lua`)
+
+pub mod shared;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use smallvec::SmallVec;
+
+use crate::engine::{Algorithm, ItemStatus, Mode, Nanos, Outcome, clock::MILLISECOND};
+
+const SCRIPT: &str = include_str!("consume.lua");
+
+/// The counters of a Redis deployment.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    script: redis::Script,
+    timeout: Duration,
+    /// A client for pub/sub (a Cluster broadcasts, so any node will do).
+    pubsub: redis::Client,
+    url: String,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Why the store did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No answer within the store timeout.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error, or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The URL is not one tollgate can use.
+    #[error("{0}")]
+    Url(String),
+}
+
+/// One counter of a decision, as the script takes it.
+#[derive(Debug, Clone)]
+pub struct Counter {
+    /// Its key (see [`RedisStore::key`]).
+    pub key: String,
+    /// How it counts.
+    pub algorithm: Algorithm,
+    /// Its amount.
+    pub amount: u64,
+    /// Its window.
+    pub window: Nanos,
+    /// This decision's cost.
+    pub cost: u64,
+}
+
+// === impl RedisStore ===
+
+impl RedisStore {
+    /// Connects to `url`: `redis://[user:password@]host:port[/db]`,
+    /// `rediss://…` for TLS, `redis+cluster://host:port[,host:port…]` (or
+    /// `rediss+cluster://`) for a Redis Cluster. A single server is connected
+    /// lazily, so tollgate starts (and applies its failure policy) while Redis
+    /// is down; every call waits at most `timeout`.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let (cluster, tls, rest) = if let Some(r) = url.strip_prefix("redis+cluster://") {
+            (true, false, r)
+        } else if let Some(r) = url.strip_prefix("rediss+cluster://") {
+            (true, true, r)
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            (false, url.starts_with("rediss://"), "")
+        } else {
+            return Err(StoreError::Url(format!(
+                "--store: expected redis://, rediss://, redis+cluster:// or rediss+cluster://, got {}",
+                redact(url)
+            )));
+        };
+        let scheme = if tls { "rediss" } else { "redis" };
+        let (conn, pubsub) = if cluster {
+            // user:password@ applies to every node.
+            let (auth, hosts) = match rest.rsplit_once('@') {
+                Some((auth, hosts)) => (format!("{auth}@"), hosts),
+                None => (String::new(), rest),
+            };
+            let nodes: Vec<String> = hosts
+                .trim_end_matches('/')
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("{scheme}://{auth}{h}"))
+                .collect();
+            let first = nodes.first().cloned().ok_or_else(|| {
+                StoreError::Url("--store: a cluster URL needs at least one host:port".into())
+            })?;
+            let client = redis::cluster::ClusterClient::builder(nodes)
+                .connection_timeout(timeout.max(Duration::from_millis(500)))
+                .response_timeout(timeout)
+                .build()?;
+            let conn = client.get_async_connection().await?;
+            (Conn::Cluster(conn), redis::Client::open(first)?)
+        } else {
+            let client = redis::Client::open(url)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(usize::MAX)
+                .set_max_delay(Duration::from_secs(2));
+            let conn = client.get_connection_manager_lazy(config)?;
+            (Conn::Single(conn), client)
+        };
+        Ok(Self {
+            conn,
+            script: redis::Script::new(SCRIPT),
+            timeout,
+            pubsub,
+            url: redact(url),
+        })
+    }
+
+    /// The URL, without its password.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The key of the counter `identity` of `scope` under hash tag `tag`.
+    pub fn key(tag: &str, scope: &str, identity: &str) -> String {
+        let scope = if scope == tag { "" } else { scope };
+        format!("tg:{{{tag}}}:{scope}|{identity}")
+    }
+
+    /// The key that says someone watches `tag` (see [`shared`]).
+    pub fn marker(tag: &str) -> String {
+        format!("tg:{{{tag}}}:watched")
+    }
+
+    /// Runs one decision over `counters` (all under one hash tag); when it
+    /// counts and `notice` is given as (marker key, message), publishes the
+    /// message on the consumption channel if the marker exists. Returns
+    /// Redis's time and the outcome.
+    pub async fn decide(
+        &self,
+        mode: Mode,
+        counters: &[Counter],
+        notice: Option<(&str, &str)>,
+    ) -> Result<(Nanos, Outcome), StoreError> {
+        let mut call = self.script.prepare_invoke();
+        for c in counters {
+            call.key(&c.key);
+        }
+        call.arg(match mode {
+            Mode::Check => 0,
+            Mode::Consume => 1,
+            Mode::Record => 2,
+        });
+        match notice {
+            Some((marker, message)) => {
+                call.key(marker).arg(shared::CONSUMED).arg(message);
+            }
+            None => {
+                call.arg("").arg("");
+            }
+        }
+        for c in counters {
+            call.arg(match c.algorithm {
+                Algorithm::FixedWindow => "f",
+                Algorithm::SlidingWindow => "s",
+                Algorithm::TokenBucket => "t",
+                Algorithm::SlidingRing => "r",
+            })
+            .arg(c.amount)
+            .arg((c.window / MILLISECOND).max(1))
+            .arg(c.cost);
+        }
+        let reply: Vec<i64> = self
+            .bounded(async {
+                match &self.conn {
+                    Conn::Single(c) => call.invoke_async(&mut c.clone()).await,
+                    Conn::Cluster(c) => call.invoke_async(&mut c.clone()).await,
+                }
+            })
+            .await?;
+        outcome(&reply, counters.len())
+    }
+
+    /// Deletes `keys` (all under one hash tag); how many there were.
+    pub async fn delete(&self, keys: &[String]) -> Result<usize, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(keys);
+        let n: usize = self.query(cmd).await?;
+        Ok(n)
+    }
+
+    /// Sets `key` to expire in `ttl` (a watch marker).
+    pub async fn mark(&self, key: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(1).arg("PX").arg(ttl.as_millis() as u64);
+        self.query::<()>(cmd).await
+    }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.query::<String>(redis::cmd("PING")).await.map(drop)
+    }
+
+    /// Runs one command, within the timeout.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        self.bounded(async {
+            match &self.conn {
+                Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+                Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            }
+        })
+        .await
+    }
+
+    /// A client for subscriptions.
+    pub fn pubsub_client(&self) -> &redis::Client {
+        &self.pubsub
+    }
+
+    async fn bounded<T>(
+        &self,
+        f: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a replica does when Redis does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Admit the request (nothing counted), count it in a metric, log once
+    /// per interval.
+    Open,
+    /// Answer `UNAVAILABLE`: the gateway's own policy decides (Envoy's
+    /// `failure_mode_deny`).
+    Closed,
+}
+
+/// The Redis store as a limiter uses it: the store, the failure policy, and
+/// this replica's name in notices.
+#[derive(Debug)]
+pub struct SharedCounters {
+    /// The store.
+    pub store: RedisStore,
+    /// What to do when it fails.
+    pub failure: Failure,
+    /// This replica, to skip its own notices.
+    pub replica: String,
+    failures: AtomicU64,
+    last_logged: AtomicU64,
+}
+
+// === impl SharedCounters ===
+
+impl SharedCounters {
+    /// `store` with `failure`; the replica gets a random name.
+    pub fn new(store: RedisStore, failure: Failure) -> Self {
+        let replica = format!(
+            "{:x}-{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        Self {
+            store,
+            failure,
+            replica,
+            failures: AtomicU64::new(0),
+            last_logged: AtomicU64::new(0),
+        }
+    }
+
+    /// Decisions the store failed so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// The watch marker of `account` and the notice of `subject`'s
+    /// consumption, for watchers on other replicas.
+    pub fn notice(&self, subject: &str, account: &str) -> (String, String) {
+        (
+            RedisStore::marker(account),
+            format!("{}\n{subject}\n{account}", self.replica),
+        )
+    }
+
+    /// Runs `counters` on Redis; when it fails, applies the failure policy
+    /// (`now` is the local clock, for an admitted request's answer).
+    pub async fn run(
+        &self,
+        mode: Mode,
+        counters: &[Counter],
+        notice: Option<(&str, &str)>,
+        now: Nanos,
+    ) -> Result<(Nanos, Outcome), StoreError> {
+        match self.store.decide(mode, counters, notice).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let second = now / crate::engine::clock::SECOND;
+                if self.last_logged.swap(second / 10, Ordering::Relaxed) != second / 10 {
+                    tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, failed = self.failures(), "the counter store failed a decision");
+                }
+                match self.failure {
+                    Failure::Closed => Err(e),
+                    Failure::Open => Ok((
+                        now,
+                        Outcome {
+                            fits: true,
+                            counted: false,
+                            items: counters
+                                .iter()
+                                .map(|c| ItemStatus {
+                                    fits: true,
+                                    too_large: false,
+                                    remaining: c.amount,
+                                    free_at: now,
+                                    wait: 0,
+                                })
+                                .collect(),
+                        },
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// The script's reply as the engine's outcome.
+fn outcome(reply: &[i64], n: usize) -> Result<(Nanos, Outcome), StoreError> {
+    if reply.len() != 3 + 4 * n {
+        return Err(StoreError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "unexpected reply from the decision script",
+        ))));
+    }
+    let ms = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(MILLISECOND);
+    let now = ms(reply[0]);
+    let items: SmallVec<[ItemStatus; 4]> = reply[3..]
+        .chunks_exact(4)
+        .map(|c| ItemStatus {
+            fits: c[0] == 1,
+            too_large: c[2] < 0,
+            remaining: u64::try_from(c[1]).unwrap_or(0),
+            wait: if c[2] < 0 { 0 } else { ms(c[2]) },
+            free_at: ms(c[3]),
+        })
+        .collect();
+    Ok((
+        now,
+        Outcome {
+            fits: reply[1] == 1,
+            counted: reply[2] == 1,
+            items,
+        },
+    ))
+}
+
+/// `url` with any password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let auth = &url[s + 3..at];
+            let user = auth.split_once(':').map_or("", |(u, _)| u);
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(
+            redact("rediss://me:s3cret@h:6379"),
+            "rediss://me:***@h:6379"
+        );
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn keys_share_their_hash_tag() {
+        assert_eq!(
+            RedisStore::key("acct", "acct", "account|x"),
+            "tg:{acct}:|account|x"
+        );
+        assert_eq!(
+            RedisStore::key("acct", "key_1", "subject|x"),
+            "tg:{acct}:key_1|subject|x"
+        );
+    }
+}
