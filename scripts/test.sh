@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs tollgate's whole test suite on a fresh machine: installs what the tests
-# drive for real (grpcurl), then builds and runs every test.
+# drive for real (grpcurl, redis-server), then builds and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,5 +12,11 @@ if ! command -v grpcurl >/dev/null 2>&1; then
     hash -r
 fi
 grpcurl -version
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "installing redis-server (Debian: redis-server)"
+    sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+    $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq redis-server >/dev/null
+fi
+redis-server --version
 
 cargo test --locked "$@"

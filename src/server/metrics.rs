@@ -31,6 +31,7 @@ pub struct Metrics {
     watchers: Gauge,
     counters: Gauge,
     evictions: Counter<u64, AtomicU64>,
+    store_failures: Counter<u64, AtomicU64>,
 }
 
 /// Labels of a decision.
@@ -71,6 +72,8 @@ pub struct Gauges {
     pub evictions: u64,
     /// Reloads that succeeded and failed since start.
     pub reloads: (u64, u64),
+    /// Decisions the shared counter store failed since start.
+    pub store_failures: u64,
 }
 
 // === impl Metrics ===
@@ -112,6 +115,12 @@ impl Metrics {
             "Live counters evicted to stay within --max-counters",
             evictions.clone(),
         );
+        let store_failures = Counter::default();
+        registry.register(
+            "store_failures",
+            "Decisions Redis did not answer in time (then --store-failure applied)",
+            store_failures.clone(),
+        );
         Self {
             registry,
             decisions,
@@ -120,6 +129,7 @@ impl Metrics {
             watchers,
             counters,
             evictions,
+            store_failures,
         }
     }
 
@@ -139,6 +149,9 @@ impl Metrics {
             .set(i64::try_from(gauges.counters).unwrap_or(i64::MAX));
         let seen = self.evictions.get();
         self.evictions.inc_by(gauges.evictions.saturating_sub(seen));
+        let seen = self.store_failures.get();
+        self.store_failures
+            .inc_by(gauges.store_failures.saturating_sub(seen));
         for (result, n) in [("ok", gauges.reloads.0), ("failed", gauges.reloads.1)] {
             let c = self.reloads.get_or_create(&ResultLabels { result });
             c.inc_by(n.saturating_sub(c.get()));

@@ -198,6 +198,7 @@ pub async fn run(
                     let ((ok, failed), (rok, rfailed)) = (reloader.counts(), rules.counts());
                     (ok + rok, failed + rfailed)
                 },
+                store_failures: limiter.shared().map_or(0, |s| s.failures()),
             })
         };
         tokio::spawn(metrics::serve(

@@ -59,11 +59,13 @@ pub fn serve_env(args: &[&str], env: &[(&str, &str)]) -> Served {
         .expect("tollgate starts");
     let stderr = child.stderr.take().expect("piped");
     let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
     let addr = loop {
-        let line = lines
-            .next()
-            .expect("a log line before exit")
-            .expect("utf-8");
+        let Some(line) = lines.next() else {
+            panic!("tollgate exited before listening:\n{}", seen.join("\n"));
+        };
+        let line = line.expect("utf-8");
+        seen.push(line.clone());
         if let Some(rest) = line.split("listening on ").nth(1) {
             break rest.split_whitespace().next().expect("address").to_owned();
         }

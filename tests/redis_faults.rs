@@ -1,0 +1,149 @@
+//! When Redis fails: every decision waits at most --store-timeout, the
+//! configured policy holds (closed: UNAVAILABLE; open: admitted), health
+//! reports the store, nothing panics, and counting resumes when Redis is
+//! back, without a restart.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::process::{Served, serve};
+use support::redis::RedisServer;
+use tollgate::proto::tollgate::v1 as pb;
+use tonic::transport::Channel;
+
+const CONFIG: &str = "plans: { free: { limits: [ { rate: 1000/day } ] } }\n";
+
+fn start(redis: &RedisServer, policy: &str) -> Served {
+    let dir = support::process::temp_dir(&format!("faults-{}-{policy}", redis.port));
+    let config = dir.join("tollgate.yaml");
+    std::fs::write(&config, CONFIG).expect("config");
+    let config = config.display().to_string();
+    let url = redis.url();
+    serve(&[
+        "--config",
+        &config,
+        "--store",
+        &url,
+        "--store-timeout",
+        "100ms",
+        "--store-failure",
+        policy,
+    ])
+}
+
+async fn client(s: &Served) -> pb::rate_limiter_client::RateLimiterClient<Channel> {
+    pb::rate_limiter_client::RateLimiterClient::connect(format!("http://{}", s.addr))
+        .await
+        .expect("connect")
+}
+
+fn req() -> pb::LimitRequest {
+    pb::LimitRequest {
+        subject: "k".into(),
+        ..Default::default()
+    }
+}
+
+fn remaining(d: &pb::Decision) -> Option<u64> {
+    d.limits.first().and_then(|l| l.remaining)
+}
+
+async fn store_health(s: &Served) -> i32 {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+    h.check(tonic_health::pb::HealthCheckRequest {
+        service: "tollgate.store".into(),
+    })
+    .await
+    .map_or(-1, |r| r.into_inner().status)
+}
+
+async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_closed_answers_unavailable_fast_then_resumes() {
+    let mut redis = RedisServer::start();
+    let s = start(&redis, "closed");
+    let mut c = client(&s).await;
+    let d = c.consume(req()).await.expect("consume").into_inner();
+    assert_eq!(remaining(&d), Some(999));
+    until("the store reported serving", async || {
+        store_health(&s).await == 1
+    })
+    .await;
+
+    redis.kill();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let err = c.consume(req()).await.expect_err("no store, no decision");
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "waited {:?}",
+            started.elapsed()
+        );
+    }
+    until("the store reported down", async || {
+        store_health(&s).await == 2
+    })
+    .await;
+
+    redis.restart();
+    until("counting resumed", async || c.consume(req()).await.is_ok()).await;
+    // A fresh Redis: counting starts over, and goes on.
+    let a = remaining(&c.consume(req()).await.expect("consume").into_inner());
+    let b = remaining(&c.consume(req()).await.expect("consume").into_inner());
+    assert_eq!(a.map(|a| a - 1), b);
+    until("the store reported serving again", async || {
+        store_health(&s).await == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_open_admits_through_an_outage_under_load() {
+    let mut redis = RedisServer::start();
+    let s = start(&redis, "open");
+    let c = client(&s).await;
+    let load = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut answered = 0;
+            for _ in 0..400 {
+                let d = c
+                    .clone()
+                    .consume(req())
+                    .await
+                    .expect("always an answer")
+                    .into_inner();
+                assert_eq!(d.verdict, pb::Verdict::Allowed as i32);
+                answered += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            answered
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    assert_eq!(load.await.expect("no panic"), 400);
+    let mut c = c;
+    until("counting resumed", async || {
+        let a = remaining(&c.consume(req()).await.expect("consume").into_inner());
+        let b = remaining(&c.consume(req()).await.expect("consume").into_inner());
+        a.is_some_and(|a| a < 1000) && a.map(|a| a - 1) == b
+    })
+    .await;
+}
