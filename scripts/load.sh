@@ -55,3 +55,16 @@ run tollgate "$consume" "$work/request.bin" \
 run envoy envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit "$work/rls.bin" \
     target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml --envoy-config scripts/load-rules \
     --log-format text --state "$work/state-envoy.redb"
+
+# The same Consume counted in Redis (redis-server shares CPU 1 with h2load):
+# decisions per second, and Redis calls per decision.
+if command -v redis-server >/dev/null; then
+    port=$((20000 + RANDOM % 10000))
+    taskset -c 1 redis-server --port "$port" --save "" --appendonly no >/dev/null &
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+    run tollgate-redis "$consume" "$work/request.bin" \
+        target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml --log-format text \
+        --store "redis://127.0.0.1:$port" --store-timeout 1s
+    echo "redis calls: $(redis-cli -p "$port" info commandstats | grep -E 'cmdstat_(evalsha|eval):' | tr '\n' ' ')"
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+fi
