@@ -328,6 +328,11 @@ fn run(serve: Serve) -> anyhow::Result<()> {
             counters.capacity = store.capacity(),
             "tollgate listening on {addr}"
         );
+        if serve.store.is_some() {
+            for name in tollgate::storage::redis::imprecise_limits(&catalog) {
+                tracing::warn!(limit = %name, "amount × window in ms passes 2^53: Redis counts it with rounding");
+            }
+        }
         let mut limiter = Limiter::with_state(store, catalog, slots, clock, state);
         if let Some(url) = &serve.store {
             let redis = RedisStore::connect(url, serve.store_timeout).await?;

@@ -222,6 +222,22 @@ descriptors:
         .hit(request("edge", &[&[("remote_address", "50.0.0.1")]]))
         .await;
     assert_eq!(r.statuses, [ok(10, Unit::Second, 9, 1)]);
+    // As the reference: a check of a fresh window is not over (nothing was
+    // counted yet); after one hit, it is.
+    let mut zero = request("edge", &[&[("remote_address", "50.0.0.5")]]);
+    zero.descriptors[0].hits_addend = Some(0);
+    e.server.advance(secs(1));
+    let fresh = e.hit(zero.clone()).await;
+    assert_eq!(
+        fresh.statuses,
+        [DescriptorStatus {
+            code: Code::Ok as i32,
+            ..over(0, Unit::Second, 1)
+        }]
+    );
+    e.hit(request("edge", &[&[("remote_address", "50.0.0.5")]]))
+        .await;
+    assert_eq!(e.hit(zero).await.statuses, [over(0, Unit::Second, 1)]);
 }
 
 #[tokio::test]

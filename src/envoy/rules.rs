@@ -198,8 +198,8 @@ impl RuleSet {
         }
     }
 
-    /// Loads every `*.yaml` and `*.yml` file of `dir` (not starting with a
-    /// dot), in name order. With `merge`, files may add to one domain;
+    /// Loads every file of `dir` not starting with a dot (as the reference
+    /// loads its runtime directory), in name order. With `merge`, files may add to one domain;
     /// otherwise a domain in two files is an error, as in the reference.
     pub fn load_dir(dir: &Path, merge: bool, slots: &SlotRegistry) -> Result<Self, Error> {
         let files = rule_files(dir)?;
@@ -335,9 +335,7 @@ pub fn rule_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, Error> {
         .map(|e| e.path())
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
-            !name.starts_with('.')
-                && (name.ends_with(".yaml") || name.ends_with(".yml"))
-                && p.is_file()
+            !name.starts_with('.') && p.is_file()
         })
         .collect();
     files.sort();

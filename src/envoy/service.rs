@@ -182,7 +182,13 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
     /// nowhere). `hits` 0 only checks.
     async fn count(&self, limits: &[RuleLimit], scope: &str, hits: u64) -> Result<Answer, Status> {
         if let Some(zero) = limits.iter().find(|l| l.amount == 0) {
-            // Refuses everything; nothing to count.
+            if let [one] = limits
+                && one.algorithm == Algorithm::FixedWindow
+                && one.burst.is_none()
+            {
+                return self.count_zero(one, scope, hits).await;
+            }
+            // Among several limits, or another algorithm: refuses everything.
             let now = self.limiter.now();
             let end = (now / zero.window + 1) * zero.window;
             return Ok(Answer::of(status(Code::OverLimit, zero, 0, end - now)));
@@ -256,6 +262,48 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
             }
         }
         Ok(Answer::of(best.expect("a rule has one limit at least").0))
+    }
+
+    /// A reference zero limit: counted like any fixed window, and over as
+    /// soon as the window holds anything (so a check of a fresh window, with
+    /// `hits_addend` 0, is OK with nothing remaining), as the reference
+    /// answers `after > 0`.
+    async fn count_zero(
+        &self,
+        limit: &RuleLimit,
+        scope: &str,
+        hits: u64,
+    ) -> Result<Answer, Status> {
+        // Large enough never to bind, small enough for Redis's exact integers.
+        const UNBOUNDED: u64 = 1 << 52;
+        let item = Item {
+            key: CounterKey {
+                scope,
+                slot: limit.slot,
+            },
+            algorithm: Algorithm::FixedWindow,
+            rate: Rate::new(UNBOUNDED, limit.window).expect("nonzero"),
+            cost: hits,
+        };
+        let mode = if hits == 0 { Mode::Check } else { Mode::Record };
+        let (now, outcome) = self
+            .limiter
+            .run(mode, scope, &[item], None)
+            .await
+            .map_err(convert::store_error)?;
+        let s = outcome.items[0];
+        let counted = UNBOUNDED.saturating_sub(s.remaining);
+        let code = if counted > 0 {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        };
+        Ok(Answer::of(status(
+            code,
+            limit,
+            0,
+            s.free_at.saturating_sub(now),
+        )))
     }
 
     /// Plan-aware domains: each descriptor is a `Consume` (or, with

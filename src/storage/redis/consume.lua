@@ -96,9 +96,10 @@ end
 local function bucket(v, amount, w, cost)
   -- State: the debt (outstanding units * window) as of a time. An amount
   -- change keeps the units owed: upgrades unblock, downgrades hand out nothing.
+  -- The debt is paid off at the amount it was counted under (as in gcra.rs).
   local s = fields(v)
   local debt = 0
-  if s[1] ~= nil then debt = pos(s[1] - (now - s[2]) * amount) end
+  if s[1] ~= nil then debt = pos(s[1] - (now - s[2]) * (s[3] or amount)) end
   local capacity = amount * w
   local inc = cost * w
   local after = debt + inc
@@ -109,7 +110,7 @@ local function bucket(v, amount, w, cost)
   end
   local function remaining(d) return math.floor(pos(capacity - d) / w) end
   local function at(d) return now + ceil_div(d, amount) end
-  return fits, num(after) .. ' ' .. num(now), remaining(debt), remaining(after), wait,
+  return fits, num(after) .. ' ' .. num(now) .. ' ' .. num(amount), remaining(debt), remaining(after), wait,
     at(debt), at(after), at(after)
 end
 
@@ -122,7 +123,7 @@ local function ring(v, amount, w, cost)
   local b = {0, 0, 0, 0, 0, 0, 0}
   local function slot(i) return (i % RING) + 1 end
   local s = fields(v)
-  if s[1] ~= nil and index - s[1] < RING then
+  if s[1] ~= nil and index - s[1] >= 0 and index - s[1] < RING then
     for i = 1, RING do b[i] = s[i + 1] end
     for i = s[1] + 1, index do b[slot(i)] = 0 end
   end

@@ -317,7 +317,7 @@ impl SharedCounters {
     pub fn notice(&self, subject: &str, account: &str) -> (String, String) {
         (
             RedisStore::marker(account),
-            format!("{}\n{subject}\n{account}", self.replica),
+            format!("{}\n{}\n{subject}{account}", self.replica, subject.len()),
         )
     }
 
@@ -349,7 +349,7 @@ impl SharedCounters {
                                 .iter()
                                 .map(|c| ItemStatus {
                                     fits: true,
-                                    too_large: false,
+                                    too_large: c.cost > c.amount,
                                     remaining: c.amount,
                                     free_at: now,
                                     wait: 0,
@@ -391,6 +391,26 @@ fn outcome(reply: &[i64], n: usize) -> Result<(Nanos, Outcome), StoreError> {
             items,
         },
     ))
+}
+
+/// Limits whose arithmetic in Redis would pass 2^53 (amount × window in
+/// milliseconds, where Lua's doubles stop being exact), by name.
+pub fn imprecise_limits(catalog: &crate::plans::Catalog) -> Vec<String> {
+    let mut out: Vec<String> = catalog
+        .plans
+        .values()
+        .flat_map(|p| p.limits.iter())
+        .filter_map(|l| match &l.kind {
+            crate::plans::LimitKind::Counted { rate, .. } => {
+                let product = u128::from(rate.amount()) * u128::from(rate.window() / MILLISECOND);
+                (product >= 1 << 53).then(|| l.name.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// `url` with any password replaced by `***`, for logs and errors.

@@ -17,7 +17,8 @@ use super::{RedisStore, StoreError};
 use crate::plans::overrides::Override;
 use crate::state::Maps;
 
-/// Channel of consumption notices: `replica\nsubject\naccount`.
+/// Channel of consumption notices: `replica\nLEN\nSUBJECTACCOUNT`, where
+/// `LEN` is the subject's length in bytes (subjects may hold any character).
 pub const CONSUMED: &str = "tollgate:consumed";
 /// Channel of account changes: `replica\naccount\nplan|override`.
 pub const CHANGED: &str = "tollgate:changed";
@@ -170,11 +171,15 @@ pub fn parse(channel: &str, payload: &str) -> Option<Notice> {
     let mut parts = payload.splitn(3, '\n');
     let (replica, a, b) = (parts.next()?, parts.next()?, parts.next()?);
     match channel {
-        CONSUMED => Some(Notice::Consumed {
-            replica: replica.into(),
-            subject: a.into(),
-            account: b.into(),
-        }),
+        CONSUMED => {
+            let len: usize = a.parse().ok()?;
+            let (subject, account) = (b.get(..len)?, b.get(len..)?);
+            Some(Notice::Consumed {
+                replica: replica.into(),
+                subject: subject.into(),
+                account: account.into(),
+            })
+        }
         CHANGED => Some(Notice::Changed {
             replica: replica.into(),
             account: a.into(),
@@ -185,5 +190,24 @@ pub fn parse(channel: &str, payload: &str) -> Option<Notice> {
             },
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_carry_any_subject() {
+        let n = parse(CONSUMED, "r1\n5\na\nb:cacct");
+        assert_eq!(
+            n,
+            Some(Notice::Consumed {
+                replica: "r1".into(),
+                subject: "a\nb:c".into(),
+                account: "acct".into()
+            })
+        );
+        assert_eq!(parse(CONSUMED, "r1\n9\nshort"), None);
     }
 }
