@@ -8,8 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::envoy::*;
-use support::{authed, secs};
-use tokio_stream::StreamExt;
+use support::{authed, next_update, secs, update_remaining};
 use tollgate::proto::tollgate::v1 as tg;
 
 #[tokio::test]
@@ -318,24 +317,11 @@ async fn watch_quota_sees_what_envoy_consumes() {
         .await
         .expect("watch")
         .into_inner();
-    let next = async |s: &mut tonic::Streaming<tg::QuotaUpdate>| {
-        tokio::time::timeout(Duration::from_secs(5), s.next())
-            .await
-            .expect("an update within 5 s")
-            .expect("open")
-            .expect("ok")
-    };
-    let snapshot = next(&mut stream).await;
-    let requests = |u: &tg::QuotaUpdate| {
-        u.limits
-            .iter()
-            .find(|l| l.name == "requests/minute")
-            .and_then(|l| l.remaining)
-    };
-    assert_eq!(requests(&snapshot), Some(3));
+    let snapshot = next_update(&mut stream).await;
+    assert_eq!(update_remaining(&snapshot, "requests/minute"), Some(3));
     e.hit(request("saas", &[&[("api_key", "k9")]])).await;
-    let update = next(&mut stream).await;
-    assert_eq!(requests(&update), Some(2));
+    let update = next_update(&mut stream).await;
+    assert_eq!(update_remaining(&update, "requests/minute"), Some(2));
 }
 
 #[tokio::test]

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::process::{Served, serve_env, stop};
 use support::redis::RedisServer;
-use support::{ADMIN_TOKEN, with_token};
-use tokio_stream::StreamExt;
+use support::{ADMIN_TOKEN, next_update, update_remaining, with_token};
 use tollgate::proto::tollgate::v1 as pb;
 use tonic::transport::Channel;
 
@@ -223,29 +222,16 @@ async fn watch_quota_on_one_replica_sees_consumption_on_another() {
         .await
         .expect("watch")
         .into_inner();
-    let next = async |s: &mut tonic::Streaming<pb::QuotaUpdate>| {
-        tokio::time::timeout(Duration::from_secs(5), s.next())
-            .await
-            .expect("an update within 5 s")
-            .expect("open")
-            .expect("ok")
-    };
-    let snapshot = next(&mut stream).await;
-    let fixed = |u: &pb::QuotaUpdate| {
-        u.limits
-            .iter()
-            .find(|l| l.name == "fixed")
-            .and_then(|l| l.remaining)
-    };
-    assert_eq!(fixed(&snapshot), Some(30));
+    let snapshot = next_update(&mut stream).await;
+    assert_eq!(update_remaining(&snapshot, "fixed"), Some(30));
     client(&r.served[0])
         .await
         .consume(req("key_w", "/fixed"))
         .await
         .expect("consume");
-    let update = next(&mut stream).await;
+    let update = next_update(&mut stream).await;
     assert_eq!(update.cause, pb::quota_update::Cause::Consumption as i32);
-    assert_eq!(fixed(&update), Some(29));
+    assert_eq!(update_remaining(&update, "fixed"), Some(29));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

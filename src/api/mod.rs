@@ -11,9 +11,8 @@ use tracing::{Span, field::Empty, instrument};
 
 use crate::engine::{CounterStore, Mode};
 use crate::limiter::Limiter;
-use crate::limiter::Verdict;
 use crate::proto::tollgate::v1 as pb;
-use crate::server::metrics::{DecisionLabels, Label, Metrics};
+use crate::server::metrics::{DecisionLabels, Metrics};
 use crate::watch::{Hub, QuotaStream};
 use pb::rate_limiter_server::RateLimiter;
 use std::time::Instant;
@@ -56,24 +55,13 @@ impl<S: CounterStore + 'static> RateLimiterService<S> {
             .decide_async(mode, &domain)
             .await
             .map_err(convert::store_error)?;
-        self.metrics.decision(
-            &DecisionLabels {
-                rpc: match mode {
-                    Mode::Check => "check",
-                    Mode::Consume => "consume",
-                    Mode::Record => "record",
-                },
-                verdict: match decision.verdict {
-                    Verdict::Allowed => "allowed",
-                    Verdict::RateLimited => "rate_limited",
-                    Verdict::NotInPlan => "not_in_plan",
-                    Verdict::TooLarge => "too_large",
-                },
-                plan: Label(decision.plan.clone()),
-                class: Label(decision.class.clone().unwrap_or_else(|| Arc::from(""))),
-            },
-            started.elapsed(),
-        );
+        let rpc = match mode {
+            Mode::Check => "check",
+            Mode::Consume => "consume",
+            Mode::Record => "record",
+        };
+        self.metrics
+            .decision(&DecisionLabels::of(rpc, &decision), started.elapsed());
         if mode != Mode::Check && decision.counted {
             self.hub.consumed(domain.subject, domain.account);
         }

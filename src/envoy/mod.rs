@@ -12,6 +12,9 @@
 //!
 //! This module adapts; the counting is the engine's and the plans' own.
 
+mod answer;
+mod compile;
+mod metadata;
 pub mod raw;
 pub mod rules;
 mod service;

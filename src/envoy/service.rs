@@ -9,18 +9,19 @@ use std::time::Instant;
 use smallvec::SmallVec;
 use tonic::{Request, Response, Status};
 
-use super::rules::{Matched, RuleLimit, RuleSet, Unit};
+use super::answer::{Answer, constrains_more, header, plan_answer, status, unit_of_override};
+use super::metadata::metadata;
+use super::rules::{Matched, RuleLimit, RuleSet};
 use super::{Options, RuleSource};
 use crate::api::convert;
 use crate::engine::{Algorithm, CounterKey, CounterStore, Item, Mode, Nanos, Rate, clock::SECOND};
-use crate::limiter::{self, Limiter, Verdict};
+use crate::limiter::{self, Limiter};
 use crate::plans::EnvoyDomain;
-use crate::proto::envoy::config::core::v3::HeaderValue;
 use crate::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use crate::proto::envoy::service::ratelimit::v3 as pb;
 use crate::server::metrics::{DecisionLabels, Label, Metrics};
 use crate::watch::Hub;
-use pb::rate_limit_response::{Code, DescriptorStatus, RateLimit, rate_limit::Unit as PbUnit};
+use pb::rate_limit_response::{Code, DescriptorStatus};
 
 /// `envoy.service.ratelimit.v3.RateLimitService`.
 pub struct EnvoyService<S> {
@@ -29,19 +30,6 @@ pub struct EnvoyService<S> {
     options: Options,
     hub: Arc<Hub<S>>,
     metrics: Arc<Metrics>,
-}
-
-/// One descriptor's answer before the overall rules.
-struct Answer {
-    status: DescriptorStatus,
-    /// Unlimited: OK with `u32::MAX` remaining, outside the overall rules.
-    unlimited: bool,
-    /// In quota mode.
-    quota: bool,
-    /// Metadata to return when it passes.
-    metadata: Option<prost_types::Struct>,
-    /// Why it is over (plan domains), for the response body.
-    reason: Option<String>,
 }
 
 // === impl EnvoyService ===
@@ -361,12 +349,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
                 .await
                 .map_err(convert::store_error)?;
             self.metrics.decision(
-                &DecisionLabels {
-                    rpc: "should_rate_limit",
-                    verdict: verdict_label(decision.verdict),
-                    plan: Label(decision.plan.clone()),
-                    class: Label(decision.class.clone().unwrap_or_else(|| Arc::from(""))),
-                },
+                &DecisionLabels::of("should_rate_limit", &decision),
                 started.elapsed(),
             );
             if decision.counted {
@@ -494,40 +477,6 @@ enum Limits<'a> {
     Override(RuleLimit, SmallVec<[(&'a str, &'a str); 4]>),
 }
 
-// === impl Answer ===
-
-impl Answer {
-    /// No limit applies: OK, nothing counted.
-    fn no_limit() -> Self {
-        Self::of(DescriptorStatus {
-            code: Code::Ok as i32,
-            ..Default::default()
-        })
-    }
-
-    fn of(status: DescriptorStatus) -> Self {
-        Self {
-            status,
-            unlimited: false,
-            quota: false,
-            metadata: None,
-            reason: None,
-        }
-    }
-}
-
-/// Whether `a` (fits, MAX - wait, remaining, amount) constrains more than `b`:
-/// refused before admitted, then the longer wait, then the smaller share left.
-fn constrains_more(a: (bool, Nanos, u64, u64), b: (bool, Nanos, u64, u64)) -> bool {
-    if a.0 != b.0 {
-        return !a.0;
-    }
-    if !a.0 {
-        return a.1 < b.1;
-    }
-    u128::from(a.2) * u128::from(b.3.max(1)) < u128::from(b.2) * u128::from(a.3.max(1))
-}
-
 /// The hits a descriptor adds: its own `hits_addend` when set (0: check
 /// only), else the request's, where 0 means 1.
 fn hits(r: &pb::RateLimitRequest, d: &RateLimitDescriptor) -> u64 {
@@ -557,209 +506,4 @@ fn scope(domain: &str, entries: &[(&str, &str)], shared: &[Option<&str>]) -> Str
         }
     }
     s
-}
-
-fn status(code: Code, limit: &RuleLimit, remaining: u64, until: Nanos) -> DescriptorStatus {
-    DescriptorStatus {
-        code: code as i32,
-        current_limit: Some(RateLimit {
-            name: limit.name.to_string(),
-            requests_per_unit: limit.amount,
-            unit: pb_unit(limit.unit) as i32,
-        }),
-        limit_remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
-        duration_until_reset: Some(seconds(until)),
-        quota: None,
-    }
-}
-
-/// A plan decision as a descriptor status: its most constraining limit.
-fn plan_answer(d: &limiter::Decision, now: Nanos) -> Answer {
-    let code = if d.verdict == Verdict::Allowed {
-        Code::Ok
-    } else {
-        Code::OverLimit
-    };
-    let shown = d.limits.iter().find(|l| !l.unlimited);
-    let mut answer = match shown {
-        Some(l) => {
-            let until = match d.retry_after {
-                Some(wait) if l.denied => wait,
-                _ => l.reset_at.saturating_sub(now),
-            };
-            Answer::of(DescriptorStatus {
-                code: code as i32,
-                current_limit: Some(RateLimit {
-                    name: l.name.to_string(),
-                    requests_per_unit: u32::try_from(l.limit).unwrap_or(u32::MAX),
-                    unit: pb_unit(Unit::of_window(l.window)) as i32,
-                }),
-                limit_remaining: u32::try_from(l.remaining).unwrap_or(u32::MAX),
-                duration_until_reset: Some(seconds(until)),
-                quota: None,
-            })
-        }
-        None if code == Code::Ok => Answer {
-            unlimited: !d.limits.is_empty(),
-            ..Answer::no_limit()
-        },
-        None => Answer::of(DescriptorStatus {
-            code: code as i32,
-            ..Default::default()
-        }),
-    };
-    if code != Code::Ok {
-        answer.reason = Some(d.reason.clone());
-    }
-    answer
-}
-
-/// Whole seconds, rounded up, so Envoy's headers never say 0 while waiting.
-fn seconds(n: Nanos) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(n.div_ceil(SECOND)).unwrap_or(i64::MAX),
-        nanos: 0,
-    }
-}
-
-fn pb_unit(unit: Option<Unit>) -> PbUnit {
-    match unit {
-        None => PbUnit::Unknown,
-        Some(Unit::Second) => PbUnit::Second,
-        Some(Unit::Minute) => PbUnit::Minute,
-        Some(Unit::Hour) => PbUnit::Hour,
-        Some(Unit::Day) => PbUnit::Day,
-        Some(Unit::Week) => PbUnit::Week,
-        Some(Unit::Month) => PbUnit::Month,
-        Some(Unit::Year) => PbUnit::Year,
-    }
-}
-
-/// The unit of a limit Envoy sends (`envoy.type.v3.RateLimitUnit`).
-fn unit_of_override(unit: i32) -> Option<Unit> {
-    use crate::proto::envoy::r#type::v3::RateLimitUnit as U;
-    match U::try_from(unit).ok()? {
-        U::Unknown => None,
-        U::Second => Some(Unit::Second),
-        U::Minute => Some(Unit::Minute),
-        U::Hour => Some(Unit::Hour),
-        U::Day => Some(Unit::Day),
-        U::Week => Some(Unit::Week),
-        U::Month => Some(Unit::Month),
-        U::Year => Some(Unit::Year),
-    }
-}
-
-fn verdict_label(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allowed => "allowed",
-        Verdict::RateLimited => "rate_limited",
-        Verdict::NotInPlan => "not_in_plan",
-        Verdict::TooLarge => "too_large",
-    }
-}
-
-fn header(key: &str, value: String) -> HeaderValue {
-    HeaderValue {
-        key: key.to_owned(),
-        value,
-        raw_value: Vec::new(),
-    }
-}
-
-/// The reference's dynamic metadata: the domain, each descriptor's entries
-/// (`key=value`), limit and hits, the request's hits, and the metadata of
-/// the descriptors that passed (the first one wins a key).
-fn metadata(r: &pb::RateLimitRequest, passed: &[usize], answers: &[Answer]) -> prost_types::Struct {
-    use prost_types::{ListValue, Struct, Value, value::Kind};
-    let string = |s: String| Value {
-        kind: Some(Kind::StringValue(s)),
-    };
-    let number = |n: f64| Value {
-        kind: Some(Kind::NumberValue(n)),
-    };
-    let mut fields = std::collections::BTreeMap::new();
-    fields.insert("domain".to_owned(), string(r.domain.clone()));
-    let descriptors = r
-        .descriptors
-        .iter()
-        .map(|d| {
-            let mut f = std::collections::BTreeMap::new();
-            let entries = d
-                .entries
-                .iter()
-                .map(|e| string(format!("{}={}", e.key, e.value)))
-                .collect();
-            f.insert(
-                "entries".to_owned(),
-                Value {
-                    kind: Some(Kind::ListValue(ListValue { values: entries })),
-                },
-            );
-            if let Some(l) = &d.limit {
-                let unit = crate::proto::envoy::r#type::v3::RateLimitUnit::try_from(l.unit)
-                    .map_or_else(|_| l.unit.to_string(), |u| u.as_str_name().to_owned());
-                f.insert(
-                    "limit".to_owned(),
-                    string(format!(
-                        "requests_per_unit:{} unit:{unit}",
-                        l.requests_per_unit
-                    )),
-                );
-            }
-            if let Some(h) = d.hits_addend {
-                f.insert("hitsAddend".to_owned(), number(h as f64));
-            }
-            Value {
-                kind: Some(Kind::StructValue(Struct { fields: f })),
-            }
-        })
-        .collect();
-    fields.insert(
-        "descriptors".to_owned(),
-        Value {
-            kind: Some(Kind::ListValue(ListValue {
-                values: descriptors,
-            })),
-        },
-    );
-    if r.hits_addend != 0 {
-        fields.insert("hitsAddend".to_owned(), number(f64::from(r.hits_addend)));
-    }
-    let mut merged = Struct::default();
-    for &i in passed {
-        if let Some(m) = &answers[i].metadata {
-            merge(&mut merged, m);
-        }
-    }
-    if !merged.fields.is_empty() {
-        fields.insert(
-            "metadata".to_owned(),
-            Value {
-                kind: Some(Kind::StructValue(merged)),
-            },
-        );
-    }
-    Struct { fields }
-}
-
-/// Adds `src`'s keys to `dest`; where both hold a struct, merges them; else
-/// `dest` keeps its value.
-fn merge(dest: &mut prost_types::Struct, src: &prost_types::Struct) {
-    use prost_types::value::Kind;
-    for (k, v) in &src.fields {
-        match dest.fields.get_mut(k) {
-            Some(prost_types::Value {
-                kind: Some(Kind::StructValue(d)),
-            }) => {
-                if let Some(Kind::StructValue(s)) = &v.kind {
-                    merge(d, s);
-                }
-            }
-            Some(_) => {}
-            None => {
-                dest.fields.insert(k.clone(), v.clone());
-            }
-        }
-    }
 }

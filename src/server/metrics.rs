@@ -47,6 +47,29 @@ pub struct DecisionLabels {
     pub class: Label,
 }
 
+impl DecisionLabels {
+    /// The labels of `decision`, made through `rpc`.
+    pub fn of(rpc: &'static str, decision: &crate::limiter::Decision) -> Self {
+        use crate::limiter::Verdict;
+        Self {
+            rpc,
+            verdict: match decision.verdict {
+                Verdict::Allowed => "allowed",
+                Verdict::RateLimited => "rate_limited",
+                Verdict::NotInPlan => "not_in_plan",
+                Verdict::TooLarge => "too_large",
+            },
+            plan: Label(decision.plan.clone()),
+            class: Label(
+                decision
+                    .class
+                    .clone()
+                    .unwrap_or_else(|| std::sync::Arc::from("")),
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RpcLabels {
     rpc: &'static str,

@@ -279,3 +279,21 @@ pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
     );
     r
 }
+
+/// The next update of a WatchQuota stream, within 5 s.
+pub async fn next_update(stream: &mut tonic::Streaming<pb::QuotaUpdate>) -> pb::QuotaUpdate {
+    use tokio_stream::StreamExt;
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("an update within 5 s")
+        .expect("stream open")
+        .expect("ok")
+}
+
+/// The remaining of the limit `name` in a quota update.
+pub fn update_remaining(u: &pb::QuotaUpdate, name: &str) -> Option<u64> {
+    u.limits
+        .iter()
+        .find(|l| l.name == name)
+        .and_then(|l| l.remaining)
+}

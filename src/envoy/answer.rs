@@ -1,0 +1,162 @@
+//! One descriptor's answer: the status Envoy gets, built from a rule's
+//! counters or from a plan decision, and the helpers that shape it.
+
+use super::rules::{RuleLimit, Unit};
+use crate::engine::{Nanos, clock::SECOND};
+use crate::limiter::{self, Verdict};
+use crate::proto::envoy::config::core::v3::HeaderValue;
+use crate::proto::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit, rate_limit::Unit as PbUnit,
+};
+
+/// One descriptor's answer before the overall rules.
+pub(super) struct Answer {
+    pub(super) status: DescriptorStatus,
+    /// Unlimited: OK with `u32::MAX` remaining, outside the overall rules.
+    pub(super) unlimited: bool,
+    /// In quota mode.
+    pub(super) quota: bool,
+    /// Metadata to return when it passes.
+    pub(super) metadata: Option<prost_types::Struct>,
+    /// Why it is over (plan domains), for the response body.
+    pub(super) reason: Option<String>,
+}
+
+// === impl Answer ===
+
+impl Answer {
+    /// No limit applies: OK, nothing counted.
+    pub(super) fn no_limit() -> Self {
+        Self::of(DescriptorStatus {
+            code: Code::Ok as i32,
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn of(status: DescriptorStatus) -> Self {
+        Self {
+            status,
+            unlimited: false,
+            quota: false,
+            metadata: None,
+            reason: None,
+        }
+    }
+}
+/// Whether `a` (fits, MAX - wait, remaining, amount) constrains more than `b`:
+/// refused before admitted, then the longer wait, then the smaller share left.
+pub(super) fn constrains_more(a: (bool, Nanos, u64, u64), b: (bool, Nanos, u64, u64)) -> bool {
+    if a.0 != b.0 {
+        return !a.0;
+    }
+    if !a.0 {
+        return a.1 < b.1;
+    }
+    u128::from(a.2) * u128::from(b.3.max(1)) < u128::from(b.2) * u128::from(a.3.max(1))
+}
+/// A status under `limit`.
+pub(super) fn status(
+    code: Code,
+    limit: &RuleLimit,
+    remaining: u64,
+    until: Nanos,
+) -> DescriptorStatus {
+    DescriptorStatus {
+        code: code as i32,
+        current_limit: Some(RateLimit {
+            name: limit.name.to_string(),
+            requests_per_unit: limit.amount,
+            unit: pb_unit(limit.unit) as i32,
+        }),
+        limit_remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+        duration_until_reset: Some(seconds(until)),
+        quota: None,
+    }
+}
+
+/// A plan decision as a descriptor status: its most constraining limit.
+pub(super) fn plan_answer(d: &limiter::Decision, now: Nanos) -> Answer {
+    let code = if d.verdict == Verdict::Allowed {
+        Code::Ok
+    } else {
+        Code::OverLimit
+    };
+    let shown = d.limits.iter().find(|l| !l.unlimited);
+    let mut answer = match shown {
+        Some(l) => {
+            let until = match d.retry_after {
+                Some(wait) if l.denied => wait,
+                _ => l.reset_at.saturating_sub(now),
+            };
+            Answer::of(DescriptorStatus {
+                code: code as i32,
+                current_limit: Some(RateLimit {
+                    name: l.name.to_string(),
+                    requests_per_unit: u32::try_from(l.limit).unwrap_or(u32::MAX),
+                    unit: pb_unit(Unit::of_window(l.window)) as i32,
+                }),
+                limit_remaining: u32::try_from(l.remaining).unwrap_or(u32::MAX),
+                duration_until_reset: Some(seconds(until)),
+                quota: None,
+            })
+        }
+        None if code == Code::Ok => Answer {
+            unlimited: !d.limits.is_empty(),
+            ..Answer::no_limit()
+        },
+        None => Answer::of(DescriptorStatus {
+            code: code as i32,
+            ..Default::default()
+        }),
+    };
+    if code != Code::Ok {
+        answer.reason = Some(d.reason.clone());
+    }
+    answer
+}
+
+/// Whole seconds, rounded up, so Envoy's headers never say 0 while waiting.
+pub(super) fn seconds(n: Nanos) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(n.div_ceil(SECOND)).unwrap_or(i64::MAX),
+        nanos: 0,
+    }
+}
+
+/// Envoy's unit for ours (`UNKNOWN` for a window that is no whole unit).
+pub(super) fn pb_unit(unit: Option<Unit>) -> PbUnit {
+    match unit {
+        None => PbUnit::Unknown,
+        Some(Unit::Second) => PbUnit::Second,
+        Some(Unit::Minute) => PbUnit::Minute,
+        Some(Unit::Hour) => PbUnit::Hour,
+        Some(Unit::Day) => PbUnit::Day,
+        Some(Unit::Week) => PbUnit::Week,
+        Some(Unit::Month) => PbUnit::Month,
+        Some(Unit::Year) => PbUnit::Year,
+    }
+}
+
+/// The unit of a limit Envoy sends (`envoy.type.v3.RateLimitUnit`).
+pub(super) fn unit_of_override(unit: i32) -> Option<Unit> {
+    use crate::proto::envoy::r#type::v3::RateLimitUnit as U;
+    match U::try_from(unit).ok()? {
+        U::Unknown => None,
+        U::Second => Some(Unit::Second),
+        U::Minute => Some(Unit::Minute),
+        U::Hour => Some(Unit::Hour),
+        U::Day => Some(Unit::Day),
+        U::Week => Some(Unit::Week),
+        U::Month => Some(Unit::Month),
+        U::Year => Some(Unit::Year),
+    }
+}
+
+/// A response header.
+pub(super) fn header(key: &str, value: String) -> HeaderValue {
+    HeaderValue {
+        key: key.to_owned(),
+        value,
+        raw_value: Vec::new(),
+    }
+}
