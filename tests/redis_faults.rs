@@ -147,3 +147,17 @@ async fn failing_open_admits_through_an_outage_under_load() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_redis_is_down_and_counts_once_it_is_up() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let s = start(&redis, "closed");
+    let mut c = client(&s).await;
+    let err = c.consume(req()).await.expect_err("no store yet");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    redis.restart();
+    until("counting started", async || c.consume(req()).await.is_ok()).await;
+    let d = c.consume(req()).await.expect("consume").into_inner();
+    assert!(remaining(&d).is_some_and(|r| r < 1000));
+}

@@ -1,7 +1,7 @@
 //! The shared counter store: several replicas, one set of exact counters in
 //! Redis (or Valkey, or a Redis Cluster).
 //!
-//! Every decision is one round trip: one `EVALSHA` of [`consume.lua`] (the
+//! Every decision is one round trip: one `EVALSHA` of `consume.lua` (the
 //! script is loaded again on `NOSCRIPT`) runs the same algorithms as the
 //! engine over all of the decision's counters, atomically, on Redis's own
 //! clock, and sets every key's expiry. Redis serializes scripts, so replicas
@@ -13,11 +13,10 @@
 //! against the memory store: a network round trip per decision, and time in
 //! milliseconds (amount × window in ms must stay below 2^53, e.g. 100 million
 //! a day); in exchange, any number of replicas behave as one limiter.
-//!
-//! [`consume.lua`]: https://github.com/ (see `src/storage/redis/consume.lua`)
 
 pub mod shared;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -43,7 +42,12 @@ pub struct RedisStore {
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    /// Connected on first use (and again after a failed first attempt), so
+    /// tollgate starts while the cluster is down.
+    Cluster(
+        Arc<redis::cluster::ClusterClient>,
+        Arc<tokio::sync::OnceCell<ClusterConnection>>,
+    ),
 }
 
 /// Why the store did not answer.
@@ -80,9 +84,9 @@ pub struct Counter {
 impl RedisStore {
     /// Connects to `url`: `redis://[user:password@]host:port[/db]`,
     /// `rediss://…` for TLS, `redis+cluster://host:port[,host:port…]` (or
-    /// `rediss+cluster://`) for a Redis Cluster. A single server is connected
-    /// lazily, so tollgate starts (and applies its failure policy) while Redis
-    /// is down; every call waits at most `timeout`.
+    /// `rediss+cluster://`) for a Redis Cluster. Connections are made lazily,
+    /// so tollgate starts (and applies its failure policy) while Redis is
+    /// down; every call waits at most `timeout`.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         let (cluster, tls, rest) = if let Some(r) = url.strip_prefix("redis+cluster://") {
             (true, false, r)
@@ -116,8 +120,10 @@ impl RedisStore {
                 .connection_timeout(timeout.max(Duration::from_millis(500)))
                 .response_timeout(timeout)
                 .build()?;
-            let conn = client.get_async_connection().await?;
-            (Conn::Cluster(conn), redis::Client::open(first)?)
+            (
+                Conn::Cluster(Arc::new(client), Arc::default()),
+                redis::Client::open(first)?,
+            )
         } else {
             let client = redis::Client::open(url)?;
             let config = ConnectionManagerConfig::new()
@@ -195,7 +201,12 @@ impl RedisStore {
             .bounded(async {
                 match &self.conn {
                     Conn::Single(c) => call.invoke_async(&mut c.clone()).await,
-                    Conn::Cluster(c) => call.invoke_async(&mut c.clone()).await,
+                    Conn::Cluster(client, cell) => {
+                        let c = cell
+                            .get_or_try_init(|| client.get_async_connection())
+                            .await?;
+                        call.invoke_async(&mut c.clone()).await
+                    }
                 }
             })
             .await?;
@@ -230,7 +241,12 @@ impl RedisStore {
         self.bounded(async {
             match &self.conn {
                 Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
-                Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+                Conn::Cluster(client, cell) => {
+                    let c = cell
+                        .get_or_try_init(|| client.get_async_connection())
+                        .await?;
+                    cmd.query_async(&mut c.clone()).await
+                }
             }
         })
         .await
