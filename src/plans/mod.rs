@@ -13,6 +13,7 @@ pub mod resolver;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::engine::{Algorithm, Nanos, Rate};
@@ -148,14 +149,10 @@ pub enum HeaderStyle {
 /// its number, and its counters, across reloads.
 #[derive(Debug, Default)]
 pub struct SlotRegistry {
-    slots: Mutex<Slots>,
-}
-
-/// Identity → number, and number → identity.
-#[derive(Debug, Default)]
-struct Slots {
-    ids: HashMap<String, u32>,
-    names: Vec<Arc<str>>,
+    /// Identity → number; interning is rare (config loads) and locks.
+    ids: Mutex<HashMap<String, u32>>,
+    /// Number → identity, read on every Redis decision without a lock.
+    names: ArcSwap<Vec<Arc<str>>>,
 }
 
 // === impl Catalog ===
@@ -228,24 +225,27 @@ impl Per {
 impl SlotRegistry {
     /// The number of `identity`, assigning the next one if it is new.
     pub fn intern(&self, identity: &str) -> u32 {
-        let mut slots = self.slots.lock();
-        if let Some(&id) = slots.ids.get(identity) {
+        let mut ids = self.ids.lock();
+        if let Some(&id) = ids.get(identity) {
             return id;
         }
-        let id = u32::try_from(slots.names.len()).expect("fewer than 2^32 limit identities");
-        slots.ids.insert(identity.to_owned(), id);
-        slots.names.push(identity.into());
+        let mut names = (**self.names.load()).clone();
+        let id = u32::try_from(names.len()).expect("fewer than 2^32 limit identities");
+        names.push(identity.into());
+        // Published before the number is handed out, so readers find it.
+        self.names.store(Arc::new(names));
+        ids.insert(identity.to_owned(), id);
         id
     }
 
     /// Every identity interned so far.
     pub fn identities(&self) -> Vec<Arc<str>> {
-        self.slots.lock().names.clone()
+        (**self.names.load()).clone()
     }
 
     /// The identity numbered `slot`.
     pub fn identity(&self, slot: u32) -> Option<Arc<str>> {
-        self.slots.lock().names.get(slot as usize).cloned()
+        self.names.load().get(slot as usize).cloned()
     }
 }
 
