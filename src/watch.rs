@@ -163,8 +163,14 @@ impl<S: CounterStore + 'static> Hub<S> {
         }
         let account = account_of(subject, account);
         let topics = self.topics.lock();
+        // A topic can be found under both names; signalling it twice would
+        // send a second, identical update.
+        let mut signalled: smallvec::SmallVec<[&Arc<Topic>; 4]> = smallvec::SmallVec::new();
         for topic in topics.named(subject).chain(topics.named(account)) {
-            topic.signal(Cause::Consumption);
+            if !signalled.iter().any(|t| Arc::ptr_eq(t, topic)) {
+                topic.signal(Cause::Consumption);
+                signalled.push(topic);
+            }
         }
     }
 
@@ -213,7 +219,8 @@ impl<S: CounterStore + 'static> Hub<S> {
             );
             let cause = tokio::select! {
                 () = topic.wake.notified() => {
-                    let cause = topic.pending.lock().take().unwrap_or(Cause::Consumption);
+                    // A wake-up whose change an earlier update already carried.
+                    let Some(cause) = topic.pending.lock().take() else { continue };
                     if cause == Cause::Consumption {
                         if let Some(at) = last_sent {
                             tokio::time::sleep_until(at + self.interval).await;

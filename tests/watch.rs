@@ -221,3 +221,29 @@ async fn an_expiring_override_tells_watchers_when_it_goes() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn one_consume_is_one_update() {
+    let s = TestServer::start(CONFIG).await;
+    for (subject, account) in [("solo", ""), ("member", "team")] {
+        let mut stream = s
+            .client
+            .clone()
+            .watch_quota(pb::WatchRequest {
+                subject: subject.into(),
+                account: account.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        assert_eq!(cause(&next(&mut stream).await), Cause::Snapshot);
+        s.consume(of_account(req(subject, ""), account)).await;
+        assert_eq!(cause(&next(&mut stream).await), Cause::Consumption);
+        let more = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+        assert!(
+            more.is_err(),
+            "{subject}: a second update for one consume: {more:?}"
+        );
+    }
+}

@@ -367,7 +367,11 @@ impl SharedCounters {
                                     fits: true,
                                     too_large: c.cost > c.amount,
                                     remaining: c.amount,
-                                    free_at: now,
+                                    // A fixed window still ends where it ends.
+                                    free_at: match c.algorithm {
+                                        Algorithm::FixedWindow => (now / c.window + 1) * c.window,
+                                        _ => now,
+                                    },
                                     wait: 0,
                                 })
                                 .collect(),
