@@ -163,7 +163,10 @@ pub async fn run(
         .expect("the built-in descriptor sets are valid");
 
     // Background tasks.
-    if limiter.shared().is_some() {
+    if let Some(s) = limiter.shared() {
+        if let Err(e) = s.store.warm_up(Duration::from_secs(2)).await {
+            tracing::warn!(error = %e, store = %s.store.url(), "counter store not reachable at start; decisions will retry");
+        }
         shared::resync(&limiter, &hub).await;
         tokio::spawn(shared::follow(
             limiter.clone(),

@@ -231,6 +231,28 @@ impl RedisStore {
         self.query::<()>(cmd).await
     }
 
+    /// Connects and loads the decision script now, waiting at most
+    /// `within`, so the first decisions do not pay for either (they have
+    /// only the store timeout). A failure is not fatal: decisions retry.
+    pub async fn warm_up(&self, within: Duration) -> Result<(), StoreError> {
+        let work = async {
+            match &self.conn {
+                Conn::Single(c) => self.script.load_async(&mut c.clone()).await.map(drop),
+                Conn::Cluster(client, cell) => {
+                    // Each node loads the script on its first NOSCRIPT.
+                    let c = cell
+                        .get_or_try_init(|| client.get_async_connection())
+                        .await?;
+                    redis::cmd("PING").query_async::<()>(&mut c.clone()).await
+                }
+            }
+        };
+        match tokio::time::timeout(within, work).await {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Timeout(within)),
+        }
+    }
+
     /// Whether Redis answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.query::<String>(redis::cmd("PING")).await.map(drop)
