@@ -185,11 +185,6 @@ impl<S: CounterStore> Limiter<S> {
         self.engine.store()
     }
 
-    /// The engine, for decisions outside the plan model (Envoy's rule files).
-    pub fn engine(&self) -> &Engine<S> {
-        &self.engine
-    }
-
     /// The catalog in force.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.load().catalog.clone()
@@ -239,24 +234,21 @@ impl<S: CounterStore> Limiter<S> {
         mode: Mode,
         request: &Request<'_>,
     ) -> Result<Decision, StoreError> {
-        if self.shared.is_none() {
+        let Some(shared) = &self.shared else {
             return Ok(self.decide(mode, request));
-        }
+        };
         let begun = self.begin(mode, request);
         if let Some(early) = begun.early {
             return Ok(early);
         }
         let items = begun.items(request);
-        let notice = self
-            .shared
-            .as_ref()
-            .map(|s| s.notice(request.subject, begun.account));
+        let (marker, message) = shared.notice(request.subject, begun.account);
         let (now, outcome) = self
             .run(
                 begun.run_mode,
                 begun.account,
                 &items,
-                notice.as_ref().map(|(m, n)| (m.as_str(), n.as_str())),
+                Some((&marker, &message)),
             )
             .await?;
         Ok(self.conclude(&begun, request, now, &outcome))
@@ -348,8 +340,8 @@ impl<S: CounterStore> Limiter<S> {
             mode
         };
         Begun {
-            snapshot: snapshot.clone(),
-            plan: plan.clone(),
+            snapshot,
+            plan,
             class,
             account,
             now,
@@ -592,15 +584,7 @@ fn statuses<'l>(
             } => {
                 let mut s = *from_engine.next().expect("one status per item");
                 if burst.is_some() {
-                    let cap = from_engine.next().expect("one status per burst item");
-                    s.fits &= cap.fits;
-                    s.too_large |= cap.too_large;
-                    // The binding part of the pair tells when it frees.
-                    if cap.remaining < s.remaining {
-                        s.remaining = cap.remaining;
-                        s.free_at = cap.free_at;
-                    }
-                    s.wait = s.wait.max(cap.wait);
+                    s = s.under(*from_engine.next().expect("one status per burst item"));
                 }
                 if s.too_large && too_large.is_none() {
                     too_large = Some(&**limit);
@@ -665,14 +649,59 @@ fn cost_of(cost: &HashMap<String, u64>, unit: &str, mode: Mode) -> u64 {
 /// Denied before admitted, the longest wait first; then the smallest share
 /// of the limit left; unlimited last.
 fn most_constraining(a: &LimitStatus, b: &LimitStatus) -> CmpOrdering {
-    (a.unlimited, !a.denied)
-        .cmp(&(b.unlimited, !b.denied))
-        .then_with(|| b.wait.cmp(&a.wait))
+    a.unlimited
+        .cmp(&b.unlimited)
         .then_with(|| {
-            // a.remaining / a.limit vs b.remaining / b.limit, exactly.
-            let left = u128::from(a.remaining) * u128::from(b.limit.max(1));
-            let right = u128::from(b.remaining) * u128::from(a.limit.max(1));
-            left.cmp(&right)
+            Pressure::of(a.denied, a.wait, a.remaining, a.limit).cmp(&Pressure::of(
+                b.denied,
+                b.wait,
+                b.remaining,
+                b.limit,
+            ))
         })
         .then_with(|| b.window.cmp(&a.window))
+}
+
+/// How much one limit constrains a request, ordered most first: refused
+/// before admitted, then the longer wait, then the smaller share of the
+/// limit left. Shared by the plans' decisions and Envoy's statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pressure {
+    denied: bool,
+    wait: Nanos,
+    remaining: u64,
+    limit: u64,
+}
+
+impl Pressure {
+    /// A limit with `remaining` of `limit` left, refused (`denied`) for `wait`.
+    pub fn of(denied: bool, wait: Nanos, remaining: u64, limit: u64) -> Self {
+        Self {
+            denied,
+            wait,
+            remaining,
+            limit,
+        }
+    }
+}
+
+impl Ord for Pressure {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        other
+            .denied
+            .cmp(&self.denied)
+            .then_with(|| other.wait.cmp(&self.wait))
+            .then_with(|| {
+                // self.remaining / self.limit vs other's, exactly.
+                let left = u128::from(self.remaining) * u128::from(other.limit.max(1));
+                let right = u128::from(other.remaining) * u128::from(self.limit.max(1));
+                left.cmp(&right)
+            })
+    }
+}
+
+impl PartialOrd for Pressure {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
 }

@@ -71,6 +71,22 @@ pub struct ItemStatus {
     pub wait: Nanos,
 }
 
+impl ItemStatus {
+    /// This status together with its burst ceiling's (the ring counted with
+    /// it): both must fit, the longer wait holds, and the one with less left
+    /// tells when it frees.
+    pub fn under(mut self, ceiling: ItemStatus) -> ItemStatus {
+        self.fits &= ceiling.fits;
+        self.too_large |= ceiling.too_large;
+        self.wait = self.wait.max(ceiling.wait);
+        if ceiling.remaining < self.remaining {
+            self.remaining = ceiling.remaining;
+            self.free_at = ceiling.free_at;
+        }
+        self
+    }
+}
+
 /// The outcome of a decision: one status per item, in item order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {

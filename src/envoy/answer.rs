@@ -33,6 +33,19 @@ impl Answer {
         })
     }
 
+    /// An unlimited rule: OK with the most there is left, outside the
+    /// overall rules.
+    pub(super) fn unlimited() -> Self {
+        Self {
+            unlimited: true,
+            ..Self::of(DescriptorStatus {
+                code: Code::Ok as i32,
+                limit_remaining: u32::MAX,
+                ..Default::default()
+            })
+        }
+    }
+
     pub(super) fn of(status: DescriptorStatus) -> Self {
         Self {
             status,
@@ -42,17 +55,6 @@ impl Answer {
             reason: None,
         }
     }
-}
-/// Whether `a` (fits, MAX - wait, remaining, amount) constrains more than `b`:
-/// refused before admitted, then the longer wait, then the smaller share left.
-pub(super) fn constrains_more(a: (bool, Nanos, u64, u64), b: (bool, Nanos, u64, u64)) -> bool {
-    if a.0 != b.0 {
-        return !a.0;
-    }
-    if !a.0 {
-        return a.1 < b.1;
-    }
-    u128::from(a.2) * u128::from(b.3.max(1)) < u128::from(b.2) * u128::from(a.3.max(1))
 }
 /// A status under `limit`.
 pub(super) fn status(
@@ -100,10 +102,8 @@ pub(super) fn plan_answer(d: &limiter::Decision, now: Nanos) -> Answer {
                 quota: None,
             })
         }
-        None if code == Code::Ok => Answer {
-            unlimited: !d.limits.is_empty(),
-            ..Answer::no_limit()
-        },
+        None if code == Code::Ok && !d.limits.is_empty() => Answer::unlimited(),
+        None if code == Code::Ok => Answer::no_limit(),
         None => Answer::of(DescriptorStatus {
             code: code as i32,
             ..Default::default()

@@ -101,13 +101,8 @@ impl RuleSource {
         })
     }
 
-    /// The rules in force.
-    pub fn current(&self) -> arc_swap::Guard<Arc<RuleSet>> {
-        self.rules.load()
-    }
-
-    /// The rules in force, held past an `.await`.
-    pub fn current_arc(&self) -> Arc<RuleSet> {
+    /// The rules in force (held across the decision's `.await`s).
+    pub fn current(&self) -> Arc<RuleSet> {
         self.rules.load_full()
     }
 

@@ -9,13 +9,13 @@ use std::time::Instant;
 use smallvec::SmallVec;
 use tonic::{Request, Response, Status};
 
-use super::answer::{Answer, constrains_more, header, plan_answer, status, unit_of_override};
+use super::answer::{Answer, header, plan_answer, status, unit_of_override};
 use super::metadata::metadata;
 use super::rules::{Matched, RuleLimit, RuleSet};
 use super::{Options, RuleSource};
 use crate::api::convert;
-use crate::engine::{Algorithm, CounterKey, CounterStore, Item, Mode, Nanos, Rate, clock::SECOND};
-use crate::limiter::{self, Limiter};
+use crate::engine::{Algorithm, CounterKey, CounterStore, Item, Mode, Rate, clock::SECOND};
+use crate::limiter::{self, Limiter, Pressure};
 use crate::plans::EnvoyDomain;
 use crate::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use crate::proto::envoy::service::ratelimit::v3 as pb;
@@ -66,14 +66,25 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
             ));
         }
         let catalog = self.limiter.catalog();
-        let answers = match catalog.envoy_domains.get(&r.domain) {
-            Some(domain) => self.plan_domain(domain, r).await?,
-            None => {
-                let rules = self.rules.current_arc();
-                self.rule_domain(&rules, r).await?
-            }
-        };
-        Ok(self.overall(r, answers))
+        if let Some(domain) = catalog.envoy_domains.get(&r.domain) {
+            // Each descriptor is a plan decision, counted in the metrics as one.
+            let answers = self.plan_domain(domain, r).await?;
+            return Ok(self.overall(r, answers));
+        }
+        let started = Instant::now();
+        let answers = self.rule_domain(&self.rules.current(), r).await?;
+        let response = self.overall(r, answers);
+        let over = response.overall_code == Code::OverLimit as i32;
+        self.metrics.decision(
+            &DecisionLabels {
+                rpc: "should_rate_limit",
+                verdict: if over { "rate_limited" } else { "allowed" },
+                plan: Label(Arc::from("")),
+                class: Label(Arc::from("")),
+            },
+            started.elapsed(),
+        );
+        Ok(response)
     }
 
     /// Rule-file domains: match, then count each descriptor on its own, as
@@ -134,10 +145,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
             let hits = hits(r, d);
             let answer = match limits {
                 None => Answer::no_limit(),
-                Some(Limits::Rule(m, _)) if m.rule.unlimited => Answer {
-                    unlimited: true,
-                    ..Answer::no_limit()
-                },
+                Some(Limits::Rule(m, _)) if m.rule.unlimited => Answer::unlimited(),
                 Some(Limits::Rule(m, _))
                     if m.rule.names.iter().any(|n| replaced.contains(&&**n)) =>
                 {
@@ -221,17 +229,11 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
         // constraining: refused with the longest wait, else the smallest
         // share left.
         let mut from_engine = outcome.items.iter();
-        let mut best: Option<(DescriptorStatus, (bool, Nanos, u64, u64))> = None;
+        let mut best: Option<(DescriptorStatus, Pressure)> = None;
         for l in limits {
             let mut s = *from_engine.next().expect("one status per item");
             if l.burst.is_some() {
-                let cap = from_engine.next().expect("one status per burst item");
-                s.fits &= cap.fits;
-                s.wait = s.wait.max(cap.wait);
-                if cap.remaining < s.remaining {
-                    s.remaining = cap.remaining;
-                    s.free_at = cap.free_at;
-                }
+                s = s.under(*from_engine.next().expect("one status per burst item"));
             }
             let (code, remaining, until) = if s.fits {
                 (Code::Ok, s.remaining, s.free_at.saturating_sub(now))
@@ -243,9 +245,9 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
                 };
                 (Code::OverLimit, 0, until)
             };
-            let rank = (s.fits, Nanos::MAX - until, remaining, u64::from(l.amount));
-            let better = best.as_ref().is_none_or(|(_, b)| constrains_more(rank, *b));
-            if better {
+            let wait = if s.fits { 0 } else { until };
+            let rank = Pressure::of(!s.fits, wait, remaining, u64::from(l.amount));
+            if best.as_ref().is_none_or(|(_, b)| rank < *b) {
                 best = Some((status(code, l, remaining, until), rank));
             }
         }
@@ -303,13 +305,11 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
     ) -> Result<Vec<Answer>, Status> {
         let mut answers = Vec::with_capacity(r.descriptors.len());
         for (i, d) in r.descriptors.iter().enumerate() {
-            let entry = |key: &Option<String>| {
-                key.as_deref()
-                    .and_then(|k| d.entries.iter().find(|e| e.key == k))
+            let entry = |key: Option<&str>| {
+                key.and_then(|k| d.entries.iter().find(|e| e.key == k))
                     .map(|e| e.value.as_str())
             };
-            let Some(subject) = entry(&Some(domain.subject.clone())).filter(|s| !s.is_empty())
-            else {
+            let Some(subject) = entry(Some(&domain.subject)).filter(|s| !s.is_empty()) else {
                 answers.push(Answer::no_limit());
                 continue;
             };
@@ -331,10 +331,10 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
             }
             let request = limiter::Request {
                 subject,
-                account: entry(&domain.account).unwrap_or_default(),
-                resource: entry(&domain.resource).unwrap_or_default(),
-                method: entry(&domain.method).filter(|m| !m.is_empty()),
-                plan: entry(&domain.plan).filter(|p| !p.is_empty()),
+                account: entry(domain.account.as_deref()).unwrap_or_default(),
+                resource: entry(domain.resource.as_deref()).unwrap_or_default(),
+                method: entry(domain.method.as_deref()).filter(|m| !m.is_empty()),
+                plan: entry(domain.plan.as_deref()).filter(|p| !p.is_empty()),
                 cost: &cost,
             };
             let mode = if hits == 0 {
@@ -420,20 +420,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
         if over {
             response.raw_body = reason.unwrap_or_default().into_bytes();
         }
-        response.statuses = answers
-            .into_iter()
-            .map(|a| {
-                if a.unlimited {
-                    DescriptorStatus {
-                        code: Code::Ok as i32,
-                        limit_remaining: u32::MAX,
-                        ..Default::default()
-                    }
-                } else {
-                    a.status
-                }
-            })
-            .collect();
+        response.statuses = answers.into_iter().map(|a| a.status).collect();
         response
     }
 }
@@ -447,23 +434,7 @@ impl<S: CounterStore + 'static> pb::rate_limit_service_server::RateLimitService
         request: Request<pb::RateLimitRequest>,
     ) -> Result<Response<pb::RateLimitResponse>, Status> {
         let r = request.into_inner();
-        let started = Instant::now();
         let response = self.answer(&r).await?;
-        if !self.limiter.catalog().envoy_domains.contains_key(&r.domain) {
-            self.metrics.decision(
-                &DecisionLabels {
-                    rpc: "should_rate_limit",
-                    verdict: if response.overall_code == Code::OverLimit as i32 {
-                        "rate_limited"
-                    } else {
-                        "allowed"
-                    },
-                    plan: Label(Arc::from("")),
-                    class: Label(Arc::from("")),
-                },
-                started.elapsed(),
-            );
-        }
         tracing::debug!(domain = %r.domain, descriptors = r.descriptors.len(), overall = response.overall_code, "should_rate_limit");
         Ok(Response::new(response))
     }
