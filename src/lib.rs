@@ -2,30 +2,55 @@
 //!
 //! # Architecture
 //!
+//! The modules in layer order, lowest first. A module uses only modules
+//! listed above it, never one below, and no two modules import each other.
+//!
+//! - [`proto`]: generated code (`tollgate.v1`, Envoy's RLS v3), fenced.
 //! - [`engine`]: the algorithms and the all-or-nothing decision over a
 //!   [`engine::CounterStore`]; pure and synchronous, time passed in.
-//! - [`storage`]: counter stores; [`storage::memory`] is the embedded default,
-//!   [`storage::redis`] is shared by several replicas (one script call a decision).
-//! - [`plans`]: the plan model compiled from configuration (classes, plans,
-//!   limits) and the moka-cached account → plan resolver.
-//! - [`config`]: the YAML file, validated in full, errors with file, line and field.
-//! - [`limiter`]: the decision path: resolve the plan, match the class, run
-//!   the engine, build the decision and its headers.
-//! - [`api`]: the `tollgate.v1` gRPC services over the limiter.
-//! - [`envoy`]: Envoy's rate limit service (RLS v3): envoyproxy/ratelimit rule
-//!   files, and Envoy domains answered from the plans.
+//! - [`plans`]: the plan model (classes, plans, limits, overrides), the
+//!   runtime assignments it reads, and the moka-cached account → plan resolver.
+//! - [`config`]: the YAML file compiled into plans, errors with file, line and
+//!   field; reloading files into a running server.
+//! - [`storage`]: where counters live, behind one seam ([`storage::Counters`]):
+//!   [`storage::memory`] (the embedded default) or [`storage::redis`] (shared
+//!   by several replicas, one script call a decision).
+//! - [`state`]: admin changes made durable (a redb file, or Redis) before
+//!   they apply; the counters' snapshot across a restart.
+//! - [`error`]: what a call can end in, by what the caller should do.
+//! - [`limiter`]: the decision path: resolve the plan, match the class, count,
+//!   build the decision and its headers.
+//! - [`metrics`]: Prometheus counters and gauges, and their endpoint.
+//! - [`watch`]: the quota hub behind `WatchQuota`: a snapshot, then changes.
+//! - [`status`]: the one table from [`error::Error`] to gRPC statuses.
+//! - [`api`] and [`envoy`]: the services, side by side and independent:
+//!   `tollgate.v1` and Envoy's rate limit service (RLS v3).
 //! - [`server`]: wiring: listener, health, reflection, background tasks,
 //!   following other replicas through Redis, shutdown.
-//! - [`proto`]: generated code, fenced.
+
+pub mod proto;
+
+pub mod engine;
+
+pub mod plans;
+
+pub mod config;
+
+pub mod storage;
+
+pub mod state;
+
+pub mod error;
+
+pub mod limiter;
+
+pub mod metrics;
+
+pub mod watch;
+
+pub mod status;
 
 pub mod api;
-pub mod config;
-pub mod engine;
 pub mod envoy;
-pub mod limiter;
-pub mod plans;
-pub mod proto;
+
 pub mod server;
-pub mod state;
-pub mod storage;
-pub mod watch;

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
+use tokio::net::TcpListener;
 use tollgate::config;
 use tollgate::engine::{Clock, SystemClock};
 use tollgate::envoy::{self, RuleSet, RuleSource};
@@ -19,6 +20,7 @@ use tollgate::limiter::Limiter;
 use tollgate::plans::SlotRegistry;
 use tollgate::server::{Options, Tls};
 use tollgate::state::RuntimeState;
+use tollgate::storage::Counters;
 use tollgate::storage::memory::MemoryStore;
 use tollgate::storage::redis::{Failure, RedisStore, SharedCounters};
 
@@ -53,8 +55,8 @@ struct Serve {
     /// Address to serve gRPC on; port 0 picks a free one (the log says which).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
-    /// Most counters held in memory; expired ones go first, then the
-    /// soonest-expiring live ones (counted and logged).
+    /// Most counters held in memory; expired ones go first, then the least
+    /// recently used live ones (counted and logged).
     #[arg(
         long,
         value_name = "N",
@@ -253,10 +255,29 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         serve.envoy.envoy_merge_domains,
         slots.clone(),
     )?;
-    let store = match serve.max_memory {
-        Some(bytes) => MemoryStore::with_memory(bytes),
-        None => MemoryStore::new(serve.max_counters),
-    };
+    let options = options(&serve, rules)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        // Everything is validated and opened before any port is bound.
+        let limiter = Arc::new(limiter(&serve, catalog, slots).await?);
+        let (listener, options) = bind(&serve, options).await?;
+        tollgate::server::run(
+            listener,
+            limiter,
+            options,
+            tollgate::server::signal::shutdown(),
+        )
+        .await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// The server's options from the command line, files read.
+fn options(serve: &Serve, rules: RuleSource) -> anyhow::Result<Options> {
     let admin_token = match &serve.admin_token_file {
         Some(file) => Some(
             std::fs::read_to_string(file)
@@ -267,16 +288,10 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         None => std::env::var("TOLLGATE_ADMIN_TOKEN").ok(),
     }
     .filter(|t| !t.is_empty());
-    // With Redis, assignments and overrides live there; the state file is not used.
-    let state = Arc::new(if serve.store.is_some() {
-        RuntimeState::in_memory()
-    } else {
-        RuntimeState::open(&serve.state)?
-    });
-    let clock = Arc::new(SystemClock);
-    if let Some(saved) = state.take_counters()? {
-        let restored = store.import(&saved, clock.now(), &slots);
-        tracing::info!(restored, state.path = %serve.state.display(), "counters restored");
+    if admin_token.is_none() {
+        tracing::info!(
+            "admin API disabled: set TOLLGATE_ADMIN_TOKEN or --admin-token-file to enable it"
+        );
     }
     let read =
         |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
@@ -288,7 +303,7 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         }),
         _ => None,
     };
-    let options = Options {
+    Ok(Options {
         tls,
         metrics: None,
         config_path: serve.config.clone(),
@@ -297,57 +312,76 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         drain: serve.drain_timeout,
         envoy_rules: Some(Arc::new(rules)),
         envoy: serve.envoy.options(),
-    };
-    if options.admin_token.is_none() {
-        tracing::info!(
-            "admin API disabled: set TOLLGATE_ADMIN_TOKEN or --admin-token-file to enable it"
-        );
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(serve.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", serve.listen))?;
-        let addr = listener.local_addr()?;
-        let mut options = options;
-        if let Some(metrics_addr) = serve.metrics_listen {
-            let metrics = tokio::net::TcpListener::bind(metrics_addr)
-                .await
-                .with_context(|| format!("cannot listen on {metrics_addr} for metrics"))?;
-            tracing::info!("metrics on http://{}/metrics", metrics.local_addr()?);
-            options.metrics = Some(metrics);
-        }
-        tracing::info!(
-            listen = %addr,
-            config = %serve.config.as_ref().map_or(config::DEFAULT_NAME.into(), |p| p.display().to_string()),
-            plans = catalog.plans.len(),
-            envoy.config = %serve.envoy.envoy_config.as_ref().map_or("none".into(), |p| p.display().to_string()),
-            counters.capacity = store.capacity(),
-            "tollgate listening on {addr}"
-        );
-        if serve.store.is_some() {
+    })
+}
+
+/// The limiter: counters in memory (restored from the state file) or in
+/// Redis, and the state its admin changes are kept in.
+async fn limiter(
+    serve: &Serve,
+    catalog: tollgate::plans::Catalog,
+    slots: Arc<SlotRegistry>,
+) -> anyhow::Result<Limiter> {
+    let clock = Arc::new(SystemClock);
+    let (counters, state): (Counters, RuntimeState) = match &serve.store {
+        Some(url) => {
+            let redis = RedisStore::connect(url, serve.store_timeout).await?;
+            tracing::info!(store = %redis.url(), timeout = ?serve.store_timeout, failure = ?serve.store_failure, "counting in redis");
             for name in tollgate::storage::redis::imprecise_limits(&catalog) {
                 tracing::warn!(limit = %name, "amount × window in ms passes 2^53: Redis counts it with rounding");
             }
-        }
-        let mut limiter = Limiter::with_state(store, catalog, slots, clock, state);
-        if let Some(url) = &serve.store {
-            let redis = RedisStore::connect(url, serve.store_timeout).await?;
-            tracing::info!(store = %redis.url(), timeout = ?serve.store_timeout, failure = ?serve.store_failure, "counting in redis");
             let failure = match serve.store_failure {
                 StoreFailure::Open => Failure::Open,
                 StoreFailure::Closed => Failure::Closed,
             };
-            limiter = limiter.with_shared(SharedCounters::new(redis, failure));
+            let shared = SharedCounters::new(redis.clone(), failure);
+            // Assignments and overrides live in Redis too; no state file.
+            let state = RuntimeState::shared(redis, shared.replica.clone());
+            (shared.into(), state)
         }
-        let limiter = Arc::new(limiter);
-        tollgate::server::run(listener, limiter, options, tollgate::server::signal::shutdown()).await?;
-        tracing::info!("stopped");
-        Ok(())
-    })
+        None => {
+            let store = match serve.max_memory {
+                Some(bytes) => MemoryStore::with_memory(bytes),
+                None => MemoryStore::new(serve.max_counters),
+            };
+            let state = RuntimeState::open(&serve.state)?;
+            if let Some(saved) = state.take_counters()? {
+                let restored = store.import(&saved, clock.now(), &slots);
+                tracing::info!(restored, state.path = %serve.state.display(), "counters restored");
+            }
+            tracing::info!(counters.capacity = store.capacity(), "counting in memory");
+            (store.into(), state)
+        }
+    };
+    Ok(Limiter::with_state(
+        counters,
+        catalog,
+        slots,
+        clock,
+        Arc::new(state),
+    ))
+}
+
+/// Binds the gRPC listener (and the metrics one, if asked for).
+async fn bind(serve: &Serve, mut options: Options) -> anyhow::Result<(TcpListener, Options)> {
+    let listener = TcpListener::bind(serve.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", serve.listen))?;
+    let addr = listener.local_addr()?;
+    if let Some(metrics_addr) = serve.metrics_listen {
+        let metrics = TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("cannot listen on {metrics_addr} for metrics"))?;
+        tracing::info!("metrics on http://{}/metrics", metrics.local_addr()?);
+        options.metrics = Some(metrics);
+    }
+    tracing::info!(
+        listen = %addr,
+        config = %serve.config.as_ref().map_or(config::DEFAULT_NAME.into(), |p| p.display().to_string()),
+        envoy.config = %serve.envoy.envoy_config.as_ref().map_or("none".into(), |p| p.display().to_string()),
+        "tollgate listening on {addr}"
+    );
+    Ok((listener, options))
 }
 
 fn init_tracing(format: LogFormat) {

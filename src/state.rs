@@ -1,52 +1,61 @@
-//! Runtime state made through the admin API: plan assignments and overrides,
-//! durable in a local redb file, and the counters' snapshot across a graceful
-//! restart.
+//! Making admin changes durable: plan assignments and overrides in a local
+//! redb file (the embedded default) or in Redis (shared by every replica),
+//! and the counters' snapshot across a graceful restart.
 //!
-//! Reads come from an in-memory copy swapped whole on every change
-//! (copy-on-write behind an `ArcSwap`): the decision path never takes a lock
-//! here. Writes go to the file first and are committed (fsynced) before the
-//! in-memory copy changes and before the admin call returns. Admin changes
-//! are rare, so copying the maps is cheap next to the fsync.
+//! A change is stored first (committed and fsynced, or written to Redis and
+//! announced to the other replicas), then applied to the [`Runtime`] the
+//! resolver reads, and only then does the admin call return. redb commits
+//! run on the blocking pool, never on an async worker; writers are
+//! serialized so no change is lost between read and write.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::plans::overrides::Override;
+use crate::plans::runtime::{Maps, Runtime};
+use crate::storage::StoreError;
+use crate::storage::redis::RedisStore;
 
 const ASSIGNMENTS: TableDefinition<&str, &str> = TableDefinition::new("assignments");
 const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
 const COUNTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("counters");
 
-/// The runtime state.
+/// The runtime state and where it is kept.
 pub struct RuntimeState {
-    path: PathBuf,
-    db: Database,
-    maps: ArcSwap<Maps>,
-    /// Serializes writers, so no change is lost between copy and swap.
-    write: Mutex<()>,
+    runtime: Arc<Runtime>,
+    backend: Backend,
+    /// Serializes writers across their `.await`s.
+    write: tokio::sync::Mutex<()>,
 }
 
-/// The in-memory copy.
-#[derive(Debug, Default, Clone)]
-pub struct Maps {
-    /// Account → plan name.
-    pub assignments: HashMap<String, String>,
-    /// Account → its overrides.
-    pub overrides: HashMap<String, Vec<Override>>,
+enum Backend {
+    /// A redb database: a file, or memory for embedding and tests.
+    File { path: PathBuf, db: Arc<Database> },
+    /// Redis, shared with the other replicas; `replica` names this one in
+    /// change notices.
+    Shared {
+        store: Box<RedisStore>,
+        replica: String,
+    },
 }
 
-/// A state file problem.
+/// A state problem.
 #[derive(Debug, thiserror::Error)]
-#[error("state file {}: {source}", path.display())]
-pub struct Error {
-    path: PathBuf,
-    #[source]
-    source: redb::Error,
+pub enum Error {
+    /// The state file failed.
+    #[error("state file {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: redb::Error,
+    },
+    /// The shared store failed.
+    #[error(transparent)]
+    Shared(#[from] StoreError),
 }
 
 // === impl RuntimeState ===
@@ -54,7 +63,7 @@ pub struct Error {
 impl RuntimeState {
     /// Opens (or creates) the state file at `path` and loads it.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let err = |source: redb::Error| Error {
+        let err = |source: redb::Error| Error::File {
             path: path.to_owned(),
             source,
         };
@@ -63,12 +72,13 @@ impl RuntimeState {
         }
         let db = Database::create(path).map_err(|e| err(e.into()))?;
         let maps = load(&db).map_err(err)?;
-        Ok(Self {
-            path: path.to_owned(),
-            db,
-            maps: ArcSwap::from_pointee(maps),
-            write: Mutex::new(()),
-        })
+        Ok(Self::new(
+            Backend::File {
+                path: path.to_owned(),
+                db: Arc::new(db),
+            },
+            maps,
+        ))
     }
 
     /// State kept in memory only, for embedding and tests: lost on exit.
@@ -77,163 +87,122 @@ impl RuntimeState {
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .expect("an in-memory database opens");
         let maps = load(&db).expect("an empty in-memory database loads");
+        Self::new(
+            Backend::File {
+                path: PathBuf::from(":memory:"),
+                db: Arc::new(db),
+            },
+            maps,
+        )
+    }
+
+    /// State kept in Redis, shared with every replica; `replica` names this
+    /// one in change notices. Starts empty: the server reads Redis before
+    /// serving.
+    pub fn shared(store: RedisStore, replica: String) -> Self {
+        Self::new(
+            Backend::Shared {
+                store: Box::new(store),
+                replica,
+            },
+            Maps::default(),
+        )
+    }
+
+    fn new(backend: Backend, maps: Maps) -> Self {
         Self {
-            path: PathBuf::from(":memory:"),
-            db,
-            maps: ArcSwap::from_pointee(maps),
-            write: Mutex::new(()),
+            runtime: Arc::new(Runtime::new(maps)),
+            backend,
+            write: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The state file.
+    /// What the resolver reads.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The state file (`:memory:` or `redis` when there is none).
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The current maps.
-    pub fn maps(&self) -> Arc<Maps> {
-        self.maps.load_full()
-    }
-
-    /// The runtime plan of `account`, if one was set.
-    pub fn assignment(&self, account: &str) -> Option<String> {
-        self.maps.load().assignments.get(account).cloned()
-    }
-
-    /// Whether `account` has anything here (an assignment or overrides).
-    pub fn knows(&self, account: &str) -> bool {
-        let maps = self.maps.load();
-        maps.assignments.contains_key(account) || maps.overrides.contains_key(account)
-    }
-
-    /// The overrides of `account`.
-    pub fn overrides(&self, account: &str) -> Vec<Override> {
-        self.maps
-            .load()
-            .overrides
-            .get(account)
-            .cloned()
-            .unwrap_or_default()
+        match &self.backend {
+            Backend::File { path, .. } => path,
+            Backend::Shared { .. } => Path::new("redis"),
+        }
     }
 
     /// Sets (`Some`) or clears (`None`) the runtime plan of `account`;
     /// returns the previous one.
-    pub fn set_assignment(
+    pub async fn set_assignment(
         &self,
         account: &str,
         plan: Option<&str>,
     ) -> Result<Option<String>, Error> {
-        let _guard = self.write.lock();
-        self.commit(|tx| {
-            let mut t = tx.open_table(ASSIGNMENTS)?;
-            match plan {
-                Some(p) => t.insert(account, p)?,
-                None => t.remove(account)?,
-            };
-            Ok(())
-        })?;
-        let mut maps = (**self.maps.load()).clone();
-        let previous = match plan {
-            Some(p) => maps.assignments.insert(account.to_owned(), p.to_owned()),
-            None => maps.assignments.remove(account),
-        };
-        self.maps.store(Arc::new(maps));
-        Ok(previous)
+        let _guard = self.write.lock().await;
+        match &self.backend {
+            Backend::File { .. } => {
+                let (account, plan) = (account.to_owned(), plan.map(str::to_owned));
+                self.commit(move |tx| {
+                    let mut t = tx.open_table(ASSIGNMENTS)?;
+                    match &plan {
+                        Some(p) => t.insert(account.as_str(), p.as_str())?,
+                        None => t.remove(account.as_str())?,
+                    };
+                    Ok(())
+                })
+                .await?;
+            }
+            Backend::Shared { store, replica } => {
+                store.put_assignment(account, plan, replica).await?;
+            }
+        }
+        Ok(self.runtime.set_assignment(account, plan))
     }
 
     /// Adds or replaces (by limit name) an override of `account`.
-    pub fn set_override(&self, account: &str, o: Override) -> Result<(), Error> {
-        let _guard = self.write.lock();
-        let mut list = self.overrides(account);
+    pub async fn set_override(&self, account: &str, o: Override) -> Result<(), Error> {
+        let _guard = self.write.lock().await;
+        let mut list = self.runtime.overrides(account);
         list.retain(|x| x.limit != o.limit);
         list.push(o);
-        self.put_overrides(account, list)
+        self.put_overrides(account, list).await
     }
 
     /// Removes the override of `account` on `limit`; whether there was one.
-    pub fn remove_override(&self, account: &str, limit: &str) -> Result<bool, Error> {
-        let _guard = self.write.lock();
-        let mut list = self.overrides(account);
+    pub async fn remove_override(&self, account: &str, limit: &str) -> Result<bool, Error> {
+        let _guard = self.write.lock().await;
+        let mut list = self.runtime.overrides(account);
         let before = list.len();
         list.retain(|x| x.limit != limit);
         if list.len() == before {
             return Ok(false);
         }
-        self.put_overrides(account, list)?;
+        self.put_overrides(account, list).await?;
         Ok(true)
     }
 
-    /// Replaces what is known of `account` with what another replica wrote
-    /// (kept in memory only: the shared store holds it); whether it changed.
-    pub fn replace_account(
-        &self,
-        account: &str,
-        plan: Option<String>,
-        overrides: Vec<Override>,
-    ) -> bool {
-        let _guard = self.write.lock();
-        let mut maps = (**self.maps.load()).clone();
-        let before = (
-            maps.assignments.get(account).cloned(),
-            maps.overrides.get(account).cloned().unwrap_or_default(),
-        );
-        if before == (plan.clone(), overrides.clone()) {
-            return false;
+    /// Saves a counters snapshot (replacing any previous one); nothing to
+    /// do when shared (Redis keeps the counters).
+    pub async fn save_counters(&self, snapshot: Vec<u8>) -> Result<(), Error> {
+        if matches!(self.backend, Backend::Shared { .. }) {
+            return Ok(());
         }
-        match plan {
-            Some(p) => maps.assignments.insert(account.to_owned(), p),
-            None => maps.assignments.remove(account),
-        };
-        if overrides.is_empty() {
-            maps.overrides.remove(account);
-        } else {
-            maps.overrides.insert(account.to_owned(), overrides);
-        }
-        self.maps.store(Arc::new(maps));
-        true
-    }
-
-    /// Replaces everything with `maps` (a full read of the shared store);
-    /// returns the accounts that changed.
-    pub fn replace_all(&self, maps: Maps) -> Vec<String> {
-        let _guard = self.write.lock();
-        let old = self.maps.load_full();
-        let mut changed: Vec<String> = Vec::new();
-        for account in old
-            .assignments
-            .keys()
-            .chain(old.overrides.keys())
-            .chain(maps.assignments.keys())
-            .chain(maps.overrides.keys())
-        {
-            if old.assignments.get(account) != maps.assignments.get(account)
-                || old.overrides.get(account) != maps.overrides.get(account)
-            {
-                changed.push(account.clone());
-            }
-        }
-        changed.sort();
-        changed.dedup();
-        self.maps.store(Arc::new(maps));
-        changed
-    }
-
-    /// Saves a counters snapshot (replacing any previous one).
-    pub fn save_counters(&self, snapshot: &[u8]) -> Result<(), Error> {
-        let _guard = self.write.lock();
-        self.commit(|tx| {
+        let _guard = self.write.lock().await;
+        self.commit(move |tx| {
             let mut t = tx.open_table(COUNTERS)?;
-            t.insert(0, snapshot)?;
+            t.insert(0, snapshot.as_slice())?;
             Ok(())
         })
+        .await
     }
 
     /// Takes the counters snapshot, if any, leaving none behind: a snapshot
-    /// is restored once, never twice.
+    /// is restored once, never twice. Runs before serving, so it blocks.
     pub fn take_counters(&self) -> Result<Option<Vec<u8>>, Error> {
-        let _guard = self.write.lock();
+        let Backend::File { path, db } = &self.backend else {
+            return Ok(None);
+        };
         let mut out = None;
-        self.commit(|tx| {
+        commit(path, db, |tx| {
             let mut t = tx.open_table(COUNTERS)?;
             out = t.remove(0)?.map(|v| v.value().to_vec());
             Ok(())
@@ -241,47 +210,65 @@ impl RuntimeState {
         Ok(out)
     }
 
-    fn put_overrides(&self, account: &str, list: Vec<Override>) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(&list).expect("overrides serialize");
-        self.commit(|tx| {
-            let mut t = tx.open_table(OVERRIDES)?;
-            if list.is_empty() {
-                t.remove(account)?;
-            } else {
-                t.insert(account, bytes.as_slice())?;
+    async fn put_overrides(&self, account: &str, list: Vec<Override>) -> Result<(), Error> {
+        match &self.backend {
+            Backend::File { .. } => {
+                let bytes = serde_json::to_vec(&list).expect("overrides serialize");
+                let (account, empty) = (account.to_owned(), list.is_empty());
+                self.commit(move |tx| {
+                    let mut t = tx.open_table(OVERRIDES)?;
+                    if empty {
+                        t.remove(account.as_str())?;
+                    } else {
+                        t.insert(account.as_str(), bytes.as_slice())?;
+                    }
+                    Ok(())
+                })
+                .await?;
             }
-            Ok(())
-        })?;
-        let mut maps = (**self.maps.load()).clone();
-        if list.is_empty() {
-            maps.overrides.remove(account);
-        } else {
-            maps.overrides.insert(account.to_owned(), list);
+            Backend::Shared { store, replica } => {
+                store.put_overrides(account, &list, replica).await?;
+            }
         }
-        self.maps.store(Arc::new(maps));
+        self.runtime.set_overrides(account, list);
         Ok(())
     }
 
-    fn commit(
+    /// Commits `f` on the blocking pool (redb fsyncs).
+    async fn commit(
         &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
     ) -> Result<(), Error> {
-        let err = |source: redb::Error| Error {
-            path: self.path.clone(),
-            source,
+        let Backend::File { path, db } = &self.backend else {
+            return Ok(());
         };
-        let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
-        f(&tx).map_err(err)?;
-        tx.commit().map_err(|e| err(e.into()))
+        let (path, db) = (path.clone(), db.clone());
+        tokio::task::spawn_blocking(move || commit(&path, &db, f))
+            .await
+            .expect("a state commit does not panic")
     }
 }
 
 impl std::fmt::Debug for RuntimeState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuntimeState")
-            .field("path", &self.path)
+            .field("path", &self.path())
             .finish_non_exhaustive()
     }
+}
+
+fn commit(
+    path: &Path,
+    db: &Database,
+    f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+) -> Result<(), Error> {
+    let err = |source: redb::Error| Error::File {
+        path: path.to_owned(),
+        source,
+    };
+    let tx = db.begin_write().map_err(|e| err(e.into()))?;
+    f(&tx).map_err(err)?;
+    tx.commit().map_err(|e| err(e.into()))
 }
 
 fn load(db: &Database) -> Result<Maps, redb::Error> {
@@ -317,25 +304,30 @@ mod tests {
     use super::*;
     use crate::plans::overrides::Change;
 
-    #[test]
-    fn survives_reopening() {
+    #[tokio::test]
+    async fn survives_reopening() {
         let dir = std::env::temp_dir().join(format!("tollgate-state-{}", std::process::id()));
         let path = dir.join("state.redb");
         {
             let s = RuntimeState::open(&path).expect("open");
-            assert_eq!(s.set_assignment("acct", Some("pro")).expect("set"), None);
+            assert_eq!(
+                s.set_assignment("acct", Some("pro")).await.expect("set"),
+                None
+            );
             let o = Override {
                 limit: "requests/minute".into(),
                 change: Change::Amount(9),
                 expires_at: None,
                 reason: String::new(),
             };
-            s.set_override("acct", o).expect("override");
-            s.save_counters(b"snapshot").expect("counters");
+            s.set_override("acct", o).await.expect("override");
+            s.save_counters(b"snapshot".to_vec())
+                .await
+                .expect("counters");
         }
         let s = RuntimeState::open(&path).expect("reopen");
-        assert_eq!(s.assignment("acct").as_deref(), Some("pro"));
-        assert_eq!(s.overrides("acct").len(), 1);
+        assert_eq!(s.runtime().assignment("acct").as_deref(), Some("pro"));
+        assert_eq!(s.runtime().overrides("acct").len(), 1);
         assert_eq!(
             s.take_counters().expect("take").as_deref(),
             Some(&b"snapshot"[..])
@@ -343,9 +335,10 @@ mod tests {
         assert_eq!(s.take_counters().expect("take"), None);
         assert!(
             s.remove_override("acct", "requests/minute")
+                .await
                 .expect("remove")
         );
-        assert!(!s.knows("nobody"));
+        assert!(!s.runtime().knows("nobody"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -14,6 +14,9 @@
 //!
 //! The decision path pays one atomic load when nobody watches, and a map
 //! lookup under a short lock when someone does.
+//!
+//! The hub publishes the domain's [`Quota`]; transports convert it (the gRPC
+//! API into `tollgate.v1.QuotaUpdate`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,20 +33,43 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
-use crate::api::convert;
-use crate::engine::{CounterStore, Nanos};
+use crate::engine::Nanos;
 use crate::limiter::{Limiter, Quota, account_of};
-use crate::proto::tollgate::v1 as pb;
-use crate::storage::redis::{RedisStore, StoreError, shared};
-
-pub use pb::quota_update::Cause;
+use crate::storage::StoreError;
+use crate::storage::redis::shared::MARKER_TTL;
 
 /// The default coalescing interval for consumption updates.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Why an update was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// The first update of a stream: the state as it is.
+    Snapshot,
+    /// Usage was counted.
+    Consumption,
+    /// A used window turned (or a bucket refilled).
+    WindowReset,
+    /// The account's plan changed.
+    PlanChanged,
+    /// An override was set, removed, or expired.
+    OverrideChanged,
+    /// The configuration was reloaded.
+    ConfigReloaded,
+}
+
+/// One update of a watched subject: why, and its quota now.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// Why it was sent.
+    pub cause: Cause,
+    /// The subject's plan and limits.
+    pub quota: Quota,
+}
+
 /// Watched subjects and their publishers.
-pub struct Hub<S> {
-    limiter: Arc<Limiter<S>>,
+pub struct Hub {
+    limiter: Arc<Limiter>,
     topics: Mutex<Topics>,
     watchers: Arc<AtomicUsize>,
     interval: Duration,
@@ -62,7 +88,7 @@ struct Topics {
 struct Topic {
     subject: String,
     account: String,
-    tx: watch::Sender<Arc<pb::QuotaUpdate>>,
+    tx: watch::Sender<Arc<Update>>,
     wake: Notify,
     /// The most significant cause since the last update.
     pending: Mutex<Option<Cause>>,
@@ -71,8 +97,8 @@ struct Topic {
 /// A `WatchQuota` stream: a snapshot, then the watch channel's changes,
 /// until shutdown.
 pub struct QuotaStream {
-    first: Option<pb::QuotaUpdate>,
-    inner: WatchStream<Arc<pb::QuotaUpdate>>,
+    first: Option<Arc<Update>>,
+    inner: WatchStream<Arc<Update>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     _guard: WatcherGuard,
 }
@@ -82,11 +108,11 @@ struct WatcherGuard(Arc<AtomicUsize>);
 
 // === impl Hub ===
 
-impl<S: CounterStore + 'static> Hub<S> {
+impl Hub {
     /// A hub over `limiter`, coalescing consumption to one update per
     /// `interval`, ending every stream when `shutdown` is cancelled.
     pub fn new(
-        limiter: Arc<Limiter<S>>,
+        limiter: Arc<Limiter>,
         interval: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
@@ -136,23 +162,16 @@ impl<S: CounterStore + 'static> Hub<S> {
         };
         self.watchers.fetch_add(1, Ordering::Relaxed);
         Ok(QuotaStream {
-            first: Some((*snapshot).clone()),
+            first: Some(snapshot),
             inner: WatchStream::from_changes(rx),
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
             _guard: WatcherGuard(self.watchers.clone()),
         })
     }
 
-    /// With a shared store: tells other replicas' decisions that `account`
-    /// is watched here (a marker they check), for a while.
+    /// Tells other replicas' decisions that `account` is watched here.
     async fn mark(&self, account: &str) {
-        let Some(shared) = self.limiter.shared() else {
-            return;
-        };
-        let marker = RedisStore::marker(account);
-        if let Err(e) = shared.store.mark(&marker, shared::MARKER_TTL).await {
-            tracing::debug!(error = %e, "watch marker not set; updates from other replicas may be missed");
-        }
+        self.limiter.counters().mark_watched(account).await;
     }
 
     /// Consumption by `subject` of `account`: watchers of either hear of it
@@ -194,9 +213,9 @@ impl<S: CounterStore + 'static> Hub<S> {
         subject: &str,
         account: &str,
         cause: Cause,
-    ) -> Result<Arc<pb::QuotaUpdate>, StoreError> {
+    ) -> Result<Arc<Update>, StoreError> {
         let quota = self.limiter.quota(subject, account).await?;
-        Ok(Arc::new(to_update(&quota, cause)))
+        Ok(Arc::new(Update { cause, quota }))
     }
 
     /// The publisher of one topic, until its last watcher or the server goes.
@@ -207,7 +226,7 @@ impl<S: CounterStore + 'static> Hub<S> {
         let mut last_sent: Option<tokio::time::Instant> = None;
         let mut marked = tokio::time::Instant::now();
         loop {
-            if marked.elapsed() > shared::MARKER_TTL / 3 {
+            if marked.elapsed() > MARKER_TTL / 3 {
                 self.mark(&topic.account).await;
                 marked = tokio::time::Instant::now();
             }
@@ -232,7 +251,7 @@ impl<S: CounterStore + 'static> Hub<S> {
                 }
                 () = sleep => timer_cause,
                 // Keep the watch marker of a shared store alive.
-                () = tokio::time::sleep(shared::MARKER_TTL / 3), if self.limiter.shared().is_some() => continue,
+                () = tokio::time::sleep(MARKER_TTL / 3), if self.limiter.counters().is_shared() => continue,
                 () = topic.tx.closed() => {
                     // Subscribing takes this lock too, so no watcher can
                     // arrive between the check and the removal.
@@ -260,15 +279,14 @@ impl<S: CounterStore + 'static> Hub<S> {
     /// limit, or the earliest expiry of an override. Far away when neither.
     fn next_timer(&self, topic: &Topic, now: Nanos) -> (Nanos, Cause) {
         let current = topic.tx.borrow().clone();
-        let resets = current.limits.iter().filter_map(|l| {
-            let used = l.remaining.is_some_and(|r| r < l.limit);
-            let at = l.reset_at.as_ref().map(timestamp_nanos)?;
-            (used && at > now).then_some(at)
+        let resets = current.quota.limits.iter().filter_map(|l| {
+            let used = !l.unlimited() && l.remaining < l.amount();
+            (used && l.reset_at > now).then_some(l.reset_at)
         });
         let expiries = self
             .limiter
             .resolver()
-            .state()
+            .runtime()
             .overrides(&topic.account)
             .into_iter()
             .filter_map(|o| o.expires_at)
@@ -335,7 +353,7 @@ impl Cause {
     fn max_by_rank(self, other: Cause) -> Cause {
         fn rank(c: Cause) -> u8 {
             match c {
-                Cause::Unspecified | Cause::Snapshot => 0,
+                Cause::Snapshot => 0,
                 Cause::Consumption => 1,
                 Cause::WindowReset => 2,
                 Cause::OverrideChanged => 3,
@@ -354,18 +372,16 @@ impl Cause {
 // === impl QuotaStream ===
 
 impl Stream for QuotaStream {
-    type Item = Result<pb::QuotaUpdate, tonic::Status>;
+    type Item = Arc<Update>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
         if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(first)));
+            return Poll::Ready(Some(first));
         }
-        Pin::new(&mut self.inner)
-            .poll_next(cx)
-            .map(|u| u.map(|u| Ok((*u).clone())))
+        Pin::new(&mut self.inner).poll_next(cx)
     }
 }
 
@@ -379,16 +395,17 @@ fn topic_key(subject: &str, account: &str) -> String {
     format!("{subject}\u{0}{account}")
 }
 
-fn to_update(quota: &Quota, cause: Cause) -> pb::QuotaUpdate {
-    pb::QuotaUpdate {
-        cause: cause as i32,
-        plan: quota.plan.name.to_string(),
-        limits: quota.limits.iter().map(convert::limit_status).collect(),
-        at: Some(convert::timestamp(quota.at)),
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("watchers", &self.watchers())
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
     }
 }
 
-fn timestamp_nanos(t: &prost_types::Timestamp) -> Nanos {
-    u64::try_from(t.seconds).unwrap_or(0) * crate::engine::clock::SECOND
-        + u64::try_from(t.nanos).unwrap_or(0)
+impl std::fmt::Debug for QuotaStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaStream").finish_non_exhaustive()
+    }
 }

@@ -11,6 +11,7 @@ use support::redis::RedisServer;
 use tollgate::engine::{Mode, SystemClock};
 use tollgate::limiter::{Decision, Limiter, Request, Verdict};
 use tollgate::plans::SlotRegistry;
+use tollgate::storage::Counters;
 use tollgate::storage::memory::MemoryStore;
 use tollgate::storage::redis::{Failure, RedisStore, SharedCounters};
 
@@ -33,37 +34,26 @@ plans:
 default_plan: p
 "#;
 
-fn limiter() -> Limiter<MemoryStore> {
+fn limiter(counters: impl Into<Counters>) -> Limiter {
     let slots = Arc::new(SlotRegistry::default());
     let catalog = tollgate::config::parse("contract.yaml", CONFIG, &slots).expect("valid");
-    Limiter::new(
-        MemoryStore::new(10_000),
-        catalog,
-        slots,
-        Arc::new(SystemClock),
-    )
+    Limiter::new(counters, catalog, slots, Arc::new(SystemClock))
 }
 
-async fn stores(redis: &RedisServer) -> [(&'static str, Limiter<MemoryStore>); 2] {
+async fn stores(redis: &RedisServer) -> [(&'static str, Limiter); 2] {
     let store = RedisStore::connect(&redis.url(), std::time::Duration::from_secs(2))
         .await
         .expect("redis");
     [
-        ("memory", limiter()),
+        ("memory", limiter(MemoryStore::new(10_000))),
         (
             "redis",
-            limiter().with_shared(SharedCounters::new(store, Failure::Closed)),
+            limiter(SharedCounters::new(store, Failure::Closed)),
         ),
     ]
 }
 
-async fn go(
-    l: &Limiter<MemoryStore>,
-    mode: Mode,
-    subject: &str,
-    path: &str,
-    cost: &[(&str, u64)],
-) -> Decision {
+async fn go(l: &Limiter, mode: Mode, subject: &str, path: &str, cost: &[(&str, u64)]) -> Decision {
     let cost: HashMap<String, u64> = cost.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
     let r = Request {
         subject,
@@ -73,13 +63,13 @@ async fn go(
         plan: None,
         cost: &cost,
     };
-    l.decide_async(mode, &r).await.expect("the store answers")
+    l.decide(mode, &r).await.expect("the store answers")
 }
 
 fn remaining(d: &Decision, name: &str) -> u64 {
     d.limits
         .iter()
-        .find(|l| &*l.name == name)
+        .find(|l| &*l.limit.name == name)
         .map_or(u64::MAX, |l| l.remaining)
 }
 
@@ -160,7 +150,7 @@ async fn reset_forgets_and_quota_reads_without_counting() {
         let bucket = q
             .limits
             .iter()
-            .find(|s| &*s.name == "bucket")
+            .find(|s| &*s.limit.name == "bucket")
             .expect("bucket");
         assert_eq!(bucket.remaining, 0, "{store}");
         assert!(l.reset("k", "").await.expect("reset") >= 1, "{store}");

@@ -11,68 +11,41 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::config::reload::{ReloadError, Reloader};
-use crate::engine::{Algorithm, CounterStore};
-use crate::envoy::RuleSource;
+use crate::engine::Algorithm;
+use crate::error::Error;
 use crate::limiter::{Limiter, account_of};
 use crate::plans::overrides::{self, Change, Custom, Override};
 use crate::plans::resolver::Source;
 use crate::plans::{LimitKind, Per};
 use crate::proto::tollgate::v1 as pb;
-use crate::state::RuntimeState;
 use crate::watch::{Cause, Hub};
 
 /// `tollgate.v1.Admin`.
-pub struct AdminService<S> {
-    limiter: Arc<Limiter<S>>,
-    state: Arc<RuntimeState>,
-    hub: Arc<Hub<S>>,
-    reloader: Arc<Reloader<S>>,
-    envoy: Arc<RuleSource>,
+#[derive(Debug)]
+pub struct AdminService {
+    limiter: Arc<Limiter>,
+    hub: Arc<Hub>,
+    config: Arc<Reloader>,
+    rules: Arc<Reloader>,
 }
 
 // === impl AdminService ===
 
-impl<S: CounterStore + 'static> AdminService<S> {
+impl AdminService {
     /// The service over `limiter`, keeping changes in its runtime state.
-    /// `ReloadConfig` re-reads the file of `reloader` and the rules of `envoy`.
+    /// `ReloadConfig` re-reads the configuration file (`config`) and Envoy's
+    /// rule files (`rules`).
     pub fn new(
-        limiter: Arc<Limiter<S>>,
-        hub: Arc<Hub<S>>,
-        reloader: Arc<Reloader<S>>,
-        envoy: Arc<RuleSource>,
+        limiter: Arc<Limiter>,
+        hub: Arc<Hub>,
+        config: Arc<Reloader>,
+        rules: Arc<Reloader>,
     ) -> Self {
-        let state = limiter.resolver().state().clone();
         Self {
             limiter,
-            state,
             hub,
-            reloader,
-            envoy,
-        }
-    }
-
-    /// With a shared store, writes the account's plan to Redis (for every
-    /// replica) before it changes here.
-    async fn share_plan(&self, account: &str, plan: Option<&str>) -> Result<(), Status> {
-        match self.limiter.shared() {
-            Some(shared) => shared
-                .store
-                .put_assignment(account, plan, &shared.replica)
-                .await
-                .map_err(convert::store_error),
-            None => Ok(()),
-        }
-    }
-
-    /// As [`Self::share_plan`], for the account's overrides.
-    async fn share_overrides(&self, account: &str, list: &[Override]) -> Result<(), Status> {
-        match self.limiter.shared() {
-            Some(shared) => shared
-                .store
-                .put_overrides(account, list, &shared.replica)
-                .await
-                .map_err(convert::store_error),
-            None => Ok(()),
+            config,
+            rules,
         }
     }
 
@@ -81,51 +54,22 @@ impl<S: CounterStore + 'static> AdminService<S> {
         self.hub.account_changed(account, cause);
     }
 
-    fn to_override(&self, o: &pb::Override) -> Result<Override, Status> {
+    fn to_override(&self, o: &pb::Override) -> Result<Override, Error> {
         let change = if !o.rate.is_empty() {
-            let (amount, window) = crate::config::parse_rate(&o.rate)
-                .map_err(|e| Status::invalid_argument(format!("rate: {e}")))?;
-            let per = match o.per.as_str() {
-                "" | "subject" => Per::Subject,
-                "account" => Per::Account,
-                other => {
-                    return Err(Status::invalid_argument(format!(
-                        "per: expected subject or account, got {other:?}"
-                    )));
-                }
-            };
-            Change::Custom(Custom {
-                amount,
-                window,
-                class: (!o.class.is_empty()).then(|| o.class.clone()),
-                unit: if o.unit.is_empty() {
-                    "requests".into()
-                } else {
-                    o.unit.clone()
-                },
-                algorithm: match pb::Algorithm::try_from(o.algorithm)
-                    .unwrap_or(pb::Algorithm::Unspecified)
-                {
-                    pb::Algorithm::Unspecified | pb::Algorithm::FixedWindow => {
-                        Algorithm::FixedWindow
-                    }
-                    pb::Algorithm::SlidingWindow => Algorithm::SlidingWindow,
-                    pb::Algorithm::TokenBucket => Algorithm::TokenBucket,
-                },
-                per,
-            })
+            Change::Custom(custom(o)?)
         } else if o.unlimited {
             Change::Unlimited
         } else if o.amount > 0 {
             Change::Amount(o.amount)
         } else {
-            return Err(Status::invalid_argument(
-                "amount: must be at least 1 (or set unlimited, or give rate)",
+            return Err(Error::invalid(
+                "amount",
+                "must be at least 1 (or set unlimited, or give rate)",
             ));
         };
         let expires_at = o.expires_at.as_ref().map(convert::nanos_of).transpose()?;
         if expires_at.is_some_and(|t| t <= self.limiter.now()) {
-            return Err(Status::invalid_argument("expires_at: already past"));
+            return Err(Error::invalid("expires_at", "already past"));
         }
         Ok(Override {
             limit: o.limit.clone(),
@@ -134,67 +78,52 @@ impl<S: CounterStore + 'static> AdminService<S> {
             reason: o.reason.clone(),
         })
     }
-}
 
-#[tonic::async_trait]
-impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
     async fn set_plan(
         &self,
-        request: Request<pb::SetPlanRequest>,
-    ) -> Result<Response<pb::SetPlanResponse>, Status> {
-        let peer = peer(&request);
-        let r = request.into_inner();
-        required("account", &r.account)?;
+        peer: String,
+        r: pb::SetPlanRequest,
+    ) -> Result<pb::SetPlanResponse, Error> {
+        Error::required("account", &r.account)?;
         let catalog = self.limiter.catalog();
         let (_, previous) = self.limiter.resolver().source(&catalog, &r.account);
-        if r.clear {
-            self.share_plan(&r.account, None).await?;
-            self.state
-                .set_assignment(&r.account, None)
-                .map_err(internal)?;
+        let plan = if r.clear {
+            None
         } else {
-            required("plan", &r.plan)?;
+            Error::required("plan", &r.plan)?;
             if !catalog.plans.contains_key(&r.plan) {
                 let known: Vec<_> = catalog.plans.keys().map(String::as_str).collect();
-                return Err(Status::not_found(format!(
-                    "plan: no plan named {:?} (plans: {})",
-                    r.plan,
-                    known.join(", ")
-                )));
+                return Err(Error::not_found(
+                    "plan",
+                    format!("no plan named {:?} (plans: {})", r.plan, known.join(", ")),
+                ));
             }
-            self.share_plan(&r.account, Some(&r.plan)).await?;
-            self.state
-                .set_assignment(&r.account, Some(&r.plan))
-                .map_err(internal)?;
-        }
+            Some(r.plan.as_str())
+        };
+        self.limiter
+            .state()
+            .set_assignment(&r.account, plan)
+            .await?;
         self.changed(&r.account, Cause::PlanChanged);
         let (_, plan) = self.limiter.resolver().source(&catalog, &r.account);
         tracing::info!(admin.action = "set_plan", client.addr = %peer, account = %r.account, plan = %plan, previous = %previous, "plan set");
-        Ok(Response::new(pb::SetPlanResponse {
+        Ok(pb::SetPlanResponse {
             account: r.account,
             plan,
             previous_plan: previous,
-        }))
+        })
     }
 
-    async fn get_subject(
-        &self,
-        request: Request<pb::GetSubjectRequest>,
-    ) -> Result<Response<pb::SubjectState>, Status> {
-        let r = request.into_inner();
-        required("subject", &r.subject)?;
+    async fn get_subject(&self, r: pb::GetSubjectRequest) -> Result<pb::SubjectState, Error> {
+        Error::required("subject", &r.subject)?;
         let account = account_of(&r.subject, &r.account).to_owned();
-        let quota = self
-            .limiter
-            .quota(&r.subject, &account)
-            .await
-            .map_err(convert::store_error)?;
+        let quota = self.limiter.quota(&r.subject, &account).await?;
         let (source, _) = self
             .limiter
             .resolver()
             .source(&self.limiter.catalog(), &account);
         let now = self.limiter.now();
-        Ok(Response::new(pb::SubjectState {
+        Ok(pb::SubjectState {
             subject: r.subject,
             plan: quota.plan.name.to_string(),
             plan_source: match source {
@@ -203,7 +132,9 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
                 Source::Default => pb::PlanSource::Default,
             } as i32,
             overrides: self
-                .state
+                .limiter
+                .resolver()
+                .runtime()
                 .overrides(&account)
                 .iter()
                 .filter(|o| o.active(now))
@@ -216,23 +147,18 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
                 .map(|(c, m)| (c.to_string(), m.to_string()))
                 .collect(),
             account,
-        }))
+        })
     }
 
-    async fn set_override(
-        &self,
-        request: Request<pb::Override>,
-    ) -> Result<Response<pb::Override>, Status> {
-        let peer = peer(&request);
-        let r = request.into_inner();
-        required("account", &r.account)?;
-        required("limit", &r.limit)?;
+    async fn set_override(&self, peer: String, r: pb::Override) -> Result<pb::Override, Error> {
+        Error::required("account", &r.account)?;
+        Error::required("limit", &r.limit)?;
         let o = self.to_override(&r)?;
         // It must apply to the account's plan, together with its others.
         let catalog = self.limiter.catalog();
         let (_, base) = self.limiter.resolver().source(&catalog, &r.account);
         let base = catalog.plans.get(&base).unwrap_or(&catalog.default_plan);
-        let mut all = self.state.overrides(&r.account);
+        let mut all = self.limiter.resolver().runtime().overrides(&r.account);
         all.retain(|x| x.limit != o.limit);
         all.push(o.clone());
         overrides::apply(
@@ -242,61 +168,50 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
             &catalog.class_names,
             self.limiter.slots(),
         )
-        .map_err(|e| Status::invalid_argument(format!("limit: {e}")))?;
-        self.share_overrides(&r.account, &all).await?;
-        self.state
+        .map_err(|e| Error::invalid("limit", e.to_string()))?;
+        self.limiter
+            .state()
             .set_override(&r.account, o.clone())
-            .map_err(internal)?;
+            .await?;
         self.changed(&r.account, Cause::OverrideChanged);
         tracing::info!(admin.action = "set_override", client.addr = %peer, account = %r.account, limit = %o.limit, change = ?o.change, expires_at = ?o.expires_at, reason = %o.reason, "override set");
-        Ok(Response::new(override_to_pb(&r.account, &o)))
+        Ok(override_to_pb(&r.account, &o))
     }
 
     async fn remove_override(
         &self,
-        request: Request<pb::RemoveOverrideRequest>,
-    ) -> Result<Response<pb::RemoveOverrideResponse>, Status> {
-        let peer = peer(&request);
-        let r = request.into_inner();
-        required("account", &r.account)?;
-        required("limit", &r.limit)?;
-        let mut rest = self.state.overrides(&r.account);
-        rest.retain(|o| o.limit != r.limit);
-        self.share_overrides(&r.account, &rest).await?;
+        peer: String,
+        r: pb::RemoveOverrideRequest,
+    ) -> Result<pb::RemoveOverrideResponse, Error> {
+        Error::required("account", &r.account)?;
+        Error::required("limit", &r.limit)?;
         let removed = self
-            .state
+            .limiter
+            .state()
             .remove_override(&r.account, &r.limit)
-            .map_err(internal)?;
+            .await?;
         if removed {
             self.changed(&r.account, Cause::OverrideChanged);
         }
         tracing::info!(admin.action = "remove_override", client.addr = %peer, account = %r.account, limit = %r.limit, removed, "override removed");
-        Ok(Response::new(pb::RemoveOverrideResponse { removed }))
+        Ok(pb::RemoveOverrideResponse { removed })
     }
 
     async fn reset_usage(
         &self,
-        request: Request<pb::ResetUsageRequest>,
-    ) -> Result<Response<pb::ResetUsageResponse>, Status> {
-        let peer = peer(&request);
-        let r = request.into_inner();
-        required("subject", &r.subject)?;
-        let counters = self
-            .limiter
-            .reset(&r.subject, &r.account)
-            .await
-            .map_err(convert::store_error)?;
+        peer: String,
+        r: pb::ResetUsageRequest,
+    ) -> Result<pb::ResetUsageResponse, Error> {
+        Error::required("subject", &r.subject)?;
+        let counters = self.limiter.reset(&r.subject, &r.account).await?;
         self.hub.consumed(&r.subject, &r.account);
         tracing::info!(admin.action = "reset_usage", client.addr = %peer, subject = %r.subject, account = %r.account, counters, "usage reset");
-        Ok(Response::new(pb::ResetUsageResponse {
+        Ok(pb::ResetUsageResponse {
             counters: counters as u64,
-        }))
+        })
     }
 
-    async fn list_plans(
-        &self,
-        _: Request<pb::ListPlansRequest>,
-    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+    fn list_plans(&self) -> pb::ListPlansResponse {
         let catalog = self.limiter.catalog();
         let plans = catalog
             .plans
@@ -308,22 +223,18 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
                 limits: p.limits.iter().map(|l| limit_info(l)).collect(),
             })
             .collect();
-        Ok(Response::new(pb::ListPlansResponse {
+        pb::ListPlansResponse {
             plans,
             default_plan: catalog.default_plan.name.to_string(),
-        }))
+        }
     }
 
-    async fn reload_config(
-        &self,
-        request: Request<pb::ReloadConfigRequest>,
-    ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
-        let peer = peer(&request);
-        let (reloader, envoy) = (self.reloader.clone(), self.envoy.clone());
-        let (file, rules) =
-            tokio::task::spawn_blocking(move || (reloader.reload(), envoy.reload()))
-                .await
-                .map_err(|e| internal(e.to_string()))?;
+    async fn reload_config(&self, peer: String) -> Result<pb::ReloadConfigResponse, Error> {
+        let file = self.config.reload().await;
+        let rules = match self.rules.reload().await {
+            Err(ReloadError::NoFile) => None,
+            other => Some(other),
+        };
         tracing::info!(admin.action = "reload_config", client.addr = %peer, ok = file.is_ok() && rules.as_ref().is_none_or(Result::is_ok), "reload requested");
         let mut response = pb::ReloadConfigResponse::default();
         match file {
@@ -334,37 +245,113 @@ impl<S: CounterStore + 'static> pb::admin_server::Admin for AdminService<S> {
             }
             // The built-in configuration: fine when there are rules to reload.
             Err(ReloadError::NoFile) if rules.is_some() => {}
-            Err(ReloadError::NoFile) => {
-                return Err(Status::failed_precondition(ReloadError::NoFile.to_string()));
-            }
-            Err(ReloadError::Invalid(e)) => return Err(Status::invalid_argument(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
         if let Some(rules) = rules {
-            let domains = rules.map_err(|e| Status::invalid_argument(e.to_string()))?;
-            response.envoy_config = self
-                .envoy
-                .dir()
-                .map(|d| d.display().to_string())
-                .unwrap_or_default();
-            response.envoy_domains = domains as u32;
+            let done = rules?;
+            response.envoy_config = done.path.display().to_string();
+            response.envoy_domains = done.domains as u32;
         }
-        Ok(Response::new(response))
+        Ok(response)
     }
 }
 
-fn required(field: &str, value: &str) -> Result<(), Status> {
-    if value.trim().is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must not be empty"
-        )));
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn set_plan(
+        &self,
+        request: Request<pb::SetPlanRequest>,
+    ) -> Result<Response<pb::SetPlanResponse>, Status> {
+        let peer = peer(&request);
+        Ok(Response::new(
+            self.set_plan(peer, request.into_inner()).await?,
+        ))
     }
-    Ok(())
+
+    async fn get_subject(
+        &self,
+        request: Request<pb::GetSubjectRequest>,
+    ) -> Result<Response<pb::SubjectState>, Status> {
+        Ok(Response::new(self.get_subject(request.into_inner()).await?))
+    }
+
+    async fn set_override(
+        &self,
+        request: Request<pb::Override>,
+    ) -> Result<Response<pb::Override>, Status> {
+        let peer = peer(&request);
+        Ok(Response::new(
+            self.set_override(peer, request.into_inner()).await?,
+        ))
+    }
+
+    async fn remove_override(
+        &self,
+        request: Request<pb::RemoveOverrideRequest>,
+    ) -> Result<Response<pb::RemoveOverrideResponse>, Status> {
+        let peer = peer(&request);
+        Ok(Response::new(
+            self.remove_override(peer, request.into_inner()).await?,
+        ))
+    }
+
+    async fn reset_usage(
+        &self,
+        request: Request<pb::ResetUsageRequest>,
+    ) -> Result<Response<pb::ResetUsageResponse>, Status> {
+        let peer = peer(&request);
+        Ok(Response::new(
+            self.reset_usage(peer, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_plans(
+        &self,
+        _: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        Ok(Response::new(self.list_plans()))
+    }
+
+    async fn reload_config(
+        &self,
+        request: Request<pb::ReloadConfigRequest>,
+    ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
+        let peer = peer(&request);
+        Ok(Response::new(self.reload_config(peer).await?))
+    }
 }
 
-/// A state file failure: logged in full, answered generically.
-fn internal(e: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %e, "admin call failed");
-    Status::internal("the change could not be stored; see the server log")
+/// The custom limit an override with a `rate` defines.
+fn custom(o: &pb::Override) -> Result<Custom, Error> {
+    let (amount, window) =
+        crate::config::parse_rate(&o.rate).map_err(|e| Error::invalid("rate", e.to_string()))?;
+    let per = match o.per.as_str() {
+        "" | "subject" => Per::Subject,
+        "account" => Per::Account,
+        other => {
+            return Err(Error::invalid(
+                "per",
+                format!("expected subject or account, got {other:?}"),
+            ));
+        }
+    };
+    Ok(Custom {
+        amount,
+        window,
+        class: (!o.class.is_empty()).then(|| o.class.clone()),
+        unit: if o.unit.is_empty() {
+            "requests".into()
+        } else {
+            o.unit.clone()
+        },
+        algorithm: match pb::Algorithm::try_from(o.algorithm).unwrap_or(pb::Algorithm::Unspecified)
+        {
+            pb::Algorithm::Unspecified | pb::Algorithm::FixedWindow => Algorithm::FixedWindow,
+            pb::Algorithm::SlidingWindow => Algorithm::SlidingWindow,
+            pb::Algorithm::TokenBucket => Algorithm::TokenBucket,
+        },
+        per,
+    })
 }
 
 fn peer<T>(request: &Request<T>) -> String {

@@ -1,36 +1,36 @@
-//! proto ⇄ domain. Bad input becomes `INVALID_ARGUMENT` naming the field.
+//! proto ⇄ domain. Bad input becomes [`Error::Invalid`] naming the field.
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use tonic::Status;
-
 use crate::engine::{Algorithm, Nanos};
+use crate::error::Error;
 use crate::limiter::{Decision, LimitStatus, Request, Verdict};
 use crate::proto::tollgate::v1 as pb;
+use crate::watch::{Cause, Update};
 
 /// The longest subject, account or resource accepted, in bytes.
 pub const MAX_ID_LEN: usize = 1024;
 
 /// Checks a `LimitRequest` and borrows it as a limiter request.
-pub fn limit_request(r: &pb::LimitRequest) -> Result<Request<'_>, Status> {
-    if r.subject.trim().is_empty() {
-        return Err(Status::invalid_argument("subject: must not be empty"));
-    }
+pub fn limit_request(r: &pb::LimitRequest) -> Result<Request<'_>, Error> {
+    Error::required("subject", &r.subject)?;
     for (field, value) in [
         ("subject", &r.subject),
         ("account", &r.account),
         ("resource", &r.resource),
     ] {
         if value.len() > MAX_ID_LEN {
-            return Err(Status::invalid_argument(format!(
-                "{field}: longer than {MAX_ID_LEN} bytes"
-            )));
+            return Err(Error::invalid(
+                field,
+                format!("longer than {MAX_ID_LEN} bytes"),
+            ));
         }
     }
     if let Some(unit) = r.cost.keys().find(|u| u.trim().is_empty()) {
-        return Err(Status::invalid_argument(format!(
-            "cost: unit name {unit:?} must not be empty"
-        )));
+        return Err(Error::invalid(
+            "cost",
+            format!("unit name {unit:?} must not be empty"),
+        ));
     }
     let method = ["method", ":method"]
         .iter()
@@ -66,16 +66,39 @@ pub fn decision(d: Decision) -> pb::Decision {
 
 /// A limit's state as sent.
 pub fn limit_status(l: &LimitStatus) -> pb::LimitStatus {
+    let unlimited = l.unlimited();
     pb::LimitStatus {
-        name: l.name.to_string(),
-        unit: l.unit.to_string(),
-        limit: l.limit,
-        remaining: (!l.unlimited).then_some(l.remaining),
-        window: (l.window > 0).then(|| duration(l.window)),
-        reset_at: (!l.unlimited).then(|| timestamp(l.reset_at)),
-        unlimited: l.unlimited,
-        class: l.class.as_deref().unwrap_or_default().to_owned(),
-        algorithm: l.algorithm.map_or(pb::Algorithm::Unspecified, algorithm) as i32,
+        name: l.limit.name.to_string(),
+        unit: l.limit.unit.to_string(),
+        limit: l.amount(),
+        remaining: (!unlimited).then_some(l.remaining),
+        window: (l.window() > 0).then(|| duration(l.window())),
+        reset_at: (!unlimited).then(|| timestamp(l.reset_at)),
+        unlimited,
+        class: l.limit.class.as_deref().unwrap_or_default().to_owned(),
+        algorithm: l.algorithm().map_or(pb::Algorithm::Unspecified, algorithm) as i32,
+    }
+}
+
+/// A quota update as sent.
+pub fn quota_update(u: &Update) -> pb::QuotaUpdate {
+    pb::QuotaUpdate {
+        cause: cause(u.cause) as i32,
+        plan: u.quota.plan.name.to_string(),
+        limits: u.quota.limits.iter().map(limit_status).collect(),
+        at: Some(timestamp(u.quota.at)),
+    }
+}
+
+fn cause(c: Cause) -> pb::quota_update::Cause {
+    use pb::quota_update::Cause as C;
+    match c {
+        Cause::Snapshot => C::Snapshot,
+        Cause::Consumption => C::Consumption,
+        Cause::WindowReset => C::WindowReset,
+        Cause::PlanChanged => C::PlanChanged,
+        Cause::OverrideChanged => C::OverrideChanged,
+        Cause::ConfigReloaded => C::ConfigReloaded,
     }
 }
 
@@ -107,19 +130,12 @@ pub fn timestamp(n: Nanos) -> prost_types::Timestamp {
     prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_nanos(n))
 }
 
-/// A timestamp as received; before the epoch or unreadable is INVALID_ARGUMENT.
-pub fn nanos_of(t: &prost_types::Timestamp) -> Result<Nanos, Status> {
-    let bad = || Status::invalid_argument("expires_at: not a valid time after 1970");
+/// A timestamp as received; before the epoch or unreadable is invalid.
+pub fn nanos_of(t: &prost_types::Timestamp) -> Result<Nanos, Error> {
+    let bad = || Error::invalid("expires_at", "not a valid time after 1970");
     let secs = u64::try_from(t.seconds).map_err(|_| bad())?;
     let nanos = u64::try_from(t.nanos).map_err(|_| bad())?;
     secs.checked_mul(1_000_000_000)
         .and_then(|s| s.checked_add(nanos))
         .ok_or_else(bad)
-}
-
-/// The counter store failed: `UNAVAILABLE`, so the gateway's own failure
-/// policy decides (the details go to the log).
-pub fn store_error(e: crate::storage::redis::StoreError) -> Status {
-    tracing::warn!(error = %e, "counter store unavailable");
-    Status::unavailable("the counter store is unavailable; see the server log")
 }

@@ -1,60 +1,64 @@
 //! The `tollgate.v1` gRPC services: convert, call the limiter, convert back.
+//! Errors become statuses in one table ([`crate::status`]).
 
 pub mod admin;
 pub mod auth;
 pub mod convert;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{Span, field::Empty, instrument};
 
-use crate::engine::{CounterStore, Mode};
+use crate::engine::Mode;
+use crate::error::Error;
 use crate::limiter::Limiter;
+use crate::metrics::{DecisionLabels, Metrics};
 use crate::proto::tollgate::v1 as pb;
-use crate::server::metrics::{DecisionLabels, Metrics};
 use crate::watch::{Hub, QuotaStream};
 use pb::rate_limiter_server::RateLimiter;
-use std::time::Instant;
 
 /// `tollgate.v1.RateLimiter`.
-pub struct RateLimiterService<S> {
-    limiter: Arc<Limiter<S>>,
-    hub: Arc<Hub<S>>,
+#[derive(Debug)]
+pub struct RateLimiterService {
+    limiter: Arc<Limiter>,
+    hub: Arc<Hub>,
     metrics: Arc<Metrics>,
 }
 
+/// A `WatchQuota` stream: the hub's updates as `tollgate.v1.QuotaUpdate`s.
+#[derive(Debug)]
+pub struct QuotaUpdates(QuotaStream);
+
 // === impl RateLimiterService ===
 
-impl<S> RateLimiterService<S> {
+impl RateLimiterService {
     /// The service over `limiter`, telling `hub` of consumption and
     /// counting decisions in `metrics`.
-    pub fn new(limiter: Arc<Limiter<S>>, hub: Arc<Hub<S>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(limiter: Arc<Limiter>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
         Self {
             limiter,
             hub,
             metrics,
         }
     }
-}
 
-impl<S: CounterStore + 'static> RateLimiterService<S> {
     #[instrument(level = "debug", name = "decide", skip_all, fields(rpc = ?mode, subject = Empty, plan = Empty, class = Empty, verdict = Empty))]
     async fn decide(
         &self,
         mode: Mode,
         request: Request<pb::LimitRequest>,
-    ) -> Result<Response<pb::Decision>, Status> {
+    ) -> Result<Response<pb::Decision>, Error> {
         let request = request.into_inner();
         let domain = convert::limit_request(&request)?;
         let span = Span::current();
         span.record("subject", domain.subject);
         let started = Instant::now();
-        let decision = self
-            .limiter
-            .decide_async(mode, &domain)
-            .await
-            .map_err(convert::store_error)?;
+        let decision = self.limiter.decide(mode, &domain).await?;
         let rpc = match mode {
             Mode::Check => "check",
             Mode::Consume => "consume",
@@ -71,46 +75,56 @@ impl<S: CounterStore + 'static> RateLimiterService<S> {
         tracing::debug!("decided");
         Ok(Response::new(convert::decision(decision)))
     }
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<QuotaUpdates, Error> {
+        let r = request.into_inner();
+        Error::required("subject", &r.subject)?;
+        let stream = self.hub.subscribe(&r.subject, &r.account).await?;
+        Ok(QuotaUpdates(stream))
+    }
 }
 
 #[tonic::async_trait]
-impl<S: CounterStore + 'static> RateLimiter for RateLimiterService<S> {
+impl RateLimiter for RateLimiterService {
     async fn check_limit(
         &self,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        self.decide(Mode::Check, request).await
+        Ok(self.decide(Mode::Check, request).await?)
     }
 
     async fn consume(
         &self,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        self.decide(Mode::Consume, request).await
+        Ok(self.decide(Mode::Consume, request).await?)
     }
 
     async fn record(
         &self,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        self.decide(Mode::Record, request).await
+        Ok(self.decide(Mode::Record, request).await?)
     }
 
-    type WatchQuotaStream = QuotaStream;
+    type WatchQuotaStream = QuotaUpdates;
 
     async fn watch_quota(
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchQuotaStream>, Status> {
-        let r = request.into_inner();
-        if r.subject.trim().is_empty() {
-            return Err(Status::invalid_argument("subject: must not be empty"));
-        }
-        let stream = self
-            .hub
-            .subscribe(&r.subject, &r.account)
-            .await
-            .map_err(convert::store_error)?;
-        Ok(Response::new(stream))
+        Ok(Response::new(self.watch(request).await?))
+    }
+}
+
+// === impl QuotaUpdates ===
+
+impl Stream for QuotaUpdates {
+    type Item = Result<pb::QuotaUpdate, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|u| u.map(|u| Ok(convert::quota_update(&u))))
     }
 }

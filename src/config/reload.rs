@@ -1,11 +1,12 @@
-//! Reloading the configuration: on demand (`Admin.ReloadConfig`) and when
-//! the file changes.
+//! Reloading what the server reads from files (its configuration, Envoy's
+//! rule files): on demand (`Admin.ReloadConfig`) and when the files change.
 //!
-//! A reload re-reads and validates the whole file; a valid one is swapped in
-//! atomically (counters survive where a limit's identity is unchanged), an
-//! invalid one is refused with the same `file:line: field: problem` error and
-//! the running configuration stays in force. The directory is watched, not
-//! the file, so a Kubernetes ConfigMap's symlink swap is seen too.
+//! A reload re-reads and validates everything; a valid result is installed
+//! whole (counters survive where a limit's identity is unchanged), an invalid
+//! one is refused with the same `file:line: field: problem` error and the
+//! running one stays in force. Directories are watched, not files, so a
+//! Kubernetes ConfigMap's symlink swap is seen too. Reading and compiling
+//! runs on the blocking pool, never on an async worker.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,22 +14,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
-use crate::engine::CounterStore;
-use crate::limiter::Limiter;
 
 /// What a reload installed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reloaded {
-    /// The file read.
+    /// The file or directory read.
     pub path: PathBuf,
-    /// Plans in it.
+    /// Plans in it (a configuration file).
     pub plans: usize,
-    /// Classes in it.
+    /// Classes in it (a configuration file).
     pub classes: usize,
+    /// Envoy domains in it (a rule directory).
+    pub domains: usize,
 }
 
 /// Why a reload did not happen.
@@ -42,32 +44,47 @@ pub enum ReloadError {
     Invalid(#[from] Error),
 }
 
-/// Re-reads the configuration file into a limiter.
-pub struct Reloader<S> {
+/// Loads and installs from a path; what was installed.
+type Install = dyn Fn(&Path) -> Result<Reloaded, Error> + Send + Sync;
+
+/// Re-reads one source (a file or a directory) into the running server.
+pub struct Reloader {
+    what: &'static str,
     path: Option<PathBuf>,
-    limiter: Arc<Limiter<S>>,
+    install: Box<Install>,
+    fingerprint: fn(&Path) -> Option<Vec<u8>>,
+    /// One reload at a time, so an older read never lands after a newer one.
+    running: Mutex<()>,
     ok: AtomicU64,
     failed: AtomicU64,
-    on_reload: Box<dyn Fn() + Send + Sync>,
 }
 
 // === impl Reloader ===
 
-impl<S: CounterStore + 'static> Reloader<S> {
-    /// Reloads `path` (none: the built-in configuration) into `limiter`,
-    /// calling `on_reload` after each successful swap.
+impl Reloader {
+    /// Reloads `path` (none: nothing to reload) with `install`, which reads,
+    /// validates and installs; `what` names the source in logs.
+    /// `fingerprint` reads what a change is judged by (the file's bytes).
     pub fn new(
+        what: &'static str,
         path: Option<PathBuf>,
-        limiter: Arc<Limiter<S>>,
-        on_reload: impl Fn() + Send + Sync + 'static,
+        fingerprint: fn(&Path) -> Option<Vec<u8>>,
+        install: impl Fn(&Path) -> Result<Reloaded, Error> + Send + Sync + 'static,
     ) -> Self {
         Self {
+            what,
             path,
-            limiter,
+            install: Box::new(install),
+            fingerprint,
+            running: Mutex::new(()),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            on_reload: Box::new(on_reload),
         }
+    }
+
+    /// The file or directory reloaded, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Successful and failed reloads so far.
@@ -78,53 +95,73 @@ impl<S: CounterStore + 'static> Reloader<S> {
         )
     }
 
-    /// Re-reads the file now.
-    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+    /// Re-reads now, on the blocking pool.
+    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.reload_blocking())
+            .await
+            .expect("a reload does not panic")
+    }
+
+    /// Re-reads now, on this thread.
+    pub fn reload_blocking(&self) -> Result<Reloaded, ReloadError> {
         let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
-        match super::load(path, self.limiter.slots()) {
-            Ok(catalog) => {
-                let done = Reloaded {
-                    path: path.clone(),
-                    plans: catalog.plans.len(),
-                    classes: catalog.class_names.len(),
-                };
-                self.limiter.replace_catalog(catalog);
+        let _one_at_a_time = self.running.lock();
+        match (self.install)(path) {
+            Ok(done) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(config.path = %path.display(), plans = done.plans, "configuration reloaded");
-                (self.on_reload)();
+                tracing::info!(config.path = %path.display(), plans = done.plans, domains = done.domains, "{} reloaded", self.what);
                 Ok(done)
             }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(config.path = %path.display(), error = %e, "configuration reload failed; the running configuration stays");
+                tracing::warn!(config.path = %path.display(), error = %e, "{} reload failed; the running one stays", self.what);
                 Err(e.into())
             }
         }
     }
 
-    /// Watches the file's directory and reloads on every change (debounced),
+    /// Watches the path's directory and reloads on every change (debounced),
     /// until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
         let Some(path) = self.path.clone() else {
             return;
         };
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
-        let read = move || std::fs::read(&path).ok();
-        watch_dir(dir, read, move || drop(self.reload()), shutdown).await;
+        let dir = if path.is_dir() {
+            path.clone()
+        } else {
+            path.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_owned()
+        };
+        let fingerprint = self.fingerprint;
+        let read = move || fingerprint(&path);
+        watch_dir(dir, read, self, shutdown).await;
     }
 }
 
-/// Calls `changed` whenever what `read` returns changes (and is `Some`), looking
-/// again after every event in `dir`, until `shutdown`. The directory is
-/// watched rather than files, so a Kubernetes ConfigMap's symlink swap is seen.
-pub(crate) async fn watch_dir(
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("what", &self.what)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bytes of a file, as a fingerprint.
+pub fn file_bytes(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+/// Reloads whenever what `read` returns changes (and is `Some`), looking
+/// again after every event in `dir`, until `shutdown`. Reading and reloading
+/// run on the blocking pool.
+async fn watch_dir(
     dir: PathBuf,
-    read: impl Fn() -> Option<Vec<u8>>,
-    changed: impl Fn(),
+    read: impl Fn() -> Option<Vec<u8>> + Send + Sync + 'static,
+    reloader: Arc<Reloader>,
     shutdown: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
@@ -144,7 +181,17 @@ pub(crate) async fn watch_dir(
         tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the configuration directory; ReloadConfig still works");
         return;
     }
-    let mut last = read();
+    let read = Arc::new(read);
+    let fingerprint = || {
+        let read = read.clone();
+        async move {
+            tokio::task::spawn_blocking(move || read())
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    let mut last = fingerprint().await;
     loop {
         tokio::select! {
             got = rx.recv() => if got.is_none() { return },
@@ -153,10 +200,10 @@ pub(crate) async fn watch_dir(
         // Let an editor or a ConfigMap swap finish writing.
         tokio::time::sleep(Duration::from_millis(200)).await;
         while rx.try_recv().is_ok() {}
-        let now = read();
+        let now = fingerprint().await;
         if now.is_some() && now != last {
             last = now;
-            changed();
+            let _ = reloader.reload().await;
         }
     }
 }

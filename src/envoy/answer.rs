@@ -83,7 +83,7 @@ pub(super) fn plan_answer(d: &limiter::Decision, now: Nanos) -> Answer {
     } else {
         Code::OverLimit
     };
-    let shown = d.limits.iter().find(|l| !l.unlimited);
+    let shown = d.limits.iter().find(|l| !l.unlimited());
     let mut answer = match shown {
         Some(l) => {
             let until = match d.retry_after {
@@ -93,9 +93,9 @@ pub(super) fn plan_answer(d: &limiter::Decision, now: Nanos) -> Answer {
             Answer::of(DescriptorStatus {
                 code: code as i32,
                 current_limit: Some(RateLimit {
-                    name: l.name.to_string(),
-                    requests_per_unit: u32::try_from(l.limit).unwrap_or(u32::MAX),
-                    unit: pb_unit(Unit::of_window(l.window)) as i32,
+                    name: l.limit.name.to_string(),
+                    requests_per_unit: u32::try_from(l.amount()).unwrap_or(u32::MAX),
+                    unit: pb_unit(Unit::of_window(l.window())) as i32,
                 }),
                 limit_remaining: u32::try_from(l.remaining).unwrap_or(u32::MAX),
                 duration_until_reset: Some(seconds(until)),

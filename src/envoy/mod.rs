@@ -19,14 +19,13 @@ pub mod raw;
 pub mod rules;
 mod service;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Error;
+use crate::config::reload::{Reloaded, Reloader};
 use crate::plans::SlotRegistry;
 pub use rules::RuleSet;
 pub use service::EnvoyService;
@@ -74,8 +73,6 @@ pub struct RuleSource {
     merge: bool,
     slots: Arc<SlotRegistry>,
     rules: ArcSwap<RuleSet>,
-    ok: AtomicU64,
-    failed: AtomicU64,
 }
 
 // === impl RuleSource ===
@@ -96,8 +93,6 @@ impl RuleSource {
             merge,
             slots,
             rules: ArcSwap::from_pointee(rules),
-            ok: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
         })
     }
 
@@ -106,55 +101,26 @@ impl RuleSource {
         self.rules.load_full()
     }
 
-    /// The directory, if rule files are served.
-    pub fn dir(&self) -> Option<&PathBuf> {
-        self.dir.as_ref()
-    }
-
-    /// Successful and failed reloads so far.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Re-reads the directory; a valid set replaces the running one (counters
-    /// stay: they are keyed by domain, entries and window), an invalid one
-    /// is refused and the running rules stay. `None` when no directory is set.
-    pub fn reload(&self) -> Option<Result<usize, Error>> {
-        let dir = self.dir.as_ref()?;
-        Some(match RuleSet::load_dir(dir, self.merge, &self.slots) {
-            Ok(set) => {
-                let domains = set.domains();
-                self.rules.store(Arc::new(set));
-                self.ok.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(config.path = %dir.display(), domains, "envoy rules reloaded");
-                Ok(domains)
-            }
-            Err(e) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(config.path = %dir.display(), error = %e, "envoy rules reload failed; the running rules stay");
-                Err(e)
-            }
+    /// What re-reads the directory: a valid set replaces the running one
+    /// (counters stay: they are keyed by domain, entries and window), an
+    /// invalid one is refused and the running rules stay.
+    pub fn reloader(self: &Arc<Self>) -> Reloader {
+        let this = self.clone();
+        Reloader::new("envoy rules", self.dir.clone(), fingerprint, move |dir| {
+            let set = RuleSet::load_dir(dir, this.merge, &this.slots)?;
+            let domains = set.domains();
+            this.rules.store(Arc::new(set));
+            Ok(Reloaded {
+                path: dir.to_owned(),
+                domains,
+                ..Reloaded::default()
+            })
         })
-    }
-
-    /// Reloads whenever a rule file of the directory changes, until `shutdown`.
-    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let Some(dir) = self.dir.clone() else {
-            return;
-        };
-        let read = {
-            let dir = dir.clone();
-            move || fingerprint(&dir)
-        };
-        crate::config::reload::watch_dir(dir, read, move || drop(self.reload()), shutdown).await;
     }
 }
 
 /// Every rule file's name and content, to tell a real change from noise.
-fn fingerprint(dir: &std::path::Path) -> Option<Vec<u8>> {
+fn fingerprint(dir: &Path) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     for path in rules::rule_files(dir).ok()? {
         out.extend_from_slice(path.as_os_str().as_encoded_bytes());

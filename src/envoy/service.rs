@@ -13,34 +13,38 @@ use super::answer::{Answer, header, plan_answer, status, unit_of_override};
 use super::metadata::metadata;
 use super::rules::{Matched, RuleLimit, RuleSet};
 use super::{Options, RuleSource};
-use crate::api::convert;
-use crate::engine::{Algorithm, CounterKey, CounterStore, Item, Mode, Rate, clock::SECOND};
+use crate::engine::{Algorithm, CounterKey, Item, Mode, Rate, clock::SECOND};
+use crate::error::Error;
+use crate::limiter::route::{self, Items};
 use crate::limiter::{self, Limiter, Pressure};
-use crate::plans::EnvoyDomain;
-use crate::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use crate::metrics::{DecisionLabels, Label, Metrics};
+use crate::plans::{Counted, EnvoyDomain};
+use crate::proto::envoy::extensions::common::ratelimit::v3::{
+    RateLimitDescriptor, rate_limit_descriptor,
+};
 use crate::proto::envoy::service::ratelimit::v3 as pb;
-use crate::server::metrics::{DecisionLabels, Label, Metrics};
 use crate::watch::Hub;
 use pb::rate_limit_response::{Code, DescriptorStatus};
 
 /// `envoy.service.ratelimit.v3.RateLimitService`.
-pub struct EnvoyService<S> {
-    limiter: Arc<Limiter<S>>,
+#[derive(Debug)]
+pub struct EnvoyService {
+    limiter: Arc<Limiter>,
     rules: Arc<RuleSource>,
     options: Options,
-    hub: Arc<Hub<S>>,
+    hub: Arc<Hub>,
     metrics: Arc<Metrics>,
 }
 
 // === impl EnvoyService ===
 
-impl<S> EnvoyService<S> {
+impl EnvoyService {
     /// The service over `limiter` and `rules`.
     pub fn new(
-        limiter: Arc<Limiter<S>>,
+        limiter: Arc<Limiter>,
         rules: Arc<RuleSource>,
         options: Options,
-        hub: Arc<Hub<S>>,
+        hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -51,17 +55,15 @@ impl<S> EnvoyService<S> {
             metrics,
         }
     }
-}
 
-impl<S: CounterStore + 'static> EnvoyService<S> {
-    async fn answer(&self, r: &pb::RateLimitRequest) -> Result<pb::RateLimitResponse, Status> {
+    async fn answer(&self, r: &pb::RateLimitRequest) -> Result<pb::RateLimitResponse, Error> {
         // The reference's errors, word for word (a plain error in Go's gRPC
         // is UNKNOWN).
         if r.domain.is_empty() {
-            return Err(Status::unknown("rate limit domain must not be empty"));
+            return Err(Error::Refused("rate limit domain must not be empty"));
         }
         if r.descriptors.is_empty() {
-            return Err(Status::unknown(
+            return Err(Error::Refused(
                 "rate limit descriptor list must not be empty",
             ));
         }
@@ -93,44 +95,9 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
         &self,
         rules: &RuleSet,
         r: &pb::RateLimitRequest,
-    ) -> Result<Vec<Answer>, Status> {
-        let known = rules.has_domain(&r.domain);
+    ) -> Result<Vec<Answer>, Error> {
         // Match every descriptor first: `replaces` looks across all of them.
-        let mut matched: Vec<Option<Limits<'_>>> = Vec::with_capacity(r.descriptors.len());
-        for (i, d) in r.descriptors.iter().enumerate() {
-            let entries: SmallVec<[(&str, &str); 4]> = d
-                .entries
-                .iter()
-                .map(|e| (e.key.as_str(), e.value.as_str()))
-                .collect();
-            let limits = if !known {
-                None
-            } else if let Some(o) = &d.limit {
-                let unit = unit_of_override(o.unit).ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "descriptors[{i}].limit.unit: must be SECOND, MINUTE, HOUR, DAY, WEEK, MONTH or YEAR, got {}",
-                        o.unit
-                    ))
-                })?;
-                Some(Limits::Override(
-                    RuleLimit {
-                        name: "".into(),
-                        amount: o.requests_per_unit,
-                        window: unit.seconds() * SECOND,
-                        unit: Some(unit),
-                        algorithm: Algorithm::FixedWindow,
-                        slot: rules.unit_slot(unit),
-                        burst: None,
-                    },
-                    entries,
-                ))
-            } else {
-                rules
-                    .find(&r.domain, &entries)
-                    .map(|m| Limits::Rule(m, entries))
-            };
-            matched.push(limits);
-        }
+        let matched = matched(rules, r)?;
         let replaced: Vec<&str> = matched
             .iter()
             .flatten()
@@ -139,7 +106,6 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
                 Limits::Override(..) => Vec::new(),
             })
             .collect();
-
         let mut answers = Vec::with_capacity(matched.len());
         for (d, limits) in r.descriptors.iter().zip(&matched) {
             let hits = hits(r, d);
@@ -176,7 +142,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
     /// fixed window (every hit counts, even over the limit); all or nothing
     /// across several limits or another algorithm (a refused hit counts
     /// nowhere). `hits` 0 only checks.
-    async fn count(&self, limits: &[RuleLimit], scope: &str, hits: u64) -> Result<Answer, Status> {
+    async fn count(&self, limits: &[RuleLimit], scope: &str, hits: u64) -> Result<Answer, Error> {
         if let Some(zero) = limits.iter().find(|l| l.amount == 0) {
             if let [one] = limits
                 && one.algorithm == Algorithm::FixedWindow
@@ -189,26 +155,9 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
             let end = (now / zero.window + 1) * zero.window;
             return Ok(Answer::of(status(Code::OverLimit, zero, 0, end - now)));
         }
-        let mut items: SmallVec<[Item<'_>; 4]> = SmallVec::new();
+        let mut items = Items::new();
         for l in limits {
-            let rate = Rate::new(u64::from(l.amount), l.window).expect("nonzero amount and window");
-            items.push(Item {
-                key: CounterKey {
-                    scope,
-                    slot: l.slot,
-                },
-                algorithm: l.algorithm,
-                rate,
-                cost: hits,
-            });
-            if let Some((cap, slot)) = l.burst {
-                items.push(Item {
-                    key: CounterKey { scope, slot },
-                    algorithm: Algorithm::SlidingRing,
-                    rate: cap,
-                    cost: hits,
-                });
-            }
+            route::push_items(&mut items, counted(l), scope, hits);
         }
         let reference = limits.len() == 1
             && limits[0].algorithm == Algorithm::FixedWindow
@@ -219,11 +168,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
             (_, false) => Mode::Consume,
         };
         // The descriptor is its own hash tag: its counters share a slot.
-        let (now, outcome) = self
-            .limiter
-            .run(mode, scope, &items, None)
-            .await
-            .map_err(convert::store_error)?;
+        let (now, outcome) = self.limiter.run(mode, scope, &items, None).await?;
 
         // One status per limit (a burst's pair as one), then the most
         // constraining: refused with the longest wait, else the smallest
@@ -231,10 +176,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
         let mut from_engine = outcome.items.iter();
         let mut best: Option<(DescriptorStatus, Pressure)> = None;
         for l in limits {
-            let mut s = *from_engine.next().expect("one status per item");
-            if l.burst.is_some() {
-                s = s.under(*from_engine.next().expect("one status per burst item"));
-            }
+            let s = route::merged_status(counted(l), &mut from_engine);
             let (code, remaining, until) = if s.fits {
                 (Code::Ok, s.remaining, s.free_at.saturating_sub(now))
             } else {
@@ -258,12 +200,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
     /// soon as the window holds anything (so a check of a fresh window, with
     /// `hits_addend` 0, is OK with nothing remaining), as the reference
     /// answers `after > 0`.
-    async fn count_zero(
-        &self,
-        limit: &RuleLimit,
-        scope: &str,
-        hits: u64,
-    ) -> Result<Answer, Status> {
+    async fn count_zero(&self, limit: &RuleLimit, scope: &str, hits: u64) -> Result<Answer, Error> {
         // Large enough never to bind, small enough for Redis's exact integers.
         const UNBOUNDED: u64 = 1 << 52;
         let item = Item {
@@ -276,11 +213,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
             cost: hits,
         };
         let mode = if hits == 0 { Mode::Check } else { Mode::Record };
-        let (now, outcome) = self
-            .limiter
-            .run(mode, scope, &[item], None)
-            .await
-            .map_err(convert::store_error)?;
+        let (now, outcome) = self.limiter.run(mode, scope, &[item], None).await?;
         let s = outcome.items[0];
         let counted = UNBOUNDED.saturating_sub(s.remaining);
         let code = if counted > 0 {
@@ -302,7 +235,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
         &self,
         domain: &EnvoyDomain,
         r: &pb::RateLimitRequest,
-    ) -> Result<Vec<Answer>, Status> {
+    ) -> Result<Vec<Answer>, Error> {
         let mut answers = Vec::with_capacity(r.descriptors.len());
         for (i, d) in r.descriptors.iter().enumerate() {
             let entry = |key: Option<&str>| {
@@ -314,21 +247,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
                 continue;
             };
             let hits = hits(r, d);
-            let mut cost = HashMap::new();
-            if hits > 0 {
-                cost.insert("requests".to_owned(), hits);
-            }
-            for (key, unit) in &domain.cost {
-                if let Some((j, e)) = d.entries.iter().enumerate().find(|(_, e)| &e.key == key) {
-                    let n: u64 = e.value.trim().parse().map_err(|_| {
-                        Status::invalid_argument(format!(
-                            "descriptors[{i}].entries[{j}].value: the {unit} cost must be a whole number, got {:?}",
-                            e.value
-                        ))
-                    })?;
-                    cost.insert(unit.clone(), n);
-                }
-            }
+            let cost = plan_cost(domain, i, d, hits)?;
             let request = limiter::Request {
                 subject,
                 account: entry(domain.account.as_deref()).unwrap_or_default(),
@@ -343,11 +262,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
                 Mode::Consume
             };
             let started = Instant::now();
-            let decision = self
-                .limiter
-                .decide_async(mode, &request)
-                .await
-                .map_err(convert::store_error)?;
+            let decision = self.limiter.decide(mode, &request).await?;
             self.metrics.decision(
                 &DecisionLabels::of("should_rate_limit", &decision),
                 started.elapsed(),
@@ -426,9 +341,7 @@ impl<S: CounterStore + 'static> EnvoyService<S> {
 }
 
 #[tonic::async_trait]
-impl<S: CounterStore + 'static> pb::rate_limit_service_server::RateLimitService
-    for EnvoyService<S>
-{
+impl pb::rate_limit_service_server::RateLimitService for EnvoyService {
     async fn should_rate_limit(
         &self,
         request: Request<pb::RateLimitRequest>,
@@ -437,6 +350,95 @@ impl<S: CounterStore + 'static> pb::rate_limit_service_server::RateLimitService
         let response = self.answer(&r).await?;
         tracing::debug!(domain = %r.domain, descriptors = r.descriptors.len(), overall = response.overall_code, "should_rate_limit");
         Ok(Response::new(response))
+    }
+}
+
+/// What limits each descriptor of `r` (none: not limited).
+fn matched<'r>(
+    rules: &'r RuleSet,
+    r: &'r pb::RateLimitRequest,
+) -> Result<Vec<Option<Limits<'r>>>, Error> {
+    let known = rules.has_domain(&r.domain);
+    let mut matched = Vec::with_capacity(r.descriptors.len());
+    for (i, d) in r.descriptors.iter().enumerate() {
+        let entries: SmallVec<[(&str, &str); 4]> = d
+            .entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+            .collect();
+        let limits = if !known {
+            None
+        } else if let Some(o) = &d.limit {
+            Some(Limits::Override(sent_limit(rules, i, o)?, entries))
+        } else {
+            rules
+                .find(&r.domain, &entries)
+                .map(|m| Limits::Rule(m, entries))
+        };
+        matched.push(limits);
+    }
+    Ok(matched)
+}
+
+/// The limit Envoy sent with descriptor `i`: a plain fixed window of its unit.
+fn sent_limit(
+    rules: &RuleSet,
+    i: usize,
+    o: &rate_limit_descriptor::RateLimitOverride,
+) -> Result<RuleLimit, Error> {
+    let unit = unit_of_override(o.unit).ok_or_else(|| {
+        Error::invalid(
+            format!("descriptors[{i}].limit.unit"),
+            format!(
+                "must be SECOND, MINUTE, HOUR, DAY, WEEK, MONTH or YEAR, got {}",
+                o.unit
+            ),
+        )
+    })?;
+    Ok(RuleLimit {
+        name: "".into(),
+        amount: o.requests_per_unit,
+        window: unit.seconds() * SECOND,
+        unit: Some(unit),
+        algorithm: Algorithm::FixedWindow,
+        slot: rules.unit_slot(unit),
+        burst: None,
+    })
+}
+
+/// The costs of descriptor `i` of a plan-aware domain: its hits in
+/// requests, and each cost entry in its unit.
+fn plan_cost(
+    domain: &EnvoyDomain,
+    i: usize,
+    d: &RateLimitDescriptor,
+    hits: u64,
+) -> Result<HashMap<String, u64>, Error> {
+    let mut cost = HashMap::new();
+    if hits > 0 {
+        cost.insert("requests".to_owned(), hits);
+    }
+    for (key, unit) in &domain.cost {
+        if let Some((j, e)) = d.entries.iter().enumerate().find(|(_, e)| &e.key == key) {
+            let n: u64 = e.value.trim().parse().map_err(|_| {
+                Error::invalid(
+                    format!("descriptors[{i}].entries[{j}].value"),
+                    format!("the {unit} cost must be a whole number, got {:?}", e.value),
+                )
+            })?;
+            cost.insert(unit.clone(), n);
+        }
+    }
+    Ok(cost)
+}
+
+/// A rule limit as the engine counts it.
+fn counted(l: &RuleLimit) -> Counted {
+    Counted {
+        rate: Rate::new(u64::from(l.amount), l.window).expect("nonzero amount and window"),
+        algorithm: l.algorithm,
+        slot: l.slot,
+        burst: l.burst,
     }
 }
 

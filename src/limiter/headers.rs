@@ -9,19 +9,19 @@
 
 use std::fmt::Write;
 
-use super::{Decision, Verdict};
+use super::decision::{Decision, Verdict};
 use crate::engine::{Nanos, clock::SECOND};
 use crate::plans::HeaderStyle;
 
 /// The headers for `decision` made at `now`.
 pub fn build(style: HeaderStyle, decision: &Decision, now: Nanos) -> Vec<(&'static str, String)> {
     let mut headers = Vec::new();
-    let counted: Vec<_> = decision.limits.iter().filter(|l| !l.unlimited).collect();
+    let counted: Vec<_> = decision.limits.iter().filter(|l| !l.unlimited()).collect();
     let Some(first) = counted.first() else {
         return headers;
     };
     if matches!(style, HeaderStyle::XRateLimit | HeaderStyle::Both) {
-        headers.push(("X-RateLimit-Limit", first.limit.to_string()));
+        headers.push(("X-RateLimit-Limit", first.amount().to_string()));
         headers.push(("X-RateLimit-Remaining", first.remaining.to_string()));
         headers.push((
             "X-RateLimit-Reset",
@@ -33,15 +33,15 @@ pub fn build(style: HeaderStyle, decision: &Decision, now: Nanos) -> Vec<(&'stat
         let mut state = String::new();
         for (i, l) in counted.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
-            let name = sf_string(&l.name);
+            let name = sf_string(&l.limit.name);
             let _ = write!(
                 policy,
                 "{sep}{name};q={};w={}",
-                l.limit,
-                l.window.div_ceil(SECOND)
+                l.amount(),
+                l.window().div_ceil(SECOND)
             );
-            if &*l.unit != "requests" {
-                let _ = write!(policy, ";qu={}", sf_string(&l.unit));
+            if &*l.limit.unit != "requests" {
+                let _ = write!(policy, ";qu={}", sf_string(&l.limit.unit));
             }
             let reset = l.reset_at.saturating_sub(now).div_ceil(SECOND);
             let _ = write!(state, "{sep}{name};r={};t={reset}", l.remaining);

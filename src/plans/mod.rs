@@ -9,6 +9,7 @@
 pub mod matcher;
 pub mod overrides;
 pub mod resolver;
+pub mod runtime;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -122,6 +123,20 @@ pub enum LimitKind {
     },
 }
 
+/// A limit as the engine counts it: one counter at the published rate,
+/// and with a burst a second one at the ceiling, counted together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    /// The published rate.
+    pub rate: Rate,
+    /// How.
+    pub algorithm: Algorithm,
+    /// Counter identity.
+    pub slot: u32,
+    /// The burst ceiling and its counter identity.
+    pub burst: Option<(Rate, u32)>,
+}
+
 /// Who a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -205,6 +220,28 @@ impl Plan {
     /// What applies to a request of class `class`.
     pub fn route(&self, class: Option<usize>) -> &Route {
         &self.routes[class.map_or(0, |c| c + 1)]
+    }
+}
+
+// === impl Limit ===
+
+impl Limit {
+    /// How the engine counts it; `None` when it does not count.
+    pub fn counted(&self) -> Option<Counted> {
+        match &self.kind {
+            LimitKind::Counted {
+                rate,
+                algorithm,
+                slot,
+                burst,
+            } => Some(Counted {
+                rate: *rate,
+                algorithm: *algorithm,
+                slot: *slot,
+                burst: *burst,
+            }),
+            LimitKind::Unlimited | LimitKind::Deny(_) => None,
+        }
     }
 }
 

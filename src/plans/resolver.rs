@@ -1,7 +1,7 @@
 //! Account → plan, with a moka cache in front of the sources.
 //!
 //! The sources are, in order: runtime assignments (the admin API's, in
-//! [`RuntimeState`]), the file's static `assignments`, then `default_plan`;
+//! [`Runtime`]), the file's static `assignments`, then `default_plan`;
 //! the account's active overrides are then applied. A cached answer is tagged
 //! with the catalog generation it was resolved under and with the earliest
 //! expiry of the overrides in it, so neither a reload nor an expired override
@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
+use super::runtime::Runtime;
 use super::{Catalog, Plan, SlotRegistry, overrides};
 use crate::engine::Nanos;
-use crate::state::RuntimeState;
 
 type Hasher = hashbrown::DefaultHashBuilder;
 
@@ -32,7 +32,7 @@ type Hasher = hashbrown::DefaultHashBuilder;
 #[derive(Clone)]
 pub struct Resolver {
     cache: Cache<String, Cached, Hasher>,
-    state: Arc<RuntimeState>,
+    runtime: Arc<Runtime>,
     slots: Arc<SlotRegistry>,
 }
 
@@ -58,22 +58,22 @@ pub enum Source {
 
 impl Resolver {
     /// A resolver caching up to `capacity` accounts, reading runtime
-    /// assignments and overrides from `state`.
-    pub fn new(capacity: u64, state: Arc<RuntimeState>, slots: Arc<SlotRegistry>) -> Self {
+    /// assignments and overrides from `runtime`.
+    pub fn new(capacity: u64, runtime: Arc<Runtime>, slots: Arc<SlotRegistry>) -> Self {
         Self {
             cache: Cache::builder()
                 .max_capacity(capacity)
                 // A safety net only; invalidation makes changes immediate.
                 .time_to_live(Duration::from_secs(300))
                 .build_with_hasher(Hasher::default()),
-            state,
+            runtime,
             slots,
         }
     }
 
-    /// The runtime state.
-    pub fn state(&self) -> &Arc<RuntimeState> {
-        &self.state
+    /// The runtime assignments and overrides it reads.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
     }
 
     /// The plan of `account` under `catalog` (generation `generation`) at `now`.
@@ -90,7 +90,7 @@ impl Resolver {
             }
             self.cache.invalidate(account);
         }
-        let known = self.state.knows(account);
+        let known = self.runtime.knows(account);
         if !known && !catalog.assignments.contains_key(account) {
             return catalog.default_plan.clone();
         }
@@ -116,7 +116,7 @@ impl Resolver {
         hinted: &Arc<Plan>,
         now: Nanos,
     ) -> Arc<Plan> {
-        let maps = self.state.maps();
+        let maps = self.runtime.maps();
         if let Some(p) = maps
             .assignments
             .get(account)
@@ -133,7 +133,7 @@ impl Resolver {
     /// Where the plan of `account` comes from, and its name.
     pub fn source(&self, catalog: &Catalog, account: &str) -> (Source, String) {
         if let Some(p) = self
-            .state
+            .runtime
             .assignment(account)
             .filter(|p| catalog.plans.contains_key(p))
         {
@@ -175,7 +175,7 @@ impl Resolver {
         base: &Arc<Plan>,
         now: Nanos,
     ) -> (Arc<Plan>, Option<Nanos>) {
-        let list = self.state.overrides(account);
+        let list = self.runtime.overrides(account);
         let (plan, valid_until) = if list.is_empty() {
             (base.clone(), None)
         } else {
@@ -204,7 +204,7 @@ impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resolver")
             .field("cached", &self.cache.entry_count())
-            .field("state", &self.state)
+            .field("runtime", &self.runtime)
             .finish()
     }
 }
@@ -224,7 +224,7 @@ mod tests {
     fn resolver() -> Resolver {
         Resolver::new(
             100,
-            Arc::new(RuntimeState::in_memory()),
+            Arc::new(Runtime::default()),
             Arc::new(SlotRegistry::default()),
         )
     }

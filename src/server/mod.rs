@@ -4,8 +4,10 @@
 //! Shutdown: the signal → health NOT_SERVING → stop accepting → end every
 //! watch stream → drain in-flight calls, at most `drain` long → save the
 //! counters to the state file → return.
+//!
+//! This is the one module that names the counter backends: what only memory
+//! has (eviction, snapshots) and what only Redis has (notices, health).
 
-pub mod metrics;
 pub mod shared;
 pub mod signal;
 
@@ -16,22 +18,21 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
 
 use crate::api::RateLimiterService;
 use crate::api::admin::AdminService;
 use crate::api::auth::AdminAuth;
-use crate::config::reload::Reloader;
-use crate::engine::CounterStore;
+use crate::config::reload::{Reloaded, Reloader, file_bytes};
 use crate::envoy::{self, EnvoyService, RuleSource};
 use crate::limiter::Limiter;
+use crate::metrics::{self, Gauges, Metrics};
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::proto::tollgate::v1::admin_server::AdminServer;
 use crate::proto::{self, tollgate::v1::rate_limiter_server::RateLimiterServer};
-use crate::storage::memory::MemoryStore;
 use crate::watch::{Cause, Hub};
-use metrics::{Gauges, Metrics};
 
 /// How often expired counters are reclaimed in the background.
 const RECLAIM_EVERY: Duration = Duration::from_secs(10);
@@ -69,6 +70,16 @@ pub struct Tls {
     pub client_ca: Option<Vec<u8>>,
 }
 
+/// What the services share, built once.
+struct App {
+    limiter: Arc<Limiter>,
+    hub: Arc<Hub>,
+    config: Arc<Reloader>,
+    rules: Arc<Reloader>,
+    rule_source: Arc<RuleSource>,
+    metrics: Arc<Metrics>,
+}
+
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
@@ -96,118 +107,42 @@ impl Default for Options {
 /// Serves `limiter` on `listener` until `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
-    limiter: Arc<Limiter<MemoryStore>>,
-    options: Options,
+    limiter: Arc<Limiter>,
+    mut options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let stopping = CancellationToken::new();
-
-    // State, then services.
-    let hub = Hub::new(limiter.clone(), options.watch_interval, stopping.clone());
-    let reloader = Arc::new(Reloader::new(
-        options.config_path.clone(),
-        limiter.clone(),
-        {
-            let hub = hub.clone();
-            move || hub.all_changed(Cause::ConfigReloaded)
-        },
-    ));
-    let rules = match options.envoy_rules.clone() {
-        Some(rules) => rules,
-        None => Arc::new(
-            RuleSource::load(None, false, limiter.slots().clone())
-                .expect("no directory: nothing to read"),
-        ),
-    };
-    let auth = AdminAuth::new(options.admin_token.clone());
-    let admin = AdminServer::with_interceptor(
-        AdminService::new(
-            limiter.clone(),
-            hub.clone(),
-            reloader.clone(),
-            rules.clone(),
-        ),
-        move |request| auth.check(request),
-    );
-    let decisions = Arc::new(Metrics::new());
-    let rate_limiter = RateLimiterServer::new(RateLimiterService::new(
-        limiter.clone(),
-        hub.clone(),
-        decisions.clone(),
-    ));
-    let envoy = RateLimitServiceServer::new(EnvoyService::new(
-        limiter.clone(),
-        rules.clone(),
-        options.envoy.clone(),
-        hub.clone(),
-        decisions.clone(),
-    ));
-
-    // Health, then reflection.
+    let app = App::new(limiter.clone(), &options, stopping.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<RateLimiterServer<RateLimiterService<MemoryStore>>>()
-        .await;
-    health
-        .set_serving::<RateLimitServiceServer<EnvoyService<MemoryStore>>>()
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the built-in descriptor sets are valid");
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .expect("the built-in descriptor sets are valid");
+    set_serving(&health, true).await;
 
     // Background tasks.
-    if let Some(s) = limiter.shared() {
-        if let Err(e) = s.store.warm_up(Duration::from_secs(2)).await {
-            tracing::warn!(error = %e, store = %s.store.url(), "counter store not reachable at start; decisions will retry");
+    if let Some(shared) = limiter.counters().shared() {
+        if let Err(e) = shared.store.warm_up(Duration::from_secs(2)).await {
+            tracing::warn!(error = %e, store = %shared.store.url(), "counter store not reachable at start; decisions will retry");
         }
-        shared::resync(&limiter, &hub).await;
+        shared::resync(&limiter, &app.hub).await;
         tokio::spawn(shared::follow(
             limiter.clone(),
-            hub.clone(),
+            app.hub.clone(),
             stopping.clone(),
         ));
-        tokio::spawn({
-            let (limiter, health, stopping) = (limiter.clone(), health.clone(), stopping.clone());
-            async move {
-                if let Some(s) = limiter.shared() {
-                    shared::watch_health(s, health, stopping).await;
-                }
-            }
-        });
+        tokio::spawn(shared::watch_health(
+            limiter.clone(),
+            health.clone(),
+            stopping.clone(),
+        ));
     }
-    let reclaimer = tokio::spawn(reclaim(limiter.clone(), stopping.clone()));
-    let watcher = tokio::spawn(reloader.clone().watch(stopping.clone()));
-    let rules_watcher = tokio::spawn(rules.clone().watch(stopping.clone()));
-    if let Some(listener) = options.metrics {
-        let gauges = {
-            let (limiter, hub, reloader, rules) = (
-                limiter.clone(),
-                hub.clone(),
-                reloader.clone(),
-                rules.clone(),
-            );
-            Arc::new(move || Gauges {
-                watchers: hub.watchers(),
-                counters: limiter.store().len(),
-                evictions: limiter.store().evictions(),
-                reloads: {
-                    let ((ok, failed), (rok, rfailed)) = (reloader.counts(), rules.counts());
-                    (ok + rok, failed + rfailed)
-                },
-                store_failures: limiter.shared().map_or(0, |s| s.failures()),
-            })
-        };
+    let background = [
+        tokio::spawn(reclaim(limiter.clone(), stopping.clone())),
+        tokio::spawn(app.config.clone().watch(stopping.clone())),
+        tokio::spawn(app.rules.clone().watch(stopping.clone())),
+    ];
+    if let Some(listener) = options.metrics.take() {
         tokio::spawn(metrics::serve(
             listener,
-            decisions.clone(),
-            gauges,
+            app.metrics.clone(),
+            app.gauges(),
             stopping.clone(),
         ));
     }
@@ -219,35 +154,14 @@ pub async fn run(
         async move {
             shutdown.await;
             tracing::info!("shutting down");
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-            health
-                .set_not_serving::<RateLimiterServer<RateLimiterService<MemoryStore>>>()
-                .await;
-            health
-                .set_not_serving::<RateLimitServiceServer<EnvoyService<MemoryStore>>>()
-                .await;
+            set_serving(&health, false).await;
             let _ = stop_tx.send(());
             stopping.cancel();
         }
     });
 
-    let mut builder = Server::builder();
-    if let Some(tls) = &options.tls {
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
-        if let Some(ca) = &tls.client_ca {
-            config = config.client_ca_root(Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(config)?;
-    }
-    let serve = builder
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(rate_limiter)
-        .add_service(admin)
-        .add_service(envoy)
+    let serve = app
+        .router(health_service, &options)?
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
@@ -264,20 +178,175 @@ pub async fn run(
         }
     };
     stopping.cancel();
-    reclaimer.abort();
-    watcher.abort();
-    rules_watcher.abort();
-    save_counters(&limiter);
+    for task in background {
+        task.abort();
+    }
+    save_counters(&limiter).await;
     result
 }
 
-/// Saves the counters to the state file, so day-long quotas survive a
-/// graceful restart.
-fn save_counters(limiter: &Limiter<MemoryStore>) {
-    let state = limiter.resolver().state();
-    let snapshot = limiter.store().export(limiter.now(), limiter.slots());
+// === impl App ===
+
+impl App {
+    fn new(limiter: Arc<Limiter>, options: &Options, stopping: CancellationToken) -> Self {
+        let hub = Hub::new(limiter.clone(), options.watch_interval, stopping);
+        let config = Arc::new(Reloader::new(
+            "configuration",
+            options.config_path.clone(),
+            file_bytes,
+            {
+                let (limiter, hub) = (limiter.clone(), hub.clone());
+                move |path| {
+                    let catalog = crate::config::load(path, limiter.slots())?;
+                    let done = Reloaded {
+                        path: path.to_owned(),
+                        plans: catalog.plans.len(),
+                        classes: catalog.class_names.len(),
+                        domains: 0,
+                    };
+                    limiter.replace_catalog(catalog);
+                    hub.all_changed(Cause::ConfigReloaded);
+                    Ok(done)
+                }
+            },
+        ));
+        let rule_source = match options.envoy_rules.clone() {
+            Some(rules) => rules,
+            None => Arc::new(
+                RuleSource::load(None, false, limiter.slots().clone())
+                    .expect("no directory: nothing to read"),
+            ),
+        };
+        Self {
+            rules: Arc::new(rule_source.reloader()),
+            rule_source,
+            config,
+            hub,
+            limiter,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// Every service, with health and reflection, on one router.
+    fn router(
+        &self,
+        health: tonic_health::pb::health_server::HealthServer<
+            impl tonic_health::pb::health_server::Health,
+        >,
+        options: &Options,
+    ) -> Result<Router, tonic::transport::Error> {
+        let auth = AdminAuth::new(options.admin_token.clone());
+        let admin = AdminServer::with_interceptor(
+            AdminService::new(
+                self.limiter.clone(),
+                self.hub.clone(),
+                self.config.clone(),
+                self.rules.clone(),
+            ),
+            move |request| auth.check(request),
+        );
+        let rate_limiter = RateLimiterServer::new(RateLimiterService::new(
+            self.limiter.clone(),
+            self.hub.clone(),
+            self.metrics.clone(),
+        ));
+        let envoy = RateLimitServiceServer::new(EnvoyService::new(
+            self.limiter.clone(),
+            self.rule_source.clone(),
+            options.envoy.clone(),
+            self.hub.clone(),
+            self.metrics.clone(),
+        ));
+        let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+            builder
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1()
+            .expect("the built-in descriptor sets are valid");
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1alpha()
+            .expect("the built-in descriptor sets are valid");
+        Ok(tls_builder(options.tls.as_ref())?
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(rate_limiter)
+            .add_service(admin)
+            .add_service(envoy))
+    }
+
+    /// What the metrics endpoint reads at scrape time.
+    fn gauges(&self) -> Arc<dyn Fn() -> Gauges + Send + Sync> {
+        let (limiter, hub, config, rules) = (
+            self.limiter.clone(),
+            self.hub.clone(),
+            self.config.clone(),
+            self.rules.clone(),
+        );
+        Arc::new(move || {
+            let memory = limiter.counters().memory();
+            let ((ok, failed), (rok, rfailed)) = (config.counts(), rules.counts());
+            Gauges {
+                watchers: hub.watchers(),
+                counters: memory.map_or(0, |m| {
+                    use crate::engine::CounterStore;
+                    m.len()
+                }),
+                evictions: memory.map_or(0, |m| m.evictions()),
+                reloads: (ok + rok, failed + rfailed),
+                store_failures: limiter.counters().shared().map_or(0, |s| s.failures()),
+            }
+        })
+    }
+}
+
+/// A server builder, with TLS when `tls` says so.
+fn tls_builder(tls: Option<&Tls>) -> Result<Server, tonic::transport::Error> {
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+    }
+    Ok(builder)
+}
+
+/// Reports the decision services (and the server as a whole) in health.
+async fn set_serving(health: &HealthReporter, serving: bool) {
+    if serving {
+        health
+            .set_serving::<RateLimiterServer<RateLimiterService>>()
+            .await;
+        health
+            .set_serving::<RateLimitServiceServer<EnvoyService>>()
+            .await;
+    } else {
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        health
+            .set_not_serving::<RateLimiterServer<RateLimiterService>>()
+            .await;
+        health
+            .set_not_serving::<RateLimitServiceServer<EnvoyService>>()
+            .await;
+    }
+}
+
+/// Saves the in-memory counters to the state file, so day-long quotas
+/// survive a graceful restart.
+async fn save_counters(limiter: &Limiter) {
+    let Some(memory) = limiter.counters().memory() else {
+        return;
+    };
+    let state = limiter.state();
+    let snapshot = memory.export(limiter.now(), limiter.slots());
     let counters = snapshot.counters;
-    match state.save_counters(&snapshot.bytes) {
+    match state.save_counters(snapshot.bytes).await {
         Ok(()) => tracing::info!(counters, state.path = %state.path().display(), "counters saved"),
         Err(e) => {
             tracing::error!(error = %e, "counters could not be saved; they start afresh next time")
@@ -286,7 +355,10 @@ fn save_counters(limiter: &Limiter<MemoryStore>) {
 }
 
 /// Drops expired counters now and then, so idle memory returns.
-async fn reclaim<S: CounterStore + 'static>(limiter: Arc<Limiter<S>>, stopping: CancellationToken) {
+async fn reclaim(limiter: Arc<Limiter>, stopping: CancellationToken) {
+    if limiter.counters().memory().is_none() {
+        return;
+    }
     let mut every = tokio::time::interval(RECLAIM_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -295,9 +367,15 @@ async fn reclaim<S: CounterStore + 'static>(limiter: Arc<Limiter<S>>, stopping: 
             () = stopping.cancelled() => return,
         }
         let limiter = limiter.clone();
-        let reclaimed = tokio::task::spawn_blocking(move || limiter.store().reclaim(limiter.now()))
-            .await
-            .unwrap_or(0);
+        let reclaimed = tokio::task::spawn_blocking(move || {
+            use crate::engine::CounterStore;
+            limiter
+                .counters()
+                .memory()
+                .map_or(0, |m| m.reclaim(limiter.now()))
+        })
+        .await
+        .unwrap_or(0);
         if reclaimed > 0 {
             tracing::trace!(reclaimed, "expired counters reclaimed");
         }

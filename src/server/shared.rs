@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::CounterStore;
 use crate::limiter::Limiter;
 use crate::storage::redis::shared::{self, CHANGED, CONSUMED, Change, Notice, RESYNC_EVERY};
 use crate::storage::redis::{Failure, SharedCounters};
@@ -19,13 +18,13 @@ use crate::watch::{Cause, Hub};
 pub const STORE_HEALTH: &str = "tollgate.store";
 
 /// Re-reads everything from Redis; tells caches and watchers what changed.
-pub async fn resync<S: CounterStore + 'static>(limiter: &Limiter<S>, hub: &Hub<S>) {
-    let Some(shared) = limiter.shared() else {
+pub async fn resync(limiter: &Limiter, hub: &Hub) {
+    let Some(shared) = limiter.counters().shared() else {
         return;
     };
     match shared.store.load_runtime().await {
         Ok(maps) => {
-            for account in limiter.resolver().state().replace_all(maps) {
+            for account in limiter.resolver().runtime().replace_all(maps) {
                 limiter.resolver().invalidate(&account);
                 hub.account_changed(&account, Cause::PlanChanged);
             }
@@ -37,12 +36,8 @@ pub async fn resync<S: CounterStore + 'static>(limiter: &Limiter<S>, hub: &Hub<S
 }
 
 /// Follows the notices of the other replicas until `stopping`.
-pub async fn follow<S: CounterStore + 'static>(
-    limiter: Arc<Limiter<S>>,
-    hub: Arc<Hub<S>>,
-    stopping: CancellationToken,
-) {
-    let Some(shared) = limiter.shared() else {
+pub async fn follow(limiter: Arc<Limiter>, hub: Arc<Hub>, stopping: CancellationToken) {
+    let Some(shared) = limiter.counters().shared() else {
         return;
     };
     let mut backoff = Duration::from_millis(100);
@@ -93,9 +88,9 @@ pub async fn follow<S: CounterStore + 'static>(
     }
 }
 
-async fn handle<S: CounterStore + 'static>(
-    limiter: &Limiter<S>,
-    hub: &Hub<S>,
+async fn handle(
+    limiter: &Limiter,
+    hub: &Hub,
     shared: &SharedCounters,
     channel: &str,
     payload: &str,
@@ -116,7 +111,7 @@ async fn handle<S: CounterStore + 'static>(
             Ok((plan, overrides)) => {
                 limiter
                     .resolver()
-                    .state()
+                    .runtime()
                     .replace_account(&account, plan, overrides);
                 limiter.resolver().invalidate(&account);
                 hub.account_changed(
@@ -138,10 +133,13 @@ async fn handle<S: CounterStore + 'static>(
 /// Pings the store every second and reports it in health: `tollgate.store`
 /// always, the whole server too when failing closed (decisions fail then).
 pub async fn watch_health(
-    shared: &SharedCounters,
+    limiter: Arc<Limiter>,
     health: tonic_health::server::HealthReporter,
     stopping: CancellationToken,
 ) {
+    let Some(shared) = limiter.counters().shared() else {
+        return;
+    };
     let mut up = None;
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {

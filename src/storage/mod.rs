@@ -1,7 +1,151 @@
-//! Counter backends implementing [`crate::engine::CounterStore`].
+//! Where counters live, behind one seam: [`Counters`].
 //!
-//! `memory` is the embedded default: exact, in-process, bounded. `redis` is
-//! shared by several replicas: exact across them, one round trip a decision.
+//! `memory` is the embedded default: exact, in-process, bounded, decided by
+//! the engine under the store's locks. `redis` is shared by several replicas:
+//! exact across them, the same algorithms run by one script call a decision.
+//! Everything above this module (the limiter, the watch hub, the services)
+//! counts through [`Counters`] and never names a backend; only the server's
+//! wiring does, for what one backend has and the other has not (snapshots
+//! and eviction for memory, notices and health for Redis).
 
 pub mod memory;
 pub mod redis;
+
+use smallvec::SmallVec;
+
+use crate::engine::{Engine, Item, Mode, Nanos, Outcome};
+use crate::plans::SlotRegistry;
+use memory::MemoryStore;
+use redis::{Counter, RedisStore, SharedCounters};
+
+pub use redis::StoreError;
+
+/// The counters of a limiter: in this process, or shared through Redis.
+#[derive(Debug)]
+pub enum Counters {
+    /// The engine over the in-memory store.
+    Memory(Engine<MemoryStore>),
+    /// Redis, shared by every replica started with the same URL.
+    Redis(Box<SharedCounters>),
+}
+
+/// Who consumed, so watchers elsewhere hear of it (Redis only: the script
+/// publishes when some replica watches the account).
+#[derive(Debug, Clone, Copy)]
+pub struct Consumer<'a> {
+    /// The subject counted.
+    pub subject: &'a str,
+    /// Its account (never empty).
+    pub account: &'a str,
+}
+
+// === impl Counters ===
+
+impl Counters {
+    /// Runs one decision's `items` (all under hash tag `tag`, the account or
+    /// an Envoy descriptor) as one unit. Returns the time it was decided at
+    /// (Redis's own clock when shared, else `now`) and the outcome. A store
+    /// failure either errs or, when Redis fails open, admits without
+    /// counting.
+    pub async fn run(
+        &self,
+        mode: Mode,
+        tag: &str,
+        items: &[Item<'_>],
+        consumer: Option<Consumer<'_>>,
+        slots: &SlotRegistry,
+        now: Nanos,
+    ) -> Result<(Nanos, Outcome), StoreError> {
+        match self {
+            Self::Memory(engine) => Ok((now, engine.decide(mode, now, items))),
+            Self::Redis(shared) => {
+                let counters: SmallVec<[Counter; 4]> = items
+                    .iter()
+                    .map(|i| Counter {
+                        key: RedisStore::key(
+                            tag,
+                            i.key.scope,
+                            &slots.identity(i.key.slot).unwrap_or_default(),
+                        ),
+                        algorithm: i.algorithm,
+                        amount: i.rate.amount(),
+                        window: i.rate.window(),
+                        cost: i.cost,
+                    })
+                    .collect();
+                let notice = consumer.map(|c| shared.notice(c.subject, c.account));
+                let notice = notice.as_ref().map(|(m, n)| (m.as_str(), n.as_str()));
+                shared.run(mode, &counters, notice, now).await
+            }
+        }
+    }
+
+    /// Forgets every counter of `scopes` (kept under hash tag `tag`); how
+    /// many there were.
+    pub async fn reset(
+        &self,
+        tag: &str,
+        scopes: &[&str],
+        slots: &SlotRegistry,
+    ) -> Result<usize, StoreError> {
+        use crate::engine::CounterStore;
+        match self {
+            Self::Memory(engine) => Ok(scopes.iter().map(|s| engine.store().reset(s)).sum()),
+            Self::Redis(shared) => {
+                let keys: Vec<String> = slots
+                    .identities()
+                    .iter()
+                    .flat_map(|id| scopes.iter().map(move |s| RedisStore::key(tag, s, id)))
+                    .collect();
+                shared.store.delete(&keys).await
+            }
+        }
+    }
+
+    /// Tells the other replicas that `account` is watched here, for a while
+    /// (see [`redis::shared::MARKER_TTL`]); nothing to do in memory. A
+    /// failure only costs updates from other replicas, so it is logged, not
+    /// returned.
+    pub async fn mark_watched(&self, account: &str) {
+        let Self::Redis(shared) = self else {
+            return;
+        };
+        let marker = RedisStore::marker(account);
+        if let Err(e) = shared.store.mark(&marker, redis::shared::MARKER_TTL).await {
+            tracing::debug!(error = %e, "watch marker not set; updates from other replicas may be missed");
+        }
+    }
+
+    /// Whether other replicas count too, so watch markers need refreshing.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
+
+    /// The in-memory store, when counting here.
+    pub fn memory(&self) -> Option<&MemoryStore> {
+        match self {
+            Self::Memory(engine) => Some(engine.store()),
+            Self::Redis(_) => None,
+        }
+    }
+
+    /// The Redis counters, when shared.
+    pub fn shared(&self) -> Option<&SharedCounters> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Redis(shared) => Some(shared),
+        }
+    }
+}
+
+impl From<MemoryStore> for Counters {
+    fn from(store: MemoryStore) -> Self {
+        Self::Memory(Engine::new(store))
+    }
+}
+
+impl From<SharedCounters> for Counters {
+    fn from(shared: SharedCounters) -> Self {
+        Self::Redis(Box::new(shared))
+    }
+}

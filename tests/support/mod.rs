@@ -33,7 +33,7 @@ pub const T0: Nanos = 1_799_971_200 * SECOND;
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub clock: Arc<ManualClock>,
-    pub limiter: Arc<Limiter<MemoryStore>>,
+    pub limiter: Arc<Limiter>,
     pub client: RateLimiterClient<Channel>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::{RedisStore, StoreError};
 use crate::plans::overrides::Override;
-use crate::state::Maps;
+use crate::plans::runtime::Maps;
 
 /// Channel of consumption notices: `replica\nLEN\nSUBJECTACCOUNT`, where
 /// `LEN` is the subject's length in bytes (subjects may hold any character).

@@ -1,0 +1,361 @@
+//! The decision path: plan, class, limits, counters, decision, headers.
+//!
+//! This is where a request meets the plan model: the account's plan is
+//! resolved (moka-cached), the resource's class matched, the route's limits
+//! turned into engine items ([`route`]), the [`Counters`] run them as one
+//! unit, and the outcome becomes a [`Decision`] whose first limit is the most
+//! constraining one, with the headers to forward. The limiter never names a
+//! counter backend: memory and Redis differ only behind [`Counters`].
+
+pub mod decision;
+pub mod headers;
+pub mod route;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use smallvec::SmallVec;
+
+use crate::engine::{Clock, Item, Mode, Nanos, Outcome};
+use crate::plans::{
+    Catalog, Limit, LimitKind, Plan, Resolver, SlotRegistry, matcher::split_method,
+};
+use crate::state::RuntimeState;
+use crate::storage::{Consumer, Counters, StoreError};
+pub use decision::{Decision, LimitStatus, Pressure, Quota, Request, Verdict};
+use route::cost_of;
+
+/// The decision path over one set of counters.
+pub struct Limiter {
+    counters: Counters,
+    catalog: ArcSwap<Snapshot>,
+    generation: AtomicU64,
+    resolver: Resolver,
+    state: Arc<RuntimeState>,
+    slots: Arc<SlotRegistry>,
+    clock: Arc<dyn Clock>,
+}
+
+/// A catalog and the generation number it was installed under.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// Increases with every installed catalog.
+    pub generation: u64,
+}
+
+/// A decision under way: what `begin` resolved, for `conclude`.
+struct Begun<'r> {
+    snapshot: Arc<Snapshot>,
+    plan: Arc<Plan>,
+    class: Option<usize>,
+    account: &'r str,
+    mode: Mode,
+    run_mode: Mode,
+    over_max_cost: Option<String>,
+}
+
+// === impl Limiter ===
+
+impl Limiter {
+    /// A limiter serving `catalog` over `counters`, whose counter identities
+    /// come from `slots`; runtime assignments and overrides are kept in memory.
+    pub fn new(
+        counters: impl Into<Counters>,
+        catalog: Catalog,
+        slots: Arc<SlotRegistry>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self::with_state(
+            counters,
+            catalog,
+            slots,
+            clock,
+            Arc::new(RuntimeState::in_memory()),
+        )
+    }
+
+    /// As [`Limiter::new`], with runtime assignments and overrides kept in `state`.
+    pub fn with_state(
+        counters: impl Into<Counters>,
+        catalog: Catalog,
+        slots: Arc<SlotRegistry>,
+        clock: Arc<dyn Clock>,
+        state: Arc<RuntimeState>,
+    ) -> Self {
+        Self {
+            counters: counters.into(),
+            catalog: ArcSwap::from_pointee(Snapshot {
+                catalog: Arc::new(catalog),
+                generation: 0,
+            }),
+            generation: AtomicU64::new(0),
+            resolver: Resolver::new(100_000, state.runtime().clone(), slots.clone()),
+            state,
+            slots,
+            clock,
+        }
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Where admin changes are kept.
+    pub fn state(&self) -> &Arc<RuntimeState> {
+        &self.state
+    }
+
+    /// The catalog in force.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load().catalog.clone()
+    }
+
+    /// The slot registry catalogs for this limiter must be compiled with.
+    pub fn slots(&self) -> &Arc<SlotRegistry> {
+        &self.slots
+    }
+
+    /// The plan resolver, for invalidation.
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// The clock decisions read.
+    pub fn now(&self) -> Nanos {
+        self.clock.now()
+    }
+
+    /// Installs a new catalog; the next decision uses it.
+    pub fn replace_catalog(&self, catalog: Catalog) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.catalog.store(Arc::new(Snapshot {
+            catalog: Arc::new(catalog),
+            generation,
+        }));
+        self.resolver.invalidate_all();
+    }
+
+    /// Decides `request` in `mode`.
+    pub async fn decide(&self, mode: Mode, request: &Request<'_>) -> Result<Decision, StoreError> {
+        let begun = match self.begin(mode, request) {
+            Ok(begun) => begun,
+            Err(early) => return Ok(*early),
+        };
+        let items = route::items(
+            &begun.plan.route(begun.class).limits,
+            request.subject,
+            begun.account,
+            |l| cost_of(request.cost, &l.unit, mode),
+        );
+        let consumer = Consumer {
+            subject: request.subject,
+            account: begun.account,
+        };
+        let (now, outcome) = self
+            .run(begun.run_mode, begun.account, &items, Some(consumer))
+            .await?;
+        Ok(self.conclude(&begun, request, now, &outcome))
+    }
+
+    /// Runs one decision's items (all of hash tag `tag`) on the counters;
+    /// returns the time it was decided at and the outcome. `consumer` is for
+    /// watchers on other replicas.
+    pub async fn run(
+        &self,
+        mode: Mode,
+        tag: &str,
+        items: &[Item<'_>],
+        consumer: Option<Consumer<'_>>,
+    ) -> Result<(Nanos, Outcome), StoreError> {
+        let now = self.clock.now();
+        self.counters
+            .run(mode, tag, items, consumer, &self.slots, now)
+            .await
+    }
+
+    /// Resolves the plan and class of `request`; a class outside the plan
+    /// is decided at once (`Err`), without counting.
+    fn begin<'r>(&self, mode: Mode, request: &Request<'r>) -> Result<Begun<'r>, Box<Decision>> {
+        let snapshot = self.catalog.load_full();
+        let catalog = &snapshot.catalog;
+        let account = account_of(request.subject, request.account);
+        let now = self.clock.now();
+        let plan = match request.plan.and_then(|p| catalog.plans.get(p)) {
+            Some(hinted) => self.resolver.resolve_as(catalog, account, hinted, now),
+            None => self
+                .resolver
+                .resolve(catalog, snapshot.generation, account, now),
+        };
+        let class = class_of(catalog, request);
+        let route = plan.route(class);
+        if let Some(message) = &route.deny {
+            let mut decision = Decision::new(&plan, class.map(|c| catalog.class_names[c].clone()));
+            decision.verdict = Verdict::NotInPlan;
+            decision.reason = message.to_string();
+            return Err(Box::new(decision));
+        }
+        let over_max_cost = (mode != Mode::Record)
+            .then(|| {
+                route
+                    .limits
+                    .iter()
+                    .find_map(|l| over_max_cost(l, request, mode))
+            })
+            .flatten();
+        let run_mode = if over_max_cost.is_some() {
+            Mode::Check
+        } else {
+            mode
+        };
+        Ok(Begun {
+            snapshot,
+            plan,
+            class,
+            account,
+            mode,
+            run_mode,
+            over_max_cost,
+        })
+    }
+
+    fn conclude(
+        &self,
+        begun: &Begun<'_>,
+        request: &Request<'_>,
+        now: Nanos,
+        outcome: &Outcome,
+    ) -> Decision {
+        let catalog = &begun.snapshot.catalog;
+        let mode = begun.mode;
+        let route = begun.plan.route(begun.class);
+        let mut decision = Decision::new(
+            &begun.plan,
+            begun.class.map(|c| catalog.class_names[c].clone()),
+        );
+        let (limits, too_large) = route::statuses(&route.limits, outcome, now);
+        decision.limits = limits;
+        decision.counted = outcome.counted;
+
+        if mode == Mode::Record {
+            decision.verdict = if outcome.fits {
+                Verdict::Allowed
+            } else {
+                Verdict::RateLimited
+            };
+        } else if let Some(reason) = begun.over_max_cost.clone().or_else(|| {
+            too_large.map(|l| {
+                format!(
+                    "a cost of {} {} is more than {} ever admits at once",
+                    cost_of(request.cost, &l.unit, mode),
+                    l.unit,
+                    l.name
+                )
+            })
+        }) {
+            decision.verdict = Verdict::TooLarge;
+            decision.reason = reason;
+        } else if !outcome.fits {
+            decision.verdict = Verdict::RateLimited;
+            let first = &decision.limits[0];
+            decision.retry_after = Some(first.wait);
+            decision.reason = format!(
+                "{} exhausted: {} of {} {} left",
+                first.limit.name,
+                first.remaining,
+                first.amount(),
+                first.limit.unit
+            );
+        }
+        decision.headers = headers::build(catalog.headers, &decision, now);
+        decision
+    }
+
+    /// The plan of a subject and the state of every limit of it, counting
+    /// nothing: what `WatchQuota` and `Admin.GetSubject` show.
+    pub async fn quota(&self, subject: &str, account: &str) -> Result<Quota, StoreError> {
+        let snapshot = self.catalog.load_full();
+        let account = account_of(subject, account);
+        let now = self.clock.now();
+        let plan = self
+            .resolver
+            .resolve(&snapshot.catalog, snapshot.generation, account, now);
+        let limits: Vec<Arc<Limit>> = plan
+            .limits
+            .iter()
+            .filter(|l| !matches!(l.kind, LimitKind::Deny(_)))
+            .cloned()
+            .collect();
+        let items = route::items(&limits, subject, account, |_| 0);
+        let (now, outcome) = self.run(Mode::Check, account, &items, None).await?;
+        let (statuses, _) = route::statuses(&limits, &outcome, now);
+        let denied = plan
+            .limits
+            .iter()
+            .filter_map(|l| match (&l.kind, &l.class) {
+                (LimitKind::Deny(m), Some(c)) => Some((c.clone(), m.clone())),
+                _ => None,
+            })
+            .collect();
+        Ok(Quota {
+            plan,
+            limits: statuses,
+            denied,
+            at: now,
+        })
+    }
+
+    /// Forgets every counter of `subject` (and, when given, the shared ones
+    /// of `account`); how many there were.
+    pub async fn reset(&self, subject: &str, account: &str) -> Result<usize, StoreError> {
+        let scopes: SmallVec<[&str; 2]> = if account.is_empty() || account == subject {
+            smallvec::smallvec![subject]
+        } else {
+            smallvec::smallvec![subject, account]
+        };
+        let tag = account_of(subject, account);
+        self.counters.reset(tag, &scopes, &self.slots).await
+    }
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("catalog", &self.catalog.load())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The account of a request: the subject when none is given.
+pub fn account_of<'a>(subject: &'a str, account: &'a str) -> &'a str {
+    if account.is_empty() { subject } else { account }
+}
+
+/// The class of `request`'s resource (its query string ignored; its method
+/// from the resource's prefix, else from the request).
+fn class_of(catalog: &Catalog, request: &Request<'_>) -> Option<usize> {
+    let (prefix_method, path) = split_method(request.resource.trim());
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if path.is_empty() {
+        return None;
+    }
+    let method = prefix_method
+        .or(request.method)
+        .map(str::to_ascii_uppercase);
+    catalog.class_of(method.as_deref(), path)
+}
+
+/// Why `request` can never pass `limit`'s `max_cost`, if it cannot.
+fn over_max_cost(limit: &Limit, request: &Request<'_>, mode: Mode) -> Option<String> {
+    let cost = cost_of(request.cost, &limit.unit, mode);
+    limit.max_cost.filter(|max| cost > *max).map(|max| {
+        format!(
+            "a cost of {cost} {} is above the most one request may cost ({max}, {})",
+            limit.unit, limit.name
+        )
+    })
+}
