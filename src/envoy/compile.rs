@@ -6,10 +6,11 @@ use std::sync::Arc;
 use serde_saphyr::Spanned;
 
 use super::raw::{RateLimits, RawDescriptor, RawRateLimit};
-use super::rules::{Level, Node, Rule, RuleLimit, Unit, Wildcard, identity};
+use super::rules::{Level, Node, Rule, RuleLimit, Unit, identity};
 use crate::config::{self, Problem};
 use crate::engine::{Algorithm, Rate, clock::SECOND};
 use crate::plans::SlotRegistry;
+use crate::plans::glob::Glob;
 
 /// Compiles one file's descriptors, collecting problems.
 pub(super) struct Compiler<'a> {
@@ -75,10 +76,10 @@ impl Compiler<'_> {
                     false
                 }
                 Some(v) if is_wildcard => {
-                    if rules.wildcards.iter().any(|(w, _)| w.pattern == v) {
+                    if rules.wildcards.iter().any(|(w, _)| w.as_str() == v) {
                         true
                     } else {
-                        rules.wildcards.push((Wildcard::new(v), node));
+                        rules.wildcards.push((Glob::new(v), node));
                         false
                     }
                 }

@@ -19,6 +19,7 @@ use super::raw::RawFile;
 use crate::config::{self, Error};
 use crate::engine::{Algorithm, Nanos, Rate, clock::SECOND};
 use crate::plans::SlotRegistry;
+use crate::plans::glob::Glob;
 
 /// Every domain of a rule directory.
 #[derive(Debug, Default)]
@@ -106,7 +107,7 @@ pub(super) struct Level {
 #[derive(Debug, Default)]
 pub(super) struct KeyRules {
     pub(super) exact: HashMap<String, Node>,
-    pub(super) wildcards: Vec<(Wildcard, Node)>,
+    pub(super) wildcards: Vec<(Glob, Node)>,
     pub(super) any: Option<Box<Node>>,
 }
 
@@ -116,13 +117,6 @@ pub(super) struct Node {
     pub(super) rule: Option<Arc<Rule>>,
     pub(super) share: bool,
     pub(super) children: Level,
-}
-
-/// A value pattern: literal parts between `*`s.
-#[derive(Debug)]
-pub(super) struct Wildcard {
-    pub(super) pattern: String,
-    parts: Vec<String>,
 }
 
 // === impl Unit ===
@@ -352,46 +346,9 @@ impl Level {
             return Some((node, None));
         }
         if let Some((w, node)) = rules.wildcards.iter().find(|(w, _)| w.matches(value)) {
-            return Some((node, Some(w.pattern.as_str())));
+            return Some((node, Some(w.as_str())));
         }
         rules.any.as_deref().map(|node| (node, None))
-    }
-}
-
-// === impl Wildcard ===
-
-impl Wildcard {
-    pub(super) fn new(pattern: &str) -> Self {
-        Self {
-            pattern: pattern.to_owned(),
-            parts: pattern.split('*').map(str::to_owned).collect(),
-        }
-    }
-
-    /// Each `*` matches any run of characters, the empty one included.
-    fn matches(&self, value: &str) -> bool {
-        let (first, rest) = self
-            .parts
-            .split_first()
-            .expect("split gives one part at least");
-        let Some((last, middle)) = rest.split_last() else {
-            return value == first;
-        };
-        let fixed: usize = self.parts.iter().map(String::len).sum();
-        if value.len() < fixed
-            || !value.starts_with(first.as_str())
-            || !value.ends_with(last.as_str())
-        {
-            return false;
-        }
-        let mut inner = &value[first.len()..value.len() - last.len()];
-        for part in middle {
-            match inner.find(part.as_str()) {
-                Some(i) => inner = &inner[i + part.len()..],
-                None => return false,
-            }
-        }
-        true
     }
 }
 
@@ -416,16 +373,6 @@ mod tests {
         )
         .expect_err("invalid rules")
         .to_string()
-    }
-
-    #[test]
-    fn wildcards_match_anywhere() {
-        let w = Wildcard::new("/api/*/resource/*/action");
-        assert!(w.matches("/api/v1/resource/123/action"));
-        assert!(!w.matches("/api/v1/resource/123/other"));
-        assert!(Wildcard::new("value*").matches("value"));
-        assert!(Wildcard::new("*").matches(""));
-        assert!(!Wildcard::new("ab*ba").matches("aba"));
     }
 
     #[test]
