@@ -1,25 +1,24 @@
-//! Descriptors as written ([`super::raw`]) → the rule tree of
-//! [`super::rules`]: keys and values into levels, `rate_limit`s into
-//! [`Rule`]s with their windows, algorithms, bursts and counter slots.
+//! One descriptor's `rate_limit`s as written ([`super::raw`]) → its
+//! [`Rule`]: names and replacements, windows, amounts, algorithms, bursts,
+//! counter slots and metadata.
 //!
 //! Every check records a problem with its file, line and field, and
 //! compiling goes on, so one load reports every mistake; a rule with a
-//! problem is left out (the set is refused anyway). Which files and domains
-//! are read is [`super::load`]'s.
+//! problem is left out (the set is refused anyway). Where a rule sits in its
+//! domain's tree, and which files are read, is [`super::load`]'s.
 
 use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
 use super::raw::{RateLimits, RawDescriptor, RawRateLimit};
-use super::rules::{KeyRules, Level, Node, Rule, RuleLimit, Unit, identity};
+use super::rules::{Rule, RuleLimit, Unit, identity};
 use crate::config::raw::Burst;
 use crate::config::{self, Problem};
 use crate::engine::{Algorithm, Nanos, Rate, clock::SECOND};
 use crate::plans::SlotRegistry;
-use crate::plans::glob::Glob;
 
-/// Compiles one file's descriptors, collecting problems.
+/// Compiles one file's rules, collecting problems.
 pub(super) struct Compiler<'a> {
     /// The file's name, for problems.
     pub(super) file: &'a str,
@@ -47,63 +46,6 @@ impl Compiler<'_> {
             field: field.to_owned(),
             message,
         });
-    }
-
-    /// Compiles `descriptors`, found at `field`, into `level`.
-    pub(super) fn level(
-        &mut self,
-        level: &mut Level,
-        descriptors: &[Spanned<RawDescriptor>],
-        field: &str,
-    ) {
-        for (i, d) in descriptors.iter().enumerate() {
-            let field = format!("{field}[{i}]");
-            self.descriptor(level, &d.value, d.referenced.line(), &field);
-        }
-    }
-
-    /// One descriptor: its rule and the level below, filed under its key and
-    /// value.
-    fn descriptor(&mut self, level: &mut Level, d: &RawDescriptor, line: u64, field: &str) {
-        let Some(key) = d.key.as_ref().filter(|k| !k.value.is_empty()) else {
-            self.push(line, field, "descriptor has empty key".into());
-            return;
-        };
-        let value = d
-            .value
-            .as_ref()
-            .map(|v| v.value.as_str())
-            .filter(|v| !v.is_empty());
-        let is_wildcard = value.is_some_and(|v| v.contains('*'));
-        if d.share_threshold && !is_wildcard {
-            self.push(
-                line,
-                &format!("{field}.share_threshold"),
-                "share_threshold can only be used with wildcard values (containing '*')".into(),
-            );
-        }
-        let mut node = Node {
-            rule: self.rule(d, field, line),
-            share: d.share_threshold && is_wildcard,
-            children: Level::default(),
-        };
-        if let Some(children) = &d.descriptors {
-            self.level(
-                &mut node.children,
-                children,
-                &format!("{field}.descriptors"),
-            );
-        }
-        let rules = level.keys.entry(key.value.clone()).or_default();
-        if !insert(rules, value, node) {
-            let composite =
-                value.map_or_else(|| key.value.clone(), |v| format!("{}={v}", key.value));
-            self.push(
-                line,
-                field,
-                format!("duplicate descriptor composite key '{composite}'"),
-            );
-        }
     }
 
     /// A descriptor's rule: its limits, counted together, or `unlimited`.
@@ -391,28 +333,6 @@ impl Compiler<'_> {
             );
         }
         s
-    }
-}
-
-/// Files `node` under `value`: `None` for any value, a wildcard (tried in
-/// file order) when it has a `*`, an exact value otherwise. `false` when
-/// that place is already taken.
-fn insert(rules: &mut KeyRules, value: Option<&str>, node: Node) -> bool {
-    match value {
-        None if rules.any.is_some() => false,
-        None => {
-            rules.any = Some(Box::new(node));
-            true
-        }
-        Some(v) if v.contains('*') => {
-            if rules.wildcards.iter().any(|(w, _)| w.as_str() == v) {
-                false
-            } else {
-                rules.wildcards.push((Glob::new(v), node));
-                true
-            }
-        }
-        Some(v) => rules.exact.insert(v.to_owned(), node).is_none(),
     }
 }
 

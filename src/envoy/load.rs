@@ -1,14 +1,21 @@
-//! Rule files → a [`RuleSet`]: each file is deserialized and its domain
-//! checked here, then its descriptors go to the [`Compiler`]. Problems of
-//! every file are collected in file order and reported together, so one run
-//! names them all; a set with any problem is refused whole.
+//! Rule files → a [`RuleSet`]: each file is deserialized, its domain
+//! checked, and its descriptors filed into the domain's tree by key and
+//! value (exact, wildcard in file order, or any); the [`Compiler`] makes
+//! each descriptor's rule.
+//!
+//! Problems of every file are collected in file order and reported
+//! together, so one run names them all; a set with any problem is refused
+//! whole, so a reload never half-applies.
+
+use serde_saphyr::Spanned;
 
 use super::compile::Compiler;
 use super::files;
-use super::raw::RawFile;
-use super::rules::RuleSet;
+use super::raw::{RawDescriptor, RawFile};
+use super::rules::{KeyRules, Level, Node, RuleSet};
 use crate::config::{self, Error};
 use crate::plans::SlotRegistry;
+use crate::plans::glob::Glob;
 
 // === impl RuleSet ===
 
@@ -82,12 +89,92 @@ impl RuleSet {
             );
             return;
         }
-        let level = self.domains.entry(domain.value.clone()).or_default();
-        c.level(
-            level,
+        let tree = self.domains.entry(domain.value.clone()).or_default();
+        descriptors(
+            c,
+            tree,
             raw.descriptors.as_deref().unwrap_or_default(),
             "descriptors",
         );
+    }
+}
+
+/// Compiles `descriptors`, found at `field`, into `level`.
+fn descriptors(
+    c: &mut Compiler<'_>,
+    level: &mut Level,
+    descriptors: &[Spanned<RawDescriptor>],
+    field: &str,
+) {
+    for (i, d) in descriptors.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        descriptor(c, level, &d.value, d.referenced.line(), &field);
+    }
+}
+
+/// One descriptor: its rule and the level below, filed under its key and
+/// value.
+fn descriptor(c: &mut Compiler<'_>, level: &mut Level, d: &RawDescriptor, line: u64, field: &str) {
+    let Some(key) = d.key.as_ref().filter(|k| !k.value.is_empty()) else {
+        c.push(line, field, "descriptor has empty key".into());
+        return;
+    };
+    let value = d
+        .value
+        .as_ref()
+        .map(|v| v.value.as_str())
+        .filter(|v| !v.is_empty());
+    let is_wildcard = value.is_some_and(|v| v.contains('*'));
+    if d.share_threshold && !is_wildcard {
+        c.push(
+            line,
+            &format!("{field}.share_threshold"),
+            "share_threshold can only be used with wildcard values (containing '*')".into(),
+        );
+    }
+    let mut node = Node {
+        rule: c.rule(d, field, line),
+        share: d.share_threshold && is_wildcard,
+        children: Level::default(),
+    };
+    if let Some(children) = &d.descriptors {
+        descriptors(
+            c,
+            &mut node.children,
+            children,
+            &format!("{field}.descriptors"),
+        );
+    }
+    let rules = level.keys.entry(key.value.clone()).or_default();
+    if !insert(rules, value, node) {
+        let composite = value.map_or_else(|| key.value.clone(), |v| format!("{}={v}", key.value));
+        c.push(
+            line,
+            field,
+            format!("duplicate descriptor composite key '{composite}'"),
+        );
+    }
+}
+
+/// Files `node` under `value`: `None` for any value, a wildcard (tried in
+/// file order) when it has a `*`, an exact value otherwise. `false` when
+/// that place is already taken.
+fn insert(rules: &mut KeyRules, value: Option<&str>, node: Node) -> bool {
+    match value {
+        None if rules.any.is_some() => false,
+        None => {
+            rules.any = Some(Box::new(node));
+            true
+        }
+        Some(v) if v.contains('*') => {
+            if rules.wildcards.iter().any(|(w, _)| w.as_str() == v) {
+                false
+            } else {
+                rules.wildcards.push((Glob::new(v), node));
+                true
+            }
+        }
+        Some(v) => rules.exact.insert(v.to_owned(), node).is_none(),
     }
 }
 

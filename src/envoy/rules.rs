@@ -1,5 +1,9 @@
-//! envoyproxy/ratelimit rule files, compiled and matched as the reference
+//! envoyproxy/ratelimit rule files, compiled, and matched as the reference
 //! matches them.
+//!
+//! This module owns the compiled model and the matching, read on every
+//! `ShouldRateLimit`; building it from files is `load.rs` and `compile.rs`,
+//! which point down here and which this module does not know.
 //!
 //! A [`RuleSet`] holds every domain of a directory of rule files. Matching
 //! follows the reference: a request descriptor's entries walk the domain's
