@@ -14,6 +14,8 @@
 
 mod answer;
 mod compile;
+mod files;
+mod load;
 mod metadata;
 pub mod raw;
 pub mod rules;

@@ -1,5 +1,9 @@
-//! envoyproxy/ratelimit rule files, compiled and matched as the reference
+//! envoyproxy/ratelimit rule files, compiled, and matched as the reference
 //! matches them.
+//!
+//! This module owns the compiled model and the matching, read on every
+//! `ShouldRateLimit`; building it from files is `load.rs` and `compile.rs`,
+//! which point down here and which this module does not know.
 //!
 //! A [`RuleSet`] holds every domain of a directory of rule files. Matching
 //! follows the reference: a request descriptor's entries walk the domain's
@@ -11,19 +15,21 @@
 //! and `a`=`b_c` collide), and every level only accepts its own keys.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
-use super::compile::Compiler;
-use super::raw::RawFile;
-use crate::config::{self, Error};
 use crate::engine::{Algorithm, Nanos, Rate, clock::SECOND};
 use crate::plans::SlotRegistry;
+use crate::plans::glob::Glob;
+
+// Listing the directory lives with reading it, in files.rs; re-exported for
+// the reload watcher's fingerprint, which must see the files loading reads.
+pub use super::files::rule_files;
 
 /// Every domain of a rule directory.
 #[derive(Debug, Default)]
 pub struct RuleSet {
-    domains: HashMap<String, Level>,
+    /// Domain → its tree; filled by loading ([`super::load`]).
+    pub(super) domains: HashMap<String, Level>,
     /// Counter slots of a plain fixed window per [`Unit`], for limits Envoy
     /// sends in the request.
     unit_slots: [u32; Unit::ALL.len()],
@@ -106,7 +112,7 @@ pub(super) struct Level {
 #[derive(Debug, Default)]
 pub(super) struct KeyRules {
     pub(super) exact: HashMap<String, Node>,
-    pub(super) wildcards: Vec<(Wildcard, Node)>,
+    pub(super) wildcards: Vec<(Glob, Node)>,
     pub(super) any: Option<Box<Node>>,
 }
 
@@ -116,13 +122,6 @@ pub(super) struct Node {
     pub(super) rule: Option<Arc<Rule>>,
     pub(super) share: bool,
     pub(super) children: Level,
-}
-
-/// A value pattern: literal parts between `*`s.
-#[derive(Debug)]
-pub(super) struct Wildcard {
-    pub(super) pattern: String,
-    parts: Vec<String>,
 }
 
 // === impl Unit ===
@@ -198,81 +197,6 @@ impl RuleSet {
         }
     }
 
-    /// Loads every file of `dir` not starting with a dot (as the reference
-    /// loads its runtime directory), in name order. With `merge`, files may add to one domain;
-    /// otherwise a domain in two files is an error, as in the reference.
-    pub fn load_dir(dir: &Path, merge: bool, slots: &SlotRegistry) -> Result<Self, Error> {
-        let files = rule_files(dir)?;
-        let mut texts = Vec::with_capacity(files.len());
-        for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
-                path: path.clone(),
-                source,
-            })?;
-            texts.push((path.display().to_string(), text));
-        }
-        Self::parse(&texts, merge, slots)
-    }
-
-    /// Compiles rule files given as (name, text).
-    pub fn parse(
-        files: &[(String, String)],
-        merge: bool,
-        slots: &SlotRegistry,
-    ) -> Result<Self, Error> {
-        let mut set = Self::empty(slots);
-        let mut problems = Vec::new();
-        for (file, text) in files {
-            let raw: RawFile = match config::deserialize(file, text) {
-                Ok(raw) => raw,
-                Err(Error::Invalid(mut list)) => {
-                    problems.append(&mut list);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let mut c = Compiler {
-                file,
-                slots,
-                problems: &mut problems,
-            };
-            let domain = match &raw.domain {
-                Some(d) if !d.value.trim().is_empty() => d,
-                d => {
-                    let line = d.as_ref().map_or(1, |d| d.referenced.line());
-                    c.push(
-                        line,
-                        "domain",
-                        "config file cannot have empty domain".into(),
-                    );
-                    continue;
-                }
-            };
-            if set.domains.contains_key(&domain.value) && !merge {
-                c.push(
-                    domain.referenced.line(),
-                    "domain",
-                    format!(
-                        "duplicate domain '{}' in config file (set --envoy-merge-domains to merge files of one domain)",
-                        domain.value
-                    ),
-                );
-                continue;
-            }
-            let level = set.domains.entry(domain.value.clone()).or_default();
-            c.level(
-                level,
-                raw.descriptors.as_deref().unwrap_or_default(),
-                "descriptors",
-            );
-        }
-        if problems.is_empty() {
-            Ok(set)
-        } else {
-            Err(Error::Invalid(problems))
-        }
-    }
-
     /// The number of domains.
     pub fn domains(&self) -> usize {
         self.domains.len()
@@ -324,24 +248,6 @@ pub(super) fn identity(window: Nanos, algorithm: Algorithm) -> String {
     format!("envoy|{window}|{}", algorithm.as_str())
 }
 
-/// The rule files of `dir`, in name order.
-pub fn rule_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, Error> {
-    let read = std::fs::read_dir(dir).map_err(|source| Error::Read {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let mut files: Vec<_> = read
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
-            !name.starts_with('.') && p.is_file()
-        })
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
 // === impl Level ===
 
 impl Level {
@@ -352,46 +258,9 @@ impl Level {
             return Some((node, None));
         }
         if let Some((w, node)) = rules.wildcards.iter().find(|(w, _)| w.matches(value)) {
-            return Some((node, Some(w.pattern.as_str())));
+            return Some((node, Some(w.as_str())));
         }
         rules.any.as_deref().map(|node| (node, None))
-    }
-}
-
-// === impl Wildcard ===
-
-impl Wildcard {
-    pub(super) fn new(pattern: &str) -> Self {
-        Self {
-            pattern: pattern.to_owned(),
-            parts: pattern.split('*').map(str::to_owned).collect(),
-        }
-    }
-
-    /// Each `*` matches any run of characters, the empty one included.
-    fn matches(&self, value: &str) -> bool {
-        let (first, rest) = self
-            .parts
-            .split_first()
-            .expect("split gives one part at least");
-        let Some((last, middle)) = rest.split_last() else {
-            return value == first;
-        };
-        let fixed: usize = self.parts.iter().map(String::len).sum();
-        if value.len() < fixed
-            || !value.starts_with(first.as_str())
-            || !value.ends_with(last.as_str())
-        {
-            return false;
-        }
-        let mut inner = &value[first.len()..value.len() - last.len()];
-        for part in middle {
-            match inner.find(part.as_str()) {
-                Some(i) => inner = &inner[i + part.len()..],
-                None => return false,
-            }
-        }
-        true
     }
 }
 
@@ -406,26 +275,6 @@ mod tests {
             &SlotRegistry::default(),
         )
         .expect("valid rules")
-    }
-
-    fn err(yaml: &str) -> String {
-        RuleSet::parse(
-            &[("t.yaml".into(), yaml.into())],
-            false,
-            &SlotRegistry::default(),
-        )
-        .expect_err("invalid rules")
-        .to_string()
-    }
-
-    #[test]
-    fn wildcards_match_anywhere() {
-        let w = Wildcard::new("/api/*/resource/*/action");
-        assert!(w.matches("/api/v1/resource/123/action"));
-        assert!(!w.matches("/api/v1/resource/123/other"));
-        assert!(Wildcard::new("value*").matches("value"));
-        assert!(Wildcard::new("*").matches(""));
-        assert!(!Wildcard::new("ab*ba").matches("aba"));
     }
 
     #[test]
@@ -449,55 +298,5 @@ mod tests {
         );
         assert!(s.find("d", &[("a_b", "c")]).is_none());
         assert!(s.find("d", &[("a", "b_c")]).is_some());
-    }
-
-    #[test]
-    fn several_limits_as_a_list_in_rate_limit_or_rate_limits() {
-        for key in ["rate_limit", "rate_limits"] {
-            let s = set(&format!(
-                "domain: d\ndescriptors:\n  - key: k\n    {key}:\n      - {{ unit: second, requests_per_unit: 10 }}\n      - {{ unit: day, requests_per_unit: 1000, algorithm: sliding_window }}\n"
-            ));
-            let m = s.find("d", &[("k", "v")]).expect("matched");
-            let amounts: Vec<u32> = m.rule.limits.iter().map(|l| l.amount).collect();
-            assert_eq!(amounts, [10, 1000], "{key}");
-        }
-        let e = err(
-            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      - { unit: second, requests_per_unit: 10 }\n      - { unit: eon, requests_per_unit: 1 }\n",
-        );
-        assert_eq!(
-            e,
-            "t.yaml:6: descriptors[0].rate_limit[1].unit: invalid rate limit unit 'eon'"
-        );
-        let e = err(
-            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      - { unit: second, requests_per_unit: 10, colour: red }\n",
-        );
-        assert!(e.contains("unknown field `colour`"), "{e}");
-    }
-
-    #[test]
-    fn problems_name_file_line_and_field() {
-        let e = err(
-            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: fortnight\n      requests_per_unit: 5\n",
-        );
-        assert_eq!(
-            e,
-            "t.yaml:5: descriptors[0].rate_limit.unit: invalid rate limit unit 'fortnight'"
-        );
-        assert!(err("descriptors: []\n").contains("empty domain"));
-        assert!(
-            err("domain: d\ndescriptors:\n  - key: k\n    unit: second\n")
-                .contains("unknown field"),
-            "keys at the wrong level are refused"
-        );
-        assert!(
-            err("domain: d\ndescriptors:\n  - key: k\n    value: v\n  - key: k\n    value: v\n")
-                .contains("duplicate descriptor composite key 'k=v'")
-        );
-        assert!(err("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, unit: second}\n").contains("should not specify rate limit unit when unlimited"));
-        assert!(err("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {name: a, replaces: [{name: a}], unit: second, requests_per_unit: 1}\n").contains("same descriptor"));
-        assert!(
-            err("domain: d\ndescriptors:\n  - key: k\n    value: v\n    share_threshold: true\n")
-                .contains("wildcard")
-        );
     }
 }

@@ -3,10 +3,12 @@
 //! A pattern is `[METHOD ]/path`, where `*` matches any run of characters
 //! (slashes included). Exact patterns beat wildcards; among wildcards, more
 //! literal characters win; at equal length a pattern naming the method wins.
-//! Exact patterns are hash lookups; wildcards are tried in specificity order
-//! and the first match ends the search.
+//! Exact patterns are hash lookups; wildcards are [`Glob`]s tried in
+//! specificity order, and the first match ends the search.
 
 use hashbrown::HashMap;
+
+use super::glob::Glob;
 
 /// The compiled patterns of every class.
 #[derive(Debug, Default)]
@@ -16,10 +18,11 @@ pub struct Matcher {
     wildcards: Vec<Wildcard>,
 }
 
+/// A pattern with a `*`, for one method or (`None`) any.
 #[derive(Debug)]
 struct Wildcard {
     method: Option<String>,
-    parts: Vec<String>,
+    path: Glob,
     class: usize,
 }
 
@@ -69,24 +72,22 @@ impl Matcher {
             map.insert(path.to_owned(), class);
             return Ok(());
         }
-        let parts: Vec<String> = path.split('*').map(str::to_owned).collect();
+        let path = Glob::new(path);
         if let Some(w) = self
             .wildcards
             .iter()
-            .find(|w| w.method == method && w.parts == parts)
+            .find(|w| w.method == method && w.path == path)
         {
             return Err(duplicate(w.class));
         }
         self.wildcards.push(Wildcard {
             method,
-            parts,
+            path,
             class,
         });
         // Most literal characters first; the method breaks ties; stable otherwise.
-        self.wildcards.sort_by_key(|w| {
-            let literal: usize = w.parts.iter().map(String::len).sum();
-            (std::cmp::Reverse(literal), w.method.is_none())
-        });
+        self.wildcards
+            .sort_by_key(|w| (std::cmp::Reverse(w.path.literal_len()), w.method.is_none()));
         Ok(())
     }
 
@@ -104,7 +105,7 @@ impl Matcher {
         self.wildcards
             .iter()
             .find(|w| {
-                w.method.as_deref().is_none_or(|wm| Some(wm) == method) && glob(&w.parts, path)
+                w.method.as_deref().is_none_or(|wm| Some(wm) == method) && w.path.matches(path)
             })
             .map(|w| w.class)
     }
@@ -118,27 +119,6 @@ pub fn split_method(s: &str) -> (Option<&str>, &str) {
         }
         _ => (None, s),
     }
-}
-
-/// Whether `text` matches the literal `parts` with `*` between each pair.
-fn glob(parts: &[String], text: &str) -> bool {
-    let (first, rest) = match parts.split_first() {
-        Some(split) => split,
-        None => return text.is_empty(),
-    };
-    let Some(mut tail) = text.strip_prefix(first.as_str()) else {
-        return false;
-    };
-    let Some((last, middle)) = rest.split_last() else {
-        return tail.is_empty();
-    };
-    for part in middle {
-        match tail.find(part.as_str()) {
-            Some(i) => tail = &tail[i + part.len()..],
-            None => return false,
-        }
-    }
-    tail.len() >= last.len() && tail.ends_with(last.as_str())
 }
 
 #[cfg(test)]

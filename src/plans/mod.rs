@@ -6,6 +6,7 @@
 //! Catalogs are swapped whole on reload; counters outlive them because a
 //! limit's counter identity ([`SlotRegistry`]) does not name the plan.
 
+pub mod glob;
 pub mod matcher;
 pub mod overrides;
 pub mod resolver;
