@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status};
 
 use super::answer::{Answer, header, plan_answer, status, unit_of_override};
 use super::metadata::metadata;
+use super::options::Options;
 use super::rules::{Matched, RuleLimit, RuleSet};
-use super::{Options, RuleSource};
+use super::source::RuleSource;
 use crate::engine::{Algorithm, CounterKey, Item, Mode, Rate, clock::SECOND};
 use crate::error::Error;
 use crate::limiter::route::{self, Items};

@@ -1,4 +1,6 @@
-//! The three algorithms, as pure steps over a [`State`](super::store::State).
+//! The four algorithms, as pure steps over a [`State`](super::store::State):
+//! fixed window, sliding window, GCRA (the token bucket) and the sliding ring
+//! that holds a burst's ceiling.
 //!
 //! Each `step` takes the stored state, the limit, the time and a cost, and
 //! says everything a decision needs: whether the cost fits, the state with the

@@ -50,6 +50,43 @@ enum Conn {
     ),
 }
 
+/// One multiplexed connection of either kind.
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// Why the store did not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -198,17 +235,7 @@ impl RedisStore {
             .arg(c.cost);
         }
         let reply: Vec<i64> = self
-            .bounded(async {
-                match &self.conn {
-                    Conn::Single(c) => call.invoke_async(&mut c.clone()).await,
-                    Conn::Cluster(client, cell) => {
-                        let c = cell
-                            .get_or_try_init(|| client.get_async_connection())
-                            .await?;
-                        call.invoke_async(&mut c.clone()).await
-                    }
-                }
-            })
+            .bounded(async { call.invoke_async(&mut self.connection().await?).await })
             .await?;
         outcome(&reply, counters.len())
     }
@@ -236,15 +263,11 @@ impl RedisStore {
     /// only the store timeout). A failure is not fatal: decisions retry.
     pub async fn warm_up(&self, within: Duration) -> Result<(), StoreError> {
         let work = async {
-            match &self.conn {
-                Conn::Single(c) => self.script.load_async(&mut c.clone()).await.map(drop),
-                Conn::Cluster(client, cell) => {
-                    // Each node loads the script on its first NOSCRIPT.
-                    let c = cell
-                        .get_or_try_init(|| client.get_async_connection())
-                        .await?;
-                    redis::cmd("PING").query_async::<()>(&mut c.clone()).await
-                }
+            let mut conn = self.connection().await?;
+            match &conn {
+                Connection::Single(_) => self.script.load_async(&mut conn).await.map(drop),
+                // Each node loads the script on its first NOSCRIPT.
+                Connection::Cluster(_) => redis::cmd("PING").query_async::<()>(&mut conn).await,
             }
         };
         match tokio::time::timeout(within, work).await {
@@ -260,23 +283,26 @@ impl RedisStore {
 
     /// Runs one command, within the timeout.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
-        self.bounded(async {
-            match &self.conn {
-                Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
-                Conn::Cluster(client, cell) => {
-                    let c = cell
-                        .get_or_try_init(|| client.get_async_connection())
-                        .await?;
-                    cmd.query_async(&mut c.clone()).await
-                }
-            }
-        })
-        .await
+        self.bounded(async { cmd.query_async(&mut self.connection().await?).await })
+            .await
     }
 
     /// A client for subscriptions.
     pub fn pubsub_client(&self) -> &redis::Client {
         &self.pubsub
+    }
+
+    /// A handle on the shared connection (a cheap clone), connecting a
+    /// Cluster on first use.
+    async fn connection(&self) -> redis::RedisResult<Connection> {
+        Ok(match &self.conn {
+            Conn::Single(c) => Connection::Single(c.clone()),
+            Conn::Cluster(client, cell) => Connection::Cluster(
+                cell.get_or_try_init(|| client.get_async_connection())
+                    .await?
+                    .clone(),
+            ),
+        })
     }
 
     async fn bounded<T>(
