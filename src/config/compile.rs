@@ -7,8 +7,9 @@ use std::sync::Arc;
 use serde_saphyr::Spanned;
 
 use super::error::Problem;
+use super::rate::{parse_rate, parse_window};
 use super::raw::{Burst, RawConfig, RawEnvoy, RawLimit, RawPlan};
-use crate::engine::{Algorithm, Nanos, Rate, clock::SECOND};
+use crate::engine::{Algorithm, Nanos, Rate};
 use crate::plans::{
     Catalog, EnvoyDomain, HeaderStyle, Limit, LimitKind, Matcher, Per, Plan, SlotRegistry,
     counter_identity, default_name,
@@ -492,54 +493,6 @@ fn entry(
     })
 }
 
-/// `<amount>/<window>`: `30/minute`, `100_000/day`, `10/30s`.
-pub(crate) fn parse_rate(s: &str) -> Result<(u64, Nanos), String> {
-    let bad =
-        || format!("expected \"<amount>/<window>\" such as \"30/minute\" or \"10/30s\", got {s:?}");
-    let (amount, window) = s.split_once('/').ok_or_else(bad)?;
-    let digits: String = amount
-        .trim()
-        .chars()
-        .filter(|c| !matches!(c, '_' | ','))
-        .collect();
-    let amount: u64 = digits.parse().map_err(|_| bad())?;
-    if amount == 0 {
-        return Err(format!(
-            "amount must be at least 1 in {s:?} (use deny to refuse a class)"
-        ));
-    }
-    Ok((amount, parse_window(window)?))
-}
-
-/// `second`, `minute`, `hour`, `day`, `week` (or `s`, `m`, `h`, `d`, `w`), or
-/// a duration such as `30s`, `5m`, `1h30m`.
-pub(crate) fn parse_window(s: &str) -> Result<Nanos, String> {
-    let s = s.trim();
-    let named = match s {
-        "second" | "sec" | "s" => Some(1),
-        "minute" | "min" | "m" => Some(60),
-        "hour" | "h" => Some(3_600),
-        "day" | "d" => Some(86_400),
-        "week" | "w" => Some(604_800),
-        _ => None,
-    };
-    let nanos = match named {
-        Some(secs) => secs * SECOND,
-        None => {
-            let d = humantime::parse_duration(s)
-                .map_err(|_| format!("expected a window (second, minute, hour, day, week or a duration like 30s), got {s:?}"))?;
-            u64::try_from(d.as_nanos()).map_err(|_| format!("window {s:?} is too long"))?
-        }
-    };
-    if nanos < 1_000_000 {
-        return Err(format!("window {s:?} is shorter than a millisecond"));
-    }
-    if nanos > 366 * 86_400 * SECOND {
-        return Err(format!("window {s:?} is longer than a year"));
-    }
-    Ok(nanos)
-}
-
 /// The most a burst may admit in one window: `amount + extra`, and at least
 /// `amount * 7 / 6`, below which the six-bucket ring would hold steady traffic
 /// at `amount` under its rate (see `engine::algorithm::sliding_ring`).
@@ -757,17 +710,6 @@ fn build_limit(e: &Entry, class_names: &[Arc<str>], slots: &SlotRegistry) -> Lim
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_rates_and_windows() {
-        assert_eq!(parse_rate("30/minute"), Ok((30, 60 * SECOND)));
-        assert_eq!(parse_rate("100_000/day"), Ok((100_000, 86_400 * SECOND)));
-        assert_eq!(parse_rate("10/30s"), Ok((10, 30 * SECOND)));
-        assert_eq!(parse_rate("5/1h30m"), Ok((5, 5_400 * SECOND)));
-        assert!(parse_rate("30 per min").is_err());
-        assert!(parse_rate("0/minute").is_err());
-        assert!(parse_rate("3/fortnight").is_err());
-    }
 
     #[test]
     fn burst_is_a_share_or_units() {

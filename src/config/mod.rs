@@ -7,13 +7,15 @@
 
 mod compile;
 pub mod error;
+mod rate;
 pub mod raw;
 pub mod reload;
 
 use std::path::Path;
 
-pub(crate) use compile::{burst_ceiling, burst_extra, parse_rate, parse_window};
+pub(crate) use compile::{burst_ceiling, burst_extra};
 pub use error::{Error, Problem};
+pub(crate) use rate::{parse_rate, parse_window};
 
 use crate::plans::{Catalog, SlotRegistry};
 
