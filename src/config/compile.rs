@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
+use super::burst::Extra;
 use super::error::Problem;
 use super::rate::{parse_rate, parse_window};
-use super::raw::{Burst, RawConfig, RawEnvoy, RawLimit, RawPlan};
+use super::raw::{RawConfig, RawEnvoy, RawLimit, RawPlan};
 use crate::engine::{Algorithm, Nanos, Rate};
 use crate::plans::{
     Catalog, EnvoyDomain, HeaderStyle, Limit, LimitKind, Matcher, Per, Plan, SlotRegistry,
@@ -42,7 +43,7 @@ enum EntryKind {
         amount: u64,
         window: Nanos,
         algorithm: Algorithm,
-        burst: Option<Burst>,
+        burst: Option<Extra>,
     },
 }
 
@@ -399,17 +400,12 @@ fn entry(
         }
         (None, false, Some(rate)) => match parse_rate(&rate.value) {
             Ok((amount, window)) => {
-                let burst = raw.burst.as_ref().map(|b| b.value.clone());
-                if let Some(b) = &raw.burst {
-                    match burst_extra(&b.value, amount) {
-                        Err(e) => p.push(b.referenced.line(), &format!("{field}.burst"), e),
-                        Ok(extra) if burst_ceiling(amount, extra) > u64::from(u32::MAX) => p.push(
-                            b.referenced.line(),
-                            &format!("{field}.burst"),
-                            format!("a burst ceiling is at most {} units a window", u32::MAX),
-                        ),
-                        Ok(_) => {}
-                    }
+                // The one place a burst is checked; it becomes a ceiling when
+                // the limit is built.
+                let burst = raw.burst.as_ref().and_then(|b| {
+                    let extra = Extra::check(&b.value, amount)
+                        .map_err(|e| p.push(b.referenced.line(), &format!("{field}.burst"), e))
+                        .ok();
                     if algorithm == Some(Algorithm::FixedWindow) {
                         p.push(
                             b.referenced.line(),
@@ -417,10 +413,11 @@ fn entry(
                             "needs algorithm token_bucket or sliding_window".into(),
                         );
                     }
-                }
+                    extra
+                });
                 // A burst is always a token bucket at the rate under a sliding
                 // window at the burst ceiling (README, "Bursts").
-                let algorithm = match (algorithm, &burst) {
+                let algorithm = match (algorithm, &raw.burst) {
                     (_, Some(_)) => Algorithm::TokenBucket,
                     (Some(a), None) => a,
                     (None, None) => Algorithm::FixedWindow,
@@ -491,36 +488,6 @@ fn entry(
         kind,
         max_cost,
     })
-}
-
-/// The most a burst may admit in one window: `amount + extra`, and at least
-/// `amount * 7 / 6`, below which the six-bucket ring would hold steady traffic
-/// at `amount` under its rate (see `engine::algorithm::sliding_ring`).
-pub(crate) fn burst_ceiling(amount: u64, extra: u64) -> u64 {
-    amount.saturating_add(extra).max(
-        (u128::from(amount) * 7)
-            .div_ceil(6)
-            .try_into()
-            .unwrap_or(u64::MAX),
-    )
-}
-
-/// The extra units a burst allows over `amount`.
-pub(crate) fn burst_extra(burst: &Burst, amount: u64) -> Result<u64, String> {
-    match burst {
-        Burst::Units(n) => Ok(*n),
-        Burst::Text(t) => {
-            let pct: f64 = t
-                .trim()
-                .strip_suffix('%')
-                .and_then(|n| n.trim().parse().ok())
-                .filter(|p: &f64| p.is_finite() && *p >= 0.0)
-                .ok_or_else(|| {
-                    format!("expected a percentage such as \"20%\" or a number of units, got {t:?}")
-                })?;
-            Ok((amount as f64 * pct / 100.0).round() as u64)
-        }
-    }
 }
 
 fn same_identity(a: &Entry, b: &Entry) -> bool {
@@ -620,9 +587,7 @@ fn resolve(
 fn scale(mut entry: Entry, multiplier: f64) -> Entry {
     if let EntryKind::Counted { amount, burst, .. } = &mut entry.kind {
         *amount = ((*amount as f64) * multiplier).round().max(1.0) as u64;
-        if let Some(Burst::Units(n)) = burst {
-            *n = ((*n as f64) * multiplier).round() as u64;
-        }
+        *burst = burst.map(|b| b.scaled(multiplier));
         // A generated name names the old amount nowhere, so it stays right;
         // a configured one is kept as written.
     }
@@ -674,10 +639,9 @@ fn build_limit(e: &Entry, class_names: &[Arc<str>], slots: &SlotRegistry) -> Lim
             let identity =
                 counter_identity(e.per, e.class.as_deref(), &e.unit, *window, *algorithm);
             let rate = Rate::new(*amount, *window).expect("amount and window checked nonzero");
-            let burst = burst.as_ref().map(|b| {
-                let cap = burst_ceiling(*amount, burst_extra(b, *amount).unwrap_or(0))
-                    .min(u64::from(u32::MAX));
-                let cap = Rate::new(cap, *window).expect("nonzero");
+            let burst = burst.map(|b| {
+                let cap = Rate::new(b.ceiling(*amount), *window)
+                    .expect("a ceiling is at least its amount");
                 (cap, slots.intern(&format!("{identity}|burst")))
             });
             let kind = LimitKind::Counted {
@@ -704,17 +668,5 @@ fn build_limit(e: &Entry, class_names: &[Arc<str>], slots: &SlotRegistry) -> Lim
         window,
         kind,
         max_cost: e.max_cost,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn burst_is_a_share_or_units() {
-        assert_eq!(burst_extra(&Burst::Text("20%".into()), 1000), Ok(200));
-        assert_eq!(burst_extra(&Burst::Units(7), 1000), Ok(7));
-        assert!(burst_extra(&Burst::Text("lots".into()), 1000).is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! plans.pro.limits[2].rate: expected "<amount>/<window>", got "30 per min"`).
 //! Library code never reads the environment: callers pass a path or text.
 
+mod burst;
 mod compile;
 pub mod error;
 mod rate;
@@ -13,7 +14,7 @@ pub mod reload;
 
 use std::path::Path;
 
-pub(crate) use compile::{burst_ceiling, burst_extra};
+pub(crate) use burst::{burst_ceiling, burst_extra};
 pub use error::{Error, Problem};
 pub(crate) use rate::{parse_rate, parse_window};
 
