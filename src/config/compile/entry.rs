@@ -6,6 +6,8 @@
 //! so inheritance and building see only sound entries.
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::str::FromStr;
 
 use serde_saphyr::Spanned;
 
@@ -105,8 +107,8 @@ fn entry(
     let before = p.list.len();
     let class = class(p, field, raw, classes);
     let unit = unit(p, field, raw);
-    let per = per(p, field, raw);
-    let algorithm = algorithm(p, field, raw);
+    let per = parsed(p, field, "per", raw.per.as_ref()).unwrap_or(Per::Subject);
+    let algorithm = parsed(p, field, "algorithm", raw.algorithm.as_ref());
     let kind = kind(p, field, line, raw, class.is_some(), algorithm)?;
     check_fields_fit(p, field, line, raw, &kind);
     let max_cost = max_cost(p, field, raw);
@@ -149,38 +151,26 @@ fn unit(p: &mut Problems<'_>, field: &str, raw: &RawLimit) -> String {
     }
 }
 
-/// `per:`, `subject` when absent.
-fn per(p: &mut Problems<'_>, field: &str, raw: &RawLimit) -> Per {
-    match raw
-        .per
-        .as_ref()
-        .map(|s| (s.value.as_str(), s.referenced.line()))
-    {
-        None | Some(("subject", _)) => Per::Subject,
-        Some(("account", _)) => Per::Account,
-        Some((other, l)) => {
+/// A field read by its type's own parser (`Per`, `Algorithm`), so the file
+/// and requests accept the same names; `None` when absent or refused.
+fn parsed<T>(
+    p: &mut Problems<'_>,
+    field: &str,
+    key: &str,
+    raw: Option<&Spanned<String>>,
+) -> Option<T>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    let raw = raw?;
+    match raw.value.parse() {
+        Ok(value) => Some(value),
+        Err(e) => {
             p.push(
-                l,
-                &format!("{field}.per"),
-                format!("expected subject or account, got {other:?}"),
-            );
-            Per::Subject
-        }
-    }
-}
-
-/// `algorithm:`; `None` when absent, so a burst can choose it.
-fn algorithm(p: &mut Problems<'_>, field: &str, raw: &RawLimit) -> Option<Algorithm> {
-    let a = raw.algorithm.as_ref()?;
-    match a.value.as_str() {
-        "fixed_window" => Some(Algorithm::FixedWindow),
-        "sliding_window" => Some(Algorithm::SlidingWindow),
-        "token_bucket" | "gcra" => Some(Algorithm::TokenBucket),
-        other => {
-            p.push(
-                a.referenced.line(),
-                &format!("{field}.algorithm"),
-                format!("expected fixed_window, sliding_window or token_bucket, got {other:?}"),
+                raw.referenced.line(),
+                &format!("{field}.{key}"),
+                e.to_string(),
             );
             None
         }
