@@ -4,6 +4,10 @@
 //! naming the file, the line and the field (`tollgate.yaml:14:
 //! plans.pro.limits[2].rate: expected "<amount>/<window>", got "30 per min"`).
 //! Library code never reads the environment: callers pass a path or text.
+//!
+//! [`raw`] mirrors the YAML; `compile/` turns it into a [`Catalog`];
+//! `rate.rs` and `burst.rs` read the rate and burst texts that Envoy rule
+//! files and admin overrides share; [`reload`] follows the file while serving.
 
 mod burst;
 mod compile;
