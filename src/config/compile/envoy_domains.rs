@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::Problems;
-use crate::config::raw::RawEnvoy;
+use crate::config::raw::{RawEnvoy, RawEnvoyDomain};
 use crate::plans::EnvoyDomain;
 
 /// Every well-formed domain; one without a subject entry is left out.
@@ -30,33 +30,7 @@ pub(super) fn envoy_domains(
             );
             continue;
         };
-        // One entry carries one part: a key named twice would be read twice.
-        let mut keys = vec![("subject", Some(&subject.value))];
-        keys.extend([
-            ("account", d.account.as_ref()),
-            ("plan", d.plan.as_ref()),
-            ("resource", d.resource.as_ref()),
-            ("method", d.method.as_ref()),
-        ]);
-        for (i, (what, key)) in keys.iter().enumerate() {
-            let Some(key) = key else { continue };
-            if keys[..i].iter().any(|(_, k)| *k == Some(*key)) || d.cost.contains_key(*key) {
-                p.push(
-                    line,
-                    &format!("{field}.{what}"),
-                    format!("entry {key:?} already carries another part"),
-                );
-            }
-        }
-        for (key, unit) in &d.cost {
-            if unit.trim().is_empty() {
-                p.push(
-                    line,
-                    &format!("{field}.cost.{key}"),
-                    "names the unit the entry's value counts".into(),
-                );
-            }
-        }
+        check_parts(p, &field, line, d, &subject.value);
         out.insert(
             domain.clone(),
             EnvoyDomain {
@@ -70,4 +44,35 @@ pub(super) fn envoy_domains(
         );
     }
     out
+}
+
+/// One entry carries one part: a key named for two parts would be read as
+/// both. A cost entry also names the unit it counts.
+fn check_parts(p: &mut Problems<'_>, field: &str, line: u64, d: &RawEnvoyDomain, subject: &String) {
+    let mut keys = vec![("subject", Some(subject))];
+    keys.extend([
+        ("account", d.account.as_ref()),
+        ("plan", d.plan.as_ref()),
+        ("resource", d.resource.as_ref()),
+        ("method", d.method.as_ref()),
+    ]);
+    for (i, (what, key)) in keys.iter().enumerate() {
+        let Some(key) = key else { continue };
+        if keys[..i].iter().any(|(_, k)| *k == Some(*key)) || d.cost.contains_key(*key) {
+            p.push(
+                line,
+                &format!("{field}.{what}"),
+                format!("entry {key:?} already carries another part"),
+            );
+        }
+    }
+    for (key, unit) in &d.cost {
+        if unit.trim().is_empty() {
+            p.push(
+                line,
+                &format!("{field}.cost.{key}"),
+                "names the unit the entry's value counts".into(),
+            );
+        }
+    }
 }
