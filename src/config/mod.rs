@@ -4,16 +4,23 @@
 //! naming the file, the line and the field (`tollgate.yaml:14:
 //! plans.pro.limits[2].rate: expected "<amount>/<window>", got "30 per min"`).
 //! Library code never reads the environment: callers pass a path or text.
+//!
+//! [`raw`] mirrors the YAML; `compile/` turns it into a [`Catalog`];
+//! `rate.rs` and `burst.rs` read the rate and burst texts that Envoy rule
+//! files and admin overrides share; [`reload`] follows the file while serving.
 
+mod burst;
 mod compile;
 pub mod error;
+mod rate;
 pub mod raw;
 pub mod reload;
 
 use std::path::Path;
 
-pub(crate) use compile::{burst_ceiling, burst_extra, parse_rate, parse_window};
+pub(crate) use burst::{burst_ceiling, burst_extra};
 pub use error::{Error, Problem};
+pub(crate) use rate::{parse_rate, parse_window};
 
 use crate::plans::{Catalog, SlotRegistry};
 

@@ -104,6 +104,11 @@ pub struct Engine<S> {
     store: S,
 }
 
+/// A name that is not an [`Algorithm`] a configuration or a request may ask for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected fixed_window, sliding_window or token_bucket, got {0:?}")]
+pub struct ParseAlgorithmError(pub String);
+
 // === impl Algorithm ===
 
 impl Algorithm {
@@ -124,6 +129,22 @@ impl Algorithm {
             Self::SlidingWindow => algorithm::sliding_window::step(state, rate, now, cost),
             Self::TokenBucket => algorithm::gcra::step(state, rate, now, cost),
             Self::SlidingRing => algorithm::sliding_ring::step(state, rate, now, cost),
+        }
+    }
+}
+
+/// The one reading of an algorithm's name, for configuration files and
+/// requests alike. `gcra` names the token bucket's model; `sliding_ring` is
+/// refused: it only ever backs a burst ceiling, which the limit chooses.
+impl std::str::FromStr for Algorithm {
+    type Err = ParseAlgorithmError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fixed_window" => Ok(Self::FixedWindow),
+            "sliding_window" => Ok(Self::SlidingWindow),
+            "token_bucket" | "gcra" => Ok(Self::TokenBucket),
+            other => Err(ParseAlgorithmError(other.to_owned())),
         }
     }
 }
@@ -201,5 +222,27 @@ impl<S: CounterStore> Engine<S> {
             count
         });
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_configurable_algorithm_names() {
+        assert_eq!("fixed_window".parse(), Ok(Algorithm::FixedWindow));
+        assert_eq!("sliding_window".parse(), Ok(Algorithm::SlidingWindow));
+        assert_eq!("token_bucket".parse(), Ok(Algorithm::TokenBucket));
+        assert_eq!("gcra".parse(), Ok(Algorithm::TokenBucket));
+        assert_eq!(
+            "sliding_ring"
+                .parse::<Algorithm>()
+                .map_err(|e| e.to_string()),
+            Err(
+                r#"expected fixed_window, sliding_window or token_bucket, got "sliding_ring""#
+                    .to_owned()
+            )
+        );
     }
 }

@@ -171,6 +171,11 @@ pub struct SlotRegistry {
     names: ArcSwap<Vec<Arc<str>>>,
 }
 
+/// A name that is not a [`Per`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected subject or account, got {0:?}")]
+pub struct ParsePerError(pub String);
+
 // === impl Catalog ===
 
 impl Catalog {
@@ -258,6 +263,19 @@ impl Per {
     }
 }
 
+/// The one reading of `per:`, for configuration files and requests alike.
+impl std::str::FromStr for Per {
+    type Err = ParsePerError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "subject" => Ok(Self::Subject),
+            "account" => Ok(Self::Account),
+            other => Err(ParsePerError(other.to_owned())),
+        }
+    }
+}
+
 // === impl SlotRegistry ===
 
 impl SlotRegistry {
@@ -328,5 +346,20 @@ pub fn window_name(window: Nanos) -> String {
         w => humantime::format_duration(std::time::Duration::from_nanos(w))
             .to_string()
             .replace(' ', ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_per_names() {
+        assert_eq!("subject".parse(), Ok(Per::Subject));
+        assert_eq!("account".parse(), Ok(Per::Account));
+        assert_eq!(
+            "team".parse::<Per>().map_err(|e| e.to_string()),
+            Err(r#"expected subject or account, got "team""#.to_owned())
+        );
     }
 }

@@ -1,0 +1,111 @@
+//! Resolved entries → the immutable [`Plan`]s and [`Limit`]s the hot path
+//! reads. Nothing here can fail: every entry was checked before, so this is
+//! where counter slots are interned and a burst becomes its ceiling.
+
+use std::sync::Arc;
+
+use super::entry::{Entry, EntryKind};
+use crate::config::burst::Extra;
+use crate::config::raw::RawPlan;
+use crate::engine::{Algorithm, Nanos, Rate};
+use crate::plans::{Limit, LimitKind, Plan, SlotRegistry, counter_identity, default_name};
+
+/// The plan `name` with its resolved `entries`.
+pub(super) fn plan(
+    name: &str,
+    raw: &RawPlan,
+    entries: &[Entry],
+    class_names: &[Arc<str>],
+    slots: &SlotRegistry,
+) -> Plan {
+    let limits: Vec<Arc<Limit>> = entries
+        .iter()
+        .map(|e| Arc::new(limit(e, class_names, slots)))
+        .collect();
+    Plan::new(
+        name,
+        raw.description.clone(),
+        raw.extends.as_ref().map(|e| e.value.clone()),
+        limits,
+        class_names,
+    )
+}
+
+fn limit(e: &Entry, class_names: &[Arc<str>], slots: &SlotRegistry) -> Limit {
+    // Share the catalog's class name rather than allocate one per limit.
+    let class = e.class.as_ref().map(|c| {
+        class_names
+            .iter()
+            .find(|n| &***n == c)
+            .cloned()
+            .unwrap_or_else(|| c.as_str().into())
+    });
+    let (window, kind) = match &e.kind {
+        EntryKind::Deny(m) => (0, LimitKind::Deny(m.as_str().into())),
+        EntryKind::Unlimited { window } => (window.unwrap_or(0), LimitKind::Unlimited),
+        EntryKind::Counted {
+            amount,
+            window,
+            algorithm,
+            burst,
+        } => (
+            *window,
+            counted(e, *amount, *window, *algorithm, *burst, slots),
+        ),
+    };
+    Limit {
+        name: e
+            .name
+            .clone()
+            .unwrap_or_else(|| generated_name(e, window))
+            .into(),
+        class,
+        unit: e.unit.as_str().into(),
+        per: e.per,
+        window,
+        kind,
+        max_cost: e.max_cost,
+    }
+}
+
+/// A counted limit's rate and counter slot, and its burst ceiling's.
+fn counted(
+    e: &Entry,
+    amount: u64,
+    window: Nanos,
+    algorithm: Algorithm,
+    burst: Option<Extra>,
+    slots: &SlotRegistry,
+) -> LimitKind {
+    let identity = counter_identity(e.per, e.class.as_deref(), &e.unit, window, algorithm);
+    let rate = Rate::new(amount, window).expect("amount and window checked nonzero");
+    let burst = burst.map(|b| {
+        let cap = Rate::new(b.ceiling(amount), window).expect("a ceiling is at least its amount");
+        (cap, slots.intern(&format!("{identity}|burst")))
+    });
+    LimitKind::Counted {
+        rate,
+        algorithm,
+        slot: slots.intern(&identity),
+        burst,
+    }
+}
+
+/// The name of a limit configured without one: from its class, unit, window
+/// and per, so it reads the same in every answer and header.
+fn generated_name(e: &Entry, window: Nanos) -> String {
+    match &e.kind {
+        EntryKind::Deny(_) => {
+            let class_part = e
+                .class
+                .as_deref()
+                .map(|c| format!("{c}:"))
+                .unwrap_or_default();
+            format!("{class_part}deny")
+        }
+        EntryKind::Unlimited { window: None } => {
+            default_name(e.class.as_deref(), &e.unit, None, e.per)
+        }
+        _ => default_name(e.class.as_deref(), &e.unit, Some(window), e.per),
+    }
+}

@@ -1,0 +1,121 @@
+//! `extends` and `multiplier`: a plan's entries are its parent's, scaled,
+//! with its own entries replacing the inherited ones they overlap.
+//!
+//! Resolution is depth first and memoized, so a chain is resolved once
+//! however many plans extend it. A plan whose chain names a missing plan or
+//! loops is reported once, at its `extends`, and left out.
+
+use std::collections::BTreeMap;
+
+use serde_saphyr::Spanned;
+
+use super::Problems;
+use super::entry::{Entry, EntryKind};
+use crate::config::raw::RawPlan;
+
+/// Every plan's entries with inheritance applied, by plan name; plans with a
+/// broken chain are missing.
+pub(super) fn resolve_all(
+    p: &mut Problems<'_>,
+    raw: &BTreeMap<String, Spanned<RawPlan>>,
+    own: &BTreeMap<&str, Vec<Entry>>,
+) -> BTreeMap<String, Vec<Entry>> {
+    let mut done = BTreeMap::new();
+    for name in raw.keys() {
+        resolve(p, name, raw, own, &mut done, &mut Vec::new());
+    }
+    done
+}
+
+/// Resolves `name`'s inheritance into `done`, depth first; `stack` holds the
+/// plans being resolved, to find cycles.
+fn resolve(
+    p: &mut Problems<'_>,
+    name: &str,
+    raw: &BTreeMap<String, Spanned<RawPlan>>,
+    own: &BTreeMap<&str, Vec<Entry>>,
+    done: &mut BTreeMap<String, Vec<Entry>>,
+    stack: &mut Vec<String>,
+) -> Option<Vec<Entry>> {
+    if let Some(entries) = done.get(name) {
+        return Some(entries.clone());
+    }
+    let plan = &raw[name].value;
+    let mut entries = match &plan.extends {
+        None => Vec::new(),
+        Some(parent) => {
+            let field = format!("plans.{name}.extends");
+            if !raw.contains_key(&parent.value) {
+                p.push(
+                    parent.referenced.line(),
+                    &field,
+                    format!("no plan named {:?}", parent.value),
+                );
+                return None;
+            }
+            if stack.iter().any(|s| s == &parent.value) || parent.value == name {
+                p.push(
+                    parent.referenced.line(),
+                    &field,
+                    format!(
+                        "plans extend each other in a cycle: {} -> {name} -> {}",
+                        stack.join(" -> "),
+                        parent.value
+                    ),
+                );
+                return None;
+            }
+            stack.push(name.to_owned());
+            let inherited = resolve(p, &parent.value, raw, own, done, stack);
+            stack.pop();
+            let multiplier = plan.multiplier.as_ref().map_or(1.0, |m| m.value);
+            inherited?
+                .into_iter()
+                .map(|e| scale(e, multiplier))
+                .collect()
+        }
+    };
+    for entry in &own[name] {
+        entries.retain(|inherited| !replaces(entry, inherited));
+        entries.push(entry.clone());
+    }
+    done.insert(name.to_owned(), entries.clone());
+    Some(entries)
+}
+
+/// Whether `own` replaces the inherited `inherited`.
+fn replaces(own: &Entry, inherited: &Entry) -> bool {
+    if own.class != inherited.class {
+        return false;
+    }
+    match (&own.kind, &inherited.kind) {
+        // A class taken out of the plan takes every inherited entry of it along.
+        (EntryKind::Deny(_), _) => true,
+        // Anything that puts the class in the plan lifts an inherited deny.
+        (_, EntryKind::Deny(_)) => true,
+        (EntryKind::Counted { window, .. }, EntryKind::Counted { window: w, .. }) => {
+            own.unit == inherited.unit && own.per == inherited.per && window == w
+        }
+        (EntryKind::Counted { window, .. }, EntryKind::Unlimited { window: w }) => {
+            own.unit == inherited.unit && w.is_none_or(|w| w == *window)
+        }
+        (EntryKind::Unlimited { window }, EntryKind::Counted { window: w, .. }) => {
+            own.unit == inherited.unit && window.is_none_or(|window| window == *w)
+        }
+        (EntryKind::Unlimited { window }, EntryKind::Unlimited { window: w }) => {
+            own.unit == inherited.unit && window == w
+        }
+    }
+}
+
+/// An inherited entry under the child's `multiplier`: the amount scales (and
+/// stays at least 1), and so does a burst given in units.
+fn scale(mut entry: Entry, multiplier: f64) -> Entry {
+    if let EntryKind::Counted { amount, burst, .. } = &mut entry.kind {
+        *amount = ((*amount as f64) * multiplier).round().max(1.0) as u64;
+        *burst = burst.map(|b| b.scaled(multiplier));
+        // A generated name names the old amount nowhere, so it stays right;
+        // a configured one is kept as written.
+    }
+    entry
+}

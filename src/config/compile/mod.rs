@@ -1,0 +1,223 @@
+//! Raw file → [`Catalog`]: every check, every problem collected, none fatal
+//! until the end, so one run of `tollgate check` lists them all.
+//!
+//! Each step adds what it finds to one [`Problems`] list and still returns a
+//! stand-in (a default, an empty map, a skipped entry), so the steps after it
+//! run and report too. This file holds the top-level sections (headers,
+//! classes, plans, the default plan, assignments); a plan's entries are checked
+//! in [`entry`], inherited in [`inherit`] and built into limits in [`build`];
+//! `envoy.domains` is [`envoy_domains`].
+
+mod build;
+mod entry;
+mod envoy_domains;
+mod inherit;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_saphyr::Spanned;
+
+use self::entry::Entry;
+use super::error::Problem;
+use super::raw::{RawClass, RawConfig};
+use crate::plans::{Catalog, HeaderStyle, Matcher, Plan, SlotRegistry};
+
+/// Collects problems against one file.
+struct Problems<'a> {
+    file: &'a str,
+    list: Vec<Problem>,
+}
+
+/// Compiles `raw`, read from `file`, or returns every problem found in it,
+/// ordered by line.
+pub(super) fn compile(
+    file: &str,
+    raw: RawConfig,
+    slots: &SlotRegistry,
+) -> Result<Catalog, Vec<Problem>> {
+    let mut p = Problems {
+        file,
+        list: Vec::new(),
+    };
+    let envoy_domains = envoy_domains::envoy_domains(&mut p, raw.envoy.as_ref());
+    let headers = headers(&mut p, raw.headers.as_ref());
+    let (classes, class_names) = classes(&mut p, &raw.classes);
+    let plans = plans(&mut p, &raw, &class_names, slots);
+    let default_plan = default_plan(&mut p, &raw, &plans);
+    let assignments = assignments(&mut p, &raw.assignments, &plans);
+    match default_plan {
+        Some(default_plan) if p.list.is_empty() => Ok(Catalog {
+            classes,
+            class_names,
+            plans,
+            default_plan,
+            assignments,
+            headers,
+            envoy_domains,
+        }),
+        _ => {
+            p.list.sort_by_key(|problem| problem.line);
+            Err(p.list)
+        }
+    }
+}
+
+/// `headers`: which rate-limit headers decisions carry.
+fn headers(p: &mut Problems<'_>, raw: Option<&Spanned<String>>) -> HeaderStyle {
+    match raw.map(|h| (h.value.as_str(), h.referenced.line())) {
+        None | Some(("x-ratelimit", _)) => HeaderStyle::XRateLimit,
+        Some(("ietf", _)) => HeaderStyle::Ietf,
+        Some(("both", _)) => HeaderStyle::Both,
+        Some((other, line)) => {
+            p.push(
+                line,
+                "headers",
+                format!("expected x-ratelimit, ietf or both, got {other:?}"),
+            );
+            HeaderStyle::XRateLimit
+        }
+    }
+}
+
+/// `classes`: the matcher over every class's patterns, and the class names
+/// in the order the matcher's indexes refer to.
+fn classes(p: &mut Problems<'_>, raw: &BTreeMap<String, RawClass>) -> (Matcher, Vec<Arc<str>>) {
+    let class_names: Vec<Arc<str>> = raw.keys().map(|k| Arc::from(k.as_str())).collect();
+    let mut classes = Matcher::default();
+    for (index, (name, class)) in raw.iter().enumerate() {
+        p.check_name(0, &format!("classes.{name}"), name);
+        if class.patterns.is_empty() {
+            p.push(
+                0,
+                &format!("classes.{name}.match"),
+                "needs at least one pattern".into(),
+            );
+        }
+        for (i, pattern) in class.patterns.iter().enumerate() {
+            if let Err(e) = classes.add(&pattern.value, index, &class_names) {
+                p.push(
+                    pattern.referenced.line(),
+                    &format!("classes.{name}.match[{i}]"),
+                    e.to_string(),
+                );
+            }
+        }
+    }
+    (classes, class_names)
+}
+
+/// `plans`: each plan's own entries checked, inheritance resolved, limits
+/// built. A plan caught in a broken `extends` chain is left out.
+fn plans(
+    p: &mut Problems<'_>,
+    raw: &RawConfig,
+    class_names: &[Arc<str>],
+    slots: &SlotRegistry,
+) -> BTreeMap<String, Arc<Plan>> {
+    let plans = &raw.plans.value;
+    let mut own: BTreeMap<&str, Vec<Entry>> = BTreeMap::new();
+    for (name, plan) in plans {
+        p.check_name(plan.referenced.line(), &format!("plans.{name}"), name);
+        own.insert(
+            name,
+            entry::plan_entries(p, name, &plan.value, &raw.classes),
+        );
+    }
+    if plans.is_empty() {
+        p.push(
+            raw.plans.referenced.line(),
+            "plans",
+            "needs at least one plan".into(),
+        );
+    }
+    inherit::resolve_all(p, plans, &own)
+        .iter()
+        .map(|(name, entries)| {
+            let plan = build::plan(name, &plans[name].value, entries, class_names, slots);
+            (name.clone(), Arc::new(plan))
+        })
+        .collect()
+}
+
+/// `default_plan`: required to name a plan unless there is only one.
+fn default_plan(
+    p: &mut Problems<'_>,
+    raw: &RawConfig,
+    plans: &BTreeMap<String, Arc<Plan>>,
+) -> Option<Arc<Plan>> {
+    match &raw.default_plan {
+        Some(d) => plans.get(&d.value).cloned().or_else(|| {
+            p.push(
+                d.referenced.line(),
+                "default_plan",
+                format!("no plan named {:?}", d.value),
+            );
+            None
+        }),
+        None if plans.len() == 1 => plans.values().next().cloned(),
+        None => {
+            if !plans.is_empty() {
+                p.push(
+                    raw.plans.referenced.line(),
+                    "default_plan",
+                    "required when there is more than one plan".into(),
+                );
+            }
+            None
+        }
+    }
+}
+
+/// `assignments`: account → plan, each plan named in the file.
+fn assignments(
+    p: &mut Problems<'_>,
+    raw: &BTreeMap<String, Spanned<String>>,
+    plans: &BTreeMap<String, Arc<Plan>>,
+) -> HashMap<String, Arc<Plan>> {
+    let mut assignments = HashMap::new();
+    for (account, plan) in raw {
+        match plans.get(&plan.value) {
+            Some(found) => {
+                assignments.insert(account.clone(), found.clone());
+            }
+            None => p.push(
+                plan.referenced.line(),
+                &format!("assignments.{account}"),
+                format!("no plan named {:?}", plan.value),
+            ),
+        }
+    }
+    assignments
+}
+
+// === impl Problems ===
+
+impl Problems<'_> {
+    fn push(&mut self, line: u64, field: &str, message: String) {
+        self.list.push(Problem {
+            file: self.file.to_owned(),
+            line,
+            field: field.to_owned(),
+            message,
+        });
+    }
+
+    /// Class and unit names go into counter identities and generated limit
+    /// names, which `|` and `:` separate, so every name keeps to an alphabet
+    /// without separators.
+    fn check_name(&mut self, line: u64, field: &str, name: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !ok {
+            self.push(
+                line,
+                field,
+                format!("names use letters, digits, '_', '-' and '.' (at most 64), got {name:?}"),
+            );
+        }
+    }
+}

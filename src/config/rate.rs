@@ -1,0 +1,70 @@
+//! Rates and windows as written: `30/minute`, `100_000/day`, `10/30s`.
+//!
+//! One reading for the configuration file, Envoy rule files and admin
+//! overrides, so all three accept and refuse the same text with the same words.
+
+use crate::engine::{Nanos, clock::SECOND};
+
+/// `<amount>/<window>`: `30/minute`, `100_000/day`, `10/30s`.
+pub(crate) fn parse_rate(s: &str) -> Result<(u64, Nanos), String> {
+    let bad =
+        || format!("expected \"<amount>/<window>\" such as \"30/minute\" or \"10/30s\", got {s:?}");
+    let (amount, window) = s.split_once('/').ok_or_else(bad)?;
+    let digits: String = amount
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, '_' | ','))
+        .collect();
+    let amount: u64 = digits.parse().map_err(|_| bad())?;
+    if amount == 0 {
+        return Err(format!(
+            "amount must be at least 1 in {s:?} (use deny to refuse a class)"
+        ));
+    }
+    Ok((amount, parse_window(window)?))
+}
+
+/// `second`, `minute`, `hour`, `day`, `week` (or `s`, `m`, `h`, `d`, `w`), or
+/// a duration such as `30s`, `5m`, `1h30m`.
+pub(crate) fn parse_window(s: &str) -> Result<Nanos, String> {
+    let s = s.trim();
+    let named = match s {
+        "second" | "sec" | "s" => Some(1),
+        "minute" | "min" | "m" => Some(60),
+        "hour" | "h" => Some(3_600),
+        "day" | "d" => Some(86_400),
+        "week" | "w" => Some(604_800),
+        _ => None,
+    };
+    let nanos = match named {
+        Some(secs) => secs * SECOND,
+        None => {
+            let d = humantime::parse_duration(s)
+                .map_err(|_| format!("expected a window (second, minute, hour, day, week or a duration like 30s), got {s:?}"))?;
+            u64::try_from(d.as_nanos()).map_err(|_| format!("window {s:?} is too long"))?
+        }
+    };
+    if nanos < 1_000_000 {
+        return Err(format!("window {s:?} is shorter than a millisecond"));
+    }
+    if nanos > 366 * 86_400 * SECOND {
+        return Err(format!("window {s:?} is longer than a year"));
+    }
+    Ok(nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rates_and_windows() {
+        assert_eq!(parse_rate("30/minute"), Ok((30, 60 * SECOND)));
+        assert_eq!(parse_rate("100_000/day"), Ok((100_000, 86_400 * SECOND)));
+        assert_eq!(parse_rate("10/30s"), Ok((10, 30 * SECOND)));
+        assert_eq!(parse_rate("5/1h30m"), Ok((5, 5_400 * SECOND)));
+        assert!(parse_rate("30 per min").is_err());
+        assert!(parse_rate("0/minute").is_err());
+        assert!(parse_rate("3/fortnight").is_err());
+    }
+}
