@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::limiter::{Limiter, account_of};
 use crate::plans::overrides::{self, Change, Custom, Override};
 use crate::plans::resolver::Source;
-use crate::plans::{LimitKind, Per};
+use crate::plans::{LimitKind, ParsePerError, Per};
 use crate::proto::tollgate::v1 as pb;
 use crate::watch::{Cause, Hub};
 
@@ -326,14 +326,10 @@ fn custom(o: &pb::Override) -> Result<Custom, Error> {
     let (amount, window) =
         crate::config::parse_rate(&o.rate).map_err(|e| Error::invalid("rate", e.to_string()))?;
     let per = match o.per.as_str() {
-        "" | "subject" => Per::Subject,
-        "account" => Per::Account,
-        other => {
-            return Err(Error::invalid(
-                "per",
-                format!("expected subject or account, got {other:?}"),
-            ));
-        }
+        "" => Per::Subject,
+        per => per
+            .parse()
+            .map_err(|e: ParsePerError| Error::invalid("per", e.to_string()))?,
     };
     Ok(Custom {
         amount,

@@ -53,6 +53,9 @@ pub struct Reloader {
     path: Option<PathBuf>,
     install: Box<Install>,
     fingerprint: fn(&Path) -> Option<Vec<u8>>,
+    /// The fingerprint of what the watcher last saw, from the moment the
+    /// reloader is made, so a change made before the watcher starts counts.
+    seen: Mutex<Option<Vec<u8>>>,
     /// One reload at a time, so an older read never lands after a newer one.
     running: Mutex<()>,
     ok: AtomicU64,
@@ -73,6 +76,7 @@ impl Reloader {
     ) -> Self {
         Self {
             what,
+            seen: Mutex::new(path.as_deref().and_then(fingerprint)),
             path,
             install: Box::new(install),
             fingerprint,
@@ -191,7 +195,6 @@ async fn watch_dir(
                 .flatten()
         }
     };
-    let mut last = fingerprint().await;
     loop {
         tokio::select! {
             got = rx.recv() => if got.is_none() { return },
@@ -201,8 +204,9 @@ async fn watch_dir(
         tokio::time::sleep(Duration::from_millis(200)).await;
         while rx.try_recv().is_ok() {}
         let now = fingerprint().await;
-        if now.is_some() && now != last {
-            last = now;
+        let changed = now.is_some() && *reloader.seen.lock() != now;
+        if changed {
+            *reloader.seen.lock() = now;
             let _ = reloader.reload().await;
         }
     }

@@ -201,19 +201,15 @@ impl Compiler<'_> {
         let (r, field) = (w.raw, w.field.as_str());
         let window = self.window(w)?;
         let amount = r.requests_per_unit.as_ref().map_or(0, |n| n.value);
-        let algorithm = match r
-            .algorithm
-            .as_ref()
-            .map(|a| (a.value.as_str(), a.referenced.line()))
-        {
-            None | Some(("fixed_window", _)) => Algorithm::FixedWindow,
-            Some(("sliding_window", _)) => Algorithm::SlidingWindow,
-            Some(("token_bucket", _)) => Algorithm::TokenBucket,
-            Some((other, line)) => {
+        let algorithm = match r.algorithm.as_ref().map(|a| (a.value.parse(), a)) {
+            None => Algorithm::FixedWindow,
+            Some((Ok(algorithm), _)) => algorithm,
+            Some((Err(e), a)) => {
+                let e: crate::engine::ParseAlgorithmError = e;
                 self.push(
-                    line,
+                    a.referenced.line(),
                     &format!("{field}.algorithm"),
-                    format!("expected fixed_window, sliding_window or token_bucket, got {other:?}"),
+                    e.to_string(),
                 );
                 return None;
             }
