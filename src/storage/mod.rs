@@ -58,24 +58,29 @@ impl Counters {
     ) -> Result<(Nanos, Outcome), StoreError> {
         match self {
             Self::Memory(engine) => Ok((now, engine.decide(mode, now, items))),
+            // Boxed: the Redis future is kilobytes, and every decision's
+            // future would otherwise carry (and move) it, in memory too.
             Self::Redis(shared) => {
-                let counters: SmallVec<[Counter; 4]> = items
-                    .iter()
-                    .map(|i| Counter {
-                        key: RedisStore::key(
-                            tag,
-                            i.key.scope,
-                            &slots.identity(i.key.slot).unwrap_or_default(),
-                        ),
-                        algorithm: i.algorithm,
-                        amount: i.rate.amount(),
-                        window: i.rate.window(),
-                        cost: i.cost,
-                    })
-                    .collect();
-                let notice = consumer.map(|c| shared.notice(c.subject, c.account));
-                let notice = notice.as_ref().map(|(m, n)| (m.as_str(), n.as_str()));
-                shared.run(mode, &counters, notice, now).await
+                Box::pin(async move {
+                    let counters: SmallVec<[Counter; 4]> = items
+                        .iter()
+                        .map(|i| Counter {
+                            key: RedisStore::key(
+                                tag,
+                                i.key.scope,
+                                &slots.identity(i.key.slot).unwrap_or_default(),
+                            ),
+                            algorithm: i.algorithm,
+                            amount: i.rate.amount(),
+                            window: i.rate.window(),
+                            cost: i.cost,
+                        })
+                        .collect();
+                    let notice = consumer.map(|c| shared.notice(c.subject, c.account));
+                    let notice = notice.as_ref().map(|(m, n)| (m.as_str(), n.as_str()));
+                    shared.run(mode, &counters, notice, now).await
+                })
+                .await
             }
         }
     }
