@@ -1,12 +1,14 @@
-//! A bare tonic server for `tollgate.v1.RateLimiter` that answers every call
-//! ALLOWED without limiting anything: the baseline `scripts/load.sh` compares
-//! tollgate's decision path against.
+//! A bare tonic server for `tollgate.v1.RateLimiter` and Envoy's
+//! `RateLimitService` that answers every call ALLOWED (OK) without limiting
+//! anything: the baseline `scripts/load.sh` compares tollgate's decision
+//! paths against.
 //!
 //! `cargo run --release --example bare -- 127.0.0.1:0`
 
 use std::io::Write;
 
 use tokio::net::TcpListener;
+use tollgate::proto::envoy::service::ratelimit::v3 as rls;
 use tollgate::proto::tollgate::v1 as pb;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic::{Request, Response, Status};
@@ -39,6 +41,19 @@ impl pb::rate_limiter_server::RateLimiter for Bare {
     }
 }
 
+#[tonic::async_trait]
+impl rls::rate_limit_service_server::RateLimitService for Bare {
+    async fn should_rate_limit(
+        &self,
+        _: Request<rls::RateLimitRequest>,
+    ) -> Result<Response<rls::RateLimitResponse>, Status> {
+        Ok(Response::new(rls::RateLimitResponse {
+            overall_code: rls::rate_limit_response::Code::Ok as i32,
+            ..Default::default()
+        }))
+    }
+}
+
 fn allowed() -> pb::Decision {
     pb::Decision {
         verdict: pb::Verdict::Allowed as i32,
@@ -59,6 +74,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     Server::builder()
         .add_service(pb::rate_limiter_server::RateLimiterServer::new(Bare))
+        .add_service(rls::rate_limit_service_server::RateLimitServiceServer::new(
+            Bare,
+        ))
         .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
         .await?;
     Ok(())

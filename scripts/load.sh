@@ -49,10 +49,12 @@ run() { # name, path, body, command...
     echo "$name: $rps calls/s"
 }
 consume=tollgate.v1.RateLimiter/Consume
+rls=envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit
 run bare "$consume" "$work/request.bin" target/release/examples/bare 127.0.0.1:0
+run bare-rls "$rls" "$work/rls.bin" target/release/examples/bare 127.0.0.1:0
 run tollgate "$consume" "$work/request.bin" \
     target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml --log-format text --state "$work/state.redb"
-run envoy envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit "$work/rls.bin" \
+run envoy "$rls" "$work/rls.bin" \
     target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml --envoy-config scripts/load-rules \
     --log-format text --state "$work/state-envoy.redb"
 

@@ -8,6 +8,7 @@
 //! This is the one module that names the counter backends: what only memory
 //! has (eviction, snapshots) and what only Redis has (notices, health).
 
+pub mod io;
 pub mod shared;
 pub mod signal;
 
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -163,7 +165,9 @@ pub async fn run(
     let serve = app
         .router(health_service, &options)?
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|conn| conn.map(io::Conn)),
             async {
                 let _ = stop_rx.await;
             },
