@@ -263,7 +263,7 @@ fn run(serve: Serve) -> anyhow::Result<()> {
     runtime.block_on(async move {
         // Everything is validated and opened before any port is bound.
         let limiter = Arc::new(limiter(&serve, catalog, slots).await?);
-        let (listener, options) = bind(&serve, options).await?;
+        let (listener, options) = bind(&serve, options, &limiter).await?;
         tollgate::server::run(
             listener,
             limiter,
@@ -349,7 +349,6 @@ async fn limiter(
                 let restored = store.import(&saved, clock.now(), &slots);
                 tracing::info!(restored, state.path = %serve.state.display(), "counters restored");
             }
-            tracing::info!(counters.capacity = store.capacity(), "counting in memory");
             (store.into(), state)
         }
     };
@@ -363,7 +362,11 @@ async fn limiter(
 }
 
 /// Binds the gRPC listener (and the metrics one, if asked for).
-async fn bind(serve: &Serve, mut options: Options) -> anyhow::Result<(TcpListener, Options)> {
+async fn bind(
+    serve: &Serve,
+    mut options: Options,
+    limiter: &Limiter,
+) -> anyhow::Result<(TcpListener, Options)> {
     let listener = TcpListener::bind(serve.listen)
         .await
         .with_context(|| format!("cannot listen on {}", serve.listen))?;
@@ -378,6 +381,8 @@ async fn bind(serve: &Serve, mut options: Options) -> anyhow::Result<(TcpListene
     tracing::info!(
         listen = %addr,
         config = %serve.config.as_ref().map_or(config::DEFAULT_NAME.into(), |p| p.display().to_string()),
+        plans = limiter.catalog().plans.len(),
+        counters.capacity = limiter.counters().memory().map_or(0, MemoryStore::capacity),
         envoy.config = %serve.envoy.envoy_config.as_ref().map_or("none".into(), |p| p.display().to_string()),
         "tollgate listening on {addr}"
     );

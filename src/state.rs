@@ -15,8 +15,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::plans::overrides::Override;
 use crate::plans::runtime::{Maps, Runtime};
-use crate::storage::StoreError;
 use crate::storage::redis::RedisStore;
+use crate::storage::{Counters, StoreError};
 
 const ASSIGNMENTS: TableDefinition<&str, &str> = TableDefinition::new("assignments");
 const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
@@ -107,6 +107,15 @@ impl RuntimeState {
             },
             Maps::default(),
         )
+    }
+
+    /// Where admin changes go when nothing else is said: with Redis
+    /// counters, Redis (every replica must see them); otherwise memory.
+    pub fn for_counters(counters: &Counters) -> Self {
+        match counters.shared() {
+            Some(shared) => Self::shared(shared.store.clone(), shared.replica.clone()),
+            None => Self::in_memory(),
+        }
     }
 
     fn new(backend: Backend, maps: Maps) -> Self {

@@ -23,7 +23,7 @@ impl From<Error> for Status {
             Error::Store(e) => e.into(),
             Error::State(state::Error::Shared(e)) => e.into(),
             Error::State(e @ state::Error::File { .. }) => {
-                tracing::error!(error = %e, "admin change not stored");
+                tracing::error!(error = %e, "admin call failed");
                 Self::internal("the change could not be stored; see the server log")
             }
             Error::Reload(e @ ReloadError::NoFile) => Self::failed_precondition(e.to_string()),

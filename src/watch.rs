@@ -36,7 +36,6 @@ use tracing::Instrument;
 use crate::engine::Nanos;
 use crate::limiter::{Limiter, Quota, account_of};
 use crate::storage::StoreError;
-use crate::storage::redis::shared::MARKER_TTL;
 
 /// The default coalescing interval for consumption updates.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
@@ -225,8 +224,9 @@ impl Hub {
         // update per interval, always carrying the latest state.
         let mut last_sent: Option<tokio::time::Instant> = None;
         let mut marked = tokio::time::Instant::now();
+        let mark_every = self.limiter.counters().mark_every();
         loop {
-            if marked.elapsed() > MARKER_TTL / 3 {
+            if mark_every.is_some_and(|every| marked.elapsed() > every) {
                 self.mark(&topic.account).await;
                 marked = tokio::time::Instant::now();
             }
@@ -251,7 +251,7 @@ impl Hub {
                 }
                 () = sleep => timer_cause,
                 // Keep the watch marker of a shared store alive.
-                () = tokio::time::sleep(MARKER_TTL / 3), if self.limiter.counters().is_shared() => continue,
+                () = tokio::time::sleep(mark_every.unwrap_or_default()), if mark_every.is_some() => continue,
                 () = topic.tx.closed() => {
                     // Subscribing takes this lock too, so no watcher can
                     // arrive between the check and the removal.

@@ -5,19 +5,18 @@
 //! it), tells the account's watchers, and is logged: who (the peer), what,
 //! when; never the token.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::config::reload::{ReloadError, Reloader};
-use crate::engine::Algorithm;
 use crate::error::Error;
 use crate::limiter::{Limiter, account_of};
-use crate::plans::overrides::{self, Change, Custom, Override};
-use crate::plans::resolver::Source;
-use crate::plans::{LimitKind, ParsePerError, Per};
+use crate::plans::overrides::{self, Change, Override};
 use crate::proto::tollgate::v1 as pb;
+use crate::state::RuntimeState;
 use crate::watch::{Cause, Hub};
 
 /// `tollgate.v1.Admin`.
@@ -49,14 +48,35 @@ impl AdminService {
         }
     }
 
-    fn changed(&self, account: &str, cause: Cause) {
-        self.limiter.resolver().invalidate(account);
-        self.hub.account_changed(account, cause);
+    /// Stores a change with `store`, then applies it: the account's cached
+    /// plan goes and its watchers hear of it. Runs to completion even when
+    /// the caller goes away, so a change is never stored without applying.
+    async fn change<T, F>(
+        &self,
+        account: &str,
+        cause: Cause,
+        store: impl FnOnce(Arc<RuntimeState>, String) -> F,
+    ) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<(T, bool), Error>> + Send + 'static,
+    {
+        let stored = store(self.limiter.state().clone(), account.to_owned());
+        let (limiter, hub, account) = (self.limiter.clone(), self.hub.clone(), account.to_owned());
+        detached(async move {
+            let (out, changed) = stored.await?;
+            if changed {
+                limiter.resolver().invalidate(&account);
+                hub.account_changed(&account, cause);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     fn to_override(&self, o: &pb::Override) -> Result<Override, Error> {
         let change = if !o.rate.is_empty() {
-            Change::Custom(custom(o)?)
+            Change::Custom(convert::custom(o)?)
         } else if o.unlimited {
             Change::Unlimited
         } else if o.amount > 0 {
@@ -100,11 +120,16 @@ impl AdminService {
             }
             Some(r.plan.as_str())
         };
-        self.limiter
-            .state()
-            .set_assignment(&r.account, plan)
-            .await?;
-        self.changed(&r.account, Cause::PlanChanged);
+        let plan = plan.map(str::to_owned);
+        self.change(
+            &r.account,
+            Cause::PlanChanged,
+            |state, account| async move {
+                state.set_assignment(&account, plan.as_deref()).await?;
+                Ok(((), true))
+            },
+        )
+        .await?;
         let (_, plan) = self.limiter.resolver().source(&catalog, &r.account);
         tracing::info!(admin.action = "set_plan", client.addr = %peer, account = %r.account, plan = %plan, previous = %previous, "plan set");
         Ok(pb::SetPlanResponse {
@@ -126,11 +151,7 @@ impl AdminService {
         Ok(pb::SubjectState {
             subject: r.subject,
             plan: quota.plan.name.to_string(),
-            plan_source: match source {
-                Source::Runtime => pb::PlanSource::Runtime,
-                Source::Config => pb::PlanSource::Config,
-                Source::Default => pb::PlanSource::Default,
-            } as i32,
+            plan_source: convert::plan_source(source) as i32,
             overrides: self
                 .limiter
                 .resolver()
@@ -138,7 +159,7 @@ impl AdminService {
                 .overrides(&account)
                 .iter()
                 .filter(|o| o.active(now))
-                .map(|o| override_to_pb(&account, o))
+                .map(|o| convert::override_to_pb(&account, o))
                 .collect(),
             limits: quota.limits.iter().map(convert::limit_status).collect(),
             denied_classes: quota
@@ -169,13 +190,18 @@ impl AdminService {
             self.limiter.slots(),
         )
         .map_err(|e| Error::invalid("limit", e.to_string()))?;
-        self.limiter
-            .state()
-            .set_override(&r.account, o.clone())
-            .await?;
-        self.changed(&r.account, Cause::OverrideChanged);
+        let stored = o.clone();
+        self.change(
+            &r.account,
+            Cause::OverrideChanged,
+            |state, account| async move {
+                state.set_override(&account, stored).await?;
+                Ok(((), true))
+            },
+        )
+        .await?;
         tracing::info!(admin.action = "set_override", client.addr = %peer, account = %r.account, limit = %o.limit, change = ?o.change, expires_at = ?o.expires_at, reason = %o.reason, "override set");
-        Ok(override_to_pb(&r.account, &o))
+        Ok(convert::override_to_pb(&r.account, &o))
     }
 
     async fn remove_override(
@@ -185,14 +211,17 @@ impl AdminService {
     ) -> Result<pb::RemoveOverrideResponse, Error> {
         Error::required("account", &r.account)?;
         Error::required("limit", &r.limit)?;
+        let limit = r.limit.clone();
         let removed = self
-            .limiter
-            .state()
-            .remove_override(&r.account, &r.limit)
+            .change(
+                &r.account,
+                Cause::OverrideChanged,
+                |state, account| async move {
+                    let removed = state.remove_override(&account, &limit).await?;
+                    Ok((removed, removed))
+                },
+            )
             .await?;
-        if removed {
-            self.changed(&r.account, Cause::OverrideChanged);
-        }
         tracing::info!(admin.action = "remove_override", client.addr = %peer, account = %r.account, limit = %r.limit, removed, "override removed");
         Ok(pb::RemoveOverrideResponse { removed })
     }
@@ -220,7 +249,7 @@ impl AdminService {
                 name: p.name.to_string(),
                 description: p.description.clone().unwrap_or_default(),
                 extends: p.extends.clone().unwrap_or_default(),
-                limits: p.limits.iter().map(|l| limit_info(l)).collect(),
+                limits: p.limits.iter().map(|l| convert::limit_info(l)).collect(),
             })
             .collect();
         pb::ListPlansResponse {
@@ -230,8 +259,11 @@ impl AdminService {
     }
 
     async fn reload_config(&self, peer: String) -> Result<pb::ReloadConfigResponse, Error> {
-        let file = self.config.reload().await;
-        let rules = match self.rules.reload().await {
+        let (config, rules) = (self.config.clone(), self.rules.clone());
+        // Both, or neither: a caller going away does not stop one half.
+        let (file, rules) =
+            detached(async move { Ok((config.reload().await, rules.reload().await)) }).await?;
+        let rules = match rules {
             Err(ReloadError::NoFile) => None,
             other => Some(other),
         };
@@ -321,87 +353,17 @@ impl pb::admin_server::Admin for AdminService {
     }
 }
 
-/// The custom limit an override with a `rate` defines.
-fn custom(o: &pb::Override) -> Result<Custom, Error> {
-    let (amount, window) =
-        crate::config::parse_rate(&o.rate).map_err(|e| Error::invalid("rate", e.to_string()))?;
-    let per = match o.per.as_str() {
-        "" => Per::Subject,
-        per => per
-            .parse()
-            .map_err(|e: ParsePerError| Error::invalid("per", e.to_string()))?,
-    };
-    Ok(Custom {
-        amount,
-        window,
-        class: (!o.class.is_empty()).then(|| o.class.clone()),
-        unit: if o.unit.is_empty() {
-            "requests".into()
-        } else {
-            o.unit.clone()
-        },
-        algorithm: match pb::Algorithm::try_from(o.algorithm).unwrap_or(pb::Algorithm::Unspecified)
-        {
-            pb::Algorithm::Unspecified | pb::Algorithm::FixedWindow => Algorithm::FixedWindow,
-            pb::Algorithm::SlidingWindow => Algorithm::SlidingWindow,
-            pb::Algorithm::TokenBucket => Algorithm::TokenBucket,
-        },
-        per,
-    })
-}
-
 fn peer<T>(request: &Request<T>) -> String {
     request
         .remote_addr()
         .map_or_else(|| "unknown".into(), |a| a.to_string())
 }
 
-fn override_to_pb(account: &str, o: &Override) -> pb::Override {
-    let mut out = pb::Override {
-        account: account.to_owned(),
-        limit: o.limit.clone(),
-        expires_at: o.expires_at.map(convert::timestamp),
-        reason: o.reason.clone(),
-        ..Default::default()
-    };
-    match &o.change {
-        Change::Amount(n) => out.amount = *n,
-        Change::Unlimited => out.unlimited = true,
-        Change::Custom(c) => {
-            out.amount = c.amount;
-            out.rate = format!("{}/{}", c.amount, crate::plans::window_name(c.window));
-            out.class = c.class.clone().unwrap_or_default();
-            out.unit = c.unit.clone();
-            out.algorithm = convert::algorithm(c.algorithm) as i32;
-            out.per = c.per.as_str().to_owned();
-        }
-    }
-    out
-}
-
-fn limit_info(l: &crate::plans::Limit) -> pb::LimitInfo {
-    let mut info = pb::LimitInfo {
-        name: l.name.to_string(),
-        class: l.class.as_deref().unwrap_or_default().to_owned(),
-        unit: l.unit.to_string(),
-        window: (l.window > 0).then(|| convert::duration(l.window)),
-        max_cost: l.max_cost.unwrap_or(0),
-        per: l.per.as_str().to_owned(),
-        ..Default::default()
-    };
-    match &l.kind {
-        LimitKind::Counted {
-            rate,
-            algorithm,
-            burst,
-            ..
-        } => {
-            info.amount = rate.amount();
-            info.algorithm = convert::algorithm(*algorithm) as i32;
-            info.burst = burst.map_or(0, |(cap, _)| cap.amount());
-        }
-        LimitKind::Unlimited => info.unlimited = true,
-        LimitKind::Deny(m) => info.deny = m.to_string(),
-    }
-    info
+/// Runs `f` on its own task, to completion whether or not the caller waits.
+async fn detached<T: Send + 'static>(
+    f: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(f)
+        .await
+        .expect("an admin change does not panic")
 }

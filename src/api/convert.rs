@@ -5,6 +5,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::engine::{Algorithm, Nanos};
 use crate::error::Error;
 use crate::limiter::{Decision, LimitStatus, Request, Verdict};
+use crate::plans::overrides::{Change, Custom, Override};
+use crate::plans::resolver::Source;
+use crate::plans::{LimitKind, ParsePerError, Per};
 use crate::proto::tollgate::v1 as pb;
 use crate::watch::{Cause, Update};
 
@@ -138,4 +141,94 @@ pub fn nanos_of(t: &prost_types::Timestamp) -> Result<Nanos, Error> {
     secs.checked_mul(1_000_000_000)
         .and_then(|s| s.checked_add(nanos))
         .ok_or_else(bad)
+}
+
+/// The custom limit an override with a `rate` defines.
+pub fn custom(o: &pb::Override) -> Result<Custom, Error> {
+    let (amount, window) =
+        crate::config::parse_rate(&o.rate).map_err(|e| Error::invalid("rate", e.to_string()))?;
+    let per = match o.per.as_str() {
+        "" => Per::Subject,
+        per => per
+            .parse()
+            .map_err(|e: ParsePerError| Error::invalid("per", e.to_string()))?,
+    };
+    Ok(Custom {
+        amount,
+        window,
+        class: (!o.class.is_empty()).then(|| o.class.clone()),
+        unit: if o.unit.is_empty() {
+            "requests".into()
+        } else {
+            o.unit.clone()
+        },
+        algorithm: match pb::Algorithm::try_from(o.algorithm).unwrap_or(pb::Algorithm::Unspecified)
+        {
+            pb::Algorithm::Unspecified | pb::Algorithm::FixedWindow => Algorithm::FixedWindow,
+            pb::Algorithm::SlidingWindow => Algorithm::SlidingWindow,
+            pb::Algorithm::TokenBucket => Algorithm::TokenBucket,
+        },
+        per,
+    })
+}
+
+/// An override as sent.
+pub fn override_to_pb(account: &str, o: &Override) -> pb::Override {
+    let mut out = pb::Override {
+        account: account.to_owned(),
+        limit: o.limit.clone(),
+        expires_at: o.expires_at.map(timestamp),
+        reason: o.reason.clone(),
+        ..Default::default()
+    };
+    match &o.change {
+        Change::Amount(n) => out.amount = *n,
+        Change::Unlimited => out.unlimited = true,
+        Change::Custom(c) => {
+            out.amount = c.amount;
+            out.rate = format!("{}/{}", c.amount, crate::plans::window_name(c.window));
+            out.class = c.class.clone().unwrap_or_default();
+            out.unit = c.unit.clone();
+            out.algorithm = algorithm(c.algorithm) as i32;
+            out.per = c.per.as_str().to_owned();
+        }
+    }
+    out
+}
+
+/// A plan's limit as `ListPlans` describes it.
+pub fn limit_info(l: &crate::plans::Limit) -> pb::LimitInfo {
+    let mut info = pb::LimitInfo {
+        name: l.name.to_string(),
+        class: l.class.as_deref().unwrap_or_default().to_owned(),
+        unit: l.unit.to_string(),
+        window: (l.window > 0).then(|| duration(l.window)),
+        max_cost: l.max_cost.unwrap_or(0),
+        per: l.per.as_str().to_owned(),
+        ..Default::default()
+    };
+    match &l.kind {
+        LimitKind::Counted {
+            rate,
+            algorithm: a,
+            burst,
+            ..
+        } => {
+            info.amount = rate.amount();
+            info.algorithm = algorithm(*a) as i32;
+            info.burst = burst.map_or(0, |(cap, _)| cap.amount());
+        }
+        LimitKind::Unlimited => info.unlimited = true,
+        LimitKind::Deny(m) => info.deny = m.to_string(),
+    }
+    info
+}
+
+/// Where a plan comes from, as sent.
+pub fn plan_source(source: Source) -> pb::PlanSource {
+    match source {
+        Source::Runtime => pb::PlanSource::Runtime,
+        Source::Config => pb::PlanSource::Config,
+        Source::Default => pb::PlanSource::Default,
+    }
 }

@@ -50,6 +50,7 @@ type Install = dyn Fn(&Path) -> Result<Reloaded, Error> + Send + Sync;
 /// Re-reads one source (a file or a directory) into the running server.
 pub struct Reloader {
     what: &'static str,
+    kept: &'static str,
     path: Option<PathBuf>,
     install: Box<Install>,
     fingerprint: fn(&Path) -> Option<Vec<u8>>,
@@ -66,16 +67,18 @@ pub struct Reloader {
 
 impl Reloader {
     /// Reloads `path` (none: nothing to reload) with `install`, which reads,
-    /// validates and installs; `what` names the source in logs.
-    /// `fingerprint` reads what a change is judged by (the file's bytes).
+    /// validates and installs; `what` names the source in logs and `kept`
+    /// says what stays when a reload fails. `fingerprint` reads what a
+    /// change is judged by (the file's bytes).
     pub fn new(
-        what: &'static str,
+        (what, kept): (&'static str, &'static str),
         path: Option<PathBuf>,
         fingerprint: fn(&Path) -> Option<Vec<u8>>,
         install: impl Fn(&Path) -> Result<Reloaded, Error> + Send + Sync + 'static,
     ) -> Self {
         Self {
             what,
+            kept,
             seen: Mutex::new(path.as_deref().and_then(fingerprint)),
             path,
             install: Box::new(install),
@@ -108,7 +111,7 @@ impl Reloader {
     }
 
     /// Re-reads now, on this thread.
-    pub fn reload_blocking(&self) -> Result<Reloaded, ReloadError> {
+    fn reload_blocking(&self) -> Result<Reloaded, ReloadError> {
         let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
         let _one_at_a_time = self.running.lock();
         match (self.install)(path) {
@@ -119,7 +122,7 @@ impl Reloader {
             }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(config.path = %path.display(), error = %e, "{} reload failed; the running one stays", self.what);
+                tracing::warn!(config.path = %path.display(), error = %e, "{} reload failed; {}", self.what, self.kept);
                 Err(e.into())
             }
         }
@@ -204,9 +207,15 @@ async fn watch_dir(
         tokio::time::sleep(Duration::from_millis(200)).await;
         while rx.try_recv().is_ok() {}
         let now = fingerprint().await;
-        let changed = now.is_some() && *reloader.seen.lock() != now;
+        let changed = {
+            let mut seen = reloader.seen.lock();
+            let changed = now.is_some() && *seen != now;
+            if changed {
+                *seen = now;
+            }
+            changed
+        };
         if changed {
-            *reloader.seen.lock() = now;
             let _ = reloader.reload().await;
         }
     }

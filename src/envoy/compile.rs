@@ -201,7 +201,12 @@ impl Compiler<'_> {
         let (r, field) = (w.raw, w.field.as_str());
         let window = self.window(w)?;
         let amount = r.requests_per_unit.as_ref().map_or(0, |n| n.value);
-        let algorithm = match r.algorithm.as_ref().map(|a| (a.value.parse(), a)) {
+        // `gcra` is the configuration's alias; rule files never took it.
+        let parsed = |a: &str| match a {
+            "gcra" => Err(crate::engine::ParseAlgorithmError(a.to_owned())),
+            a => a.parse(),
+        };
+        let algorithm = match r.algorithm.as_ref().map(|a| (parsed(&a.value), a)) {
             None => Algorithm::FixedWindow,
             Some((Ok(algorithm), _)) => algorithm,
             Some((Err(e), a)) => {

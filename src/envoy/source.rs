@@ -50,16 +50,21 @@ impl RuleSource {
     /// invalid one is refused and the running rules stay.
     pub fn reloader(self: &Arc<Self>) -> Reloader {
         let this = self.clone();
-        Reloader::new("envoy rules", self.dir.clone(), fingerprint, move |dir| {
-            let set = RuleSet::load_dir(dir, this.merge, &this.slots)?;
-            let domains = set.domains();
-            this.rules.store(Arc::new(set));
-            Ok(Reloaded {
-                path: dir.to_owned(),
-                domains,
-                ..Reloaded::default()
-            })
-        })
+        Reloader::new(
+            ("envoy rules", "the running rules stay"),
+            self.dir.clone(),
+            fingerprint,
+            move |dir| {
+                let set = RuleSet::load_dir(dir, this.merge, &this.slots)?;
+                let domains = set.domains();
+                this.rules.store(Arc::new(set));
+                Ok(Reloaded {
+                    path: dir.to_owned(),
+                    domains,
+                    ..Reloaded::default()
+                })
+            },
+        )
     }
 }
 

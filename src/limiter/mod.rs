@@ -52,6 +52,7 @@ struct Begun<'r> {
     plan: Arc<Plan>,
     class: Option<usize>,
     account: &'r str,
+    now: Nanos,
     mode: Mode,
     run_mode: Mode,
     over_max_cost: Option<String>,
@@ -61,20 +62,18 @@ struct Begun<'r> {
 
 impl Limiter {
     /// A limiter serving `catalog` over `counters`, whose counter identities
-    /// come from `slots`; runtime assignments and overrides are kept in memory.
+    /// come from `slots`; runtime assignments and overrides are kept where
+    /// [`RuntimeState::for_counters`] says (Redis when counting there, else
+    /// memory).
     pub fn new(
         counters: impl Into<Counters>,
         catalog: Catalog,
         slots: Arc<SlotRegistry>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self::with_state(
-            counters,
-            catalog,
-            slots,
-            clock,
-            Arc::new(RuntimeState::in_memory()),
-        )
+        let counters = counters.into();
+        let state = Arc::new(RuntimeState::for_counters(&counters));
+        Self::with_state(counters, catalog, slots, clock, state)
     }
 
     /// As [`Limiter::new`], with runtime assignments and overrides kept in `state`.
@@ -156,7 +155,15 @@ impl Limiter {
             account: begun.account,
         };
         let (now, outcome) = self
-            .run(begun.run_mode, begun.account, &items, Some(consumer))
+            .counters
+            .run(
+                begun.run_mode,
+                begun.account,
+                &items,
+                Some(consumer),
+                &self.slots,
+                begun.now,
+            )
             .await?;
         Ok(self.conclude(&begun, request, now, &outcome))
     }
@@ -216,6 +223,7 @@ impl Limiter {
             plan,
             class,
             account,
+            now,
             mode,
             run_mode,
             over_max_cost,

@@ -5,8 +5,9 @@
 //! watch stream → drain in-flight calls, at most `drain` long → save the
 //! counters to the state file → return.
 //!
-//! This is the one module that names the counter backends: what only memory
-//! has (eviction, snapshots) and what only Redis has (notices, health).
+//! Of the modules above `state`, this is the only one that names the counter
+//! backends: what only memory has (eviction, snapshots) and what only Redis
+//! has (notices, health).
 
 pub mod io;
 pub mod shared;
@@ -195,7 +196,7 @@ impl App {
     fn new(limiter: Arc<Limiter>, options: &Options, stopping: CancellationToken) -> Self {
         let hub = Hub::new(limiter.clone(), options.watch_interval, stopping);
         let config = Arc::new(Reloader::new(
-            "configuration",
+            ("configuration", "the running configuration stays"),
             options.config_path.clone(),
             file_bytes,
             {

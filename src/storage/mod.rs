@@ -121,9 +121,13 @@ impl Counters {
         }
     }
 
-    /// Whether other replicas count too, so watch markers need refreshing.
-    pub fn is_shared(&self) -> bool {
-        matches!(self, Self::Redis(_))
+    /// How often a watched account's marker must be refreshed so other
+    /// replicas keep announcing its consumption; `None` in memory.
+    pub fn mark_every(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Redis(_) => Some(redis::shared::MARKER_TTL / 3),
+        }
     }
 
     /// The in-memory store, when counting here.

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde_saphyr::Spanned;
 
-use super::Problems;
+use super::problems::Problems;
 use crate::config::burst::Extra;
 use crate::config::rate::{parse_rate, parse_window};
 use crate::config::raw::{Burst, RawClass, RawLimit, RawPlan};

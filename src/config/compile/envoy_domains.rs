@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::Problems;
+use super::problems::Problems;
 use crate::config::raw::{RawEnvoy, RawEnvoyDomain};
 use crate::plans::EnvoyDomain;
 

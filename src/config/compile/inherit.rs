@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use serde_saphyr::Spanned;
 
-use super::Problems;
 use super::entry::{Entry, EntryKind};
+use super::problems::Problems;
 use crate::config::raw::RawPlan;
 
 /// Every plan's entries with inheritance applied, by plan name; plans with a

@@ -12,6 +12,7 @@ mod build;
 mod entry;
 mod envoy_domains;
 mod inherit;
+mod problems;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,15 +20,10 @@ use std::sync::Arc;
 use serde_saphyr::Spanned;
 
 use self::entry::Entry;
+use self::problems::Problems;
 use super::error::Problem;
 use super::raw::{RawClass, RawConfig};
 use crate::plans::{Catalog, HeaderStyle, Matcher, Plan, SlotRegistry};
-
-/// Collects problems against one file.
-struct Problems<'a> {
-    file: &'a str,
-    list: Vec<Problem>,
-}
 
 /// Compiles `raw`, read from `file`, or returns every problem found in it,
 /// ordered by line.
@@ -189,35 +185,4 @@ fn assignments(
         }
     }
     assignments
-}
-
-// === impl Problems ===
-
-impl Problems<'_> {
-    fn push(&mut self, line: u64, field: &str, message: String) {
-        self.list.push(Problem {
-            file: self.file.to_owned(),
-            line,
-            field: field.to_owned(),
-            message,
-        });
-    }
-
-    /// Class and unit names go into counter identities and generated limit
-    /// names, which `|` and `:` separate, so every name keeps to an alphabet
-    /// without separators.
-    fn check_name(&mut self, line: u64, field: &str, name: &str) {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-        if !ok {
-            self.push(
-                line,
-                field,
-                format!("names use letters, digits, '_', '-' and '.' (at most 64), got {name:?}"),
-            );
-        }
-    }
 }

@@ -14,14 +14,16 @@
 //! milliseconds (amount × window in ms must stay below 2^53, e.g. 100 million
 //! a day); in exchange, any number of replicas behave as one limiter.
 
+mod conn;
 pub mod shared;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
+use redis::aio::ConnectionManagerConfig;
+
+use conn::{Conn, Connection};
 use smallvec::SmallVec;
 
 use crate::engine::{Algorithm, ItemStatus, Mode, Nanos, Outcome, clock::MILLISECOND};
@@ -37,54 +39,6 @@ pub struct RedisStore {
     /// A client for pub/sub (a Cluster broadcasts, so any node will do).
     pubsub: redis::Client,
     url: String,
-}
-
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    /// Connected on first use (and again after a failed first attempt), so
-    /// tollgate starts while the cluster is down.
-    Cluster(
-        Arc<redis::cluster::ClusterClient>,
-        Arc<tokio::sync::OnceCell<ClusterConnection>>,
-    ),
-}
-
-/// One multiplexed connection of either kind.
-enum Connection {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl redis::aio::ConnectionLike for Connection {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
 }
 
 /// Why the store did not answer.
@@ -290,19 +244,6 @@ impl RedisStore {
     /// A client for subscriptions.
     pub fn pubsub_client(&self) -> &redis::Client {
         &self.pubsub
-    }
-
-    /// A handle on the shared connection (a cheap clone), connecting a
-    /// Cluster on first use.
-    async fn connection(&self) -> redis::RedisResult<Connection> {
-        Ok(match &self.conn {
-            Conn::Single(c) => Connection::Single(c.clone()),
-            Conn::Cluster(client, cell) => Connection::Cluster(
-                cell.get_or_try_init(|| client.get_async_connection())
-                    .await?
-                    .clone(),
-            ),
-        })
     }
 
     async fn bounded<T>(
