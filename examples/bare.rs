@@ -39,6 +39,36 @@ impl pb::rate_limiter_server::RateLimiter for Bare {
     ) -> Result<Response<Self::WatchQuotaStream>, Status> {
         Err(Status::unimplemented("bare"))
     }
+    type DecideStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::DecideResponse, Status>> + Send>,
+    >;
+    async fn decide(
+        &self,
+        request: Request<tonic::Streaming<pb::DecideRequest>>,
+    ) -> Result<Response<Self::DecideStream>, Status> {
+        use tokio_stream::StreamExt;
+        let answers = request.into_inner().map(|m| {
+            m.map(|m| pb::DecideResponse {
+                id: m.id,
+                decision: Some(allowed()),
+                error: None,
+            })
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+    async fn consume_batch(
+        &self,
+        request: Request<pb::ConsumeBatchRequest>,
+    ) -> Result<Response<pb::ConsumeBatchResponse>, Status> {
+        let results = (0..request.into_inner().requests.len() as u64)
+            .map(|id| pb::DecideResponse {
+                id,
+                decision: Some(allowed()),
+                error: None,
+            })
+            .collect();
+        Ok(Response::new(pb::ConsumeBatchResponse { results }))
+    }
 }
 
 #[tonic::async_trait]

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod convert;
+pub mod stream;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
 use tracing::{Span, field::Empty, instrument};
 
 use crate::engine::Mode;
@@ -23,11 +25,12 @@ use crate::watch::{Hub, QuotaStream};
 use pb::rate_limiter_server::RateLimiter;
 
 /// `tollgate.v1.RateLimiter`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RateLimiterService {
     limiter: Arc<Limiter>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    stopping: CancellationToken,
 }
 
 /// A `WatchQuota` stream: the hub's updates as `tollgate.v1.QuotaUpdate`s.
@@ -38,23 +41,29 @@ pub struct QuotaUpdates(QuotaStream);
 
 impl RateLimiterService {
     /// The service over `limiter`, telling `hub` of consumption and
-    /// counting decisions in `metrics`.
-    pub fn new(limiter: Arc<Limiter>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
+    /// counting decisions in `metrics`; its `Decide` streams end when
+    /// `stopping` is cancelled.
+    pub fn new(
+        limiter: Arc<Limiter>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        stopping: CancellationToken,
+    ) -> Self {
         Self {
             limiter,
             hub,
             metrics,
+            stopping,
         }
     }
 
     #[instrument(level = "debug", name = "decide", skip_all, fields(rpc = ?mode, subject = Empty, plan = Empty, class = Empty, verdict = Empty))]
-    async fn decide(
+    async fn decide_one(
         &self,
         mode: Mode,
-        request: Request<pb::LimitRequest>,
-    ) -> Result<Response<pb::Decision>, Error> {
-        let request = request.into_inner();
-        let domain = convert::limit_request(&request)?;
+        request: &pb::LimitRequest,
+    ) -> Result<pb::Decision, Error> {
+        let domain = convert::limit_request(request)?;
         let span = Span::current();
         span.record("subject", domain.subject);
         let started = Instant::now();
@@ -73,7 +82,17 @@ impl RateLimiterService {
         span.record("class", decision.class.as_deref().unwrap_or(""));
         span.record("verdict", tracing::field::debug(decision.verdict));
         tracing::debug!("decided");
-        Ok(Response::new(convert::decision(decision)))
+        Ok(convert::decision(decision))
+    }
+
+    async fn decide(
+        &self,
+        mode: Mode,
+        request: Request<pb::LimitRequest>,
+    ) -> Result<Response<pb::Decision>, Status> {
+        Ok(Response::new(
+            self.decide_one(mode, &request.into_inner()).await?,
+        ))
     }
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<QuotaUpdates, Error> {
@@ -90,21 +109,21 @@ impl RateLimiter for RateLimiterService {
         &self,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        Ok(self.decide(Mode::Check, request).await?)
+        self.decide(Mode::Check, request).await
     }
 
     async fn consume(
         &self,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        Ok(self.decide(Mode::Consume, request).await?)
+        self.decide(Mode::Consume, request).await
     }
 
     async fn record(
         &self,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        Ok(self.decide(Mode::Record, request).await?)
+        self.decide(Mode::Record, request).await
     }
 
     type WatchQuotaStream = QuotaUpdates;
@@ -114,6 +133,24 @@ impl RateLimiter for RateLimiterService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchQuotaStream>, Status> {
         Ok(Response::new(self.watch(request).await?))
+    }
+
+    type DecideStream = stream::DecideStream;
+
+    async fn decide(
+        &self,
+        request: Request<Streaming<pb::DecideRequest>>,
+    ) -> Result<Response<Self::DecideStream>, Status> {
+        Ok(Response::new(self.decide_stream(request.into_inner())))
+    }
+
+    async fn consume_batch(
+        &self,
+        request: Request<pb::ConsumeBatchRequest>,
+    ) -> Result<Response<pb::ConsumeBatchResponse>, Status> {
+        Ok(Response::new(
+            self.consume_batch(request.into_inner()).await?,
+        ))
     }
 }
 

@@ -81,6 +81,7 @@ struct App {
     rules: Arc<Reloader>,
     rule_source: Arc<RuleSource>,
     metrics: Arc<Metrics>,
+    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for Tls {
@@ -194,7 +195,7 @@ pub async fn run(
 
 impl App {
     fn new(limiter: Arc<Limiter>, options: &Options, stopping: CancellationToken) -> Self {
-        let hub = Hub::new(limiter.clone(), options.watch_interval, stopping);
+        let hub = Hub::new(limiter.clone(), options.watch_interval, stopping.clone());
         let config = Arc::new(Reloader::new(
             ("configuration", "the running configuration stays"),
             options.config_path.clone(),
@@ -229,6 +230,7 @@ impl App {
             hub,
             limiter,
             metrics: Arc::new(Metrics::new()),
+            stopping,
         }
     }
 
@@ -254,6 +256,7 @@ impl App {
             self.limiter.clone(),
             self.hub.clone(),
             self.metrics.clone(),
+            self.stopping.clone(),
         ));
         let envoy = RateLimitServiceServer::new(EnvoyService::new(
             self.limiter.clone(),
