@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# gRPC load test: tollgate's Consume and Envoy's ShouldRateLimit against a
-# bare tonic server that answers without limiting, each pinned to CPU 0, with
-# h2load pinned to CPU 1.
+# gRPC load test: every server pinned to CPU 0, every load tool to CPU 1.
+# Prints one table: tollgate's paths beside a bare tonic server that answers
+# without limiting (examples/bare.rs), in the same run. Compare ratios, not
+# absolute numbers: they drift between runs and days.
 #   scripts/load.sh [calls] [connections] [streams per connection]
+#
+# Rows: Consume and ShouldRateLimit with one key (h2load); ShouldRateLimit
+# over 1,000,000 distinct keys, warm, and the server's memory per counter
+# (examples/load.rs); latency at one call in flight (one connection, one call
+# at a time); Decide streams; Consume counted in Redis, with Redis's CPU time
+# per decision (INFO commandstats and INFO cpu over the run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls="${1:-300000}" conns="${2:-8}" streams="${3:-16}"
+keys="${KEYS:-1000000}"
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
-cargo build --release --quiet --bin tollgate --example bare
+cargo build --release --quiet --bin tollgate --example bare --example load
 
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -30,43 +38,77 @@ msg = field(1, "load") + field(2, field(1, field(1, "api_key") + field(2, "k1"))
 open(sys.argv[1], "wb").write(b"\0" + struct.pack(">I", len(msg)) + msg)
 PY
 
-run() { # name, path, body, command...
-    local name="$1" path="$2" body="$3"; shift 3
+table="$work/table"
+row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$table"; }
+
+start() { # name, command...: starts a server on CPU 0, sets $pid and $addr
+    local name="$1"; shift
     taskset -c 0 "$@" 2> "$work/$name.log" &
-    local pid=$! addr=""
+    pid=$! addr=""
     for _ in $(seq 100); do
         addr="$(grep -o 'listening on [0-9.:]*' "$work/$name.log" | head -1 | cut -d' ' -f3 || true)"
         [ -n "$addr" ] && break
         sleep 0.1
     done
-    local rps
-    rps="$(taskset -c 1 h2load -n "$calls" -c "$conns" -m "$streams" \
-        -H 'content-type: application/grpc' -H 'te: trailers' -d "$body" \
-        "http://$addr/$path" | tee "$work/$name.h2load" \
-        | awk '/^finished in/ {print $4}')"
-    grep -E '^requests:' "$work/$name.h2load" | sed "s/^/$name /"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-    echo "$name: $rps calls/s"
 }
+stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
+h2() { # path, body: calls/s
+    taskset -c 1 h2load -n "$calls" -c "$conns" -m "$streams" \
+        -H 'content-type: application/grpc' -H 'te: trailers' -d "$2" \
+        "http://$addr/$1" | awk '/^finished in/ {print $4}'
+}
+load() { taskset -c 1 target/release/examples/load "$addr" "$@"; }
+rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$pid/status"; }
+
 consume=tollgate.v1.RateLimiter/Consume
 rls=envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit
-run bare "$consume" "$work/request.bin" target/release/examples/bare 127.0.0.1:0
-run bare-rls "$rls" "$work/rls.bin" target/release/examples/bare 127.0.0.1:0
-run tollgate "$consume" "$work/request.bin" \
-    target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml --log-format text --state "$work/state.redb"
-run envoy "$rls" "$work/rls.bin" \
-    target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml --envoy-config scripts/load-rules \
-    --log-format text --state "$work/state-envoy.redb"
+tollgate=(target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml
+    --envoy-config scripts/load-rules --log-format text --max-counters 2000000)
 
-# The same Consume counted in Redis (redis-server shares CPU 1 with h2load):
-# decisions per second, and Redis calls per decision.
+start bare target/release/examples/bare 127.0.0.1:0
+row "bare: Consume (empty Decision)" "$(h2 "$consume" "$work/request.bin") calls/s"
+row "bare: ShouldRateLimit (OK)" "$(h2 "$rls" "$work/rls.bin") calls/s"
+row "bare: latency, Consume" "$(load latency --calls 20000 | cut -d: -f2-)"
+row "bare: latency, ShouldRateLimit" "$(load latency --path envoy --calls 20000 | cut -d: -f2-)"
+row "bare: Decide stream (8 streams)" "$(load stream --seconds 5 | cut -d: -f2-)"
+stop
+
+start tollgate "${tollgate[@]}" --state "$work/state.redb"
+row "tollgate: Consume, 3 limits" "$(h2 "$consume" "$work/request.bin") calls/s"
+row "tollgate: ShouldRateLimit, one key" "$(h2 "$rls" "$work/rls.bin") calls/s"
+row "tollgate: latency, Consume" "$(load latency --calls 20000 | cut -d: -f2-)"
+row "tollgate: latency, ShouldRateLimit" "$(load latency --path envoy --calls 20000 | cut -d: -f2-)"
+row "tollgate: Decide stream (8 streams)" "$(load stream --keys 1000 --seconds 5 | cut -d: -f2-)"
+stop
+
+start tollgate-keys "${tollgate[@]}" --state "$work/state-keys.redb"
+before="$(rss)"
+out="$(load envoy --keys "$keys" --warm --seconds 10 2>/dev/null | cut -d: -f2-)"
+after="$(rss)"
+row "tollgate: ShouldRateLimit, $keys keys, warm" "$out"
+row "tollgate: server memory per Envoy counter" "$(( (after - before) / keys )) B (RSS growth / keys)"
+stop
+
+# The same Consume counted in Redis (redis-server shares CPU 1 with the load).
 if command -v redis-server >/dev/null; then
     port=$((20000 + RANDOM % 10000))
-    taskset -c 1 redis-server --port "$port" --save "" --appendonly no >/dev/null &
+    taskset -c 1 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$work" >/dev/null &
     until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
-    run tollgate-redis "$consume" "$work/request.bin" \
-        target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml --log-format text \
-        --store "redis://127.0.0.1:$port" --store-timeout 1s
-    echo "redis calls: $(redis-cli -p "$port" info commandstats | grep -E 'cmdstat_(evalsha|eval):' | tr '\n' ' ')"
+    cpu() { redis-cli -p "$port" info cpu | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.6f", s}'; }
+    start tollgate-redis "${tollgate[@]}" --store "redis://127.0.0.1:$port" --store-timeout 1s
+    redis-cli -p "$port" config resetstat >/dev/null
+    c0="$(cpu)"
+    rps="$(h2 "$consume" "$work/request.bin")"
+    c1="$(cpu)"
+    stop
+    evals="$(redis-cli -p "$port" info commandstats | awk -F'[=,:]' '/^cmdstat_evalsha:/ {print $3}')"
+    row "tollgate + redis: Consume, 3 limits" "$rps calls/s"
+    row "tollgate + redis: script calls per decision" "$(awk -v e="$evals" -v n="$calls" 'BEGIN {printf "%.3f", e / n}')"
+    row "tollgate + redis: Redis CPU per decision" "$(awk -v a="$c0" -v b="$c1" -v n="$calls" 'BEGIN {printf "%.2f µs", (b - a) * 1e6 / n}')"
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
 fi
+
+echo
+echo "== summary"
+cat "$table"
