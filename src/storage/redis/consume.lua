@@ -1,21 +1,26 @@
--- One decision over the counters of one hash tag, atomically: the same
+-- Decisions over counters, each atomically and all in one call: the same
 -- algorithms as src/engine/algorithm, in milliseconds, on Redis's clock.
+-- Several decisions waiting at the same moment share one call (and its fixed
+-- cost); each is still all or nothing on its own, in order.
 --
--- KEYS[1..n]  the decision's counters, all under one hash tag
--- KEYS[n+1]   only when ARGV[2] is not empty: the tag's watch marker; when it
---             exists, a decision that counted is published on ARGV[2] with
---             ARGV[3] as the message
--- ARGV[1]     mode: 0 check (counts nothing), 1 consume (counts every counter
+-- ARGV[1]     how many decisions follow
+-- Per decision, in order, its arguments and its keys:
+--   ARGV      mode: 0 check (counts nothing), 1 consume (counts every counter
 --             if every one fits, else none), 2 record (counts every one)
--- ARGV[2]     the channel for consumption notices, or ''
--- ARGV[3]     the notice
--- ARGV[4..]   four values per counter: algorithm (f fixed window, s sliding
+--   ARGV      the channel for consumption notices, or ''
+--   ARGV      the notice
+--   ARGV      n, its number of counters
+--   ARGV      four values per counter: algorithm (f fixed window, s sliding
 --             window, t token bucket, r sliding ring), amount, window in
 --             milliseconds, cost
+--   KEYS      its n counters (in a Cluster, every key of the call shares a
+--             slot), then, only when the channel is not empty, the watch
+--             marker of its tag: when it exists, a decision that counted is
+--             published on the channel
 --
--- Returns {now_ms, fits, counted} and, per counter, {fits, remaining,
--- wait_ms (-1: it can never fit), free_at_ms}: remaining and free_at after
--- counting when the decision counted, before otherwise.
+-- Returns {now_ms} and, per decision, {fits, counted} and per counter {fits,
+-- remaining, wait_ms (-1: it can never fit), free_at_ms}: remaining and
+-- free_at after counting when the decision counted, before otherwise.
 --
 -- Every value is an integer below 2^53 (amount * window in ms must be), so
 -- Lua's doubles compute exactly. Every key written gets its expiry in the
@@ -23,18 +28,23 @@
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local mode = tonumber(ARGV[1])
-local channel = ARGV[2]
-local n = #KEYS
-if channel ~= '' then n = n - 1 end
-
 local function num(x) return string.format('%.0f', x) end
 local function pos(x) if x < 0 then return 0 end return x end
 local function ceil_div(a, b) return math.floor((a + b - 1) / b) end
+local find, sub = string.find, string.sub
 local function fields(v)
   local out = {}
-  if v then for f in string.gmatch(v, '%d+') do out[#out + 1] = tonumber(f) end end
-  return out
+  if not v then return out end
+  local from = 1
+  while true do
+    local space = find(v, ' ', from, true)
+    if not space then
+      out[#out + 1] = tonumber(sub(v, from))
+      return out
+    end
+    out[#out + 1] = tonumber(sub(v, from, space - 1))
+    from = space + 1
+  end
 end
 
 -- Each step returns: fits, new state, remaining before, remaining after,
@@ -155,35 +165,51 @@ local function ring(v, amount, w, cost)
 end
 
 local steps = { f = fixed, s = sliding, t = bucket, r = ring }
-local results = {}
-local all = true
-for i = 1, n do
-  local a = 3 + (i - 1) * 4
-  local step = steps[ARGV[a + 1]]
-  local r = { step(redis.call('GET', KEYS[i]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
-    tonumber(ARGV[a + 4])) }
-  results[i] = r
-  if not r[1] then all = false end
-end
-local count = (mode == 1 and all) or mode == 2
-local out = { now, all and 1 or 0, count and 1 or 0 }
-for i = 1, n do
-  local r = results[i]
-  local remaining, free = r[3], r[6]
-  if count then
-    remaining, free = r[4], r[7]
-    if r[8] > now then
-      redis.call('SET', KEYS[i], r[2], 'PXAT', num(r[8]))
-    else
-      redis.call('DEL', KEYS[i])
-    end
+local out = { now }
+local arg, key = 2, 1
+
+local function decide()
+  local mode, channel, notice, n = tonumber(ARGV[arg]), ARGV[arg + 1], ARGV[arg + 2], tonumber(ARGV[arg + 3])
+  arg = arg + 4
+  local results = {}
+  local all = true
+  local values = {}
+  if n > 0 then values = redis.call('MGET', unpack(KEYS, key, key + n - 1)) end
+  for i = 1, n do
+    local step = steps[ARGV[arg]]
+    local r = { step(values[i] or nil, tonumber(ARGV[arg + 1]),
+      tonumber(ARGV[arg + 2]), tonumber(ARGV[arg + 3])) }
+    arg = arg + 4
+    results[i] = r
+    if not r[1] then all = false end
   end
-  out[#out + 1] = r[1] and 1 or 0
-  out[#out + 1] = remaining
-  out[#out + 1] = r[5]
-  out[#out + 1] = free
+  local count = (mode == 1 and all) or mode == 2
+  out[#out + 1] = all and 1 or 0
+  out[#out + 1] = count and 1 or 0
+  for i = 1, n do
+    local r = results[i]
+    local remaining, free = r[3], r[6]
+    if count then
+      remaining, free = r[4], r[7]
+      if r[8] > now then
+        redis.call('SET', KEYS[key + i - 1], r[2], 'PXAT', num(r[8]))
+      else
+        redis.call('DEL', KEYS[key + i - 1])
+      end
+    end
+    out[#out + 1] = r[1] and 1 or 0
+    out[#out + 1] = remaining
+    out[#out + 1] = r[5]
+    out[#out + 1] = free
+  end
+  key = key + n
+  if channel ~= '' then
+    if count and redis.call('EXISTS', KEYS[key]) == 1 then
+      redis.call('PUBLISH', channel, notice)
+    end
+    key = key + 1
+  end
 end
-if count and channel ~= '' and redis.call('EXISTS', KEYS[n + 1]) == 1 then
-  redis.call('PUBLISH', channel, ARGV[3])
-end
+
+for _ = 1, tonumber(ARGV[1]) do decide() end
 return out

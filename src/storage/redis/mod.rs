@@ -1,12 +1,13 @@
 //! The shared counter store: several replicas, one set of exact counters in
 //! Redis (or Valkey, or a Redis Cluster).
 //!
-//! Every decision is one round trip: one `EVALSHA` of `consume.lua` (the
+//! Every decision is one round trip: an `EVALSHA` of `consume.lua` (the
 //! script is loaded again on `NOSCRIPT`) runs the same algorithms as the
 //! engine over all of the decision's counters, atomically, on Redis's own
-//! clock, and sets every key's expiry. Redis serializes scripts, so replicas
-//! counting one limit admit exactly its amount between them. Concurrent
-//! decisions share one multiplexed connection (pipelined by the client).
+//! clock, and sets every key's expiry. Decisions waiting at the same moment
+//! share one call per Cluster slot ([`batch`]), each still all or nothing.
+//! Redis serializes scripts, so replicas counting one limit admit exactly
+//! its amount between them. Calls share one multiplexed connection.
 //!
 //! Keys: `tg:{TAG}:...`, where the hash tag is the counted account (or the
 //! Envoy descriptor), so a decision's keys sit in one Cluster slot. Trade-off
@@ -14,6 +15,7 @@
 //! milliseconds (amount × window in ms must stay below 2^53, e.g. 100 million
 //! a day); in exchange, any number of replicas behave as one limiter.
 
+mod batch;
 mod conn;
 pub mod shared;
 
@@ -53,6 +55,9 @@ pub enum StoreError {
     /// The URL is not one tollgate can use.
     #[error("{0}")]
     Url(String),
+    /// The call that carried this decision with others failed.
+    #[error(transparent)]
+    Batch(Arc<StoreError>),
 }
 
 /// One counter of a decision, as the script takes it.
@@ -150,48 +155,51 @@ impl RedisStore {
         format!("tg:{{{tag}}}:watched")
     }
 
-    /// Runs one decision over `counters` (all under one hash tag); when it
-    /// counts and `notice` is given as (marker key, message), publishes the
-    /// message on the consumption channel if the marker exists. Returns
-    /// Redis's time and the outcome.
-    pub async fn decide(
-        &self,
-        mode: Mode,
-        counters: &[Counter],
-        notice: Option<(&str, &str)>,
-    ) -> Result<(Nanos, Outcome), StoreError> {
+    /// Runs `jobs` in one script call, in order, each all or nothing (in a
+    /// Cluster, every key of every job must share a slot). Returns Redis's
+    /// time and one outcome per job.
+    async fn decide_all(&self, jobs: &[batch::Job]) -> Result<(Nanos, Vec<Outcome>), StoreError> {
         let mut call = self.script.prepare_invoke();
-        for c in counters {
-            call.key(&c.key);
-        }
-        call.arg(match mode {
-            Mode::Check => 0,
-            Mode::Consume => 1,
-            Mode::Record => 2,
-        });
-        match notice {
-            Some((marker, message)) => {
-                call.key(marker).arg(shared::CONSUMED).arg(message);
+        call.arg(jobs.len());
+        for job in jobs {
+            for c in &job.counters {
+                call.key(&c.key);
             }
-            None => {
-                call.arg("").arg("");
+            call.arg(match job.mode {
+                Mode::Check => 0,
+                Mode::Consume => 1,
+                Mode::Record => 2,
+            });
+            match &job.notice {
+                Some((marker, message)) => {
+                    call.key(marker).arg(shared::CONSUMED).arg(message);
+                }
+                None => {
+                    call.arg("").arg("");
+                }
             }
-        }
-        for c in counters {
-            call.arg(match c.algorithm {
-                Algorithm::FixedWindow => "f",
-                Algorithm::SlidingWindow => "s",
-                Algorithm::TokenBucket => "t",
-                Algorithm::SlidingRing => "r",
-            })
-            .arg(c.amount)
-            .arg((c.window / MILLISECOND).max(1))
-            .arg(c.cost);
+            call.arg(job.counters.len());
+            for c in &job.counters {
+                call.arg(match c.algorithm {
+                    Algorithm::FixedWindow => "f",
+                    Algorithm::SlidingWindow => "s",
+                    Algorithm::TokenBucket => "t",
+                    Algorithm::SlidingRing => "r",
+                })
+                .arg(c.amount)
+                .arg((c.window / MILLISECOND).max(1))
+                .arg(c.cost);
+            }
         }
         let reply: Vec<i64> = self
             .bounded(async { call.invoke_async(&mut self.connection().await?).await })
             .await?;
-        outcome(&reply, counters.len())
+        outcomes(&reply, jobs)
+    }
+
+    /// Whether this is a Redis Cluster (a call's keys must share a slot).
+    fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(..))
     }
 
     /// Deletes `keys` (all under one hash tag); how many there were.
@@ -283,6 +291,7 @@ pub enum Failure {
 pub struct SharedCounters {
     /// The store.
     pub store: RedisStore,
+    batcher: batch::Batcher,
     /// What to do when it fails.
     pub failure: Failure,
     /// This replica, to skip its own notices.
@@ -304,6 +313,7 @@ impl SharedCounters {
                 .map_or(0, |d| d.as_nanos())
         );
         Self {
+            batcher: batch::Batcher::new(store.clone()),
             store,
             failure,
             replica,
@@ -335,7 +345,17 @@ impl SharedCounters {
         notice: Option<(&str, &str)>,
         now: Nanos,
     ) -> Result<(Nanos, Outcome), StoreError> {
-        match self.store.decide(mode, counters, notice).await {
+        let job = batch::Job {
+            mode,
+            counters: counters.iter().cloned().collect(),
+            notice: notice.map(|(m, n)| (m.to_owned(), n.to_owned())),
+        };
+        let decided = match tokio::time::timeout(self.store.timeout, self.batcher.decide(job)).await
+        {
+            Ok(decided) => decided,
+            Err(_) => Err(StoreError::Timeout(self.store.timeout)),
+        };
+        match decided {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
@@ -372,9 +392,10 @@ impl SharedCounters {
     }
 }
 
-/// The script's reply as the engine's outcome.
-fn outcome(reply: &[i64], n: usize) -> Result<(Nanos, Outcome), StoreError> {
-    if reply.len() != 3 + 4 * n {
+/// The script's reply as the engine's outcomes, one per job.
+fn outcomes(reply: &[i64], jobs: &[batch::Job]) -> Result<(Nanos, Vec<Outcome>), StoreError> {
+    let expected = 1 + jobs.iter().map(|j| 2 + 4 * j.counters.len()).sum::<usize>();
+    if reply.len() != expected {
         return Err(StoreError::Redis(redis::RedisError::from((
             redis::ErrorKind::Parse,
             "unexpected reply from the decision script",
@@ -382,24 +403,28 @@ fn outcome(reply: &[i64], n: usize) -> Result<(Nanos, Outcome), StoreError> {
     }
     let ms = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(MILLISECOND);
     let now = ms(reply[0]);
-    let items: SmallVec<[ItemStatus; 4]> = reply[3..]
-        .chunks_exact(4)
-        .map(|c| ItemStatus {
-            fits: c[0] == 1,
-            too_large: c[2] < 0,
-            remaining: u64::try_from(c[1]).unwrap_or(0),
-            wait: if c[2] < 0 { 0 } else { ms(c[2]) },
-            free_at: ms(c[3]),
-        })
-        .collect();
-    Ok((
-        now,
-        Outcome {
-            fits: reply[1] == 1,
-            counted: reply[2] == 1,
+    let mut rest = &reply[1..];
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let (head, tail) = rest.split_at(2 + 4 * job.counters.len());
+        rest = tail;
+        let items: SmallVec<[ItemStatus; 4]> = head[2..]
+            .chunks_exact(4)
+            .map(|c| ItemStatus {
+                fits: c[0] == 1,
+                too_large: c[2] < 0,
+                remaining: u64::try_from(c[1]).unwrap_or(0),
+                wait: if c[2] < 0 { 0 } else { ms(c[2]) },
+                free_at: ms(c[3]),
+            })
+            .collect();
+        out.push(Outcome {
+            fits: head[0] == 1,
+            counted: head[1] == 1,
             items,
-        },
-    ))
+        });
+    }
+    Ok((now, out))
 }
 
 /// Limits whose arithmetic in Redis would pass 2^53 (amount × window in
