@@ -469,3 +469,19 @@ fn runtime_root_finds_the_rule_directory() {
         "{line}"
     );
 }
+
+#[test]
+fn serve_help_says_what_each_flag_does() {
+    let out = command(&["serve", "--help"], &[]).output().expect("help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for said in [
+        "rediss+cluster://",
+        "Unused with --store",
+        "RUST_LOG",
+        "at least 1024",
+        "--envoy-shadow-mode  ",
+    ] {
+        assert!(help.contains(said), "{said:?} missing from:\n{help}");
+    }
+    assert!(!help.contains("[<ENVOY_"), "{help}");
+}
