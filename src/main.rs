@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +42,7 @@ enum Command {
         /// The file (or rule directory) to check.
         file: PathBuf,
         /// With a rule directory: files may share a domain (MERGE_DOMAIN_CONFIG).
-        #[arg(long, env = "MERGE_DOMAIN_CONFIG", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+        #[arg(long, env = "MERGE_DOMAIN_CONFIG", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
         envoy_merge_domains: bool,
     },
 }
@@ -53,14 +53,22 @@ struct Serve {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to serve gRPC on; port 0 picks a free one (the log says which).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
-    listen: SocketAddr,
-    /// Most counters held in memory; expired ones go first, then the least
-    /// recently used live ones (counted and logged).
+    /// [default: 127.0.0.1:8081, or GRPC_HOST:GRPC_PORT from the environment]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The host of --listen, as envoyproxy/ratelimit reads it.
+    #[arg(long, env = "GRPC_HOST", hide = true)]
+    grpc_host: Option<String>,
+    /// The port of --listen, as envoyproxy/ratelimit reads it.
+    #[arg(long, env = "GRPC_PORT", hide = true)]
+    grpc_port: Option<u16>,
+    /// Most counters held in memory (at least 1024); expired ones go first,
+    /// then the least recently used live ones (counted and logged).
     #[arg(
         long,
         value_name = "N",
         default_value_t = 4_000_000,
+        value_parser = parse_max_counters,
         conflicts_with = "max_memory"
     )]
     max_counters: usize,
@@ -68,11 +76,13 @@ struct Serve {
     /// unit (512MiB, 2GiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_memory: Option<usize>,
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format; RUST_LOG sets the level and filters (e.g. debug,
+    /// tollgate=trace).
+    #[arg(long, env = "LOG_FORMAT", value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// The state file: runtime plan assignments and overrides, and the
-    /// counters across a graceful restart.
+    /// counters across a graceful restart. Unused with --store (Redis keeps
+    /// them).
     #[arg(long, value_name = "PATH", default_value = "tollgate-state.redb")]
     state: PathBuf,
     /// A file holding the admin API's bearer token (instead of the
@@ -83,8 +93,9 @@ struct Serve {
     /// Coalescing interval of WatchQuota consumption updates (e.g. 100ms, 1s).
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
     watch_interval: Duration,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics (`:9090` means every
+    /// interface).
+    #[arg(long, env = "PROMETHEUS_ADDR", value_name = "ADDR", value_parser = parse_addr)]
     metrics_listen: Option<SocketAddr>,
     /// The longest a graceful shutdown waits for in-flight calls.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -100,12 +111,13 @@ struct Serve {
     tls_client_ca: Option<PathBuf>,
     /// Count in Redis, shared by every replica started with the same URL:
     /// redis://[user:password@]host:port[/db], rediss://… (TLS),
-    /// redis+cluster://host:port[,host:port…] (Redis Cluster). Plan
-    /// assignments and overrides live there too. Default: in memory.
-    #[arg(long, value_name = "URL")]
+    /// redis+cluster://host:port[,host:port…] or rediss+cluster://… (Redis
+    /// Cluster); a bare host:port means redis://host:port. Plan assignments
+    /// and overrides live there too. Default: in memory.
+    #[arg(long, env = "REDIS_URL", value_name = "URL", value_parser = parse_store)]
     store: Option<String>,
     /// The longest a decision waits for Redis.
-    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REDIS_TIMEOUT", value_name = "DURATION", default_value = "10ms", value_parser = humantime::parse_duration)]
     store_timeout: Duration,
     /// When Redis does not answer in time: `closed` answers UNAVAILABLE (the
     /// gateway's own failure policy decides), `open` admits the request.
@@ -126,14 +138,30 @@ enum StoreFailure {
 #[derive(Debug, clap::Args)]
 struct EnvoyArgs {
     /// A directory of envoyproxy/ratelimit rule files (*.yaml), served to
-    /// Envoy and reloaded when they change.
+    /// Envoy and reloaded when they change. [default: none, or
+    /// RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY from the
+    /// environment]
     #[arg(long, value_name = "DIR")]
     envoy_config: Option<PathBuf>,
+    /// The root of --envoy-config, as envoyproxy/ratelimit reads it.
+    #[arg(long, env = "RUNTIME_ROOT", hide = true)]
+    runtime_root: Option<PathBuf>,
+    /// Under RUNTIME_ROOT, as envoyproxy/ratelimit reads it.
+    #[arg(long, env = "RUNTIME_SUBDIRECTORY", hide = true)]
+    runtime_subdirectory: Option<PathBuf>,
+    /// Under RUNTIME_SUBDIRECTORY, as envoyproxy/ratelimit reads it.
+    #[arg(
+        long,
+        env = "RUNTIME_APPDIRECTORY",
+        hide = true,
+        default_value = "config"
+    )]
+    runtime_appdirectory: PathBuf,
     /// Let several rule files add to one domain.
-    #[arg(long, env = "MERGE_DOMAIN_CONFIG", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    #[arg(long, env = "MERGE_DOMAIN_CONFIG", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     envoy_merge_domains: bool,
     /// Add RateLimit-Limit/-Remaining/-Reset to Envoy's response.
-    #[arg(long, env = "LIMIT_RESPONSE_HEADERS_ENABLED", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    #[arg(long, env = "LIMIT_RESPONSE_HEADERS_ENABLED", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     envoy_response_headers: bool,
     /// The name of the limit header.
     #[arg(
@@ -160,17 +188,33 @@ struct EnvoyArgs {
     )]
     envoy_reset_header: String,
     /// Count and report, but never answer OVER_LIMIT to Envoy.
-    #[arg(long, env = "SHADOW_MODE", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    #[arg(long, env = "SHADOW_MODE", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     envoy_shadow_mode: bool,
     /// Treat every descriptor as in quota mode.
-    #[arg(long, env = "QUOTA_MODE", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    #[arg(long, env = "QUOTA_MODE", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     envoy_quota_mode: bool,
     /// Return dynamic metadata (the request, and the passed descriptors' metadata).
-    #[arg(long, env = "RESPONSE_DYNAMIC_METADATA", value_parser = BoolishValueParser::new(), action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
+    #[arg(long, env = "RESPONSE_DYNAMIC_METADATA", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     envoy_dynamic_metadata: bool,
 }
 
 impl EnvoyArgs {
+    /// The rule directory: --envoy-config, else the reference's
+    /// RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY.
+    fn dir(&self) -> Option<PathBuf> {
+        self.envoy_config.clone().or_else(|| {
+            let root = self.runtime_root.as_ref()?;
+            Some(
+                root.join(
+                    self.runtime_subdirectory
+                        .as_deref()
+                        .unwrap_or(Path::new("")),
+                )
+                .join(&self.runtime_appdirectory),
+            )
+        })
+    }
+
     fn options(&self) -> envoy::Options {
         envoy::Options {
             response_headers: self.envoy_response_headers.then(|| envoy::HeaderNames {
@@ -202,9 +246,9 @@ fn main() -> ExitCode {
                 Ok(rules) => {
                     let _ = writeln!(
                         std::io::stdout(),
-                        "{}: ok ({} envoy domains)",
+                        "{}: ok ({})",
                         file.display(),
-                        rules.domains()
+                        count(rules.domains(), "envoy domain")
                     );
                     ExitCode::SUCCESS
                 }
@@ -219,10 +263,10 @@ fn main() -> ExitCode {
                 let mut out = std::io::stdout();
                 let _ = writeln!(
                     out,
-                    "{}: ok ({} plans, {} classes)",
+                    "{}: ok ({}, {})",
                     file.display(),
-                    catalog.plans.len(),
-                    catalog.class_names.len()
+                    count(catalog.plans.len(), "plan"),
+                    count(catalog.class_names.len(), "class")
                 );
                 ExitCode::SUCCESS
             }
@@ -251,7 +295,7 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         None => config::parse(config::DEFAULT_NAME, config::DEFAULT, &slots)?,
     };
     let rules = RuleSource::load(
-        serve.envoy.envoy_config.clone(),
+        serve.envoy.dir(),
         serve.envoy.envoy_merge_domains,
         slots.clone(),
     )?;
@@ -279,12 +323,20 @@ fn run(serve: Serve) -> anyhow::Result<()> {
 /// The server's options from the command line, files read.
 fn options(serve: &Serve, rules: RuleSource) -> anyhow::Result<Options> {
     let admin_token = match &serve.admin_token_file {
-        Some(file) => Some(
-            std::fs::read_to_string(file)
+        Some(file) => {
+            let token = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read the admin token file {}", file.display()))?
                 .trim()
-                .to_owned(),
-        ),
+                .to_owned();
+            // An empty file is a mistake, not a wish to disable admin: that
+            // is what leaving out the flag does.
+            anyhow::ensure!(
+                !token.is_empty(),
+                "the admin token file {} is empty; put the token in it, or leave out --admin-token-file to disable the admin API",
+                file.display()
+            );
+            Some(token)
+        }
         None => std::env::var("TOLLGATE_ADMIN_TOKEN").ok(),
     }
     .filter(|t| !t.is_empty());
@@ -341,7 +393,15 @@ async fn limiter(
         }
         None => {
             let store = match serve.max_memory {
-                Some(bytes) => MemoryStore::with_memory(bytes),
+                Some(bytes) => {
+                    use tollgate::storage::memory::{BYTES_PER_COUNTER, MIN_COUNTERS};
+                    anyhow::ensure!(
+                        bytes / BYTES_PER_COUNTER >= MIN_COUNTERS,
+                        "--max-memory: at least {} bytes ({MIN_COUNTERS} counters of about {BYTES_PER_COUNTER} bytes), got {bytes}",
+                        MIN_COUNTERS * BYTES_PER_COUNTER
+                    );
+                    MemoryStore::with_memory(bytes)
+                }
                 None => MemoryStore::new(serve.max_counters),
             };
             let state = RuntimeState::open(&serve.state)?;
@@ -367,9 +427,10 @@ async fn bind(
     mut options: Options,
     limiter: &Limiter,
 ) -> anyhow::Result<(TcpListener, Options)> {
-    let listener = TcpListener::bind(serve.listen)
+    let listen = serve.listen()?;
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", serve.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     if let Some(metrics_addr) = serve.metrics_listen {
         let metrics = TcpListener::bind(metrics_addr)
@@ -383,10 +444,77 @@ async fn bind(
         config = %serve.config.as_ref().map_or(config::DEFAULT_NAME.into(), |p| p.display().to_string()),
         plans = limiter.catalog().plans.len(),
         counters.capacity = limiter.counters().memory().map_or(0, MemoryStore::capacity),
-        envoy.config = %serve.envoy.envoy_config.as_ref().map_or("none".into(), |p| p.display().to_string()),
+        envoy.config = %serve.envoy.dir().as_ref().map_or("none".into(), |p| p.display().to_string()),
         "tollgate listening on {addr}"
     );
     Ok((listener, options))
+}
+
+// === impl Serve ===
+
+impl Serve {
+    /// --listen, else GRPC_HOST:GRPC_PORT (each defaulting to
+    /// 127.0.0.1:8081's part), as envoyproxy/ratelimit reads them.
+    fn listen(&self) -> anyhow::Result<SocketAddr> {
+        if let Some(addr) = self.listen {
+            return Ok(addr);
+        }
+        let host = self.grpc_host.as_deref().unwrap_or("127.0.0.1");
+        let port = self.grpc_port.unwrap_or(8081);
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        addr.parse()
+            .with_context(|| format!("GRPC_HOST: expected an IP address, got {host:?}"))
+    }
+}
+
+/// `1 plan`, `2 plans`, `1 class`, `3 classes`.
+fn count(n: usize, noun: &str) -> String {
+    match (n, noun.ends_with('s')) {
+        (1, _) => format!("1 {noun}"),
+        (_, true) => format!("{n} {noun}es"),
+        (_, false) => format!("{n} {noun}s"),
+    }
+}
+
+/// --max-counters: a count no smaller than the store's minimum.
+fn parse_max_counters(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of counters, got {s:?}"))?;
+    if n < tollgate::storage::memory::MIN_COUNTERS {
+        return Err(format!(
+            "at least {} (the smallest store tollgate makes), got {n}",
+            tollgate::storage::memory::MIN_COUNTERS
+        ));
+    }
+    Ok(n)
+}
+
+/// An address, where `:9090` (envoyproxy/ratelimit's PROMETHEUS_ADDR form)
+/// means every interface.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse()
+        .map_err(|_| format!("expected HOST:PORT (e.g. 127.0.0.1:9090 or :9090), got {s:?}"))
+}
+
+/// --store: a URL, or envoyproxy/ratelimit's REDIS_URL form (a bare
+/// `host:port`), which means `redis://host:port`.
+fn parse_store(s: &str) -> Result<String, String> {
+    Ok(if s.contains("://") {
+        s.to_owned()
+    } else {
+        format!("redis://{s}")
+    })
 }
 
 fn init_tracing(format: LogFormat) {

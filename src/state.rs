@@ -45,13 +45,20 @@ enum Backend {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The state file failed.
-    #[error("state file {}: {source}", path.display())]
+    #[error("state file {}: {error}", path.display())]
     File {
         /// The file.
         path: PathBuf,
-        /// What failed.
-        #[source]
-        source: redb::Error,
+        /// What failed: in the message, so not also a `source()` that
+        /// would print it twice in a chain.
+        error: redb::Error,
+    },
+    /// Another process (a second tollgate started in the same directory)
+    /// has the state file open.
+    #[error("another tollgate holds {}; pass --state to use another file", path.display())]
+    Locked {
+        /// The file.
+        path: PathBuf,
     },
     /// The shared store failed.
     #[error(transparent)]
@@ -63,14 +70,19 @@ pub enum Error {
 impl RuntimeState {
     /// Opens (or creates) the state file at `path` and loads it.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let err = |source: redb::Error| Error::File {
+        let err = |error: redb::Error| Error::File {
             path: path.to_owned(),
-            source,
+            error,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(redb::Error::Io(e)))?;
         }
-        let db = Database::create(path).map_err(|e| err(e.into()))?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
+                path: path.to_owned(),
+            },
+            e => err(e.into()),
+        })?;
         let maps = load(&db).map_err(err)?;
         Ok(Self::new(
             Backend::File {
@@ -271,9 +283,9 @@ fn commit(
     db: &Database,
     f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
 ) -> Result<(), Error> {
-    let err = |source: redb::Error| Error::File {
+    let err = |error: redb::Error| Error::File {
         path: path.to_owned(),
-        source,
+        error,
     };
     let tx = db.begin_write().map_err(|e| err(e.into()))?;
     f(&tx).map_err(err)?;

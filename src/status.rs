@@ -7,6 +7,8 @@
 //! `INTERNAL` with a generic message: the details go to the log, never to the
 //! client.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tonic::Status;
 
 use crate::config::reload::ReloadError;
@@ -22,7 +24,7 @@ impl From<Error> for Status {
             Error::Refused(message) => Self::unknown(message),
             Error::Store(e) => e.into(),
             Error::State(state::Error::Shared(e)) => e.into(),
-            Error::State(e @ state::Error::File { .. }) => {
+            Error::State(e @ (state::Error::File { .. } | state::Error::Locked { .. })) => {
                 tracing::error!(error = %e, "admin call failed");
                 Self::internal("the change could not be stored; see the server log")
             }
@@ -34,7 +36,29 @@ impl From<Error> for Status {
 
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
-        tracing::warn!(error = %e, "counter store unavailable");
+        log_unavailable(&e);
         Self::unavailable("the counter store is unavailable; see the server log")
+    }
+}
+
+/// Seconds between two warnings of an unavailable store: during an outage
+/// every call fails, and one line per call would flood the log.
+const LOG_EVERY: u64 = 10;
+
+/// Warns of `e` at most once every [`LOG_EVERY`] seconds, with the number of
+/// calls answered `UNAVAILABLE` since the last warning; the others go to
+/// the debug log.
+fn log_unavailable(e: &StoreError) {
+    static LAST: AtomicU64 = AtomicU64::new(u64::MAX);
+    static SINCE: AtomicU64 = AtomicU64::new(0);
+    let slot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / LOG_EVERY);
+    let failed = SINCE.fetch_add(1, Ordering::Relaxed) + 1;
+    if LAST.swap(slot, Ordering::Relaxed) == slot {
+        tracing::debug!(error = %e, "counter store unavailable");
+    } else {
+        SINCE.store(0, Ordering::Relaxed);
+        tracing::warn!(error = %e, failed, "counter store unavailable; calls answer UNAVAILABLE (logged at most once every {LOG_EVERY} s)");
     }
 }

@@ -151,3 +151,55 @@ async fn serve_existing(path: &PathBuf) -> TestServer {
     };
     TestServer::start_opts(&yaml, MemoryStore::new(10_000), options).await
 }
+
+/// Waits until the running limit is `want`; the limit at the deadline.
+async fn settles_on(s: &TestServer, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let limit = s.check(req("k", "/x")).await.limits[0].limit;
+        if limit == want || Instant::now() > deadline {
+            return limit;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_newest_content_wins_over_concurrent_reloads_and_rewrites() {
+    let d = dir("reload-race");
+    let path = d.join("tollgate.yaml");
+    let s = serve(&path, &config(5)).await;
+    // Rewrites and ReloadConfig calls at once, faster than the watcher's
+    // debounce, ending on the content the server started with: whatever
+    // an earlier reload installed, the file's last content must win.
+    let mut calls = Vec::new();
+    for limit in 10..30 {
+        std::fs::write(&path, config(limit)).expect("write");
+        let mut admin = s.admin().await;
+        calls.push(tokio::spawn(async move {
+            let _ = admin
+                .reload_config(authed(pb::ReloadConfigRequest {}))
+                .await;
+        }));
+    }
+    for call in calls {
+        call.await.expect("reload call");
+    }
+    std::fs::write(&path, config(5)).expect("write");
+    assert_eq!(settles_on(&s, 5).await, 5, "the last content written wins");
+    // A reload of other content, then the file back as the watcher last saw it.
+    std::fs::write(&path, config(8)).expect("write");
+    s.admin()
+        .await
+        .reload_config(authed(pb::ReloadConfigRequest {}))
+        .await
+        .expect("reload");
+    std::fs::write(&path, config(5)).expect("write");
+    assert_eq!(
+        settles_on(&s, 5).await,
+        5,
+        "the file's content, not the last reload's"
+    );
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(d);
+}

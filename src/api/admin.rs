@@ -28,6 +28,31 @@ pub struct AdminService {
     rules: Arc<Reloader>,
 }
 
+/// An override's change in words, for the log: `amount 1000`, `unlimited`,
+/// `custom 50 per 1h`.
+fn describe(change: &Change) -> String {
+    match change {
+        Change::Amount(n) => format!("amount {n}"),
+        Change::Unlimited => "unlimited".to_owned(),
+        Change::Custom(c) => format!(
+            "custom {} per {}",
+            c.amount,
+            humantime::format_duration(std::time::Duration::from_nanos(c.window))
+        ),
+    }
+}
+
+/// When an override expires, for the log: an RFC 3339 time, or `never`.
+fn expiry(at: Option<crate::engine::Nanos>) -> String {
+    at.map_or_else(
+        || "never".to_owned(),
+        |t| {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(t);
+            humantime::format_rfc3339(at).to_string()
+        },
+    )
+}
+
 // === impl AdminService ===
 
 impl AdminService {
@@ -200,7 +225,7 @@ impl AdminService {
             },
         )
         .await?;
-        tracing::info!(admin.action = "set_override", client.addr = %peer, account = %r.account, limit = %o.limit, change = ?o.change, expires_at = ?o.expires_at, reason = %o.reason, "override set");
+        tracing::info!(admin.action = "set_override", client.addr = %peer, account = %r.account, limit = %o.limit, change = %describe(&o.change), expires_at = %expiry(o.expires_at), reason = %o.reason, "override set");
         Ok(convert::override_to_pb(&r.account, &o))
     }
 

@@ -32,9 +32,9 @@ pub const DEFAULT_NAME: &str = "examples/saas.yaml (built in)";
 
 /// Reads and compiles the file at `path`.
 pub fn load(path: &Path, slots: &SlotRegistry) -> Result<Catalog, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| Error::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     parse(&path.display().to_string(), &text, slots)
 }
@@ -69,6 +69,25 @@ pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A YAML reading limit in plain words (the parser's own message is
+/// `budget breached: Depth { depth: 65 }`).
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let most = serde_saphyr::Budget::default();
+    match breach {
+        B::Depth { .. } => format!(
+            "nested too deeply: at most {} levels of lists and maps",
+            most.max_depth
+        ),
+        B::Aliases { .. }
+        | B::Anchors { .. }
+        | B::AliasAnchorRatio { .. }
+        | B::MergeKeys { .. } => "too many anchors, aliases or merge keys".to_owned(),
+        B::Documents { .. } => "too many YAML documents in one file".to_owned(),
+        _ => "the file is too large to read (too many values or too much text)".to_owned(),
+    }
+}
+
 /// A serde path without the `value` steps that [`serde_saphyr::Spanned`] adds.
 fn without_spans(path: &str) -> String {
     if path == "." {
@@ -83,6 +102,15 @@ fn without_spans(path: &str) -> String {
 /// The bare message of a YAML error, without the location and snippet that
 /// [`Problem`] shows its own way.
 fn message_of(e: &serde_saphyr::Error) -> String {
+    let mut inner = e;
+    while let serde_saphyr::Error::AliasError { error, .. }
+    | serde_saphyr::Error::WithSnippet { error, .. } = inner
+    {
+        inner = error;
+    }
+    if let serde_saphyr::Error::Budget { breach, .. } = inner {
+        return budget_message(breach);
+    }
     let text = e.without_snippet().to_string();
     let first = text.lines().next().unwrap_or_default();
     match first.rfind(" at line ") {

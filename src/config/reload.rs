@@ -54,8 +54,12 @@ pub struct Reloader {
     path: Option<PathBuf>,
     install: Box<Install>,
     fingerprint: fn(&Path) -> Option<Vec<u8>>,
-    /// The fingerprint of what the watcher last saw, from the moment the
-    /// reloader is made, so a change made before the watcher starts counts.
+    /// The fingerprint of what the last reload read (from the moment the
+    /// reloader is made, so a change made before the watcher starts counts).
+    /// Every reload sets it, on demand or watched, so the watcher compares
+    /// the file with what is installed, not with what it saw itself: a
+    /// `ReloadConfig` of other content followed by the file going back to
+    /// what the watcher last saw is still a change.
     seen: Mutex<Option<Vec<u8>>>,
     /// One reload at a time, so an older read never lands after a newer one.
     running: Mutex<()>,
@@ -114,6 +118,10 @@ impl Reloader {
     fn reload_blocking(&self) -> Result<Reloaded, ReloadError> {
         let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
         let _one_at_a_time = self.running.lock();
+        // Read before installing: if the file changes in between, what is
+        // installed is newer than `seen`, and the watcher reloads once more
+        // (harmless); read after, a change could go unnoticed.
+        *self.seen.lock() = (self.fingerprint)(path);
         match (self.install)(path) {
             Ok(done) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
@@ -207,14 +215,7 @@ async fn watch_dir(
         tokio::time::sleep(Duration::from_millis(200)).await;
         while rx.try_recv().is_ok() {}
         let now = fingerprint().await;
-        let changed = {
-            let mut seen = reloader.seen.lock();
-            let changed = now.is_some() && *seen != now;
-            if changed {
-                *seen = now;
-            }
-            changed
-        };
+        let changed = now.is_some() && *reloader.seen.lock() != now;
         if changed {
             let _ = reloader.reload().await;
         }

@@ -11,9 +11,9 @@ use crate::config::Error;
 /// start with a dot, as the reference loads its runtime directory (editors'
 /// swap files and ConfigMaps' `..data` links start with one).
 pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let read = std::fs::read_dir(dir).map_err(|source| Error::Read {
+    let read = std::fs::read_dir(dir).map_err(|error| Error::Read {
         path: dir.to_owned(),
-        source,
+        error,
     })?;
     let mut files: Vec<_> = read
         .filter_map(Result::ok)
@@ -33,9 +33,9 @@ pub(super) fn read(dir: &Path) -> Result<Vec<(String, String)>, Error> {
     let files = rule_files(dir)?;
     let mut texts = Vec::with_capacity(files.len());
     for path in files {
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+        let text = std::fs::read_to_string(&path).map_err(|error| Error::Read {
             path: path.clone(),
-            source,
+            error,
         })?;
         texts.push((path.display().to_string(), text));
     }

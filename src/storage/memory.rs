@@ -31,6 +31,9 @@ use crate::plans::SlotRegistry;
 /// `benches/engine.rs` with one million subjects.
 pub const BYTES_PER_COUNTER: usize = 200;
 
+/// The fewest counters a store is sized for: a smaller size is rounded up.
+pub const MIN_COUNTERS: usize = 1024;
+
 /// Counters exported for a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -77,9 +80,10 @@ struct Cell {
 // === impl MemoryStore ===
 
 impl MemoryStore {
-    /// A store holding at most about `max_counters` counters (at least 1,024).
+    /// A store holding at most about `max_counters` counters (at least
+    /// [`MIN_COUNTERS`]).
     pub fn new(max_counters: usize) -> Self {
-        let max_counters = max_counters.max(1024);
+        let max_counters = max_counters.max(MIN_COUNTERS);
         let shards = (max_counters / 1024).next_power_of_two().clamp(1, 256);
         Self {
             shards: (0..shards).map(|_| Mutex::default()).collect(),

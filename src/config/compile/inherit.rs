@@ -53,16 +53,21 @@ fn resolve(
                 );
                 return None;
             }
-            if stack.iter().any(|s| s == &parent.value) || parent.value == name {
-                p.push(
-                    parent.referenced.line(),
-                    &field,
-                    format!(
-                        "plans extend each other in a cycle: {} -> {name} -> {}",
-                        stack.join(" -> "),
-                        parent.value
-                    ),
-                );
+            let start = stack.iter().position(|s| s == &parent.value);
+            if start.is_some() || parent.value == name {
+                // The cycle only, from the plan it returns to: `a -> a`,
+                // `a -> b -> a`.
+                let cycle: Vec<&str> = stack[start.unwrap_or(stack.len())..]
+                    .iter()
+                    .map(String::as_str)
+                    .chain([name, parent.value.as_str()])
+                    .collect();
+                let message = if parent.value == name {
+                    format!("a plan cannot extend itself: {}", cycle.join(" -> "))
+                } else {
+                    format!("plans extend each other in a cycle: {}", cycle.join(" -> "))
+                };
+                p.push(parent.referenced.line(), &field, message);
                 return None;
             }
             stack.push(name.to_owned());

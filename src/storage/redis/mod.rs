@@ -49,15 +49,22 @@ pub enum StoreError {
     /// No answer within the store timeout.
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
-    /// Redis answered with an error, or the connection failed.
+    /// Redis answered with an error, or the connection failed (in the
+    /// message, so not also a `source()` that would print it twice).
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
     /// The URL is not one tollgate can use.
     #[error("{0}")]
     Url(String),
     /// The call that carried this decision with others failed.
     #[error(transparent)]
     Batch(Arc<StoreError>),
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Redis(e)
+    }
 }
 
 /// One counter of a decision, as the script takes it.
@@ -115,13 +122,14 @@ impl RedisStore {
             let client = redis::cluster::ClusterClient::builder(nodes)
                 .connection_timeout(timeout.max(Duration::from_millis(500)))
                 .response_timeout(timeout)
-                .build()?;
+                .build()
+                .map_err(|e| bad_url(url, &e))?;
             (
                 Conn::Cluster(Arc::new(client), Arc::default()),
-                redis::Client::open(first)?,
+                redis::Client::open(first).map_err(|e| bad_url(url, &e))?,
             )
         } else {
-            let client = redis::Client::open(url)?;
+            let client = redis::Client::open(url).map_err(|e| bad_url(url, &e))?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
                 .set_response_timeout(Some(timeout))
@@ -360,7 +368,11 @@ impl SharedCounters {
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 let second = now / crate::engine::clock::SECOND;
-                if self.last_logged.swap(second / 10, Ordering::Relaxed) != second / 10 {
+                // Failing closed, the error reaches the caller and
+                // `crate::status` warns of it, as rarely as this would.
+                if self.failure == Failure::Open
+                    && self.last_logged.swap(second / 10, Ordering::Relaxed) != second / 10
+                {
                     tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, failed = self.failures(), "the counter store failed a decision");
                 }
                 match self.failure {
@@ -445,6 +457,16 @@ pub fn imprecise_limits(catalog: &crate::plans::Catalog) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+/// A URL the client refused, in plain words (the client's own message
+/// reads `Redis URL did not parse - InvalidClientConfig`).
+fn bad_url(url: &str, e: &redis::RedisError) -> StoreError {
+    let why = e.detail().map_or_else(String::new, |d| format!(" ({d})"));
+    StoreError::Url(format!(
+        "--store: cannot parse {} as redis://[user:password@]host:port[/db]{why}",
+        redact(url)
+    ))
 }
 
 /// `url` with any password replaced by `***`, for logs and errors.
