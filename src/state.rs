@@ -15,12 +15,16 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::plans::overrides::Override;
 use crate::plans::runtime::{Maps, Runtime};
+use crate::storage::memory::{Changes, SNAPSHOT_MAGIC};
 use crate::storage::redis::RedisStore;
 use crate::storage::{Counters, StoreError};
 
 const ASSIGNMENTS: TableDefinition<&str, &str> = TableDefinition::new("assignments");
 const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
 const COUNTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("counters");
+/// Counters changed while serving, flushed every interval, so a crash loses
+/// at most one interval (see `MemoryStore::take_changes`).
+const JOURNAL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("journal");
 
 /// The runtime state and where it is kept.
 pub struct RuntimeState {
@@ -211,6 +215,8 @@ impl RuntimeState {
         self.commit(move |tx| {
             let mut t = tx.open_table(COUNTERS)?;
             t.insert(0, snapshot.as_slice())?;
+            // The snapshot holds everything the journal did.
+            tx.delete_table(JOURNAL)?;
             Ok(())
         })
         .await
@@ -229,6 +235,76 @@ impl RuntimeState {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// The journal's counters, as one snapshot (`MemoryStore::import`
+    /// reads it); they stay in the journal until the next graceful stop.
+    /// Runs before serving, so it blocks.
+    pub fn journal(&self) -> Result<Vec<u8>, Error> {
+        let Backend::File { path, db } = &self.backend else {
+            return Ok(Vec::new());
+        };
+        let err = |error: redb::Error| Error::File {
+            path: path.clone(),
+            error,
+        };
+        let read = || -> Result<Vec<u8>, redb::Error> {
+            let mut out = SNAPSHOT_MAGIC.to_vec();
+            let tx = db.begin_read()?;
+            let table = match tx.open_table(JOURNAL) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
+                Err(e) => return Err(e.into()),
+            };
+            for row in table.iter()? {
+                let (k, v) = row?;
+                out.extend_from_slice(k.value());
+                out.extend_from_slice(v.value());
+            }
+            Ok(out)
+        };
+        read().map_err(err)
+    }
+
+    /// Writes `changes` to the journal and commits; with `compact`, first
+    /// replaces the whole journal with `compact` (a full snapshot's rows).
+    /// Blocks (an fsync): call it from the blocking pool. Returns the rows
+    /// the journal holds.
+    pub fn write_journal(
+        &self,
+        changes: &Changes,
+        compact: Option<&Changes>,
+    ) -> Result<u64, Error> {
+        let Backend::File { path, db } = &self.backend else {
+            return Ok(0);
+        };
+        let mut rows = 0;
+        commit(path, db, |tx| {
+            if compact.is_some() {
+                tx.delete_table(JOURNAL)?;
+            }
+            let mut t = tx.open_table(JOURNAL)?;
+            for c in compact.into_iter().chain([changes]) {
+                for prefix in &c.removed {
+                    let gone: Vec<Vec<u8>> = t
+                        .range(prefix.as_slice()..)?
+                        .map_while(|row| {
+                            let key = row.ok()?.0.value().to_vec();
+                            key.starts_with(prefix).then_some(key)
+                        })
+                        .collect();
+                    for key in gone {
+                        t.remove(key.as_slice())?;
+                    }
+                }
+                for (key, value) in &c.rows {
+                    t.insert(key.as_slice(), value.as_slice())?;
+                }
+            }
+            rows = redb::ReadableTableMetadata::len(&t)?;
+            Ok(())
+        })?;
+        Ok(rows)
     }
 
     async fn put_overrides(&self, account: &str, list: Vec<Override>) -> Result<(), Error> {
@@ -298,6 +374,7 @@ fn load(db: &Database) -> Result<Maps, redb::Error> {
     tx.open_table(ASSIGNMENTS)?;
     tx.open_table(OVERRIDES)?;
     tx.open_table(COUNTERS)?;
+    tx.open_table(JOURNAL)?;
     tx.commit()?;
     let tx = db.begin_read()?;
     let mut maps = Maps::default();

@@ -35,6 +35,7 @@ use crate::metrics::{self, Gauges, Metrics};
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::proto::tollgate::v1::admin_server::AdminServer;
 use crate::proto::{self, tollgate::v1::rate_limiter_server::RateLimiterServer};
+use crate::storage::memory::Changes;
 use crate::watch::{Cause, Hub};
 
 /// How often expired counters are reclaimed in the background.
@@ -60,6 +61,9 @@ pub struct Options {
     pub envoy_rules: Option<Arc<RuleSource>>,
     /// How Envoy's rate limit service answers beyond the rules.
     pub envoy: envoy::Options,
+    /// How often in-memory counters that changed are written to the state
+    /// file's journal (what a crash can lose); `None`: only at shutdown.
+    pub journal_every: Option<Duration>,
 }
 
 /// TLS material, PEM-encoded.
@@ -104,6 +108,7 @@ impl Default for Options {
             tls: None,
             envoy_rules: None,
             envoy: envoy::Options::default(),
+            journal_every: None,
         }
     }
 }
@@ -138,6 +143,11 @@ pub async fn run(
         ));
     }
     let background = [
+        tokio::spawn(journal(
+            limiter.clone(),
+            options.journal_every,
+            stopping.clone(),
+        )),
         tokio::spawn(reclaim(limiter.clone(), stopping.clone())),
         tokio::spawn(app.config.clone().watch(stopping.clone())),
         tokio::spawn(app.rules.clone().watch(stopping.clone())),
@@ -360,6 +370,78 @@ async fn save_counters(limiter: &Limiter) {
             tracing::error!(error = %e, "counters could not be saved; they start afresh next time")
         }
     }
+}
+
+/// Writes the in-memory counters that changed to the state file's journal
+/// every `every`, so a crash (`kill -9`, OOM) loses at most that much
+/// counting. When the journal holds far more rows than there are live
+/// counters (expired and evicted ones pile up), it is rewritten whole.
+async fn journal(limiter: Arc<Limiter>, every: Option<Duration>, stopping: CancellationToken) {
+    let Some(every) = every.filter(|e| !e.is_zero()) else {
+        return;
+    };
+    if limiter.counters().memory().is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    // Changes taken but not yet written (a failed write keeps them).
+    let mut pending = Changes::default();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stopping.cancelled() => return,
+        }
+        let limiter = limiter.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let result = flush_journal(&limiter, &mut pending);
+            (pending, result)
+        })
+        .await;
+        let Ok((left, result)) = flushed else {
+            return;
+        };
+        pending = left;
+        match result {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("counter journal written again");
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "counter journal not written; a crash would lose counting since the last good write");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Takes the counters changed since the last flush into `pending` and
+/// writes them; `pending` is empty again when the write succeeded.
+fn flush_journal(limiter: &Limiter, pending: &mut Changes) -> Result<(), crate::state::Error> {
+    use crate::engine::CounterStore;
+    let Some(memory) = limiter.counters().memory() else {
+        return Ok(());
+    };
+    let (now, slots) = (limiter.now(), limiter.slots());
+    let changes = memory.take_changes(now, slots);
+    pending.rows.extend(changes.rows);
+    pending.removed.extend(changes.removed);
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let rows = limiter.state().write_journal(pending, None)?;
+    *pending = Changes::default();
+    let live = memory.len() as u64;
+    if rows > 2 * live + 100_000 {
+        let all = memory.live_rows(now, slots);
+        limiter
+            .state()
+            .write_journal(&Changes::default(), Some(&all))?;
+        tracing::debug!(rows, live, "counter journal compacted");
+    }
+    Ok(())
 }
 
 /// Drops expired counters now and then, so idle memory returns.

@@ -43,7 +43,26 @@ pub struct Snapshot {
     pub counters: usize,
 }
 
-const SNAPSHOT_MAGIC: &[u8; 4] = b"TGC1";
+/// The start of every snapshot ([`MemoryStore::export`]); a journal's rows,
+/// concatenated after it, read as one.
+pub const SNAPSHOT_MAGIC: &[u8; 4] = b"TGC1";
+
+/// Counters changed since the last journal flush ([`MemoryStore::take_changes`]).
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// (key, value) rows: the key is a snapshot record's scope and identity,
+    /// the value its state words and expiry, so key ++ value is the record.
+    pub rows: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Key prefixes (a scope) whose rows go: reset or expired.
+    pub removed: Vec<Vec<u8>>,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.removed.is_empty()
+    }
+}
 
 /// The sharded in-memory store.
 pub struct MemoryStore {
@@ -60,13 +79,23 @@ struct Shard {
     cells: usize,
     /// Counts decisions in this shard; stamps entries for LRU eviction.
     tick: u64,
+    /// Hashes of the entries changed since the last journal flush (each
+    /// once: an entry's [`DIRTY`] bit says it is listed).
+    dirty: Vec<u64>,
+    /// Scopes reset since the last journal flush.
+    removed: Vec<CompactString>,
 }
+
+/// The bit of [`Entry::touched`] that marks an entry changed since the last
+/// journal flush; the other bits are its last use.
+const DIRTY: u64 = 1 << 63;
 
 /// One scope's counters.
 struct Entry {
     /// Inline up to 24 bytes, so most keys need no allocation of their own.
     scope: CompactString,
     expires_at: Nanos,
+    /// The shard tick of its last use, and [`DIRTY`].
     touched: u64,
     /// One cell inline: most scopes have one counter per entry.
     cells: SmallVec<[Cell; 1]>,
@@ -164,6 +193,77 @@ impl MemoryStore {
         restored
     }
 
+    /// The counters changed (and the scopes reset) since the last call, for
+    /// the journal that lets a crash lose at most one flush interval. Locks
+    /// one shard at a time, briefly; clears the changed marks.
+    pub fn take_changes(&self, now: Nanos, slots: &SlotRegistry) -> Changes {
+        let mut changes = Changes::default();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let Shard {
+                table,
+                dirty,
+                removed,
+                ..
+            } = &mut *shard;
+            for scope in removed.drain(..) {
+                changes.removed.push(scope_prefix(&scope));
+            }
+            for hash in dirty.drain(..) {
+                for entry in table.iter_hash_mut(hash) {
+                    if entry.touched & DIRTY == 0 {
+                        continue;
+                    }
+                    entry.touched &= !DIRTY;
+                    if entry.expires_at <= now {
+                        changes.removed.push(scope_prefix(&entry.scope));
+                        continue;
+                    }
+                    for cell in &entry.cells {
+                        let Some(identity) = slots.identity(cell.slot) else {
+                            continue;
+                        };
+                        let mut key = scope_prefix(&entry.scope);
+                        put_str(&mut key, &identity);
+                        let mut value = Vec::with_capacity(40);
+                        for word in [
+                            cell.state.a,
+                            cell.state.b,
+                            cell.state.c,
+                            cell.state.d,
+                            entry.expires_at,
+                        ] {
+                            value.extend_from_slice(&word.to_le_bytes());
+                        }
+                        changes.rows.push((key, value));
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    /// Every live counter as journal rows, to compact the journal; leaves
+    /// the changed marks alone.
+    pub fn live_rows(&self, now: Nanos, slots: &SlotRegistry) -> Changes {
+        let snapshot = self.export(now, slots);
+        let mut rows = Vec::with_capacity(snapshot.counters);
+        let mut rest = &snapshot.bytes[SNAPSHOT_MAGIC.len()..];
+        while !rest.is_empty() {
+            let before = rest;
+            if read_record(&mut rest).is_none() {
+                break;
+            }
+            let record = &before[..before.len() - rest.len()];
+            let (key, value) = record.split_at(record.len() - 40);
+            rows.push((key.to_vec(), value.to_vec()));
+        }
+        Changes {
+            rows,
+            removed: Vec::new(),
+        }
+    }
+
     /// Live counters evicted to stay within capacity, since start.
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
@@ -193,7 +293,7 @@ impl MemoryStore {
             .table
             .iter()
             .filter(|e| !keep.iter().any(|k| k.scope == e.scope.as_str()))
-            .map(|e| e.touched)
+            .map(|e| e.touched & !DIRTY)
             .collect();
         if stamps.is_empty() {
             return;
@@ -206,7 +306,7 @@ impl MemoryStore {
         let mut budget = excess;
         shard.retain(|e| {
             let evict = budget > 0
-                && e.touched <= threshold
+                && e.touched & !DIRTY <= threshold
                 && !keep.iter().any(|k| k.scope == e.scope.as_str());
             if evict {
                 budget = budget.saturating_sub(e.cells.len());
@@ -232,10 +332,16 @@ impl MemoryStore {
         shard.tick += 1;
         let mut states: SmallVec<[State; 4]> = SmallVec::from_elem(State::default(), keys.len());
         let mut expiries: SmallVec<[Nanos; 4]> = SmallVec::from_elem(0, keys.len());
-        let Shard { table, cells, tick } = shard;
+        let Shard {
+            table,
+            cells,
+            tick,
+            dirty,
+            ..
+        } = shard;
         match table.find_mut(hash, |e| e.scope.as_str() == scope) {
             Some(entry) => {
-                entry.touched = *tick;
+                entry.touched = *tick | (entry.touched & DIRTY);
                 if entry.expires_at > now {
                     for (state, key) in states.iter_mut().zip(keys) {
                         if let Some(c) = entry.cells.iter().find(|c| c.slot == key.slot) {
@@ -250,6 +356,7 @@ impl MemoryStore {
                     *cells -= entry.cells.len();
                     entry.cells.clear();
                 }
+                entry.mark_dirty(hash, dirty);
                 let mut grew = false;
                 for ((key, state), expires_at) in keys.iter().zip(&states).zip(&expiries) {
                     entry.expires_at = entry.expires_at.max(*expires_at);
@@ -273,10 +380,11 @@ impl MemoryStore {
                 if !decide(&mut states, &mut expiries) {
                     return;
                 }
+                dirty.push(hash);
                 let entry = Entry {
                     scope: scope.into(),
                     expires_at: expiries.iter().copied().max().unwrap_or(0),
-                    touched: *tick,
+                    touched: *tick | DIRTY,
                     cells: keys
                         .iter()
                         .zip(&states)
@@ -326,7 +434,7 @@ impl MemoryStore {
             let state = shard
                 .find_mut(hash, key.scope)
                 .map(|e| {
-                    e.touched = tick;
+                    e.touched = tick | (e.touched & DIRTY);
                     &*e
                 })
                 .filter(|e| e.expires_at > now)
@@ -392,6 +500,7 @@ impl CounterStore for MemoryStore {
             Ok(entry) => {
                 let (removed, _) = entry.remove();
                 shard.cells -= removed.cells.len();
+                shard.removed.push(removed.scope);
                 removed.cells.len()
             }
             Err(_) => 0,
@@ -425,6 +534,13 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
+/// The key prefix of every journal row of `scope`.
+fn scope_prefix(scope: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(scope.len() + 32);
+    put_str(&mut key, scope);
+    key
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&len.to_le_bytes());
@@ -448,6 +564,18 @@ fn read_record<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str, [u64; 5])> 
         *w = u64::from_le_bytes(take(rest, 8)?.try_into().ok()?);
     }
     Some((scope, identity, words))
+}
+
+// === impl Entry ===
+
+impl Entry {
+    /// Lists the entry (by `hash`) for the next journal flush, once.
+    fn mark_dirty(&mut self, hash: u64, dirty: &mut Vec<u64>) {
+        if self.touched & DIRTY == 0 {
+            self.touched |= DIRTY;
+            dirty.push(hash);
+        }
+    }
 }
 
 // === impl Shard ===
@@ -482,6 +610,7 @@ impl Shard {
                 cells: SmallVec::new(),
             })
             .into_mut();
+        entry.mark_dirty(hash, &mut self.dirty);
         if entry.expires_at <= now {
             // Everything in it is stale: drop it rather than carry it.
             self.cells -= entry.cells.len();
