@@ -22,7 +22,7 @@ impl From<Error> for Status {
             Error::Refused(message) => Self::unknown(message),
             Error::Store(e) => e.into(),
             Error::State(state::Error::Shared(e)) => e.into(),
-            Error::State(e @ state::Error::File { .. }) => {
+            Error::State(e @ (state::Error::File { .. } | state::Error::Damaged { .. })) => {
                 tracing::error!(error = %e, "admin call failed");
                 Self::internal("the change could not be stored; see the server log")
             }
