@@ -12,6 +12,7 @@
 pub mod io;
 pub mod shared;
 pub mod signal;
+pub mod state;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -136,6 +137,11 @@ pub async fn run(
             stopping.clone(),
         ));
     }
+    tokio::spawn(state::watch_health(
+        limiter.clone(),
+        health.clone(),
+        stopping.clone(),
+    ));
     let background = [
         tokio::spawn(reclaim(limiter.clone(), stopping.clone())),
         tokio::spawn(app.config.clone().watch(stopping.clone())),
@@ -302,6 +308,7 @@ impl App {
                 evictions: memory.map_or(0, |m| m.evictions()),
                 reloads: (ok + rok, failed + rfailed),
                 store_failures: limiter.counters().shared().map_or(0, |s| s.failures()),
+                state_failures: limiter.state().failures(),
             }
         })
     }
