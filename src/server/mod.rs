@@ -134,6 +134,7 @@ pub async fn run(
         tokio::spawn(shared::watch_health(
             limiter.clone(),
             health.clone(),
+            shared::HealthCheck::for_timeout(shared.store.timeout()),
             stopping.clone(),
         ));
     }
