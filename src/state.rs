@@ -203,6 +203,9 @@ impl RuntimeState {
     /// Adds or replaces (by limit name) an override of `account`.
     pub async fn set_override(&self, account: &str, o: Override) -> Result<(), Error> {
         let _guard = self.write.lock().await;
+        if let Backend::Shared { store, replica } = &self.backend {
+            store.set_override(account, &o, replica).await?;
+        }
         let mut list = self.runtime.overrides(account);
         list.retain(|x| x.limit != o.limit);
         list.push(o);
@@ -212,14 +215,20 @@ impl RuntimeState {
     /// Removes the override of `account` on `limit`; whether there was one.
     pub async fn remove_override(&self, account: &str, limit: &str) -> Result<bool, Error> {
         let _guard = self.write.lock().await;
+        let shared_had = match &self.backend {
+            Backend::Shared { store, replica } => {
+                Some(store.remove_override(account, limit, replica).await?)
+            }
+            Backend::File(_) => None,
+        };
         let mut list = self.runtime.overrides(account);
         let before = list.len();
         list.retain(|x| x.limit != limit);
-        if list.len() == before {
-            return Ok(false);
+        let had = shared_had.unwrap_or(list.len() != before);
+        if had || list.len() != before {
+            self.put_overrides(account, list).await?;
         }
-        self.put_overrides(account, list).await?;
-        Ok(true)
+        Ok(had)
     }
 
     /// Saves a counters snapshot (replacing any previous one); nothing to
@@ -254,7 +263,10 @@ impl RuntimeState {
         })
     }
 
-    async fn put_overrides(&self, account: &str, list: Vec<Override>) -> Result<(), Error> {
+    /// Stores `list` as the overrides of `account` in the state file, or
+    /// re-reads them from Redis (where the change is already stored), then
+    /// applies them.
+    async fn put_overrides(&self, account: &str, mut list: Vec<Override>) -> Result<(), Error> {
         match &self.backend {
             Backend::File(_) => {
                 let bytes = serde_json::to_vec(&list).expect("overrides serialize");
@@ -270,8 +282,15 @@ impl RuntimeState {
                 })
                 .await?;
             }
-            Backend::Shared { store, replica } => {
-                store.put_overrides(account, &list, replica).await?;
+            Backend::Shared { store, .. } => {
+                // Stored one limit at a time; what Redis holds now includes
+                // other replicas' edits of this account's other limits.
+                match store.load_account(account).await {
+                    Ok((_, stored)) => list = stored,
+                    Err(e) => {
+                        tracing::warn!(error = %e, account, "cannot re-read an account after storing its override; the next resync will")
+                    }
+                }
             }
         }
         self.runtime.set_overrides(account, list);
