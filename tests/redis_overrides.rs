@@ -113,3 +113,25 @@ async fn the_old_layout_is_read_and_moves_on_the_next_edit() {
     assert_eq!(limits(&stored), ["y", "z"]);
     assert_eq!(stored[0], amount("y", 6));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_keeps_every_key_of_an_edit_in_one_slot() {
+    let cluster = support::redis::RedisCluster::start();
+    let connect = || async {
+        let s = RedisStore::connect(&cluster.url(), Duration::from_secs(2))
+            .await
+            .expect("connects");
+        s.warm_up(Duration::from_secs(5)).await.expect("reachable");
+        s
+    };
+    let a = RuntimeState::shared(connect().await, "a".into());
+    let b = RuntimeState::shared(connect().await, "b".into());
+    a.set_override("acct", amount("x", 5)).await.expect("set");
+    b.set_override("acct", amount("y", 7)).await.expect("set");
+    let s = connect().await;
+    let (_, stored) = s.load_account("acct").await.expect("read");
+    assert_eq!(limits(&stored), ["x", "y"]);
+    let all = s.load_runtime().await.expect("read");
+    assert_eq!(limits(&all.overrides["acct"]), ["x", "y"]);
+    assert!(b.remove_override("acct", "x").await.expect("remove"));
+}
