@@ -32,6 +32,7 @@ pub struct Metrics {
     counters: Gauge,
     evictions: Counter<u64, AtomicU64>,
     store_failures: Counter<u64, AtomicU64>,
+    state_failures: Counter<u64, AtomicU64>,
 }
 
 /// Labels of a decision.
@@ -97,6 +98,8 @@ pub struct Gauges {
     pub reloads: (u64, u64),
     /// Decisions the shared counter store failed since start.
     pub store_failures: u64,
+    /// Writes of the state file that failed since start.
+    pub state_failures: u64,
 }
 
 // === impl Metrics ===
@@ -144,6 +147,12 @@ impl Metrics {
             "Decisions Redis did not answer in time (then --store-failure applied)",
             store_failures.clone(),
         );
+        let state_failures = Counter::default();
+        registry.register(
+            "state_failures",
+            "Writes of the state file that failed (admin changes, counter snapshots)",
+            state_failures.clone(),
+        );
         Self {
             registry,
             decisions,
@@ -153,6 +162,7 @@ impl Metrics {
             counters,
             evictions,
             store_failures,
+            state_failures,
         }
     }
 
@@ -175,6 +185,9 @@ impl Metrics {
         let seen = self.store_failures.get();
         self.store_failures
             .inc_by(gauges.store_failures.saturating_sub(seen));
+        let seen = self.state_failures.get();
+        self.state_failures
+            .inc_by(gauges.state_failures.saturating_sub(seen));
         for (result, n) in [("ok", gauges.reloads.0), ("failed", gauges.reloads.1)] {
             let c = self.reloads.get_or_create(&ResultLabels { result });
             c.inc_by(n.saturating_sub(c.get()));

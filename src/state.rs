@@ -13,11 +13,15 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use self::file::{SharedBackend, StateFile};
+
 use crate::plans::overrides::Override;
 use crate::plans::runtime::{Maps, Runtime};
 use crate::storage::memory::{Changes, SNAPSHOT_MAGIC};
 use crate::storage::redis::RedisStore;
 use crate::storage::{Counters, StoreError};
+
+mod file;
 
 const ASSIGNMENTS: TableDefinition<&str, &str> = TableDefinition::new("assignments");
 const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
@@ -36,7 +40,7 @@ pub struct RuntimeState {
 
 enum Backend {
     /// A redb database: a file, or memory for embedding and tests.
-    File { path: PathBuf, db: Arc<Database> },
+    File(Arc<StateFile>),
     /// Redis, shared with the other replicas; `replica` names this one in
     /// change notices.
     Shared {
@@ -48,6 +52,18 @@ enum Backend {
 /// A state problem.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The state file is not a database redb can read (truncated, bytes
+    /// changed): starting needs the operator.
+    #[error(
+        "state file {} is damaged: {reason}; move it aside to start afresh (admin changes in it are lost) or restore a backup",
+        path.display()
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What redb found.
+        reason: String,
+    },
     /// The state file failed.
     #[error("state file {}: {error}", path.display())]
     File {
@@ -72,44 +88,37 @@ pub enum Error {
 // === impl RuntimeState ===
 
 impl RuntimeState {
-    /// Opens (or creates) the state file at `path` and loads it.
+    /// Opens (or creates) the state file at `path` and loads it; a damaged
+    /// file is [`Error::Damaged`].
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let err = |error: redb::Error| Error::File {
-            path: path.to_owned(),
-            error,
-        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| err(redb::Error::Io(e)))?;
+            std::fs::create_dir_all(dir).map_err(|e| Error::File {
+                path: path.to_owned(),
+                error: redb::Error::Io(e),
+            })?;
         }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
-                path: path.to_owned(),
-            },
-            e => err(e.into()),
-        })?;
-        let maps = load(&db).map_err(err)?;
-        Ok(Self::new(
-            Backend::File {
-                path: path.to_owned(),
-                db: Arc::new(db),
-            },
-            maps,
-        ))
+        Self::on_file(StateFile::open(path)?)
     }
 
     /// State kept in memory only, for embedding and tests: lost on exit.
     pub fn in_memory() -> Self {
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .expect("an in-memory database opens");
-        let maps = load(&db).expect("an empty in-memory database loads");
-        Self::new(
-            Backend::File {
-                path: PathBuf::from(":memory:"),
-                db: Arc::new(db),
-            },
-            maps,
-        )
+        let backend = SharedBackend(Arc::new(redb::backends::InMemoryBackend::new()));
+        Self::on_backend(Path::new(":memory:"), backend)
+            .expect("an empty in-memory database opens and loads")
+    }
+
+    /// State on a redb `backend` (re-opened on the same one after a failed
+    /// write), named `path` in errors: for tests that make storage fail.
+    pub fn on_backend(path: &Path, backend: impl redb::StorageBackend) -> Result<Self, Error> {
+        Self::on_file(StateFile::on_backend(
+            path,
+            SharedBackend(Arc::new(backend)),
+        )?)
+    }
+
+    fn on_file(file: StateFile) -> Result<Self, Error> {
+        let maps = file.first(load)?;
+        Ok(Self::new(Backend::File(Arc::new(file)), maps))
     }
 
     /// State kept in Redis, shared with every replica; `replica` names this
@@ -150,8 +159,26 @@ impl RuntimeState {
     /// The state file (`:memory:` or `redis` when there is none).
     pub fn path(&self) -> &Path {
         match &self.backend {
-            Backend::File { path, .. } => path,
+            Backend::File(file) => file.path(),
             Backend::Shared { .. } => Path::new("redis"),
+        }
+    }
+
+    /// Whether admin changes can be stored: false from a failed write of
+    /// the state file until one succeeds. Redis failures show in the
+    /// counter store's health instead, so with Redis it stays true.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<bool> {
+        match &self.backend {
+            Backend::File(file) => file.health(),
+            Backend::Shared { .. } => tokio::sync::watch::Sender::new(true).subscribe(),
+        }
+    }
+
+    /// Writes of the state file that failed since start.
+    pub fn failures(&self) -> u64 {
+        match &self.backend {
+            Backend::File(file) => file.failures(),
+            Backend::Shared { .. } => 0,
         }
     }
 
@@ -164,7 +191,7 @@ impl RuntimeState {
     ) -> Result<Option<String>, Error> {
         let _guard = self.write.lock().await;
         match &self.backend {
-            Backend::File { .. } => {
+            Backend::File(_) => {
                 let (account, plan) = (account.to_owned(), plan.map(str::to_owned));
                 self.commit(move |tx| {
                     let mut t = tx.open_table(ASSIGNMENTS)?;
@@ -186,6 +213,9 @@ impl RuntimeState {
     /// Adds or replaces (by limit name) an override of `account`.
     pub async fn set_override(&self, account: &str, o: Override) -> Result<(), Error> {
         let _guard = self.write.lock().await;
+        if let Backend::Shared { store, replica } = &self.backend {
+            store.set_override(account, &o, replica).await?;
+        }
         let mut list = self.runtime.overrides(account);
         list.retain(|x| x.limit != o.limit);
         list.push(o);
@@ -195,14 +225,20 @@ impl RuntimeState {
     /// Removes the override of `account` on `limit`; whether there was one.
     pub async fn remove_override(&self, account: &str, limit: &str) -> Result<bool, Error> {
         let _guard = self.write.lock().await;
+        let shared_had = match &self.backend {
+            Backend::Shared { store, replica } => {
+                Some(store.remove_override(account, limit, replica).await?)
+            }
+            Backend::File(_) => None,
+        };
         let mut list = self.runtime.overrides(account);
         let before = list.len();
         list.retain(|x| x.limit != limit);
-        if list.len() == before {
-            return Ok(false);
+        let had = shared_had.unwrap_or(list.len() != before);
+        if had || list.len() != before {
+            self.put_overrides(account, list).await?;
         }
-        self.put_overrides(account, list).await?;
-        Ok(true)
+        Ok(had)
     }
 
     /// Saves a counters snapshot (replacing any previous one); nothing to
@@ -225,30 +261,28 @@ impl RuntimeState {
     /// Takes the counters snapshot, if any, leaving none behind: a snapshot
     /// is restored once, never twice. Runs before serving, so it blocks.
     pub fn take_counters(&self) -> Result<Option<Vec<u8>>, Error> {
-        let Backend::File { path, db } = &self.backend else {
+        let Backend::File(file) = &self.backend else {
             return Ok(None);
         };
-        let mut out = None;
-        commit(path, db, |tx| {
-            let mut t = tx.open_table(COUNTERS)?;
-            out = t.remove(0)?.map(|v| v.value().to_vec());
-            Ok(())
-        })?;
-        Ok(out)
+        file.write(|db| {
+            let tx = db.begin_write()?;
+            let out = tx
+                .open_table(COUNTERS)?
+                .remove(0)?
+                .map(|v| v.value().to_vec());
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
     /// The journal's counters, as one snapshot (`MemoryStore::import`
     /// reads it); they stay in the journal until the next graceful stop.
     /// Runs before serving, so it blocks.
     pub fn journal(&self) -> Result<Vec<u8>, Error> {
-        let Backend::File { path, db } = &self.backend else {
+        let Backend::File(file) = &self.backend else {
             return Ok(Vec::new());
         };
-        let err = |error: redb::Error| Error::File {
-            path: path.clone(),
-            error,
-        };
-        let read = || -> Result<Vec<u8>, redb::Error> {
+        file.first(|db| {
             let mut out = SNAPSHOT_MAGIC.to_vec();
             let tx = db.begin_read()?;
             let table = match tx.open_table(JOURNAL) {
@@ -262,8 +296,7 @@ impl RuntimeState {
                 out.extend_from_slice(v.value());
             }
             Ok(out)
-        };
-        read().map_err(err)
+        })
     }
 
     /// Writes `changes` to the journal and commits; with `compact`, first
@@ -275,11 +308,11 @@ impl RuntimeState {
         changes: &Changes,
         compact: Option<&Changes>,
     ) -> Result<u64, Error> {
-        let Backend::File { path, db } = &self.backend else {
+        let Backend::File(file) = &self.backend else {
             return Ok(0);
         };
-        let mut rows = 0;
-        commit(path, db, |tx| {
+        file.write(|db| {
+            let tx = db.begin_write()?;
             if compact.is_some() {
                 tx.delete_table(JOURNAL)?;
             }
@@ -301,15 +334,19 @@ impl RuntimeState {
                     t.insert(key.as_slice(), value.as_slice())?;
                 }
             }
-            rows = redb::ReadableTableMetadata::len(&t)?;
-            Ok(())
-        })?;
-        Ok(rows)
+            let rows = redb::ReadableTableMetadata::len(&t)?;
+            drop(t);
+            tx.commit()?;
+            Ok(rows)
+        })
     }
 
-    async fn put_overrides(&self, account: &str, list: Vec<Override>) -> Result<(), Error> {
+    /// Stores `list` as the overrides of `account` in the state file, or
+    /// re-reads them from Redis (where the change is already stored), then
+    /// applies them.
+    async fn put_overrides(&self, account: &str, mut list: Vec<Override>) -> Result<(), Error> {
         match &self.backend {
-            Backend::File { .. } => {
+            Backend::File(_) => {
                 let bytes = serde_json::to_vec(&list).expect("overrides serialize");
                 let (account, empty) = (account.to_owned(), list.is_empty());
                 self.commit(move |tx| {
@@ -323,8 +360,15 @@ impl RuntimeState {
                 })
                 .await?;
             }
-            Backend::Shared { store, replica } => {
-                store.put_overrides(account, &list, replica).await?;
+            Backend::Shared { store, .. } => {
+                // Stored one limit at a time; what Redis holds now includes
+                // other replicas' edits of this account's other limits.
+                match store.load_account(account).await {
+                    Ok((_, stored)) => list = stored,
+                    Err(e) => {
+                        tracing::warn!(error = %e, account, "cannot re-read an account after storing its override; the next resync will")
+                    }
+                }
             }
         }
         self.runtime.set_overrides(account, list);
@@ -336,13 +380,19 @@ impl RuntimeState {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
     ) -> Result<(), Error> {
-        let Backend::File { path, db } = &self.backend else {
+        let Backend::File(file) = &self.backend else {
             return Ok(());
         };
-        let (path, db) = (path.clone(), db.clone());
-        tokio::task::spawn_blocking(move || commit(&path, &db, f))
-            .await
-            .expect("a state commit does not panic")
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || {
+            file.write(|db| {
+                let tx = db.begin_write()?;
+                f(&tx)?;
+                Ok(tx.commit()?)
+            })
+        })
+        .await
+        .expect("redb's panics are caught in `StateFile::write`")
     }
 }
 
@@ -354,27 +404,12 @@ impl std::fmt::Debug for RuntimeState {
     }
 }
 
-fn commit(
-    path: &Path,
-    db: &Database,
-    f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
-) -> Result<(), Error> {
-    let err = |error: redb::Error| Error::File {
-        path: path.to_owned(),
-        error,
-    };
-    let tx = db.begin_write().map_err(|e| err(e.into()))?;
-    f(&tx).map_err(err)?;
-    tx.commit().map_err(|e| err(e.into()))
-}
-
 fn load(db: &Database) -> Result<Maps, redb::Error> {
     // Create the tables on first use, so reads never miss them.
     let tx = db.begin_write()?;
     tx.open_table(ASSIGNMENTS)?;
     tx.open_table(OVERRIDES)?;
     tx.open_table(COUNTERS)?;
-    tx.open_table(JOURNAL)?;
     tx.commit()?;
     let tx = db.begin_read()?;
     let mut maps = Maps::default();

@@ -24,7 +24,11 @@ impl From<Error> for Status {
             Error::Refused(message) => Self::unknown(message),
             Error::Store(e) => e.into(),
             Error::State(state::Error::Shared(e)) => e.into(),
-            Error::State(e @ (state::Error::File { .. } | state::Error::Locked { .. })) => {
+            Error::State(
+                e @ (state::Error::File { .. }
+                | state::Error::Locked { .. }
+                | state::Error::Damaged { .. }),
+            ) => {
                 tracing::error!(error = %e, "admin call failed");
                 Self::internal("the change could not be stored; see the server log")
             }

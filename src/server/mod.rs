@@ -12,6 +12,7 @@
 pub mod io;
 pub mod shared;
 pub mod signal;
+pub mod state;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -139,9 +140,15 @@ pub async fn run(
         tokio::spawn(shared::watch_health(
             limiter.clone(),
             health.clone(),
+            shared::HealthCheck::for_timeout(shared.store.timeout()),
             stopping.clone(),
         ));
     }
+    tokio::spawn(state::watch_health(
+        limiter.clone(),
+        health.clone(),
+        stopping.clone(),
+    ));
     let background = [
         tokio::spawn(journal(
             limiter.clone(),
@@ -315,6 +322,7 @@ impl App {
                 evictions: memory.map_or(0, |m| m.evictions()),
                 reloads: (ok + rok, failed + rfailed),
                 store_failures: limiter.counters().shared().map_or(0, |s| s.failures()),
+                state_failures: limiter.state().failures(),
             }
         })
     }

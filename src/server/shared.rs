@@ -1,7 +1,7 @@
 //! Keeping a replica in step with the others through Redis: assignments and
 //! overrides (read at start, on every change notice, and in full every
 //! [`RESYNC_EVERY`]), consumption notices for this replica's watchers, and
-//! the store's health.
+//! the store's health (judged over several pings, see [`HealthCheck`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,41 +130,154 @@ async fn handle(
     }
 }
 
-/// Pings the store every second and reports it in health: `tollgate.store`
-/// always, the whole server too when failing closed (decisions fail then).
+/// How the store's health is judged: by pings, each allowed its own
+/// timeout, over several in a row, so one slow answer on a busy machine
+/// does not flip it.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthCheck {
+    /// Time between pings.
+    pub every: Duration,
+    /// How long a ping may take.
+    pub timeout: Duration,
+    /// Failed pings in a row before the store is NOT_SERVING; one success
+    /// brings it back.
+    pub failures: u32,
+}
+
+/// The store's health from its pings so far.
+#[derive(Debug)]
+struct Judge {
+    up: Option<bool>,
+    failed_in_a_row: u32,
+    failures: u32,
+}
+
+/// Pings the store and reports it in health: `tollgate.store` always, the
+/// whole server too when failing closed (decisions fail then).
 pub async fn watch_health(
     limiter: Arc<Limiter>,
     health: tonic_health::server::HealthReporter,
+    check: HealthCheck,
     stopping: CancellationToken,
 ) {
     let Some(shared) = limiter.counters().shared() else {
         return;
     };
-    let mut up = None;
-    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let mut judge = Judge::new(check.failures);
+    let mut every = tokio::time::interval(check.every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = every.tick() => {}
             () = stopping.cancelled() => return,
         }
-        let now_up = shared.store.ping().await.is_ok();
-        if up == Some(now_up) {
+        let ping = tokio::select! {
+            p = shared.store.ping_within(check.timeout) => p,
+            () = stopping.cancelled() => return,
+        };
+        let Some(now_up) = judge.observe(ping.is_ok()) else {
             continue;
-        }
-        up = Some(now_up);
+        };
         let status = if now_up {
             tonic_health::ServingStatus::Serving
         } else {
             tonic_health::ServingStatus::NotServing
         };
-        if now_up {
-            tracing::info!(store = %shared.store.url(), "counter store reachable");
-        } else {
-            tracing::warn!(store = %shared.store.url(), policy = ?shared.failure, "counter store unreachable");
+        match ping {
+            Ok(()) => tracing::info!(store = %shared.store.url(), "counter store reachable"),
+            Err(e) => {
+                tracing::warn!(error = %e, store = %shared.store.url(), failed_pings = check.failures, policy = ?shared.failure, "counter store unreachable")
+            }
         }
         health.set_service_status(STORE_HEALTH, status).await;
         if shared.failure == Failure::Closed {
             health.set_service_status("", status).await;
         }
+    }
+}
+
+// === impl HealthCheck ===
+
+impl HealthCheck {
+    /// A ping a second, each allowed max(`store_timeout`, 1 s), down after
+    /// three failures in a row.
+    pub fn for_timeout(store_timeout: Duration) -> Self {
+        Self {
+            every: Duration::from_secs(1),
+            timeout: store_timeout.max(Duration::from_secs(1)),
+            failures: 3,
+        }
+    }
+}
+
+// === impl Judge ===
+
+impl Judge {
+    fn new(failures: u32) -> Self {
+        Self {
+            up: None,
+            failed_in_a_row: 0,
+            failures: failures.max(1),
+        }
+    }
+
+    /// Takes one ping's outcome; the new health when it changes.
+    fn observe(&mut self, ok: bool) -> Option<bool> {
+        self.failed_in_a_row = if ok { 0 } else { self.failed_in_a_row + 1 };
+        let now_up = match self.up {
+            _ if ok => true,
+            _ if self.failed_in_a_row >= self.failures => false,
+            // Too few failures to judge: unchanged.
+            Some(up) => up,
+            None => return None,
+        };
+        (self.up != Some(now_up)).then(|| {
+            self.up = Some(now_up);
+            now_up
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_failed_ping_does_not_flip_health() {
+        let mut judge = Judge::new(3);
+        assert_eq!(judge.observe(true), Some(true));
+        assert_eq!(judge.observe(false), None);
+        assert_eq!(judge.observe(false), None);
+        assert_eq!(judge.observe(true), None);
+        assert_eq!(judge.observe(false), None);
+        assert_eq!(judge.observe(true), None);
+    }
+
+    #[test]
+    fn failures_in_a_row_flip_health_and_one_success_restores_it() {
+        let mut judge = Judge::new(3);
+        assert_eq!(judge.observe(true), Some(true));
+        assert_eq!(judge.observe(false), None);
+        assert_eq!(judge.observe(false), None);
+        assert_eq!(judge.observe(false), Some(false));
+        assert_eq!(judge.observe(false), None);
+        assert_eq!(judge.observe(true), Some(true));
+    }
+
+    #[test]
+    fn a_store_down_at_start_is_judged_after_the_same_failures() {
+        let mut judge = Judge::new(2);
+        assert_eq!(judge.observe(false), None);
+        assert_eq!(judge.observe(false), Some(false));
+    }
+
+    #[test]
+    fn a_ping_gets_at_least_a_second() {
+        let check = HealthCheck::for_timeout(Duration::from_millis(10));
+        assert_eq!(check.timeout, Duration::from_secs(1));
+        assert_eq!(
+            HealthCheck::for_timeout(Duration::from_secs(3)).timeout,
+            Duration::from_secs(3)
+        );
     }
 }

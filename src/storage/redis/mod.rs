@@ -251,6 +251,25 @@ impl RedisStore {
         self.query::<String>(redis::cmd("PING")).await.map(drop)
     }
 
+    /// Pings within `within` rather than the decision timeout: health
+    /// judges reachability, not speed.
+    pub async fn ping_within(&self, within: Duration) -> Result<(), StoreError> {
+        let ping = async {
+            redis::cmd("PING")
+                .query_async::<String>(&mut self.connection().await?)
+                .await
+        };
+        match tokio::time::timeout(within, ping).await {
+            Ok(r) => r.map(drop).map_err(StoreError::from),
+            Err(_) => Err(StoreError::Timeout(within)),
+        }
+    }
+
+    /// How long a decision waits for Redis (`--store-timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Runs one command, within the timeout.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
         self.bounded(async { cmd.query_async(&mut self.connection().await?).await })

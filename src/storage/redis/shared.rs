@@ -2,15 +2,21 @@
 //! replica's caches and watchers current.
 //!
 //! The admin API writes an account's assignment (`tg:assignments`, a hash)
-//! or overrides (`tg:overrides`, JSON per account) to Redis, then publishes
-//! the account on [`CHANGED`]; every replica re-reads that account, drops its
-//! cached plan and tells its watchers. A full re-read every
+//! or one override (`{tg:overrides}:a:<account>`, a hash of limit → JSON,
+//! written by one script with the set `{tg:overrides}:accounts`) to Redis,
+//! then publishes the account on [`CHANGED`]; every replica re-reads that
+//! account, drops its cached plan and tells its watchers. One field per
+//! limit, so concurrent edits of one account's limits on several replicas
+//! all survive. The old layout (`tg:overrides`, a JSON list per account) is
+//! still read, and an account moves out of it on its next edit; every key
+//! shares the `tg:overrides` hash slot, so the script runs on a Cluster. A full re-read every
 //! [`RESYNC_EVERY`] is the safety net for a missed message. Consumption that
 //! counted is published on [`CONSUMED`] by the decision script itself, only
 //! for accounts some replica watches (a marker key under the account's hash
 //! tag, refreshed while watchers last).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::{RedisStore, StoreError};
@@ -28,7 +34,14 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(10);
 pub const MARKER_TTL: Duration = Duration::from_secs(30);
 
 const ASSIGNMENTS: &str = "tg:assignments";
-const OVERRIDES: &str = "tg:overrides";
+/// The old layout: account → JSON list of its overrides.
+const LEGACY_OVERRIDES: &str = "tg:overrides";
+/// The accounts that have overrides (in the new layout).
+const OVERRIDE_ACCOUNTS: &str = "{tg:overrides}:accounts";
+
+/// Sets or removes one override; see the script's header.
+static EDIT_OVERRIDE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("override.lua")));
 
 /// What changed about an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,19 +60,42 @@ impl RedisStore {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(ASSIGNMENTS);
         let assignments: HashMap<String, String> = self.query(cmd).await?;
+        // The old layout first: an account moves out of it before its new
+        // hash changes, so nothing is missed between the two reads.
         let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(OVERRIDES);
-        let raw: HashMap<String, String> = self.query(cmd).await?;
-        let overrides = raw
-            .into_iter()
-            .filter_map(|(k, v)| match serde_json::from_str::<Vec<Override>>(&v) {
-                Ok(list) => Some((k, list)),
-                Err(e) => {
-                    tracing::warn!(account = %k, error = %e, "unreadable overrides in redis skipped");
-                    None
-                }
-            })
-            .collect();
+        cmd.arg(LEGACY_OVERRIDES);
+        let legacy: HashMap<String, String> = self.query(cmd).await?;
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(OVERRIDE_ACCOUNTS);
+        let accounts: Vec<String> = self.query(cmd).await?;
+        let mut pipe = redis::pipe();
+        for account in &accounts {
+            pipe.cmd("HGETALL").arg(account_key(account));
+        }
+        let current: Vec<HashMap<String, String>> = if accounts.is_empty() {
+            Vec::new()
+        } else {
+            self.bounded(async { pipe.query_async(&mut self.connection().await?).await })
+                .await?
+        };
+        let mut current: HashMap<String, HashMap<String, String>> =
+            accounts.into_iter().zip(current).collect();
+        let mut overrides = HashMap::new();
+        for account in legacy
+            .keys()
+            .chain(current.keys())
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            let list = merge(
+                &account,
+                legacy.get(&account).map(String::as_str),
+                current.remove(&account).unwrap_or_default(),
+            );
+            if !list.is_empty() {
+                overrides.insert(account, list);
+            }
+        }
         Ok(Maps {
             assignments,
             overrides,
@@ -75,12 +111,12 @@ impl RedisStore {
         cmd.arg(ASSIGNMENTS).arg(account);
         let plan: Option<String> = self.query(cmd).await?;
         let mut cmd = redis::cmd("HGET");
-        cmd.arg(OVERRIDES).arg(account);
-        let raw: Option<String> = self.query(cmd).await?;
-        let overrides = raw
-            .and_then(|r| serde_json::from_str(&r).ok())
-            .unwrap_or_default();
-        Ok((plan, overrides))
+        cmd.arg(LEGACY_OVERRIDES).arg(account);
+        let legacy: Option<String> = self.query(cmd).await?;
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(account_key(account));
+        let current: HashMap<String, String> = self.query(cmd).await?;
+        Ok((plan, merge(account, legacy.as_deref(), current)))
     }
 
     /// Sets (or clears) the plan of `account` for every replica.
@@ -106,24 +142,73 @@ impl RedisStore {
         self.announce(account, Change::Plan, replica).await
     }
 
-    /// Replaces the overrides of `account` for every replica.
-    pub async fn put_overrides(
+    /// Sets the override of `account` on its limit for every replica,
+    /// leaving its other limits' overrides as they are.
+    pub async fn set_override(
         &self,
         account: &str,
-        list: &[Override],
+        o: &Override,
         replica: &str,
     ) -> Result<(), StoreError> {
-        let mut cmd;
-        if list.is_empty() {
-            cmd = redis::cmd("HDEL");
-            cmd.arg(OVERRIDES).arg(account);
-        } else {
-            cmd = redis::cmd("HSET");
-            let json = serde_json::to_string(list).expect("overrides serialize");
-            cmd.arg(OVERRIDES).arg(account).arg(json);
+        let json = serde_json::to_string(o).expect("an override serializes");
+        self.edit_override(account, &o.limit, &json, replica)
+            .await
+            .map(drop)
+    }
+
+    /// Removes the override of `account` on `limit` for every replica;
+    /// whether there was one.
+    pub async fn remove_override(
+        &self,
+        account: &str,
+        limit: &str,
+        replica: &str,
+    ) -> Result<bool, StoreError> {
+        self.edit_override(account, limit, "", replica).await
+    }
+
+    /// Runs [`EDIT_OVERRIDE`]; `json` empty removes. Announces a change.
+    async fn edit_override(
+        &self,
+        account: &str,
+        limit: &str,
+        json: &str,
+        replica: &str,
+    ) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(LEGACY_OVERRIDES).arg(account);
+        let legacy: Option<String> = self.query(cmd).await?;
+        let moved = legacy
+            .as_deref()
+            .and_then(|l| serde_json::from_str::<Vec<Override>>(l).ok());
+        let mut call = EDIT_OVERRIDE.prepare_invoke();
+        call.key(account_key(account))
+            .key(OVERRIDE_ACCOUNTS)
+            .key(LEGACY_OVERRIDES)
+            .arg(account)
+            .arg(limit)
+            .arg(json);
+        // An unreadable old value stays where it is, unread, as before.
+        match &moved {
+            Some(list) => {
+                call.arg(legacy.as_deref().unwrap_or_default());
+                for o in list {
+                    call.arg(&o.limit)
+                        .arg(serde_json::to_string(o).expect("an override serializes"));
+                }
+            }
+            None => {
+                call.arg("");
+            }
         }
-        self.query::<()>(cmd).await?;
-        self.announce(account, Change::Override, replica).await
+        let had: i64 = self
+            .bounded(async { call.invoke_async(&mut self.connection().await?).await })
+            .await?;
+        let changed = !json.is_empty() || had == 1;
+        if changed {
+            self.announce(account, Change::Override, replica).await?;
+        }
+        Ok(had == 1)
     }
 
     async fn announce(
@@ -141,6 +226,36 @@ impl RedisStore {
             .arg(format!("{replica}\n{account}\n{what}"));
         self.query::<()>(cmd).await
     }
+}
+
+/// The hash of `account`'s overrides, in the `tg:overrides` hash slot.
+fn account_key(account: &str) -> String {
+    format!("{{tg:overrides}}:a:{account}")
+}
+
+/// An account's overrides from both layouts, the new one winning per
+/// limit, in limit order (so re-reads compare equal).
+fn merge(account: &str, legacy: Option<&str>, current: HashMap<String, String>) -> Vec<Override> {
+    let mut by_limit = BTreeMap::new();
+    if let Some(raw) = legacy {
+        match serde_json::from_str::<Vec<Override>>(raw) {
+            Ok(list) => by_limit.extend(list.into_iter().map(|o| (o.limit.clone(), o))),
+            Err(e) => {
+                tracing::warn!(account, error = %e, "unreadable overrides in redis skipped")
+            }
+        }
+    }
+    for (limit, raw) in current {
+        match serde_json::from_str::<Override>(&raw) {
+            Ok(o) => {
+                by_limit.insert(limit, o);
+            }
+            Err(e) => {
+                tracing::warn!(account, limit, error = %e, "unreadable override in redis skipped")
+            }
+        }
+    }
+    by_limit.into_values().collect()
 }
 
 /// A notice, parsed: who sent it and what it says.
