@@ -12,6 +12,7 @@ use serde_saphyr::Spanned;
 use super::entry::{Entry, EntryKind};
 use super::problems::Problems;
 use crate::config::raw::RawPlan;
+use crate::engine::MAX_AMOUNT;
 
 /// Every plan's entries with inheritance applied, by plan name; plans with a
 /// broken chain are missing.
@@ -69,10 +70,26 @@ fn resolve(
             let inherited = resolve(p, &parent.value, raw, own, done, stack);
             stack.pop();
             let multiplier = plan.multiplier.as_ref().map_or(1.0, |m| m.value);
-            inherited?
+            let scaled: Vec<Entry> = inherited?
                 .into_iter()
                 .map(|e| scale(e, multiplier))
-                .collect()
+                .collect();
+            if let Some(m) = &plan.multiplier
+                && let Some(amount) = scaled.iter().find_map(|e| match e.kind {
+                    EntryKind::Counted { amount, .. } if amount > MAX_AMOUNT => Some(amount),
+                    _ => None,
+                })
+            {
+                p.push(
+                    m.referenced.line(),
+                    &format!("plans.{name}.multiplier"),
+                    format!(
+                        "scales an inherited amount of plan {name:?} to {amount}, more than the largest amount, {MAX_AMOUNT} (2^53 - 1)"
+                    ),
+                );
+                return None;
+            }
+            scaled
         }
     };
     for entry in &own[name] {
@@ -112,6 +129,8 @@ fn replaces(own: &Entry, inherited: &Entry) -> bool {
 /// stays at least 1), and so does a burst given in units.
 fn scale(mut entry: Entry, multiplier: f64) -> Entry {
     if let EntryKind::Counted { amount, burst, .. } = &mut entry.kind {
+        // `as` saturates: a product past u64::MAX reads as u64::MAX, which
+        // the caller refuses as over the maximum.
         *amount = ((*amount as f64) * multiplier).round().max(1.0) as u64;
         *burst = burst.map(|b| b.scaled(multiplier));
         // A generated name names the old amount nowhere, so it stays right;

@@ -186,3 +186,38 @@ fn assignments(
     }
     assignments
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::plans::SlotRegistry;
+
+    fn problems(yaml: &str) -> String {
+        crate::config::parse("t.yaml", yaml, &SlotRegistry::default())
+            .expect_err("invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn refuses_amounts_over_the_maximum() {
+        let err =
+            problems("plans:\n  free:\n    limits:\n      - rate: 18446744073709551615/day\n");
+        assert!(
+            err.contains("t.yaml:4: plans.free.limits[0].rate: 18446744073709551615 is more than the largest amount, 9007199254740991"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_multiplier_that_scales_past_the_maximum() {
+        let err = problems(
+            "plans:\n  free:\n    limits:\n      - rate: 1000/day\n  huge:\n    extends: free\n    multiplier: 1e20\n",
+        );
+        assert!(
+            err.contains(
+                "t.yaml:7: plans.huge.multiplier: scales an inherited amount of plan \"huge\""
+            ),
+            "{err}"
+        );
+        assert!(err.contains("9007199254740991"), "{err}");
+    }
+}
