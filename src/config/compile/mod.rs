@@ -100,6 +100,7 @@ fn classes(p: &mut Problems<'_>, raw: &BTreeMap<String, RawClass>) -> (Matcher, 
             }
         }
     }
+    classes.prepare();
     (classes, class_names)
 }
 
