@@ -25,6 +25,7 @@ use aho_corasick::AhoCorasick;
 use hashbrown::HashMap;
 
 use super::glob::Glob;
+use super::trie::Trie;
 
 /// The compiled patterns of every class.
 #[derive(Debug, Default)]
@@ -74,16 +75,6 @@ struct Group {
     suffixes: Trie,
     /// Indexes in `wildcards`, best rank first.
     lists: Vec<Vec<usize>>,
-}
-
-/// Byte strings → small ids; finds every stored key that is a prefix of a
-/// text in one pass over the text.
-#[derive(Debug, Default)]
-struct Trie {
-    /// (node, byte) → child node; node 0 is the root.
-    edges: HashMap<(u32, u8), u32>,
-    /// Per node, the id of the key ending there.
-    ids: Vec<Option<u32>>,
 }
 
 /// A pattern that is not `[METHOD ]/path`.
@@ -282,41 +273,6 @@ fn literal_ends(pattern: &str) -> (&str, &str) {
     let first = pattern.find('*').map_or(pattern, |i| &pattern[..i]);
     let last = pattern.rfind('*').map_or("", |i| &pattern[i + 1..]);
     (first, last)
-}
-
-// === impl Trie ===
-
-impl Trie {
-    /// Stores `key` with `id` unless it is there; returns the key's id.
-    fn insert(&mut self, key: impl Iterator<Item = u8>, id: u32) -> u32 {
-        if self.ids.is_empty() {
-            self.ids.push(None);
-        }
-        let mut node = 0u32;
-        for byte in key {
-            let next = self.ids.len() as u32;
-            node = *self.edges.entry((node, byte)).or_insert(next);
-            if node == next {
-                self.ids.push(None);
-            }
-        }
-        *self.ids[node as usize].get_or_insert(id)
-    }
-
-    /// The ids of the stored keys that are prefixes of `text`, shortest first.
-    fn prefixes_of(&self, text: impl Iterator<Item = u8>) -> impl Iterator<Item = u32> {
-        let mut node = (!self.ids.is_empty()).then_some(0u32);
-        let mut text = text;
-        std::iter::from_fn(move || {
-            while let Some(n) = node {
-                node = text.next().and_then(|b| self.edges.get(&(n, b)).copied());
-                if let Some(id) = self.ids[n as usize] {
-                    return Some(id);
-                }
-            }
-            None
-        })
-    }
 }
 
 /// Splits a leading HTTP method (`POST /x`) from a path.
