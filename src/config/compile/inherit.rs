@@ -75,17 +75,12 @@ fn resolve(
                 .map(|e| scale(e, multiplier))
                 .collect();
             if let Some(m) = &plan.multiplier
-                && let Some(amount) = scaled.iter().find_map(|e| match e.kind {
-                    EntryKind::Counted { amount, .. } if amount > MAX_AMOUNT => Some(amount),
-                    _ => None,
-                })
+                && let Some(problem) = scaled.iter().find_map(|e| over_ceiling(name, e))
             {
                 p.push(
                     m.referenced.line(),
                     &format!("plans.{name}.multiplier"),
-                    format!(
-                        "scales an inherited amount of plan {name:?} to {amount}, more than the largest amount, {MAX_AMOUNT} (2^53 - 1)"
-                    ),
+                    problem,
                 );
                 return None;
             }
@@ -123,6 +118,26 @@ fn replaces(own: &Entry, inherited: &Entry) -> bool {
             own.unit == inherited.unit && window == w
         }
     }
+}
+
+/// Why a scaled entry of plan `name` is more than can be counted, if it is:
+/// an amount past [`MAX_AMOUNT`], or a burst ceiling past what its ring counts.
+fn over_ceiling(name: &str, entry: &Entry) -> Option<String> {
+    let EntryKind::Counted { amount, burst, .. } = entry.kind else {
+        return None;
+    };
+    if amount > MAX_AMOUNT {
+        return Some(format!(
+            "scales an inherited amount of plan {name:?} to {amount}, more than the largest amount, {MAX_AMOUNT} (2^53 - 1)"
+        ));
+    }
+    if burst.is_some_and(|b| !b.fits(amount)) {
+        return Some(format!(
+            "scales an inherited amount of plan {name:?} to {amount}, whose burst ceiling is more than {} units a window",
+            u32::MAX
+        ));
+    }
+    None
 }
 
 /// An inherited entry under the child's `multiplier`: the amount scales (and

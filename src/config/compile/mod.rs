@@ -221,4 +221,15 @@ mod tests {
         );
         assert!(err.contains("9007199254740991"), "{err}");
     }
+
+    #[test]
+    fn refuses_a_multiplier_that_scales_a_burst_past_its_ring() {
+        let err = problems(
+            "plans:\n  free:\n    limits:\n      - { rate: 3000000000/day, burst: 10% }\n  big:\n    extends: free\n    multiplier: 2\n",
+        );
+        assert!(
+            err.contains("t.yaml:7: plans.big.multiplier: scales an inherited amount of plan \"big\" to 6000000000, whose burst ceiling is more than 4294967295"),
+            "{err}"
+        );
+    }
 }
