@@ -446,3 +446,28 @@ async fn oversized_requests_are_refused_before_anything_counts() {
     let ok = e.hit(request("saas", &at_cap)).await;
     assert_eq!(ok.statuses.len(), 64);
 }
+
+#[tokio::test]
+async fn the_caps_follow_their_flags() {
+    let options = Options {
+        max_descriptors: 100,
+        max_entries: 20,
+        ..Options::default()
+    };
+    let e = Envoy::with(&[], options, PLANS).await;
+    let entry = [("api_key", "k1"), ("path", "/chat")];
+    let many: Vec<&[(&str, &str)]> = vec![&entry[..]; 100];
+    assert_eq!(e.hit(request("saas", &many)).await.statuses.len(), 100);
+    let wide: Vec<(String, String)> = (0..20).map(|i| (format!("k{i}"), "v".into())).collect();
+    let wide: Vec<(&str, &str)> = wide.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(e.hit(request("saas", &[&wide])).await.statuses.len(), 1);
+    let err = e
+        .call(request("saas", &vec![&entry[..]; 101]))
+        .await
+        .expect_err("past the raised cap");
+    assert!(
+        err.message().contains("more than the 100"),
+        "{}",
+        err.message()
+    );
+}
