@@ -1,6 +1,7 @@
 //! Engine benchmarks: ns per decision for one limit and for three
-//! (minute + hour + day), for one subject and across 1,000,000 subjects; and
-//! the whole decision path (plan, class, engine, headers).
+//! (minute + hour + day), for one subject and across 1,000,000 subjects; the
+//! whole decision path (plan, class, engine, headers); and class lookup at
+//! 10 and 10,000 classes, with a crafted 1 KB resource.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -11,7 +12,7 @@ use criterion::{BatchSize, Criterion, criterion_group};
 
 use tollgate::engine::{Algorithm, CounterKey, Engine, Item, ManualClock, Mode, Rate};
 use tollgate::limiter::{Limiter, Request};
-use tollgate::plans::SlotRegistry;
+use tollgate::plans::{Matcher, SlotRegistry};
 use tollgate::storage::memory::MemoryStore;
 
 const SEC: u64 = 1_000_000_000;
@@ -131,6 +132,44 @@ fn decision_path(c: &mut Criterion) {
     });
 }
 
+/// `n` classes of three patterns each: a prefix wildcard, an exact path
+/// with a method, and a wildcard with literal text between its stars.
+fn matcher(n: usize) -> Matcher {
+    let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let mut m = Matcher::default();
+    for i in 0..n {
+        m.add(&format!("/api/v1/svc{i}/*"), i, &names).unwrap();
+        m.add(&format!("GET /api/v2/svc{i}/items"), i, &names)
+            .unwrap();
+        m.add(&format!("/*/orders{i}/*"), i, &names).unwrap();
+    }
+    m.prepare();
+    m
+}
+
+fn class_lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("classes");
+    // Starts with "/" and holds "/orders…"-like text: what every class's
+    // wildcard would have to scan, were they tried one by one.
+    let crafted = format!("/{}/orders/x", "orders/".repeat(146));
+    assert!(crafted.len() >= 1024);
+    for n in [10, 10_000] {
+        let m = matcher(n);
+        let hit = format!("/api/v1/svc{}/people", n / 2);
+        group.bench_function(format!("{n}_classes/prefix"), |b| {
+            b.iter(|| black_box(m.find(Some("GET"), black_box(&hit))))
+        });
+        let middle = format!("/x/orders{}/y", n - 1);
+        group.bench_function(format!("{n}_classes/middle"), |b| {
+            b.iter(|| black_box(m.find(Some("GET"), black_box(&middle))))
+        });
+        group.bench_function(format!("{n}_classes/crafted_1KB"), |b| {
+            b.iter(|| black_box(m.find(Some("GET"), black_box(&crafted))))
+        });
+    }
+    group.finish();
+}
+
 /// The output of a future that completes on its first poll, as a decision
 /// over in-memory counters does.
 fn ready<F: std::future::Future>(f: F) -> F::Output {
@@ -142,7 +181,7 @@ fn ready<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
-criterion_group!(benches, engine, decision_path);
+criterion_group!(benches, engine, decision_path, class_lookup);
 
 fn main() {
     benches();

@@ -24,6 +24,10 @@ pub enum Error {
         /// What was not found.
         problem: String,
     },
+    /// A server-wide cap is reached (watch streams); the message names the
+    /// flag that raises it. Retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A request envoyproxy/ratelimit refuses with a plain error, answered
     /// word for word as it does (gRPC `UNKNOWN`).
     #[error("{0}")]
@@ -56,6 +60,14 @@ impl Error {
             field: field.into(),
             problem: problem.into(),
         }
+    }
+
+    /// Fails with [`Error::Invalid`] when `value` is longer than `max` bytes.
+    pub fn bounded(field: &str, value: &str, max: usize) -> Result<(), Self> {
+        if value.len() > max {
+            return Err(Self::invalid(field, format!("longer than {max} bytes")));
+        }
+        Ok(())
     }
 
     /// Fails with [`Error::Invalid`] when `value` is blank.

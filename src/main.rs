@@ -93,6 +93,10 @@ struct Serve {
     /// Coalescing interval of WatchQuota consumption updates (e.g. 100ms, 1s).
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
     watch_interval: Duration,
+    /// The most WatchQuota streams open at once; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = tollgate::watch::DEFAULT_MAX_WATCHERS)]
+    max_watchers: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (`:9090` means every
     /// interface).
     #[arg(long, env = "PROMETHEUS_ADDR", value_name = "ADDR", value_parser = parse_addr)]
@@ -201,6 +205,13 @@ struct EnvoyArgs {
     /// Return dynamic metadata (the request, and the passed descriptors' metadata).
     #[arg(long, env = "RESPONSE_DYNAMIC_METADATA", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     envoy_dynamic_metadata: bool,
+    /// The most descriptors one ShouldRateLimit request may carry; more is
+    /// INVALID_ARGUMENT (envoyproxy/ratelimit has no cap).
+    #[arg(long, value_name = "N", default_value_t = envoy::DEFAULT_MAX_DESCRIPTORS)]
+    envoy_max_descriptors: usize,
+    /// The most entries one descriptor may carry; more is INVALID_ARGUMENT.
+    #[arg(long, value_name = "N", default_value_t = envoy::DEFAULT_MAX_ENTRIES)]
+    envoy_max_entries: usize,
 }
 
 impl EnvoyArgs {
@@ -230,6 +241,8 @@ impl EnvoyArgs {
             shadow_mode: self.envoy_shadow_mode,
             quota_mode: self.envoy_quota_mode,
             dynamic_metadata: self.envoy_dynamic_metadata,
+            max_descriptors: self.envoy_max_descriptors,
+            max_entries: self.envoy_max_entries,
         }
     }
 }
@@ -367,6 +380,7 @@ fn options(serve: &Serve, rules: RuleSource) -> anyhow::Result<Options> {
         config_path: serve.config.clone(),
         admin_token,
         watch_interval: serve.watch_interval,
+        max_watchers: serve.max_watchers,
         drain: serve.drain_timeout,
         envoy_rules: Some(Arc::new(rules)),
         envoy: serve.envoy.options(),

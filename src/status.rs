@@ -1,7 +1,8 @@
 //! The one table from domain errors to gRPC statuses, for every service.
 //!
 //! Bad input is `INVALID_ARGUMENT` naming the field, an unknown plan
-//! `NOT_FOUND`, a reload without a file `FAILED_PRECONDITION`. A counter
+//! `NOT_FOUND`, a server-wide cap reached (watch streams)
+//! `RESOURCE_EXHAUSTED`, a reload without a file `FAILED_PRECONDITION`. A counter
 //! store that did not answer is `UNAVAILABLE`, so the gateway's own failure
 //! policy decides (Envoy's `failure_mode_deny`). A state file failure is
 //! `INTERNAL` with a generic message: the details go to the log, never to the
@@ -21,6 +22,7 @@ impl From<Error> for Status {
         match e {
             Error::Invalid { .. } => Self::invalid_argument(e.to_string()),
             Error::NotFound { .. } => Self::not_found(e.to_string()),
+            Error::ResourceExhausted(message) => Self::resource_exhausted(message),
             Error::Refused(message) => Self::unknown(message),
             Error::Store(e) => e.into(),
             Error::State(state::Error::Shared(e)) => e.into(),

@@ -12,20 +12,28 @@
 //! reloads come as events. The task and the channel go when the last watcher
 //! does. Every stream ends when the server shuts down.
 //!
-//! The decision path pays one atomic load when nobody watches, and a map
-//! lookup under a short lock when someone does.
+//! The decision path takes no lock. It pays one atomic load when nobody
+//! watches; when someone does, a hash lookup in an immutable snapshot of one
+//! shard of the watched names (an `ArcSwap` load, lock-free), then per topic
+//! found an atomic `fetch_max` of its pending cause and a `Notify`. Only
+//! subscribing and a topic's removal write: they serialize on one mutex
+//! (never taken by decisions), copy the one shard they change and swap it in.
+//! There are at most `max_watchers` streams (`--max-watchers`); more are
+//! refused with [`Error::ResourceExhausted`].
 //!
 //! The hub publishes the domain's [`Quota`]; transports convert it (the gRPC
 //! API into `tollgate.v1.QuotaUpdate`).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio_stream::Stream;
@@ -34,11 +42,18 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
 use crate::engine::Nanos;
+use crate::error::Error;
 use crate::limiter::{Limiter, Quota, account_of};
-use crate::storage::StoreError;
 
 /// The default coalescing interval for consumption updates.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The default most open watch streams (`--max-watchers`).
+pub const DEFAULT_MAX_WATCHERS: usize = 100_000;
+
+/// Shards of the watched names: a subscription copies one shard, so this
+/// keeps that copy small with many watched subjects.
+const SHARDS: usize = 256;
 
 /// Why an update was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,19 +84,25 @@ pub struct Update {
 /// Watched subjects and their publishers.
 pub struct Hub {
     limiter: Arc<Limiter>,
-    topics: Mutex<Topics>,
+    /// Topics by subject and by account, so a decision touches only its own
+    /// watchers: read lock-free, written under `topics`.
+    names: Names,
+    /// Topics by key. Subscribing and removal take it; decisions never do.
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
     watchers: Arc<AtomicUsize>,
+    max_watchers: usize,
     interval: Duration,
     shutdown: CancellationToken,
 }
 
-/// Watched topics, found by key, by subject and by account, so a decision
-/// touches only its own watchers.
-#[derive(Default)]
-struct Topics {
-    by_key: HashMap<String, Arc<Topic>>,
-    by_name: HashMap<String, Vec<Arc<Topic>>>,
+/// Watched names (subjects and accounts) to their topics, in shards; each
+/// shard an immutable map replaced whole on change.
+struct Names {
+    shards: Box<[ArcSwap<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
 }
+
+type Shard = HashMap<Arc<str>, Arc<[Arc<Topic>]>>;
 
 /// One watched subject.
 struct Topic {
@@ -89,8 +110,9 @@ struct Topic {
     account: String,
     tx: watch::Sender<Arc<Update>>,
     wake: Notify,
-    /// The most significant cause since the last update.
-    pending: Mutex<Option<Cause>>,
+    /// The most significant cause since the last update: 0 for none, else
+    /// [`Cause::rank`] + 1, so a signal is one `fetch_max`.
+    pending: AtomicU8,
 }
 
 /// A `WatchQuota` stream: a snapshot, then the watch channel's changes,
@@ -110,15 +132,19 @@ struct WatcherGuard(Arc<AtomicUsize>);
 impl Hub {
     /// A hub over `limiter`, coalescing consumption to one update per
     /// `interval`, ending every stream when `shutdown` is cancelled.
+    /// At most `max_watchers` streams are open at once.
     pub fn new(
         limiter: Arc<Limiter>,
         interval: Duration,
+        max_watchers: usize,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
             limiter,
-            topics: Mutex::new(Topics::default()),
+            names: Names::new(),
+            topics: Mutex::new(HashMap::new()),
             watchers: Arc::new(AtomicUsize::new(0)),
+            max_watchers,
             interval,
             shutdown,
         })
@@ -130,18 +156,22 @@ impl Hub {
     }
 
     /// A stream of `subject`'s quota: a snapshot now, then every change.
+    /// Refused with [`Error::ResourceExhausted`] when `max_watchers` streams
+    /// are open.
     pub async fn subscribe(
         self: &Arc<Self>,
         subject: &str,
         account: &str,
-    ) -> Result<QuotaStream, StoreError> {
+    ) -> Result<QuotaStream, Error> {
+        // Reserved before any work, released by the guard if this fails.
+        let guard = self.reserve()?;
         let account = account_of(subject, account).to_owned();
         let snapshot = self.update(subject, &account, Cause::Snapshot).await?;
         self.mark(&account).await;
         let key = topic_key(subject, &account);
         let rx = {
             let mut topics = self.topics.lock();
-            match topics.by_key.get(&key) {
+            match topics.get(&key) {
                 Some(t) => t.tx.subscribe(),
                 None => {
                     let (tx, rx) = watch::channel(snapshot.clone());
@@ -150,22 +180,37 @@ impl Hub {
                         account,
                         tx,
                         wake: Notify::new(),
-                        pending: Mutex::new(None),
+                        pending: AtomicU8::new(0),
                     });
                     topics.insert(key.clone(), topic.clone());
+                    self.names.insert(&topic);
                     let span = tracing::debug_span!("watch", subject = %topic.subject);
                     tokio::spawn(self.clone().publish(key, topic).instrument(span));
                     rx
                 }
             }
         };
-        self.watchers.fetch_add(1, Ordering::Relaxed);
         Ok(QuotaStream {
             first: Some(snapshot),
             inner: WatchStream::from_changes(rx),
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
-            _guard: WatcherGuard(self.watchers.clone()),
+            _guard: guard,
         })
+    }
+
+    /// Counts one more watcher, unless `max_watchers` are open.
+    fn reserve(&self) -> Result<WatcherGuard, Error> {
+        let max = self.max_watchers;
+        self.watchers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| {
+                Error::ResourceExhausted(format!(
+                    "watchers: {max} WatchQuota streams are open, the most this server takes (--max-watchers)"
+                ))
+            })?;
+        Ok(WatcherGuard(self.watchers.clone()))
     }
 
     /// Tells other replicas' decisions that `account` is watched here.
@@ -180,11 +225,17 @@ impl Hub {
             return;
         }
         let account = account_of(subject, account);
-        let topics = self.topics.lock();
+        let by_subject = self.names.named(subject);
+        let by_account = (account != subject).then(|| self.names.named(account));
+        let by_account = by_account.as_ref().and_then(Option::as_ref);
         // A topic can be found under both names; signalling it twice would
         // send a second, identical update.
         let mut signalled: smallvec::SmallVec<[&Arc<Topic>; 4]> = smallvec::SmallVec::new();
-        for topic in topics.named(subject).chain(topics.named(account)) {
+        for topic in by_subject
+            .iter()
+            .chain(by_account)
+            .flat_map(|list| list.iter())
+        {
             if !signalled.iter().any(|t| Arc::ptr_eq(t, topic)) {
                 topic.signal(Cause::Consumption);
                 signalled.push(topic);
@@ -194,15 +245,14 @@ impl Hub {
 
     /// A change to `account` (plan, override): its watchers get an update now.
     pub fn account_changed(&self, account: &str, cause: Cause) {
-        let topics = self.topics.lock();
-        for topic in topics.named(account) {
+        for topic in self.names.named(account).iter().flat_map(|l| l.iter()) {
             topic.signal(cause);
         }
     }
 
     /// Every watcher gets an update now (a reload, a usage reset).
     pub fn all_changed(&self, cause: Cause) {
-        for topic in self.topics.lock().by_key.values() {
+        for topic in self.topics.lock().values() {
             topic.signal(cause);
         }
     }
@@ -212,7 +262,7 @@ impl Hub {
         subject: &str,
         account: &str,
         cause: Cause,
-    ) -> Result<Arc<Update>, StoreError> {
+    ) -> Result<Arc<Update>, crate::storage::StoreError> {
         let quota = self.limiter.quota(subject, account).await?;
         Ok(Arc::new(Update { cause, quota }))
     }
@@ -239,12 +289,12 @@ impl Hub {
             let cause = tokio::select! {
                 () = topic.wake.notified() => {
                     // A wake-up whose change an earlier update already carried.
-                    let Some(cause) = topic.pending.lock().take() else { continue };
+                    let Some(cause) = topic.take_pending() else { continue };
                     if cause == Cause::Consumption {
                         if let Some(at) = last_sent {
                             tokio::time::sleep_until(at + self.interval).await;
                         }
-                        topic.pending.lock().take().map_or(cause, |c| c.max_by_rank(cause))
+                        topic.take_pending().map_or(cause, |c| c.max_by_rank(cause))
                     } else {
                         cause
                     }
@@ -257,7 +307,8 @@ impl Hub {
                     // arrive between the check and the removal.
                     let mut topics = self.topics.lock();
                     if topic.tx.receiver_count() == 0 {
-                        topics.remove(&key, &topic);
+                        topics.remove(&key);
+                        self.names.remove(&topic);
                         return;
                     }
                     continue;
@@ -300,38 +351,54 @@ impl Hub {
     }
 }
 
-// === impl Topics ===
+// === impl Names ===
 
-impl Topics {
-    fn insert(&mut self, key: String, topic: Arc<Topic>) {
-        self.by_name
-            .entry(topic.subject.clone())
-            .or_default()
-            .push(topic.clone());
+impl Names {
+    fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| ArcSwap::default()).collect(),
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard(&self, name: &str) -> &ArcSwap<Shard> {
+        let i = self.hasher.hash_one(name) as usize % SHARDS;
+        &self.shards[i]
+    }
+
+    /// Topics whose subject or account is `name`: a lock-free load.
+    fn named(&self, name: &str) -> Option<Arc<[Arc<Topic>]>> {
+        self.shard(name).load().get(name).cloned()
+    }
+
+    /// Files `topic` under its subject and account. Writers serialize on
+    /// the hub's `topics` lock, so a load-copy-store loses no change.
+    fn insert(&self, topic: &Arc<Topic>) {
+        self.update(&topic.subject, |list| list.push(topic.clone()));
         if topic.account != topic.subject {
-            self.by_name
-                .entry(topic.account.clone())
-                .or_default()
-                .push(topic.clone());
+            self.update(&topic.account, |list| list.push(topic.clone()));
         }
-        self.by_key.insert(key, topic);
     }
 
-    fn remove(&mut self, key: &str, topic: &Arc<Topic>) {
-        self.by_key.remove(key);
+    /// Takes `topic` out from under its names; as [`Names::insert`].
+    fn remove(&self, topic: &Arc<Topic>) {
         for name in [&topic.subject, &topic.account] {
-            if let Some(list) = self.by_name.get_mut(name) {
-                list.retain(|t| !Arc::ptr_eq(t, topic));
-                if list.is_empty() {
-                    self.by_name.remove(name);
-                }
-            }
+            self.update(name, |list| list.retain(|t| !Arc::ptr_eq(t, topic)));
         }
     }
 
-    /// Topics whose subject or account is `name`.
-    fn named(&self, name: &str) -> impl Iterator<Item = &Arc<Topic>> {
-        self.by_name.get(name).into_iter().flatten()
+    /// Replaces `name`'s shard with a copy where `change` has edited its list.
+    fn update(&self, name: &str, change: impl FnOnce(&mut Vec<Arc<Topic>>)) {
+        let shard = self.shard(name);
+        let mut copy = Shard::clone(&shard.load());
+        let mut list: Vec<Arc<Topic>> = copy.get(name).map(|l| l.to_vec()).unwrap_or_default();
+        change(&mut list);
+        if list.is_empty() {
+            copy.remove(name);
+        } else {
+            copy.insert(name.into(), list.into());
+        }
+        shard.store(Arc::new(copy));
     }
 }
 
@@ -339,10 +406,16 @@ impl Topics {
 
 impl Topic {
     fn signal(&self, cause: Cause) {
-        let mut pending = self.pending.lock();
-        *pending = Some(pending.map_or(cause, |p| p.max_by_rank(cause)));
-        drop(pending);
+        self.pending.fetch_max(cause.rank() + 1, Ordering::AcqRel);
         self.wake.notify_one();
+    }
+
+    /// The pending cause, now cleared.
+    fn take_pending(&self) -> Option<Cause> {
+        match self.pending.swap(0, Ordering::AcqRel) {
+            0 => None,
+            n => Some(Cause::of_rank(n - 1)),
+        }
     }
 }
 
@@ -351,20 +424,33 @@ impl Topic {
 impl Cause {
     /// The more significant of two causes, for an update that covers both.
     fn max_by_rank(self, other: Cause) -> Cause {
-        fn rank(c: Cause) -> u8 {
-            match c {
-                Cause::Snapshot => 0,
-                Cause::Consumption => 1,
-                Cause::WindowReset => 2,
-                Cause::OverrideChanged => 3,
-                Cause::PlanChanged => 4,
-                Cause::ConfigReloaded => 5,
-            }
-        }
-        if rank(other) > rank(self) {
+        if other.rank() > self.rank() {
             other
         } else {
             self
+        }
+    }
+
+    /// Significance: a larger rank covers a smaller one.
+    fn rank(self) -> u8 {
+        match self {
+            Cause::Snapshot => 0,
+            Cause::Consumption => 1,
+            Cause::WindowReset => 2,
+            Cause::OverrideChanged => 3,
+            Cause::PlanChanged => 4,
+            Cause::ConfigReloaded => 5,
+        }
+    }
+
+    fn of_rank(rank: u8) -> Cause {
+        match rank {
+            0 => Cause::Snapshot,
+            1 => Cause::Consumption,
+            2 => Cause::WindowReset,
+            3 => Cause::OverrideChanged,
+            4 => Cause::PlanChanged,
+            _ => Cause::ConfigReloaded,
         }
     }
 }

@@ -358,3 +358,101 @@ async fn reset_usage_and_list_plans() {
     assert!(pro.limits.iter().any(|l| l.deny == "Enterprise only"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn oversized_admin_input_is_refused_naming_the_field() {
+    let yaml = "plans: { free: { limits: [ { rate: 30/minute, burst: 10 } ] } }\n";
+    let s = TestServer::start(yaml).await;
+    let mut admin = s.admin().await;
+    let setter = admin.clone();
+    let set = |o: pb::Override| {
+        let mut admin = setter.clone();
+        async move { admin.set_override(authed(o)).await }
+    };
+    let base = pb::Override {
+        account: "acct".into(),
+        limit: "requests/minute".into(),
+        amount: 40,
+        ..Default::default()
+    };
+    let message = |r: Result<tonic::Response<pb::Override>, tonic::Status>| {
+        let e = r.expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+        e.message().to_owned()
+    };
+    // Past what a burst's ring counts: refused, where it used to panic.
+    let m = message(
+        set(pb::Override {
+            amount: 5_000_000_000,
+            ..base.clone()
+        })
+        .await,
+    );
+    assert!(
+        m.starts_with("amount: amount 5000000000 is more than"),
+        "{m}"
+    );
+    let m = message(
+        set(pb::Override {
+            amount: u64::MAX,
+            ..base.clone()
+        })
+        .await,
+    );
+    assert!(
+        m.starts_with("amount: 18446744073709551615 is more than the largest amount"),
+        "{m}"
+    );
+    let m = message(
+        set(pb::Override {
+            rate: "18446744073709551615/day".into(),
+            limit: "custom".into(),
+            ..base.clone()
+        })
+        .await,
+    );
+    assert!(
+        m.starts_with("rate: 18446744073709551615 is more than"),
+        "{m}"
+    );
+    let big = "x".repeat(1 << 20);
+    for (field, o) in [
+        (
+            "account",
+            pb::Override {
+                account: big.clone(),
+                ..base.clone()
+            },
+        ),
+        (
+            "reason",
+            pb::Override {
+                reason: big.clone(),
+                ..base.clone()
+            },
+        ),
+        (
+            "limit",
+            pb::Override {
+                limit: big.clone(),
+                ..base.clone()
+            },
+        ),
+    ] {
+        let m = message(set(o).await);
+        assert_eq!(m, format!("{field}: longer than 1024 bytes"));
+    }
+    let e = admin
+        .set_plan(authed(set_plan(&big, "free")))
+        .await
+        .expect_err("long account");
+    assert_eq!(e.message(), "account: longer than 1024 bytes");
+    let e = admin
+        .set_plan(authed(set_plan("acct", &big)))
+        .await
+        .expect_err("long plan");
+    assert_eq!(e.message(), "plan: longer than 1024 bytes");
+    // Nothing was stored; a sane amount still applies.
+    set(base).await.expect("set");
+    s.stop().await;
+}

@@ -283,3 +283,28 @@ async fn health_answers_serving() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn costs_past_the_largest_amount_are_refused_in_every_mode() {
+    let s = TestServer::start(CONFIG).await;
+    let mut client = s.client.clone();
+    let huge = with_cost(req("k", "/v1/chat"), &[("tokens", u64::MAX)]);
+    for err in [
+        client.consume(huge.clone()).await.expect_err("consume"),
+        client.record(huge.clone()).await.expect_err("record"),
+        client.check_limit(huge).await.expect_err("check"),
+    ] {
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().starts_with("cost[tokens]: 18446744073709551615 is more than the largest amount, 9007199254740991"),
+            "{}",
+            err.message()
+        );
+    }
+    // The largest cost is taken, and does not fit 1000/minute.
+    let mut largest = with_cost(req("k", "/v1/chat"), &[("tokens", (1 << 53) - 1)]);
+    largest.attributes.insert("method".into(), "POST".into());
+    let d = s.record(largest).await;
+    assert_ne!(verdict(&d), Verdict::Allowed, "{d:?}");
+    s.stop().await;
+}

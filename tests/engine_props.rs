@@ -139,3 +139,33 @@ proptest! {
         prop_assert!(engine.store().len() <= 2);
     }
 }
+
+/// Amounts and costs up to `u64::MAX`, to find wrapping or saturating sums.
+fn huge() -> impl Strategy<Value = u64> {
+    prop_oneof![u64::MAX - 4..=u64::MAX, 1u64 << 62..1u64 << 63, 1..4u64]
+}
+
+proptest! {
+    #[test]
+    fn counts_near_u64_max_never_admit_past_the_amount(
+        amount in huge(),
+        costs in prop::collection::vec(huge(), 1..6),
+        record in any::<bool>(),
+    ) {
+        let mode = if record { Mode::Record } else { Mode::Consume };
+        for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow, Algorithm::TokenBucket] {
+            let engine = Engine::new(MemoryStore::new(1024));
+            // One instant, so nothing refills: a cost fits only while the
+            // units counted so far plus it stay within the amount.
+            let mut counted: u128 = 0;
+            for &cost in &costs {
+                let out = engine.decide(mode, T0, &[item(0, algorithm, amount, 60 * SEC, cost)]);
+                let within = counted + u128::from(cost) <= u128::from(amount);
+                prop_assert_eq!(out.fits, within, "{:?} counted {} of {}, cost {}", algorithm, counted, amount, cost);
+                if out.counted {
+                    counted += u128::from(cost);
+                }
+            }
+        }
+    }
+}

@@ -388,3 +388,86 @@ async fn a_changed_rule_file_is_picked_up_by_itself() {
     assert_eq!(e.hit(other).await.statuses, [ok(1, Unit::Hour, 0, 3600)]);
     assert_eq!(e.hit(r).await.statuses, [ok(5, Unit::Minute, 4, 60)]);
 }
+
+#[tokio::test]
+async fn oversized_requests_are_refused_before_anything_counts() {
+    let e = plans().await;
+    let refused = |r| async { e.call(r).await.expect_err("refused") };
+    let entry = [("api_key", "k1"), ("path", "/chat")];
+    let many: Vec<&[(&str, &str)]> = vec![&entry[..]; 65];
+    let err = refused(request("saas", &many)).await;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("descriptors: 65 descriptors, more than the 64"),
+        "{}",
+        err.message()
+    );
+    let wide: Vec<(String, String)> = (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
+    let wide: Vec<(&str, &str)> = wide.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let err = refused(request("saas", &[&wide])).await;
+    assert!(
+        err.message()
+            .starts_with("descriptors[0].entries: 17 entries, more than the 16"),
+        "{}",
+        err.message()
+    );
+    let long = "x".repeat(1025);
+    let err = refused(request("saas", &[&[("api_key", &long)]])).await;
+    assert!(
+        err.message()
+            .starts_with("descriptors[0].entries[0].value: longer than 1024 bytes"),
+        "{}",
+        err.message()
+    );
+    let huge = u64::MAX.to_string();
+    let err = refused(request(
+        "saas",
+        &[&[("api_key", "k1"), ("path", "/chat"), ("tokens", &huge)]],
+    ))
+    .await;
+    assert!(
+        err.message().starts_with(
+            "descriptors[0].entries[2].value: 18446744073709551615 is more than the largest amount"
+        ),
+        "{}",
+        err.message()
+    );
+    let mut r = request("saas", &[&entry]);
+    r.descriptors[0].hits_addend = Some(u64::MAX);
+    let err = refused(r).await;
+    assert!(
+        err.message().starts_with("descriptors[0].hits_addend:"),
+        "{}",
+        err.message()
+    );
+    // At the caps, it answers; nothing refused was counted.
+    let at_cap: Vec<&[(&str, &str)]> = vec![&entry[..]; 64];
+    let ok = e.hit(request("saas", &at_cap)).await;
+    assert_eq!(ok.statuses.len(), 64);
+}
+
+#[tokio::test]
+async fn the_caps_follow_their_flags() {
+    let options = Options {
+        max_descriptors: 100,
+        max_entries: 20,
+        ..Options::default()
+    };
+    let e = Envoy::with(&[], options, PLANS).await;
+    let entry = [("api_key", "k1"), ("path", "/chat")];
+    let many: Vec<&[(&str, &str)]> = vec![&entry[..]; 100];
+    assert_eq!(e.hit(request("saas", &many)).await.statuses.len(), 100);
+    let wide: Vec<(String, String)> = (0..20).map(|i| (format!("k{i}"), "v".into())).collect();
+    let wide: Vec<(&str, &str)> = wide.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(e.hit(request("saas", &[&wide])).await.statuses.len(), 1);
+    let err = e
+        .call(request("saas", &vec![&entry[..]; 101]))
+        .await
+        .expect_err("past the raised cap");
+    assert!(
+        err.message().contains("more than the 100"),
+        "{}",
+        err.message()
+    );
+}

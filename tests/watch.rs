@@ -247,3 +247,124 @@ async fn one_consume_is_one_update() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_decisions_reach_every_watcher_while_others_come_and_go() {
+    let s = TestServer::start(CONFIG).await;
+    let subjects: Vec<String> = (0..16).map(|i| format!("member_{i}")).collect();
+    let mut streams = Vec::new();
+    for subject in &subjects {
+        let mut st = s
+            .client
+            .clone()
+            .watch_quota(pb::WatchRequest {
+                subject: subject.clone(),
+                account: "team".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        assert_eq!(cause(&next(&mut st).await), Cause::Snapshot);
+        streams.push(st);
+    }
+    // Eight tasks consume for every subject at once, under the team account,
+    // while four more subscribe and drop watchers of other subjects.
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (mut client, subjects) = (s.client.clone(), subjects.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..5 {
+                for subject in &subjects {
+                    let r = of_account(req(subject, ""), "team");
+                    let d = client.consume(r).await.expect("consume").into_inner();
+                    assert_eq!(verdict(&d), Verdict::Allowed, "task {t} round {round}");
+                }
+            }
+        }));
+    }
+    for t in 0..4 {
+        let client = s.client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let mut st = client
+                    .clone()
+                    .watch_quota(watch(&format!("churn_{t}_{i}")))
+                    .await
+                    .expect("watch")
+                    .into_inner();
+                next(&mut st).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    // 40 consumed each: every watcher ends at 60 left, and only
+    // consumption brought it there.
+    for (subject, st) in subjects.iter().zip(&mut streams) {
+        loop {
+            let u = next(st).await;
+            assert_eq!(cause(&u), Cause::Consumption, "{subject}");
+            if u.limits[0].remaining == Some(60) {
+                break;
+            }
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn watchers_past_the_cap_are_refused_and_their_slots_return() {
+    let options = tollgate::server::Options {
+        max_watchers: 2,
+        watch_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let s = TestServer::start_opts(
+        CONFIG,
+        tollgate::storage::memory::MemoryStore::new(10_000),
+        options,
+    )
+    .await;
+    let mut client = s.client.clone();
+    let mut a = client
+        .watch_quota(watch("a"))
+        .await
+        .expect("first")
+        .into_inner();
+    let b = client
+        .watch_quota(watch("b"))
+        .await
+        .expect("second")
+        .into_inner();
+    let err = client.watch_quota(watch("c")).await.expect_err("third");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        err.message().contains("--max-watchers"),
+        "{}",
+        err.message()
+    );
+    let long = client
+        .watch_quota(watch(&"x".repeat(1025)))
+        .await
+        .expect_err("long");
+    assert_eq!(long.code(), tonic::Code::InvalidArgument);
+    assert_eq!(long.message(), "subject: longer than 1024 bytes");
+    // A closed stream frees its slot.
+    drop(b);
+    let mut c = None;
+    for _ in 0..50 {
+        match client.watch_quota(watch("c")).await {
+            Ok(st) => {
+                c = Some(st.into_inner());
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), tonic::Code::ResourceExhausted),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(c.is_some(), "the dropped watcher's slot came back");
+    assert_eq!(cause(&next(&mut a).await), Cause::Snapshot);
+    s.stop().await;
+}

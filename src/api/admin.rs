@@ -105,7 +105,9 @@ impl AdminService {
         } else if o.unlimited {
             Change::Unlimited
         } else if o.amount > 0 {
-            Change::Amount(o.amount)
+            Change::Amount(
+                crate::config::check_amount(o.amount).map_err(|e| Error::invalid("amount", e))?,
+            )
         } else {
             return Err(Error::invalid(
                 "amount",
@@ -130,6 +132,8 @@ impl AdminService {
         r: pb::SetPlanRequest,
     ) -> Result<pb::SetPlanResponse, Error> {
         Error::required("account", &r.account)?;
+        convert::bounded("account", &r.account)?;
+        convert::bounded("plan", &r.plan)?;
         let catalog = self.limiter.catalog();
         let (_, previous) = self.limiter.resolver().source(&catalog, &r.account);
         let plan = if r.clear {
@@ -166,6 +170,8 @@ impl AdminService {
 
     async fn get_subject(&self, r: pb::GetSubjectRequest) -> Result<pb::SubjectState, Error> {
         Error::required("subject", &r.subject)?;
+        convert::bounded("subject", &r.subject)?;
+        convert::bounded("account", &r.account)?;
         let account = account_of(&r.subject, &r.account).to_owned();
         let quota = self.limiter.quota(&r.subject, &account).await?;
         let (source, _) = self
@@ -199,6 +205,17 @@ impl AdminService {
     async fn set_override(&self, peer: String, r: pb::Override) -> Result<pb::Override, Error> {
         Error::required("account", &r.account)?;
         Error::required("limit", &r.limit)?;
+        for (field, value) in [
+            ("account", &r.account),
+            ("limit", &r.limit),
+            ("reason", &r.reason),
+            ("rate", &r.rate),
+            ("class", &r.class),
+            ("unit", &r.unit),
+            ("per", &r.per),
+        ] {
+            convert::bounded(field, value)?;
+        }
         let o = self.to_override(&r)?;
         // It must apply to the account's plan, together with its others.
         let catalog = self.limiter.catalog();
@@ -214,7 +231,10 @@ impl AdminService {
             &catalog.class_names,
             self.limiter.slots(),
         )
-        .map_err(|e| Error::invalid("limit", e.to_string()))?;
+        .map_err(|e| match e {
+            overrides::Error::TooLarge { .. } => Error::invalid("amount", e.to_string()),
+            e => Error::invalid("limit", e.to_string()),
+        })?;
         let stored = o.clone();
         self.change(
             &r.account,
@@ -236,6 +256,8 @@ impl AdminService {
     ) -> Result<pb::RemoveOverrideResponse, Error> {
         Error::required("account", &r.account)?;
         Error::required("limit", &r.limit)?;
+        convert::bounded("account", &r.account)?;
+        convert::bounded("limit", &r.limit)?;
         let limit = r.limit.clone();
         let removed = self
             .change(
@@ -257,6 +279,8 @@ impl AdminService {
         r: pb::ResetUsageRequest,
     ) -> Result<pb::ResetUsageResponse, Error> {
         Error::required("subject", &r.subject)?;
+        convert::bounded("subject", &r.subject)?;
+        convert::bounded("account", &r.account)?;
         let counters = self.limiter.reset(&r.subject, &r.account).await?;
         self.hub.consumed(&r.subject, &r.account);
         tracing::info!(admin.action = "reset_usage", client.addr = %peer, subject = %r.subject, account = %r.account, counters, "usage reset");

@@ -11,8 +11,15 @@ use crate::plans::{LimitKind, ParsePerError, Per};
 use crate::proto::tollgate::v1 as pb;
 use crate::watch::{Cause, Update};
 
-/// The longest subject, account or resource accepted, in bytes.
+/// The longest string accepted in a request, in bytes: a subject, account
+/// or resource, a cost's unit, and every string of an admin call (account,
+/// plan, limit, reason, class, unit).
 pub const MAX_ID_LEN: usize = 1024;
+
+/// Fails with [`Error::Invalid`] when `value` is longer than [`MAX_ID_LEN`].
+pub fn bounded(field: &str, value: &str) -> Result<(), Error> {
+    Error::bounded(field, value, MAX_ID_LEN)
+}
 
 /// Checks a `LimitRequest` and borrows it as a limiter request.
 pub fn limit_request(r: &pb::LimitRequest) -> Result<Request<'_>, Error> {
@@ -22,18 +29,17 @@ pub fn limit_request(r: &pb::LimitRequest) -> Result<Request<'_>, Error> {
         ("account", &r.account),
         ("resource", &r.resource),
     ] {
-        if value.len() > MAX_ID_LEN {
-            return Err(Error::invalid(
-                field,
-                format!("longer than {MAX_ID_LEN} bytes"),
-            ));
-        }
+        bounded(field, value)?;
     }
     if let Some(unit) = r.cost.keys().find(|u| u.trim().is_empty()) {
         return Err(Error::invalid(
             "cost",
             format!("unit name {unit:?} must not be empty"),
         ));
+    }
+    for (unit, &n) in &r.cost {
+        bounded("cost", unit)?;
+        crate::config::check_amount(n).map_err(|e| Error::invalid(format!("cost[{unit}]"), e))?;
     }
     let method = ["method", ":method"]
         .iter()

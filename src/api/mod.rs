@@ -98,6 +98,13 @@ impl RateLimiterService {
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<QuotaUpdates, Error> {
         let r = request.into_inner();
         Error::required("subject", &r.subject)?;
+        for (field, value) in [
+            ("subject", &r.subject),
+            ("account", &r.account),
+            ("resource", &r.resource),
+        ] {
+            convert::bounded(field, value)?;
+        }
         let stream = self.hub.subscribe(&r.subject, &r.account).await?;
         Ok(QuotaUpdates(stream))
     }

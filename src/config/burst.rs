@@ -46,9 +46,15 @@ impl Extra {
         }
     }
 
-    /// The ceiling over `amount`. [`Extra::check`] saw the written amount; a
-    /// multiplier may have raised it since, so the ceiling is held to what
-    /// the ring can count rather than refused.
+    /// Whether the ceiling over `amount` is one the ring can count: what
+    /// [`Extra::check`] asks of the written amount, asked again of an amount
+    /// a multiplier scaled.
+    pub(super) fn fits(self, amount: u64) -> bool {
+        burst_ceiling(amount, self.over(amount)) <= MAX_CEILING
+    }
+
+    /// The ceiling over `amount`, held to what the ring can count
+    /// ([`Extra::fits`] has refused larger ones).
     pub(super) fn ceiling(self, amount: u64) -> u64 {
         burst_ceiling(amount, self.over(amount)).min(MAX_CEILING)
     }

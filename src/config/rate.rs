@@ -3,7 +3,7 @@
 //! One reading for the configuration file, Envoy rule files and admin
 //! overrides, so all three accept and refuse the same text with the same words.
 
-use crate::engine::{Nanos, clock::SECOND};
+use crate::engine::{MAX_AMOUNT, Nanos, clock::SECOND};
 
 /// `<amount>/<window>`: `30/minute`, `100_000/day`, `10/30s`.
 pub(crate) fn parse_rate(s: &str) -> Result<(u64, Nanos), String> {
@@ -21,7 +21,19 @@ pub(crate) fn parse_rate(s: &str) -> Result<(u64, Nanos), String> {
             "amount must be at least 1 in {s:?} (use deny to refuse a class)"
         ));
     }
+    check_amount(amount)?;
     Ok((amount, parse_window(window)?))
+}
+
+/// Refuses an amount or a cost over [`MAX_AMOUNT`], in the words every
+/// caller uses.
+pub(crate) fn check_amount(n: u64) -> Result<u64, String> {
+    if n > MAX_AMOUNT {
+        return Err(format!(
+            "{n} is more than the largest amount, {MAX_AMOUNT} (2^53 - 1)"
+        ));
+    }
+    Ok(n)
 }
 
 /// `second`, `minute`, `hour`, `day`, `week` (or `s`, `m`, `h`, `d`, `w`), or
@@ -66,5 +78,16 @@ mod tests {
         assert!(parse_rate("30 per min").is_err());
         assert!(parse_rate("0/minute").is_err());
         assert!(parse_rate("3/fortnight").is_err());
+        assert_eq!(
+            parse_rate("9007199254740991/day"),
+            Ok((9_007_199_254_740_991, 86_400 * SECOND))
+        );
+        assert_eq!(
+            parse_rate("18446744073709551615/day"),
+            Err(
+                "18446744073709551615 is more than the largest amount, 9007199254740991 (2^53 - 1)"
+                    .into()
+            )
+        );
     }
 }

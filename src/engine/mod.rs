@@ -14,7 +14,7 @@ pub mod store;
 
 use smallvec::SmallVec;
 
-pub use algorithm::Rate;
+pub use algorithm::{MAX_AMOUNT, Rate};
 pub use clock::{Clock, ManualClock, Nanos, SystemClock};
 pub use store::{CounterKey, CounterStore, State};
 

@@ -23,7 +23,9 @@ pub mod rules;
 mod service;
 mod source;
 
-pub use options::{HeaderNames, Options};
+pub use options::{
+    DEFAULT_MAX_DESCRIPTORS, DEFAULT_MAX_ENTRIES, HeaderNames, MAX_ENTRY_LEN, Options,
+};
 pub use rules::RuleSet;
 pub use service::EnvoyService;
 pub use source::RuleSource;

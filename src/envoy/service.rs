@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::answer::{Answer, header, plan_answer, status, unit_of_override};
 use super::metadata::metadata;
-use super::options::Options;
+use super::options::{MAX_ENTRY_LEN, Options};
 use super::rules::{Matched, RuleLimit, RuleSet};
 use super::source::RuleSource;
 use crate::engine::{Algorithm, CounterKey, Item, Mode, Rate, clock::SECOND};
@@ -68,6 +68,7 @@ impl EnvoyService {
                 "rate limit descriptor list must not be empty",
             ));
         }
+        self.check_size(r)?;
         let catalog = self.limiter.catalog();
         if let Some(domain) = catalog.envoy_domains.get(&r.domain) {
             // Each descriptor is a plan decision, counted in the metrics as one.
@@ -88,6 +89,45 @@ impl EnvoyService {
             started.elapsed(),
         );
         Ok(response)
+    }
+
+    /// Refuses a request past the caps before anything is matched or
+    /// counted: too many descriptors or entries, an entry too long, or hits
+    /// past the largest amount.
+    fn check_size(&self, r: &pb::RateLimitRequest) -> Result<(), Error> {
+        let (max_d, max_e) = (self.options.max_descriptors, self.options.max_entries);
+        if r.descriptors.len() > max_d {
+            return Err(Error::invalid(
+                "descriptors",
+                format!(
+                    "{} descriptors, more than the {max_d} a request may carry (--envoy-max-descriptors)",
+                    r.descriptors.len()
+                ),
+            ));
+        }
+        Error::bounded("domain", &r.domain, MAX_ENTRY_LEN)?;
+        for (i, d) in r.descriptors.iter().enumerate() {
+            if d.entries.len() > max_e {
+                return Err(Error::invalid(
+                    format!("descriptors[{i}].entries"),
+                    format!(
+                        "{} entries, more than the {max_e} a descriptor may carry (--envoy-max-entries)",
+                        d.entries.len()
+                    ),
+                ));
+            }
+            for (j, e) in d.entries.iter().enumerate() {
+                for (part, text) in [("key", &e.key), ("value", &e.value)] {
+                    let field = format!("descriptors[{i}].entries[{j}].{part}");
+                    Error::bounded(&field, text, MAX_ENTRY_LEN)?;
+                }
+            }
+            if let Some(n) = d.hits_addend {
+                crate::config::check_amount(n)
+                    .map_err(|e| Error::invalid(format!("descriptors[{i}].hits_addend"), e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Rule-file domains: match, then count each descriptor on its own, as
@@ -426,6 +466,9 @@ fn plan_cost(
                     format!("descriptors[{i}].entries[{j}].value"),
                     format!("the {unit} cost must be a whole number, got {:?}", e.value),
                 )
+            })?;
+            crate::config::check_amount(n).map_err(|problem| {
+                Error::invalid(format!("descriptors[{i}].entries[{j}].value"), problem)
             })?;
             cost.insert(unit.clone(), n);
         }

@@ -11,6 +11,7 @@ pub mod matcher;
 pub mod overrides;
 pub mod resolver;
 pub mod runtime;
+mod trie;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

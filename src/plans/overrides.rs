@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{Limit, LimitKind, Per, Plan, SlotRegistry, counter_identity, default_name};
-use crate::engine::{Algorithm, Nanos, Rate};
+use crate::engine::{Algorithm, MAX_AMOUNT, Nanos, Rate};
 
 /// One override of one account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +84,17 @@ pub enum Error {
     /// Zero.
     #[error("amount must be at least 1 (use unlimited, or deny in the plan)")]
     ZeroAmount,
+    /// More than the engine counts ([`MAX_AMOUNT`]), or, on a limit with a
+    /// burst, more than its ceiling's ring counts.
+    #[error("amount {amount} is more than {limit:?} can count, {max}")]
+    TooLarge {
+        /// The entry.
+        limit: String,
+        /// The amount asked for.
+        amount: u64,
+        /// The most it takes.
+        max: u64,
+    },
 }
 
 // === impl Override ===
@@ -147,6 +158,14 @@ pub fn apply(
 }
 
 fn with_amount(limit: &Limit, amount: u64) -> Result<Limit, Error> {
+    let too_large = |max: u64| Error::TooLarge {
+        limit: limit.name.to_string(),
+        amount,
+        max,
+    };
+    if amount > MAX_AMOUNT {
+        return Err(too_large(MAX_AMOUNT));
+    }
     let LimitKind::Counted {
         rate,
         algorithm,
@@ -160,12 +179,17 @@ fn with_amount(limit: &Limit, amount: u64) -> Result<Limit, Error> {
     };
     let window = rate.window();
     let scaled = |n: u64| Rate::new(n, window).expect("nonzero amount and window");
-    // A burst ceiling keeps its share of the rate.
+    // A burst ceiling keeps its share of the rate; its ring counts in 32
+    // bits, so an amount past that cannot keep a burst.
+    let ring_max = u64::from(u32::MAX);
+    if burst.is_some() && amount > ring_max {
+        return Err(too_large(ring_max));
+    }
     let burst = burst.map(|(cap, s)| {
         let ratio = u128::from(cap.amount()) * u128::from(amount) / u128::from(rate.amount());
         let cap = u64::try_from(ratio)
             .unwrap_or(u64::MAX)
-            .clamp(amount, u64::from(u32::MAX));
+            .clamp(amount, ring_max);
         (scaled(cap), s)
     });
     Ok(Limit {
@@ -195,6 +219,13 @@ fn custom(
                 .ok_or_else(|| Error::UnknownClass(name.clone()))?,
         ),
     };
+    if c.amount > MAX_AMOUNT {
+        return Err(Error::TooLarge {
+            limit: name.to_owned(),
+            amount: c.amount,
+            max: MAX_AMOUNT,
+        });
+    }
     let rate = Rate::new(c.amount, c.window).ok_or(Error::ZeroAmount)?;
     let identity = counter_identity(c.per, c.class.as_deref(), &c.unit, c.window, c.algorithm);
     let name = if name.is_empty() {
@@ -293,6 +324,33 @@ mod tests {
         let route = p.route(Some(0));
         assert!(route.deny.is_none());
         assert_eq!(route.limits.len(), 2);
+    }
+
+    #[test]
+    fn refuses_amounts_past_what_the_limit_counts() {
+        let yaml = "plans: { free: { limits: [ { rate: 30/minute, burst: 10 } ] } }\n";
+        let slots = SlotRegistry::default();
+        let c = crate::config::parse("t.yaml", yaml, &slots).expect("valid");
+        let set = |n: u64| Override {
+            limit: "requests/minute".into(),
+            change: Change::Amount(n),
+            expires_at: None,
+            reason: String::new(),
+        };
+        let apply = |n| apply(&c.default_plan, &[set(n)], 0, &c.class_names, &slots);
+        // Past the burst ring's 32 bits: refused, not a panic in clamp.
+        assert!(matches!(
+            apply(5_000_000_000),
+            Err(Error::TooLarge { max, .. }) if max == u64::from(u32::MAX)
+        ));
+        assert!(matches!(
+            apply(u64::MAX),
+            Err(Error::TooLarge {
+                max: MAX_AMOUNT,
+                ..
+            })
+        ));
+        assert!(apply(4_000_000_000).is_ok());
     }
 
     #[test]

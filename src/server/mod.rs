@@ -53,6 +53,9 @@ pub struct Options {
     pub admin_token: Option<String>,
     /// Coalescing interval of consumption updates to watchers.
     pub watch_interval: Duration,
+    /// The most `WatchQuota` streams open at once; more are refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_watchers: usize,
     /// The longest graceful shutdown waits for in-flight calls.
     pub drain: Duration,
     /// Serve gRPC over TLS (and require client certificates when it says so).
@@ -105,6 +108,7 @@ impl Default for Options {
             config_path: None,
             admin_token: None,
             watch_interval: crate::watch::DEFAULT_INTERVAL,
+            max_watchers: crate::watch::DEFAULT_MAX_WATCHERS,
             drain: Duration::from_secs(10),
             tls: None,
             envoy_rules: None,
@@ -212,7 +216,12 @@ pub async fn run(
 
 impl App {
     fn new(limiter: Arc<Limiter>, options: &Options, stopping: CancellationToken) -> Self {
-        let hub = Hub::new(limiter.clone(), options.watch_interval, stopping.clone());
+        let hub = Hub::new(
+            limiter.clone(),
+            options.watch_interval,
+            options.max_watchers,
+            stopping.clone(),
+        );
         let config = Arc::new(Reloader::new(
             ("configuration", "the running configuration stays"),
             options.config_path.clone(),

@@ -12,6 +12,7 @@ use serde_saphyr::Spanned;
 use super::entry::{Entry, EntryKind};
 use super::problems::Problems;
 use crate::config::raw::RawPlan;
+use crate::engine::MAX_AMOUNT;
 
 /// Every plan's entries with inheritance applied, by plan name; plans with a
 /// broken chain are missing.
@@ -74,10 +75,21 @@ fn resolve(
             let inherited = resolve(p, &parent.value, raw, own, done, stack);
             stack.pop();
             let multiplier = plan.multiplier.as_ref().map_or(1.0, |m| m.value);
-            inherited?
+            let scaled: Vec<Entry> = inherited?
                 .into_iter()
                 .map(|e| scale(e, multiplier))
-                .collect()
+                .collect();
+            if let Some(m) = &plan.multiplier
+                && let Some(problem) = scaled.iter().find_map(|e| over_ceiling(name, e))
+            {
+                p.push(
+                    m.referenced.line(),
+                    &format!("plans.{name}.multiplier"),
+                    problem,
+                );
+                return None;
+            }
+            scaled
         }
     };
     for entry in &own[name] {
@@ -113,10 +125,32 @@ fn replaces(own: &Entry, inherited: &Entry) -> bool {
     }
 }
 
+/// Why a scaled entry of plan `name` is more than can be counted, if it is:
+/// an amount past [`MAX_AMOUNT`], or a burst ceiling past what its ring counts.
+fn over_ceiling(name: &str, entry: &Entry) -> Option<String> {
+    let EntryKind::Counted { amount, burst, .. } = entry.kind else {
+        return None;
+    };
+    if amount > MAX_AMOUNT {
+        return Some(format!(
+            "scales an inherited amount of plan {name:?} to {amount}, more than the largest amount, {MAX_AMOUNT} (2^53 - 1)"
+        ));
+    }
+    if burst.is_some_and(|b| !b.fits(amount)) {
+        return Some(format!(
+            "scales an inherited amount of plan {name:?} to {amount}, whose burst ceiling is more than {} units a window",
+            u32::MAX
+        ));
+    }
+    None
+}
+
 /// An inherited entry under the child's `multiplier`: the amount scales (and
 /// stays at least 1), and so does a burst given in units.
 fn scale(mut entry: Entry, multiplier: f64) -> Entry {
     if let EntryKind::Counted { amount, burst, .. } = &mut entry.kind {
+        // `as` saturates: a product past u64::MAX reads as u64::MAX, which
+        // the caller refuses as over the maximum.
         *amount = ((*amount as f64) * multiplier).round().max(1.0) as u64;
         *burst = burst.map(|b| b.scaled(multiplier));
         // A generated name names the old amount nowhere, so it stays right;

@@ -100,6 +100,7 @@ fn classes(p: &mut Problems<'_>, raw: &BTreeMap<String, RawClass>) -> (Matcher, 
             }
         }
     }
+    classes.prepare();
     (classes, class_names)
 }
 
@@ -185,4 +186,50 @@ fn assignments(
         }
     }
     assignments
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plans::SlotRegistry;
+
+    fn problems(yaml: &str) -> String {
+        crate::config::parse("t.yaml", yaml, &SlotRegistry::default())
+            .expect_err("invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn refuses_amounts_over_the_maximum() {
+        let err =
+            problems("plans:\n  free:\n    limits:\n      - rate: 18446744073709551615/day\n");
+        assert!(
+            err.contains("t.yaml:4: plans.free.limits[0].rate: 18446744073709551615 is more than the largest amount, 9007199254740991"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_multiplier_that_scales_past_the_maximum() {
+        let err = problems(
+            "plans:\n  free:\n    limits:\n      - rate: 1000/day\n  huge:\n    extends: free\n    multiplier: 1e20\n",
+        );
+        assert!(
+            err.contains(
+                "t.yaml:7: plans.huge.multiplier: scales an inherited amount of plan \"huge\""
+            ),
+            "{err}"
+        );
+        assert!(err.contains("9007199254740991"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_multiplier_that_scales_a_burst_past_its_ring() {
+        let err = problems(
+            "plans:\n  free:\n    limits:\n      - { rate: 3000000000/day, burst: 10% }\n  big:\n    extends: free\n    multiplier: 2\n",
+        );
+        assert!(
+            err.contains("t.yaml:7: plans.big.multiplier: scales an inherited amount of plan \"big\" to 6000000000, whose burst ceiling is more than 4294967295"),
+            "{err}"
+        );
+    }
 }

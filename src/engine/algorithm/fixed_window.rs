@@ -13,8 +13,11 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let start = index * rate.window;
     let end = start.saturating_add(rate.window);
     let count = if state.a == index { state.b } else { 0 };
-    let after = count.saturating_add(cost);
-    let fits = after <= rate.amount;
+    // An overflowing sum never fits; the state keeps the saturated count,
+    // which is still past any amount.
+    let sum = count.checked_add(cost);
+    let after = sum.unwrap_or(u64::MAX);
+    let fits = sum.is_some_and(|n| n <= rate.amount);
     let wait = if fits {
         Some(0)
     } else if cost > rate.amount {
@@ -65,6 +68,18 @@ mod tests {
         let next = step(s, rate(3), 101 * MIN, 1);
         assert!(next.fits);
         assert_eq!(next.remaining, 3);
+    }
+
+    #[test]
+    fn counts_near_u64_max_never_wrap_into_fitting() {
+        let max = Rate::new(u64::MAX, MIN).expect("nonzero");
+        let st = step(State::default(), max, 5 * MIN, u64::MAX);
+        assert!(st.fits);
+        let over = step(st.counted, max, 5 * MIN, 1);
+        assert!(!over.fits, "a saturated count must not admit more");
+        assert_eq!(over.remaining, 0);
+        let once = step(State::default(), rate(60), 5 * MIN, u64::MAX);
+        assert!(!once.fits);
     }
 
     #[test]

@@ -26,15 +26,22 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let debt = debt(state, now);
     let capacity = amount * w;
     let increment = u128::from(cost) * w;
-    let fits = debt + increment <= capacity;
+    // Debt and increment are each below 2^128; their sum may not be, and an
+    // overflowing sum never fits.
+    let sum = debt.checked_add(increment);
+    let fits = sum.is_some_and(|d| d <= capacity);
     let wait = if fits {
         Some(0)
     } else if increment > capacity {
         None
     } else {
-        Some(saturate(div_ceil(debt + increment - capacity, amount)))
+        Some(saturate(div_ceil(
+            debt.saturating_add(increment) - capacity,
+            amount,
+        )))
     };
-    let debt_after = debt + increment;
+    // Saturated, the TAT lands centuries ahead: still a denial, never an admission.
+    let debt_after = sum.unwrap_or(u128::MAX);
     let remaining = |debt: u128| saturate(div(capacity.saturating_sub(debt), w));
     let at = |debt: u128| now.saturating_add(saturate(div_ceil(debt, amount)));
     let whole = div(debt_after, amount);
@@ -105,6 +112,19 @@ mod tests {
         // Three thirds of a second refill exactly one second later.
         let later = step(s, r, T0 + SEC, 3);
         assert!(later.fits);
+    }
+
+    #[test]
+    fn amounts_and_costs_near_u64_max_never_wrap_into_fitting() {
+        let max = Rate::new(u64::MAX, MIN).expect("nonzero");
+        let full = step(State::default(), max, T0, u64::MAX);
+        assert!(full.fits);
+        assert!(!step(full.counted, max, T0, 1).fits);
+        assert!(!step(full.counted, max, T0, u64::MAX).fits);
+        // A recorded overdraft far past the window stays a denial.
+        let deep = step(State::default(), rate(1), T0, u64::MAX).counted;
+        let later = step(deep, rate(1), T0 + 3600 * SEC, 1);
+        assert!(!later.fits);
     }
 
     #[test]

@@ -16,6 +16,13 @@ pub mod sliding_window;
 use super::clock::Nanos;
 use super::store::State;
 
+/// The largest amount a limit may have and the largest cost a request may
+/// count: 2^53 - 1. Below it every count stays exact in the engine's
+/// arithmetic and in Redis's Lua (whose numbers are doubles), and a count
+/// plus a cost never comes near `u64::MAX`. Configuration, admin calls and
+/// requests refuse anything larger.
+pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
+
 /// A limit's size: `amount` units per `window` nanoseconds. Both are nonzero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {

@@ -26,7 +26,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let index = now / width;
     let mut ring = unpack(state, index);
     let used: u64 = ring.iter().map(|&c| u64::from(c)).sum();
-    let fits = used.saturating_add(cost) <= rate.amount;
+    let fits = used.checked_add(cost).is_some_and(|n| n <= rate.amount);
     let wait = if fits {
         Some(0)
     } else if cost > rate.amount {
@@ -37,7 +37,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
         (1..=RING as u64)
             .find(|&j| {
                 left -= u64::from(ring[slot(index + j)]);
-                left + cost <= rate.amount
+                left.checked_add(cost).is_some_and(|n| n <= rate.amount)
             })
             .map(|j| (index + j) * width - now)
     };

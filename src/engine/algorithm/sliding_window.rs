@@ -29,8 +29,10 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let cap = u128::from(rate.amount) * u128::from(w);
     let weighted_prev = u128::from(prev) * u128::from(w - elapsed);
     let used = |cur: u64| weighted_prev + u128::from(cur) * u128::from(w);
-    let after = cur.saturating_add(cost);
-    let fits = used(after) <= cap;
+    // An overflowing sum never fits; the state keeps the saturated count.
+    let sum = cur.checked_add(cost);
+    let after = sum.unwrap_or(u64::MAX);
+    let fits = sum.is_some_and(|n| used(n) <= cap);
     let remaining = |cur: u64| saturate(div(cap.saturating_sub(used(cur)), u128::from(w)));
     let wait = if fits {
         Some(0)
@@ -119,6 +121,16 @@ mod tests {
         assert!(!three.fits);
         // 3 fit once prev * (w - e) <= 7 * w / 10... i.e. at e = 18 s.
         assert_eq!(three.wait, Some(3 * SEC));
+    }
+
+    #[test]
+    fn counts_near_u64_max_never_wrap_into_fitting() {
+        let max = Rate::new(u64::MAX, MIN).expect("nonzero");
+        let now = 100 * MIN;
+        let full = step(State::default(), max, now, u64::MAX);
+        assert!(full.fits);
+        let over = step(full.counted, max, now, 1);
+        assert!(!over.fits, "a saturated count must not admit more");
     }
 
     #[test]
