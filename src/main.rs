@@ -435,6 +435,12 @@ async fn limiter(
             if restored > 0 {
                 tracing::info!(restored, state.path = %serve.state.display(), "counters restored from the journal");
             }
+            if !serve.journal_interval.is_zero() {
+                // The new journal starts with every live counter, restored
+                // ones included; later flushes append what changes.
+                state.start_journal(&store.live_rows(clock.now(), &slots))?;
+                let _ = store.take_changes(clock.now(), &slots);
+            }
             (store.into(), state)
         }
     };

@@ -17,18 +17,17 @@ use self::file::{SharedBackend, StateFile};
 
 use crate::plans::overrides::Override;
 use crate::plans::runtime::{Maps, Runtime};
-use crate::storage::memory::{Changes, SNAPSHOT_MAGIC};
+use crate::storage::memory::Changes;
 use crate::storage::redis::RedisStore;
 use crate::storage::{Counters, StoreError};
+use journal::Journal;
 
 mod file;
+pub mod journal;
 
 const ASSIGNMENTS: TableDefinition<&str, &str> = TableDefinition::new("assignments");
 const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
 const COUNTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("counters");
-/// Counters changed while serving, flushed every interval, so a crash loses
-/// at most one interval (see `MemoryStore::take_changes`).
-const JOURNAL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("journal");
 
 /// The runtime state and where it is kept.
 pub struct RuntimeState {
@@ -36,6 +35,10 @@ pub struct RuntimeState {
     backend: Backend,
     /// Serializes writers across their `.await`s.
     write: tokio::sync::Mutex<()>,
+    /// The counter journal, once started.
+    journal: parking_lot::Mutex<Option<Journal>>,
+    /// On a caller's redb backend (tests): no file to journal beside.
+    embedded: bool,
 }
 
 enum Backend {
@@ -80,6 +83,14 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// The counter journal beside the state file failed.
+    #[error("counter journal {}: {error}", path.display())]
+    Journal {
+        /// The journal file.
+        path: PathBuf,
+        /// What failed: in the message, not also a `source()`.
+        error: std::io::Error,
+    },
     /// The shared store failed.
     #[error(transparent)]
     Shared(#[from] StoreError),
@@ -110,10 +121,12 @@ impl RuntimeState {
     /// State on a redb `backend` (re-opened on the same one after a failed
     /// write), named `path` in errors: for tests that make storage fail.
     pub fn on_backend(path: &Path, backend: impl redb::StorageBackend) -> Result<Self, Error> {
-        Self::on_file(StateFile::on_backend(
+        let mut state = Self::on_file(StateFile::on_backend(
             path,
             SharedBackend(Arc::new(backend)),
-        )?)
+        )?)?;
+        state.embedded = true;
+        Ok(state)
     }
 
     fn on_file(file: StateFile) -> Result<Self, Error> {
@@ -148,6 +161,8 @@ impl RuntimeState {
             runtime: Arc::new(Runtime::new(maps)),
             backend,
             write: tokio::sync::Mutex::new(()),
+            journal: parking_lot::Mutex::new(None),
+            embedded: false,
         }
     }
 
@@ -251,11 +266,11 @@ impl RuntimeState {
         self.commit(move |tx| {
             let mut t = tx.open_table(COUNTERS)?;
             t.insert(0, snapshot.as_slice())?;
-            // The snapshot holds everything the journal did.
-            tx.delete_table(JOURNAL)?;
             Ok(())
         })
-        .await
+        .await?;
+        // The snapshot holds everything the journal did.
+        self.stop_journal()
     }
 
     /// Takes the counters snapshot, if any, leaving none behind: a snapshot
@@ -275,70 +290,73 @@ impl RuntimeState {
         })
     }
 
-    /// The journal's counters, as one snapshot (`MemoryStore::import`
-    /// reads it); they stay in the journal until the next graceful stop.
-    /// Runs before serving, so it blocks.
+    /// The journal's counters (see [`journal`]), as one snapshot
+    /// (`MemoryStore::import` reads it). Blocks: before serving.
     pub fn journal(&self) -> Result<Vec<u8>, Error> {
-        let Backend::File(file) = &self.backend else {
+        let Some(path) = self.journal_path() else {
             return Ok(Vec::new());
         };
-        file.first(|db| {
-            let mut out = SNAPSHOT_MAGIC.to_vec();
-            let tx = db.begin_read()?;
-            let table = match tx.open_table(JOURNAL) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
-                Err(e) => return Err(e.into()),
-            };
-            for row in table.iter()? {
-                let (k, v) = row?;
-                out.extend_from_slice(k.value());
-                out.extend_from_slice(v.value());
-            }
-            Ok(out)
-        })
+        Journal::read(&path).map_err(|error| Error::Journal { path, error })
     }
 
-    /// Writes `changes` to the journal and commits; with `compact`, first
-    /// replaces the whole journal with `compact` (a full snapshot's rows).
-    /// Blocks (an fsync): call it from the blocking pool. Returns the rows
-    /// the journal holds.
+    /// Starts the journal afresh from `live` (every live counter, restored
+    /// ones included), replacing any earlier one. Blocks: before serving.
+    pub fn start_journal(&self, live: &Changes) -> Result<(), Error> {
+        let Some(path) = self.journal_path() else {
+            return Ok(());
+        };
+        let journal = Journal::create(&path, live).map_err(|error| Error::Journal {
+            path: path.clone(),
+            error,
+        })?;
+        *self.journal.lock() = Some(journal);
+        Ok(())
+    }
+
+    /// Appends `changes` to the journal and makes them durable; with
+    /// `compact` (every live counter), first starts it afresh from that.
+    /// Blocks (an fsync): call it from the blocking pool. Returns the
+    /// journal's size in bytes; 0 when no journal was started.
     pub fn write_journal(
         &self,
         changes: &Changes,
         compact: Option<&Changes>,
     ) -> Result<u64, Error> {
-        let Backend::File(file) = &self.backend else {
+        if let Some(live) = compact {
+            self.start_journal(live)?;
+        }
+        let mut journal = self.journal.lock();
+        let Some(j) = journal.as_mut() else {
             return Ok(0);
         };
-        file.write(|db| {
-            let tx = db.begin_write()?;
-            if compact.is_some() {
-                tx.delete_table(JOURNAL)?;
+        j.append(changes).map_err(|error| Error::Journal {
+            path: self.journal_path().unwrap_or_default(),
+            error,
+        })?;
+        Ok(j.len())
+    }
+
+    /// Removes the journal: everything in it is in the snapshot.
+    fn stop_journal(&self) -> Result<(), Error> {
+        let Some(path) = self.journal_path() else {
+            return Ok(());
+        };
+        drop(self.journal.lock().take());
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(Error::Journal { path, error }),
+        }
+    }
+
+    /// Where the journal is: beside a state file on disk, nowhere otherwise.
+    fn journal_path(&self) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::File(file) if file.path() != Path::new(":memory:") && !self.embedded => {
+                Some(Journal::path_of(file.path()))
             }
-            let mut t = tx.open_table(JOURNAL)?;
-            for c in compact.into_iter().chain([changes]) {
-                for prefix in &c.removed {
-                    let gone: Vec<Vec<u8>> = t
-                        .range(prefix.as_slice()..)?
-                        .map_while(|row| {
-                            let key = row.ok()?.0.value().to_vec();
-                            key.starts_with(prefix).then_some(key)
-                        })
-                        .collect();
-                    for key in gone {
-                        t.remove(key.as_slice())?;
-                    }
-                }
-                for (key, value) in &c.rows {
-                    t.insert(key.as_slice(), value.as_slice())?;
-                }
-            }
-            let rows = redb::ReadableTableMetadata::len(&t)?;
-            drop(t);
-            tx.commit()?;
-            Ok(rows)
-        })
+            _ => None,
+        }
     }
 
     /// Stores `list` as the overrides of `account` in the state file, or

@@ -448,10 +448,15 @@ fn flush_journal(limiter: &Limiter, pending: &mut Changes) -> Result<(), crate::
     if pending.is_empty() {
         return Ok(());
     }
+    let started = std::time::Instant::now();
+    let written = pending.rows.len();
     let rows = limiter.state().write_journal(pending, None)?;
     *pending = Changes::default();
-    let live = memory.len() as u64;
-    if rows > 2 * live + 100_000 {
+    tracing::trace!(written, bytes = rows, took = ?started.elapsed(), "counter journal written");
+    // Rewritten when it holds more than twice what the live counters take
+    // (about 80 bytes a record), and 64 MiB.
+    let live = memory.len() as u64 * 80;
+    if rows > 2 * live + (64 << 20) {
         let all = memory.live_rows(now, slots);
         limiter
             .state()

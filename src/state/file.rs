@@ -38,6 +38,9 @@ pub(super) struct StateFile {
 #[derive(Debug, Clone)]
 pub(super) struct SharedBackend(pub(super) Arc<dyn StorageBackend>);
 
+/// redb's page cache for the state file.
+const CACHE: usize = 32 << 20;
+
 thread_local! {
     /// Set while redb runs under [`guarded`]: its panics become errors, so
     /// the panic hook stays quiet.
@@ -50,14 +53,24 @@ impl StateFile {
     /// Opens (or creates) the file at `path`.
     pub(super) fn open(path: &Path) -> Result<Self, Error> {
         let owned = path.to_owned();
-        Self::with(path, Box::new(move || Database::create(&owned)))
+        // redb caches up to 1 GiB by default; the state file is written far
+        // more than it is read, so a small cache keeps the server's memory
+        // for counters.
+        Self::with(
+            path,
+            Box::new(move || Database::builder().set_cache_size(CACHE).create(&owned)),
+        )
     }
 
     /// A database on `backend`, re-opened on the same backend.
     pub(super) fn on_backend(path: &Path, backend: SharedBackend) -> Result<Self, Error> {
         Self::with(
             path,
-            Box::new(move || Database::builder().create_with_backend(backend.clone())),
+            Box::new(move || {
+                Database::builder()
+                    .set_cache_size(CACHE)
+                    .create_with_backend(backend.clone())
+            }),
         )
     }
 

@@ -163,9 +163,10 @@ impl MemoryStore {
         Snapshot { bytes, counters }
     }
 
-    /// Restores counters saved by [`MemoryStore::export`], skipping any that
-    /// expired meanwhile; returns how many were restored. A damaged snapshot
-    /// restores what precedes the damage.
+    /// Restores counters saved by [`MemoryStore::export`] (or a journal of
+    /// such records, tombstones included, applied in order), skipping any
+    /// that expired meanwhile; returns how many records were restored. A
+    /// damaged snapshot restores what precedes the damage.
     pub fn import(&self, bytes: &[u8], now: Nanos, slots: &SlotRegistry) -> usize {
         let Some(mut rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
             return 0;
@@ -175,6 +176,10 @@ impl MemoryStore {
             let Some((scope, identity, words)) = read_record(&mut rest) else {
                 break;
             };
+            if identity == TOMBSTONE {
+                self.reset(scope);
+                continue;
+            }
             let [a, b, c, d, expires_at] = words;
             if expires_at <= now {
                 continue;
@@ -539,6 +544,16 @@ fn scope_prefix(scope: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(scope.len() + 32);
     put_str(&mut key, scope);
     key
+}
+
+/// The identity of a tombstone record: the scope was reset.
+const TOMBSTONE: &str = "\u{0}reset";
+
+/// Ends a tombstone record whose scope was just written (a journal says a
+/// scope was reset with it; [`MemoryStore::import`] resets the scope).
+pub fn put_tombstone(out: &mut Vec<u8>) {
+    put_str(out, TOMBSTONE);
+    out.extend_from_slice(&[0; 40]);
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
