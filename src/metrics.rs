@@ -61,12 +61,7 @@ impl DecisionLabels {
                 Verdict::TooLarge => "too_large",
             },
             plan: Label(decision.plan.clone()),
-            class: Label(
-                decision
-                    .class
-                    .clone()
-                    .unwrap_or_else(|| std::sync::Arc::from("")),
-            ),
+            class: decision.class.clone().map_or_else(Label::empty, Label),
         }
     }
 }
@@ -84,6 +79,15 @@ struct ResultLabels {
 /// A label value shared with the configuration, cloned without copying.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Label(pub Arc<str>);
+
+impl Label {
+    /// The empty label (no plan, no class), shared: a decision never
+    /// allocates for it.
+    pub fn empty() -> Self {
+        static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+        Self(EMPTY.clone())
+    }
+}
 
 /// Values read at scrape time.
 #[derive(Debug, Clone, Copy, Default)]

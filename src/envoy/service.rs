@@ -83,8 +83,8 @@ impl EnvoyService {
             &DecisionLabels {
                 rpc: "should_rate_limit",
                 verdict: if over { "rate_limited" } else { "allowed" },
-                plan: Label(Arc::from("")),
-                class: Label(Arc::from("")),
+                plan: Label::empty(),
+                class: Label::empty(),
             },
             started.elapsed(),
         );
