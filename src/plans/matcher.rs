@@ -41,7 +41,13 @@ pub struct Matcher {
     groups: Vec<Group>,
     /// Wildcards with literal text between stars, by their longest part.
     anchored: Anchored,
+    /// With few wildcards, all of them best first: one short scan beats
+    /// walking the indexes (the common configuration has a handful).
+    few: OnceLock<Option<Vec<usize>>>,
 }
+
+/// Up to this many wildcards, a lookup scans them all.
+const FEW: usize = 16;
 
 /// Wildcards indexed by a literal part found anywhere in the resource.
 #[derive(Debug, Default)]
@@ -108,6 +114,7 @@ impl Matcher {
             return Err(PatternError::Malformed(pattern.to_owned()));
         }
         let method = method.map(str::to_ascii_uppercase);
+        self.few = OnceLock::new();
         let duplicate = |other: usize| PatternError::Duplicate {
             pattern: pattern.to_owned(),
             other: names[other].as_ref().to_owned(),
@@ -176,6 +183,15 @@ impl Matcher {
         if let Some(&c) = self.exact.get(path) {
             return Some(c);
         }
+        if let Some(all) = self.few() {
+            return all
+                .iter()
+                .map(|&w| &self.wildcards[w])
+                .find(|w| {
+                    w.method.as_deref().is_none_or(|wm| Some(wm) == method) && w.path.matches(path)
+                })
+                .map(|w| w.class);
+        }
         let mut best: Option<&Wildcard> = None;
         let mut try_list = |list: &[usize]| {
             for w in list.iter().map(|&w| &self.wildcards[w]) {
@@ -202,7 +218,21 @@ impl Matcher {
     /// Builds what the first lookup would otherwise build, so a compiled
     /// catalog answers its first decision as fast as the rest.
     pub fn prepare(&self) {
+        self.few();
         self.anchored.scanner();
+    }
+
+    /// Every wildcard, best first, when there are at most [`FEW`].
+    fn few(&self) -> Option<&[usize]> {
+        self.few
+            .get_or_init(|| {
+                (self.wildcards.len() <= FEW).then(|| {
+                    let mut all: Vec<usize> = (0..self.wildcards.len()).collect();
+                    all.sort_by_key(|&w| self.wildcards[w].rank);
+                    all
+                })
+            })
+            .as_deref()
     }
 }
 
