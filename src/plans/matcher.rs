@@ -11,7 +11,7 @@ use hashbrown::HashMap;
 use super::glob::Glob;
 
 /// The compiled patterns of every class.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Matcher {
     exact: HashMap<String, usize>,
     exact_by_method: HashMap<String, HashMap<String, usize>>,
@@ -19,7 +19,7 @@ pub struct Matcher {
 }
 
 /// A pattern with a `*`, for one method or (`None`) any.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Wildcard {
     method: Option<String>,
     path: Glob,

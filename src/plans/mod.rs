@@ -23,8 +23,9 @@ use crate::engine::{Algorithm, Nanos, Rate};
 pub use matcher::Matcher;
 pub use resolver::Resolver;
 
-/// Everything the decision path needs from the configuration.
-#[derive(Debug)]
+/// Everything the decision path needs from the configuration. Cheap to
+/// clone: the plans are shared.
+#[derive(Debug, Clone)]
 pub struct Catalog {
     /// Resource → class.
     pub classes: Matcher,
