@@ -23,8 +23,8 @@ use crate::engine::{Algorithm, Nanos, Rate};
 pub use matcher::Matcher;
 pub use resolver::Resolver;
 
-/// Everything the decision path needs from the configuration. Cheap to
-/// clone: the plans are shared.
+/// Everything the decision path needs from the configuration. A clone
+/// shares the plans and copies only the class patterns and maps.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     /// Resource → class.
