@@ -40,6 +40,17 @@ impl RuleSource {
         })
     }
 
+    /// Serves `rules`, read from no directory, so never reloaded (fuzzing
+    /// and tests that build rules from text).
+    pub fn fixed(rules: RuleSet, slots: Arc<SlotRegistry>) -> Self {
+        Self {
+            dir: None,
+            merge: false,
+            slots,
+            rules: ArcSwap::from_pointee(rules),
+        }
+    }
+
     /// The rules in force (held across the decision's `.await`s).
     pub fn current(&self) -> Arc<RuleSet> {
         self.rules.load_full()

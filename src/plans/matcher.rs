@@ -28,7 +28,7 @@ use super::glob::Glob;
 use super::trie::Trie;
 
 /// The compiled patterns of every class.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Matcher {
     exact: HashMap<String, usize>,
     exact_by_method: HashMap<String, HashMap<String, usize>>,
@@ -62,7 +62,7 @@ struct Anchored {
 }
 
 /// A pattern with a `*`, for one method or (`None`) any.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Wildcard {
     method: Option<String>,
     path: Glob,

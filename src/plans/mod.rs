@@ -24,8 +24,9 @@ use crate::engine::{Algorithm, Nanos, Rate};
 pub use matcher::Matcher;
 pub use resolver::Resolver;
 
-/// Everything the decision path needs from the configuration.
-#[derive(Debug)]
+/// Everything the decision path needs from the configuration. A clone
+/// shares the plans and copies only the class patterns and maps.
+#[derive(Debug, Clone)]
 pub struct Catalog {
     /// Resource → class.
     pub classes: Matcher,
