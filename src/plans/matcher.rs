@@ -50,7 +50,7 @@ pub struct Matcher {
 const FEW: usize = 16;
 
 /// Wildcards indexed by a literal part found anywhere in the resource.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Anchored {
     /// Part → index in `parts` and `lists`.
     ids: HashMap<Box<str>, usize>,
@@ -75,7 +75,7 @@ struct Wildcard {
 type Rank = (Reverse<usize>, bool, usize);
 
 /// The wildcards sharing one literal prefix, by literal suffix.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Group {
     /// Reversed literal suffix → index in `lists`.
     suffixes: Trie,

@@ -9,7 +9,7 @@ use hashbrown::HashMap;
 
 /// Byte strings → small ids; finds every stored key that is a prefix of a
 /// text in one pass over the text.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Trie {
     /// (node, byte) → child node; node 0 is the root.
     edges: HashMap<(u32, u8), u32>,
