@@ -425,6 +425,9 @@ async fn limiter(
                 None => MemoryStore::new(serve.max_counters),
             };
             let state = RuntimeState::open(&serve.state)?;
+            if !serve.journal_interval.is_zero() {
+                store.track_changes();
+            }
             if let Some(saved) = state.take_counters()? {
                 let restored = store.import(&saved, clock.now(), &slots);
                 tracing::info!(restored, state.path = %serve.state.display(), "counters restored");

@@ -397,9 +397,10 @@ async fn journal(limiter: Arc<Limiter>, every: Option<Duration>, stopping: Cance
     let Some(every) = every.filter(|e| !e.is_zero()) else {
         return;
     };
-    if limiter.counters().memory().is_none() {
+    let Some(memory) = limiter.counters().memory() else {
         return;
-    }
+    };
+    memory.track_changes();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;

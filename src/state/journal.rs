@@ -143,6 +143,7 @@ mod tests {
         let path = Journal::path_of(&dir.join("state.redb"));
         let slots = SlotRegistry::default();
         let engine = Engine::new(MemoryStore::new(1024));
+        engine.store().track_changes();
         let mut journal =
             Journal::create(&path, &engine.store().take_changes(NOW, &slots)).expect("create");
         consume(&engine, "a", &slots);

@@ -58,6 +58,9 @@ struct Shard {
     dirty: Vec<u64>,
     /// Scopes reset since the last journal flush.
     removed: Vec<CompactString>,
+    /// Whether changes are listed for a journal ([`MemoryStore::track_changes`]);
+    /// without one, nothing drains the lists.
+    track: bool,
 }
 
 /// The bit of [`Entry::touched`] that marks an entry changed since the last
@@ -180,6 +183,7 @@ impl MemoryStore {
             cells,
             tick,
             dirty,
+            track,
             ..
         } = shard;
         match table.find_mut(hash, |e| e.scope.as_str() == scope) {
@@ -199,7 +203,9 @@ impl MemoryStore {
                     *cells -= entry.cells.len();
                     entry.cells.clear();
                 }
-                entry.mark_dirty(hash, dirty);
+                if *track {
+                    entry.mark_dirty(hash, dirty);
+                }
                 let mut grew = false;
                 for ((key, state), expires_at) in keys.iter().zip(&states).zip(&expiries) {
                     entry.expires_at = entry.expires_at.max(*expires_at);
@@ -223,11 +229,16 @@ impl MemoryStore {
                 if !decide(&mut states, &mut expiries) {
                     return;
                 }
-                dirty.push(hash);
+                let mark = if *track {
+                    dirty.push(hash);
+                    DIRTY
+                } else {
+                    0
+                };
                 let entry = Entry {
                     scope: scope.into(),
                     expires_at: expiries.iter().copied().max().unwrap_or(0),
-                    touched: *tick | DIRTY,
+                    touched: *tick | mark,
                     cells: keys
                         .iter()
                         .zip(&states)
@@ -343,7 +354,9 @@ impl CounterStore for MemoryStore {
             Ok(entry) => {
                 let (removed, _) = entry.remove();
                 shard.cells -= removed.cells.len();
-                shard.removed.push(removed.scope);
+                if shard.track {
+                    shard.removed.push(removed.scope);
+                }
                 removed.cells.len()
             }
             Err(_) => 0,
@@ -421,7 +434,9 @@ impl Shard {
                 cells: SmallVec::new(),
             })
             .into_mut();
-        entry.mark_dirty(hash, &mut self.dirty);
+        if self.track {
+            entry.mark_dirty(hash, &mut self.dirty);
+        }
         if entry.expires_at <= now {
             // Everything in it is stale: drop it rather than carry it.
             self.cells -= entry.cells.len();

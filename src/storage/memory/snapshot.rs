@@ -106,6 +106,14 @@ impl MemoryStore {
         restored
     }
 
+    /// Lists every change from now on, for [`MemoryStore::take_changes`]
+    /// to drain; off by default, so a store without a journal keeps no lists.
+    pub fn track_changes(&self) {
+        for shard in self.shards.iter() {
+            shard.lock().track = true;
+        }
+    }
+
     /// The counters changed (and the scopes reset) since the last call, for
     /// the journal that lets a crash lose at most one flush interval. Locks
     /// one shard at a time, briefly; clears the changed marks.
