@@ -1,9 +1,17 @@
 //! Generated protobuf and gRPC code, fenced here with the lints it cannot meet.
 //!
-//! Only `api`, `envoy`, `watch` and `server` name these types; the engine and
+//! Only `api`, `envoy`, `status` and `server` name these types; the engine and
 //! the plan model never do.
 
-#![allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
+#![allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    unreachable_pub,
+    rustdoc::invalid_html_tags,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::bare_urls
+)]
 
 /// The `tollgate.v1` API.
 pub mod tollgate {

@@ -2,7 +2,7 @@
 //! state on every change.
 //!
 //! Quota is state, not an event log: each watched subject has one
-//! `tokio::sync::watch` channel holding its latest [`pb::QuotaUpdate`], shared
+//! `tokio::sync::watch` channel holding its latest update, shared
 //! by all of its watchers, so a slow or stalled watcher never makes the
 //! server buffer anything (it just sees the newest state when it reads) and
 //! the publisher never waits on a watcher. A task per watched subject

@@ -1,4 +1,4 @@
-//! The four algorithms, as pure steps over a [`State`](super::store::State):
+//! The four algorithms, as pure steps over a [`State`]:
 //! fixed window, sliding window, GCRA (the token bucket) and the sliding ring
 //! that holds a burst's ceiling.
 //!

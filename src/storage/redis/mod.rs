@@ -5,7 +5,7 @@
 //! script is loaded again on `NOSCRIPT`) runs the same algorithms as the
 //! engine over all of the decision's counters, atomically, on Redis's own
 //! clock, and sets every key's expiry. Decisions waiting at the same moment
-//! share one call per Cluster slot ([`batch`]), each still all or nothing.
+//! share one call per Cluster slot (see `batch.rs`), each still all or nothing.
 //! Redis serializes scripts, so replicas counting one limit admit exactly
 //! its amount between them. Calls share one multiplexed connection.
 //!
