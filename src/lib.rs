@@ -14,7 +14,7 @@
 //!   field; reloading files into a running server.
 //! - [`storage`]: where counters live, behind one seam ([`storage::Counters`]):
 //!   [`storage::memory`] (the embedded default) or [`storage::redis`] (shared
-//!   by several replicas, one script call a decision).
+//!   by several replicas, decisions waiting together share a script call).
 //! - [`state`]: admin changes made durable (a redb file, or Redis) before
 //!   they apply; the counters' snapshot across a restart.
 //! - [`error`]: what a call can end in, by what the caller should do.
