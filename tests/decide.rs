@@ -28,6 +28,24 @@ fn message(id: u64, mode: pb::Mode, request: Option<LimitRequest>) -> pb::Decide
     }
 }
 
+/// A Decide stream: the sender of its requests and its answers.
+async fn open(
+    s: &TestServer,
+) -> (
+    tokio::sync::mpsc::Sender<pb::DecideRequest>,
+    tonic::Streaming<pb::DecideResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let answers = s
+        .client
+        .clone()
+        .decide(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    (tx, answers)
+}
+
 fn verdict_of(r: &pb::DecideResponse) -> Verdict {
     verdict(r.decision.as_ref().expect("a decision"))
 }
@@ -35,14 +53,7 @@ fn verdict_of(r: &pb::DecideResponse) -> Verdict {
 #[tokio::test]
 async fn a_stream_answers_every_id_in_order_and_counts_like_consume() {
     let s = TestServer::start(CONFIG).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let mut answers = s
-        .client
-        .clone()
-        .decide(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream opens")
-        .into_inner();
+    let (tx, mut answers) = open(&s).await;
     let r = req("key_1", "/x");
     for id in 10..15 {
         tx.send(message(id, pb::Mode::Consume, Some(r.clone())))
@@ -89,14 +100,7 @@ async fn a_stream_answers_every_id_in_order_and_counts_like_consume() {
 #[tokio::test]
 async fn a_bad_message_is_an_error_for_its_id_and_the_stream_stays_open() {
     let s = TestServer::start(CONFIG).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let mut answers = s
-        .client
-        .clone()
-        .decide(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream opens")
-        .into_inner();
+    let (tx, mut answers) = open(&s).await;
     tx.send(message(1, pb::Mode::Consume, Some(req("", "/x"))))
         .await
         .expect("send");
@@ -129,14 +133,7 @@ async fn a_bad_message_is_an_error_for_its_id_and_the_stream_stays_open() {
 #[tokio::test]
 async fn an_open_stream_ends_when_the_server_shuts_down() {
     let s = TestServer::start(CONFIG).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let mut answers = s
-        .client
-        .clone()
-        .decide(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream opens")
-        .into_inner();
+    let (tx, mut answers) = open(&s).await;
     tx.send(message(1, pb::Mode::Consume, Some(req("k", "/x"))))
         .await
         .expect("send");
