@@ -100,6 +100,38 @@ async fn every_algorithm_admits_exactly_its_amount() {
     }
 }
 
+/// Decisions in flight together share one script call in Redis: each still
+/// sees what the ones before it counted, so exactly the amount passes, and
+/// the answers' remaining counts down without a repeat.
+#[tokio::test]
+async fn decisions_in_flight_together_admit_exactly_the_amount() {
+    let redis = RedisServer::start();
+    for (store, l) in stores(&redis).await {
+        for class in ["fixed", "sliding", "bucket", "burst", "pair"] {
+            let path = format!("/{class}");
+            let calls = (0..24).map(|_| go(&l, Mode::Consume, "k", &path, &[("tokens", 2)]));
+            let decisions = futures_util::future::join_all(calls).await;
+            let name = if class == "pair" {
+                "pair_requests"
+            } else {
+                class
+            };
+            let mut left: Vec<u64> = decisions
+                .iter()
+                .filter(|d| d.verdict == Verdict::Allowed)
+                .map(|d| remaining(d, name))
+                .collect();
+            left.sort_unstable();
+            let expected: Vec<u64> = if class == "pair" {
+                vec![0, 1, 2]
+            } else {
+                (0..5).collect()
+            };
+            assert_eq!(left, expected, "{store} {class}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_refused_decision_counts_nowhere() {
     let redis = RedisServer::start();

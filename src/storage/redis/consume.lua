@@ -25,17 +25,24 @@
 -- Every value is an integer below 2^53 (amount * window in ms must be), so
 -- Lua's doubles compute exactly. Every key written gets its expiry in the
 -- same call (SET ... PXAT), so nothing outlives the state it holds.
+--
+-- Redis's work is the commands a call makes, so a call makes few: one MGET
+-- for every key it names, then the decisions over states held parsed in the
+-- call (each sees what the earlier ones left), then one SET (or DEL) per key
+-- that changed, with its last state, one EXISTS per watch marker and one
+-- PUBLISH per distinct notice.
+
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function num(x) return string.format('%.0f', x) end
+local floor, find, sub, format = math.floor, string.find, string.sub, string.format
+local function num(x) return format('%.0f', x) end
 local function pos(x) if x < 0 then return 0 end return x end
-local function ceil_div(a, b) return math.floor((a + b - 1) / b) end
-local find, sub = string.find, string.sub
+local function ceil_div(a, b) return floor((a + b - 1) / b) end
+local EMPTY = {}
 local function fields(v)
-  local out = {}
-  if not v then return out end
-  local from = 1
+  if not v then return EMPTY end
+  local out, from = {}, 1
   while true do
     local space = find(v, ' ', from, true)
     if not space then
@@ -47,95 +54,87 @@ local function fields(v)
   end
 end
 
--- Each step returns: fits, new state, remaining before, remaining after,
--- wait (-1: never), free_at before, free_at after, expires_at.
+-- Each step reads a parsed state (never changing it) and returns: fits, the
+-- state after counting, remaining before, remaining after, wait (-1: never),
+-- free_at before, free_at after, expires_at.
 
-local function fixed(v, amount, w, cost)
-  local index = math.floor(now / w)
+local function fixed(s, amount, w, cost)
+  local index = floor(now / w)
   local finish = (index + 1) * w
-  local s = fields(v)
   local count = 0
   if s[1] == index then count = s[2] end
   local after = count + cost
   local fits = after <= amount
   local wait = 0
   if not fits then if cost > amount then wait = -1 else wait = finish - now end end
-  return fits, num(index) .. ' ' .. num(after), pos(amount - count), pos(amount - after),
-    wait, finish, finish, finish
+  return fits, { index, after }, pos(amount - count), pos(amount - after), wait, finish, finish, finish
 end
 
-local function sliding(v, amount, w, cost)
-  local index = math.floor(now / w)
+local function sliding(s, amount, w, cost)
+  local index = floor(now / w)
   local start = index * w
   local elapsed = now - start
-  local s = fields(v)
   local prev, cur = 0, 0
   if s[1] == index then prev, cur = s[3], s[2]
   elseif s[1] ~= nil and s[1] + 1 == index then prev, cur = s[2], 0 end
   local cap = amount * w
   local wprev = prev * (w - elapsed)
-  local function used(c) return wprev + c * w end
-  local function remaining(c) return math.floor(pos(cap - used(c)) / w) end
-  local function free(c)
-    if c > 0 then return start + 2 * w elseif prev > 0 then return start + w end
-    return now
-  end
   local after = cur + cost
-  local fits = used(after) <= cap
+  local fits = wprev + after * w <= cap
   local wait = 0
   if not fits then
     if cost > amount then wait = -1
-    elseif cur + cost <= amount and prev > 0 then
+    elseif after <= amount and prev > 0 then
       -- Later in this window: prev * (w - e) <= (amount - cur - cost) * w.
-      local overlap = math.floor((amount - cur - cost) * w / prev)
-      local e = pos(w - overlap)
+      local e = pos(w - floor((amount - after) * w / prev))
       if e < elapsed + 1 then e = elapsed + 1 end
       wait = e - elapsed
     else
       -- In the next window, the current count is the weighted one.
       local overlap = w
-      if cur > 0 then overlap = math.floor((amount - cost) * w / cur) end
+      if cur > 0 then overlap = floor((amount - cost) * w / cur) end
       wait = w - elapsed + pos(w - overlap)
     end
     if wait < 1 then wait = 1 end
   end
-  return fits, num(index) .. ' ' .. num(after) .. ' ' .. num(prev), remaining(cur),
-    remaining(after), wait, free(cur), free(after), start + 2 * w
+  -- Free when the last unit counted leaves the window's weight.
+  local idle, busy = now, start + 2 * w
+  if prev > 0 then idle = start + w end
+  local free_before, free_after = idle, idle
+  if cur > 0 then free_before = busy end
+  if after > 0 then free_after = busy end
+  return fits, { index, after, prev }, floor(pos(cap - wprev - cur * w) / w),
+    floor(pos(cap - wprev - after * w) / w), wait, free_before, free_after, busy
 end
 
-local function bucket(v, amount, w, cost)
+local function bucket(s, amount, w, cost)
   -- State: the debt (outstanding units * window) as of a time. An amount
   -- change keeps the units owed: upgrades unblock, downgrades hand out nothing.
   -- The debt is paid off at the amount it was counted under (as in gcra.rs).
-  local s = fields(v)
   local debt = 0
   if s[1] ~= nil then debt = pos(s[1] - (now - s[2]) * (s[3] or amount)) end
   local capacity = amount * w
-  local inc = cost * w
-  local after = debt + inc
+  local after = debt + cost * w
   local fits = after <= capacity
   local wait = 0
   if not fits then
-    if inc > capacity then wait = -1 else wait = ceil_div(after - capacity, amount) end
+    if cost * w > capacity then wait = -1 else wait = ceil_div(after - capacity, amount) end
   end
-  local function remaining(d) return math.floor(pos(capacity - d) / w) end
-  local function at(d) return now + ceil_div(d, amount) end
-  return fits, num(after) .. ' ' .. num(now) .. ' ' .. num(amount), remaining(debt), remaining(after), wait,
-    at(debt), at(after), at(after)
+  local at_after = now + ceil_div(after, amount)
+  return fits, { after, now, amount }, floor(pos(capacity - debt) / w),
+    floor(pos(capacity - after) / w), wait, now + ceil_div(debt, amount), at_after, at_after
 end
 
 local RING = 7
-local function ring(v, amount, w, cost)
+local function ring(s, amount, w, cost)
   -- Six buckets a window, the last seven summed: no window-long span ever
   -- holds more than the amount.
   local width = ceil_div(w, 6)
-  local index = math.floor(now / width)
-  local b = {0, 0, 0, 0, 0, 0, 0}
-  local function slot(i) return (i % RING) + 1 end
-  local s = fields(v)
+  local index = floor(now / width)
+  local b = { 0, 0, 0, 0, 0, 0, 0 }
   if s[1] ~= nil and index - s[1] >= 0 and index - s[1] < RING then
     for i = 1, RING do b[i] = s[i + 1] end
-    for i = s[1] + 1, index do b[slot(i)] = 0 end
+    for i = s[1] + 1, index do b[(i % RING) + 1] = 0 end
   end
   local used = 0
   for i = 1, RING do used = used + b[i] end
@@ -145,71 +144,118 @@ local function ring(v, amount, w, cost)
     if cost > amount then wait = -1 else
       local left = used
       for j = 1, RING do
-        left = left - b[slot(index + j)]
+        left = left - b[((index + j) % RING) + 1]
         if left + cost <= amount then wait = (index + j) * width - now break end
       end
     end
   end
   local function free()
     for age = 0, RING - 1 do
-      if b[slot(index - age)] > 0 then return (index - age + RING) * width end
+      if b[((index - age) % RING) + 1] > 0 then return (index - age + RING) * width end
     end
     return now
   end
   local free_at = free()
-  b[slot(index)] = b[slot(index)] + cost
-  local state = num(index)
-  for i = 1, RING do state = state .. ' ' .. num(b[i]) end
+  local here = (index % RING) + 1
+  b[here] = b[here] + cost
+  local state = { index, b[1], b[2], b[3], b[4], b[5], b[6], b[7] }
   return fits, state, pos(amount - used), pos(amount - used - cost), wait, free_at, free(),
     (index + RING) * width
 end
 
 local steps = { f = fixed, s = sliding, t = bucket, r = ring }
-local out = { now }
+
+-- Arguments repeat from decision to decision: each is parsed once a call.
+local parsed = {}
+local function int(text)
+  local v = parsed[text]
+  if v == nil then v = tonumber(text) parsed[text] = v end
+  return v
+end
+
+-- Every key once: one MGET, states parsed on first use.
+local names, seen = {}, {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  if not seen[k] then seen[k] = true names[#names + 1] = k end
+end
+local raw = {}
+for from = 1, #names, 1000 do
+  local upto = math.min(from + 999, #names)
+  local got = redis.call('MGET', unpack(names, from, upto))
+  for i = from, upto do raw[names[i]] = got[i - from + 1] end
+end
+local states, expiry, order = {}, {}, {}
+
+local out, o = { now }, 1
 local arg, key = 2, 1
+local marked, published = {}, {}
+-- One decision's steps, flat: fits, state, remaining before and after, wait,
+-- free_at before and after, expires_at.
+local fits, after, left, left_after, wait, free, free_after, expires = {}, {}, {}, {}, {}, {}, {}, {}
 
 local function decide()
-  local mode, channel, notice, n = tonumber(ARGV[arg]), ARGV[arg + 1], ARGV[arg + 2], tonumber(ARGV[arg + 3])
+  local mode, channel, notice, n = ARGV[arg], ARGV[arg + 1], ARGV[arg + 2], int(ARGV[arg + 3])
   arg = arg + 4
-  local results = {}
   local all = true
-  local values = {}
-  if n > 0 then values = redis.call('MGET', unpack(KEYS, key, key + n - 1)) end
   for i = 1, n do
-    local step = steps[ARGV[arg]]
-    local r = { step(values[i] or nil, tonumber(ARGV[arg + 1]),
-      tonumber(ARGV[arg + 2]), tonumber(ARGV[arg + 3])) }
-    arg = arg + 4
-    results[i] = r
-    if not r[1] then all = false end
-  end
-  local count = (mode == 1 and all) or mode == 2
-  out[#out + 1] = all and 1 or 0
-  out[#out + 1] = count and 1 or 0
-  for i = 1, n do
-    local r = results[i]
-    local remaining, free = r[3], r[6]
-    if count then
-      remaining, free = r[4], r[7]
-      if r[8] > now then
-        redis.call('SET', KEYS[key + i - 1], r[2], 'PXAT', num(r[8]))
-      else
-        redis.call('DEL', KEYS[key + i - 1])
-      end
+    local k = KEYS[key + i - 1]
+    local s = states[k]
+    if s == nil then
+      s = fields(raw[k] or nil)
+      states[k] = s
     end
-    out[#out + 1] = r[1] and 1 or 0
-    out[#out + 1] = remaining
-    out[#out + 1] = r[5]
-    out[#out + 1] = free
+    local ok
+    ok, after[i], left[i], left_after[i], wait[i], free[i], free_after[i], expires[i] =
+      steps[ARGV[arg]](s, int(ARGV[arg + 1]), int(ARGV[arg + 2]), int(ARGV[arg + 3]))
+    fits[i] = ok
+    arg = arg + 4
+    if not ok then all = false end
+  end
+  local count = (mode == '1' and all) or mode == '2'
+  out[o + 1] = all and 1 or 0
+  out[o + 2] = count and 1 or 0
+  o = o + 2
+  for i = 1, n do
+    if count then
+      local k = KEYS[key + i - 1]
+      if expiry[k] == nil then order[#order + 1] = k end
+      states[k], expiry[k] = after[i], expires[i]
+      out[o + 2], out[o + 4] = left_after[i], free_after[i]
+    else
+      out[o + 2], out[o + 4] = left[i], free[i]
+    end
+    out[o + 1] = fits[i] and 1 or 0
+    out[o + 3] = wait[i]
+    o = o + 4
   end
   key = key + n
   if channel ~= '' then
-    if count and redis.call('EXISTS', KEYS[key]) == 1 then
-      redis.call('PUBLISH', channel, notice)
+    local marker = KEYS[key]
+    if count then
+      if marked[marker] == nil then marked[marker] = redis.call('EXISTS', marker) == 1 end
+      if marked[marker] then
+        local said = published[channel]
+        if said == nil then said = {} published[channel] = said end
+        if not said[notice] then
+          said[notice] = true
+          redis.call('PUBLISH', channel, notice)
+        end
+      end
     end
     key = key + 1
   end
 end
 
 for _ = 1, tonumber(ARGV[1]) do decide() end
+for _, k in ipairs(order) do
+  local s, at = states[k], expiry[k]
+  if at > now then
+    local text = num(s[1])
+    for i = 2, #s do text = text .. ' ' .. num(s[i]) end
+    redis.call('SET', k, text, 'PXAT', num(at))
+  else
+    redis.call('DEL', k)
+  end
+end
 return out
