@@ -20,7 +20,7 @@ for alg in f s t r; do
     # Key and identity as tollgate writes them for a per-subject limit.
     out="$(taskset -c 1 redis-benchmark -p "$port" -n "$((n * 2))" -r "$n" -c 16 -P 1 -q \
         EVAL "$script" 1 "tg:{key___rand_int__}:|subject||requests|86400000000000|x$alg" \
-        1 '' '' "$alg" 1000 86400000 1)"
+        '' 1 "$alg" 1000 86400000 1 1 0 1 1 1)"
     keys="$(redis-cli -p "$port" dbsize)"
     after="$(used)"
     echo "$alg: $keys counters, $(( (after - before) / keys )) bytes each; $(echo "$out" | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1)"

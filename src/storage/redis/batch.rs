@@ -18,8 +18,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::{Counter, RedisStore, StoreError};
 use crate::engine::{Mode, Nanos, Outcome};
 
-/// Script calls in flight at once: enough to keep the connection busy.
-const IN_FLIGHT: usize = 4;
+/// Script calls in flight at once: two keep the connection busy while the
+/// next call fills; more would split the queue into smaller calls, and a
+/// call's fixed cost in Redis (and a response flush per connection here) is
+/// paid per call. Measured on one subject: 4 in flight, 14 decisions a call,
+/// 7.3 µs of Redis CPU a decision; 2 in flight, 26 a call, 5.4 µs.
+const IN_FLIGHT: usize = 2;
 /// The most decisions one call carries.
 const MAX_BATCH: usize = 64;
 

@@ -3,24 +3,24 @@
 -- Several decisions waiting at the same moment share one call (and its fixed
 -- cost); each is still all or nothing on its own, in order.
 --
--- ARGV[1]     how many decisions follow
--- Per decision, in order, its arguments and its keys:
---   ARGV      mode: 0 check (counts nothing), 1 consume (counts every counter
---             if every one fits, else none), 2 record (counts every one)
---   ARGV      the channel for consumption notices, or ''
---   ARGV      the notice
---   ARGV      n, its number of counters
---   ARGV      four values per counter: algorithm (f fixed window, s sliding
---             window, t token bucket, r sliding ring), amount, window in
---             milliseconds, cost
---   KEYS      its n counters (in a Cluster, every key of the call shares a
---             slot), then, only when the channel is not empty, the watch
---             marker of its tag: when it exists, a decision that counted is
---             published on the channel
+-- ARGV[1]     the channel for consumption notices
+-- ARGV[2]     m, how many distinct counters the call names; then three values
+--             per counter: algorithm (f fixed window, s sliding window, t
+--             token bucket, r sliding ring), amount, window in milliseconds
+-- KEYS[1..m]  their keys (in a Cluster, every key of the call shares a
+--             slot), then the watch markers the decisions name
+-- ARGV        d, how many decisions follow; per decision, in order:
+--               mode: 0 check (counts nothing), 1 consume (counts every
+--               counter if every one fits, else none), 2 record (counts every
+--               one);
+--               the KEYS number of its watch marker, or 0; when not 0, the
+--               notice, published when the marker exists and it counted;
+--               n, its number of counters, then two values per counter: its
+--               number among the call's counters, and its cost
 --
--- Returns {now_ms} and, per decision, {fits, counted} and per counter {fits,
--- remaining, wait_ms (-1: it can never fit), free_at_ms}: remaining and
--- free_at after counting when the decision counted, before otherwise.
+-- Returns {now_ms} and, per decision and counter, {remaining, wait_ms (0: it
+-- fits; -1: it can never fit), free_at_ms}: remaining and free_at after
+-- counting when the decision counted, before otherwise.
 --
 -- Every value is an integer below 2^53 (amount * window in ms must be), so
 -- Lua's doubles compute exactly. Every key written gets its expiry in the
@@ -173,10 +173,18 @@ local function int(text)
   return v
 end
 
+local channel, m = ARGV[1], tonumber(ARGV[2])
+local step, amount, window = {}, {}, {}
+local arg = 3
+for c = 1, m do
+  step[c], amount[c], window[c] = steps[ARGV[arg]], tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2])
+  arg = arg + 3
+end
+
 -- Every key once: one MGET, states parsed on first use.
 local names, seen = {}, {}
-for i = 1, #KEYS do
-  local k = KEYS[i]
+for c = 1, m do
+  local k = KEYS[c]
   if not seen[k] then seen[k] = true names[#names + 1] = k end
 end
 local raw = {}
@@ -188,66 +196,63 @@ end
 local states, expiry, order = {}, {}, {}
 
 local out, o = { now }, 1
-local arg, key = 2, 1
 local marked, published = {}, {}
--- One decision's steps, flat: fits, state, remaining before and after, wait,
--- free_at before and after, expires_at.
-local fits, after, left, left_after, wait, free, free_after, expires = {}, {}, {}, {}, {}, {}, {}, {}
+-- One decision's counters, flat: key, state after counting, remaining before
+-- and after, wait, free_at before and after, expires_at.
+local keys, after, left, left_after, wait, free, free_after, expires = {}, {}, {}, {}, {}, {}, {}, {}
 
 local function decide()
-  local mode, channel, notice, n = ARGV[arg], ARGV[arg + 1], ARGV[arg + 2], int(ARGV[arg + 3])
-  arg = arg + 4
+  local mode, marker = ARGV[arg], int(ARGV[arg + 1])
+  arg = arg + 2
+  local notice
+  if marker > 0 then notice = ARGV[arg] arg = arg + 1 end
+  local n = int(ARGV[arg])
+  arg = arg + 1
   local all = true
   for i = 1, n do
-    local k = KEYS[key + i - 1]
+    local c = int(ARGV[arg])
+    local k = KEYS[c]
     local s = states[k]
     if s == nil then
       s = fields(raw[k] or nil)
       states[k] = s
     end
-    local ok
-    ok, after[i], left[i], left_after[i], wait[i], free[i], free_after[i], expires[i] =
-      steps[ARGV[arg]](s, int(ARGV[arg + 1]), int(ARGV[arg + 2]), int(ARGV[arg + 3]))
-    fits[i] = ok
-    arg = arg + 4
-    if not ok then all = false end
+    local fits
+    fits, after[i], left[i], left_after[i], wait[i], free[i], free_after[i], expires[i] =
+      step[c](s, amount[c], window[c], int(ARGV[arg + 1]))
+    if not fits then
+      all = false
+      if wait[i] == 0 then wait[i] = 1 end
+    end
+    keys[i] = k
+    arg = arg + 2
   end
   local count = (mode == '1' and all) or mode == '2'
-  out[o + 1] = all and 1 or 0
-  out[o + 2] = count and 1 or 0
-  o = o + 2
   for i = 1, n do
     if count then
-      local k = KEYS[key + i - 1]
+      local k = keys[i]
       if expiry[k] == nil then order[#order + 1] = k end
       states[k], expiry[k] = after[i], expires[i]
-      out[o + 2], out[o + 4] = left_after[i], free_after[i]
+      out[o + 1], out[o + 3] = left_after[i], free_after[i]
     else
-      out[o + 2], out[o + 4] = left[i], free[i]
+      out[o + 1], out[o + 3] = left[i], free[i]
     end
-    out[o + 1] = fits[i] and 1 or 0
-    out[o + 3] = wait[i]
-    o = o + 4
+    out[o + 2] = wait[i]
+    o = o + 3
   end
-  key = key + n
-  if channel ~= '' then
-    local marker = KEYS[key]
-    if count then
-      if marked[marker] == nil then marked[marker] = redis.call('EXISTS', marker) == 1 end
-      if marked[marker] then
-        local said = published[channel]
-        if said == nil then said = {} published[channel] = said end
-        if not said[notice] then
-          said[notice] = true
-          redis.call('PUBLISH', channel, notice)
-        end
-      end
+  if count and notice then
+    local k = KEYS[marker]
+    if marked[k] == nil then marked[k] = redis.call('EXISTS', k) == 1 end
+    if marked[k] and not published[notice] then
+      published[notice] = true
+      redis.call('PUBLISH', channel, notice)
     end
-    key = key + 1
   end
 end
 
-for _ = 1, tonumber(ARGV[1]) do decide() end
+local d = tonumber(ARGV[arg])
+arg = arg + 1
+for _ = 1, d do decide() end
 for _, k in ipairs(order) do
   local s, at = states[k], expiry[k]
   if at > now then

@@ -22,6 +22,7 @@ pub mod shared;
 
 pub use counters::{Failure, SharedCounters};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,38 +169,68 @@ impl RedisStore {
     /// Runs `jobs` in one script call, in order, each all or nothing (in a
     /// Cluster, every key of every job must share a slot). Returns Redis's
     /// time and one outcome per job.
+    ///
+    /// The call names each distinct counter and watch marker once; the
+    /// decisions refer to them by number (see `consume.lua`).
     async fn decide_all(&self, jobs: &[batch::Job]) -> Result<(Nanos, Vec<Outcome>), StoreError> {
         let mut call = self.script.prepare_invoke();
-        call.arg(jobs.len());
+        let mut counters: HashMap<(&str, Algorithm, u64, u64), usize> = HashMap::new();
+        let mut specs = Vec::new();
+        let mut decisions = Vec::with_capacity(jobs.len() * 8);
         for job in jobs {
-            for c in &job.counters {
-                call.key(&c.key);
-            }
-            call.arg(match job.mode {
+            decisions.push(match job.mode {
                 Mode::Check => 0,
                 Mode::Consume => 1,
                 Mode::Record => 2,
             });
-            match &job.notice {
-                Some((marker, message)) => {
-                    call.key(marker).arg(shared::CONSUMED).arg(message);
-                }
-                None => {
-                    call.arg("").arg("");
-                }
-            }
-            call.arg(job.counters.len());
+            decisions.push(job.counters.len() as u64);
             for c in &job.counters {
-                call.arg(match c.algorithm {
+                let window = (c.window / MILLISECOND).max(1);
+                let next = counters.len() + 1;
+                let n = *counters
+                    .entry((&c.key, c.algorithm, c.amount, window))
+                    .or_insert_with(|| {
+                        specs.push((c, window));
+                        next
+                    });
+                decisions.push(n as u64);
+                decisions.push(c.cost);
+            }
+        }
+        call.arg(shared::CONSUMED).arg(specs.len());
+        for (c, window) in &specs {
+            call.key(&c.key)
+                .arg(match c.algorithm {
                     Algorithm::FixedWindow => "f",
                     Algorithm::SlidingWindow => "s",
                     Algorithm::TokenBucket => "t",
                     Algorithm::SlidingRing => "r",
                 })
                 .arg(c.amount)
-                .arg((c.window / MILLISECOND).max(1))
-                .arg(c.cost);
+                .arg(*window);
+        }
+        // Markers follow the counters in KEYS, each once.
+        let mut markers: HashMap<&str, usize> = HashMap::new();
+        call.arg(jobs.len());
+        let mut rest = &decisions[..];
+        for job in jobs {
+            let n = rest[1] as usize;
+            call.arg(rest[0]);
+            match &job.notice {
+                Some((marker, message)) => {
+                    let next = specs.len() + markers.len() + 1;
+                    let m = *markers.entry(marker).or_insert_with(|| {
+                        call.key(marker);
+                        next
+                    });
+                    call.arg(m).arg(message);
+                }
+                None => {
+                    call.arg(0);
+                }
             }
+            call.arg(&rest[1..2 + 2 * n]);
+            rest = &rest[2 + 2 * n..];
         }
         let reply: Vec<i64> = self
             .bounded(async { call.invoke_async(&mut self.connection().await?).await })
@@ -305,7 +336,7 @@ impl std::fmt::Debug for RedisStore {
 
 /// The script's reply as the engine's outcomes, one per job.
 fn outcomes(reply: &[i64], jobs: &[batch::Job]) -> Result<(Nanos, Vec<Outcome>), StoreError> {
-    let expected = 1 + jobs.iter().map(|j| 2 + 4 * j.counters.len()).sum::<usize>();
+    let expected = 1 + jobs.iter().map(|j| 3 * j.counters.len()).sum::<usize>();
     if reply.len() != expected {
         return Err(StoreError::Redis(redis::RedisError::from((
             redis::ErrorKind::Parse,
@@ -317,21 +348,27 @@ fn outcomes(reply: &[i64], jobs: &[batch::Job]) -> Result<(Nanos, Vec<Outcome>),
     let mut rest = &reply[1..];
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let (head, tail) = rest.split_at(2 + 4 * job.counters.len());
+        let (head, tail) = rest.split_at(3 * job.counters.len());
         rest = tail;
-        let items: SmallVec<[ItemStatus; 4]> = head[2..]
-            .chunks_exact(4)
+        // Per counter: remaining, wait (0: it fits; -1: it never can), free_at.
+        let items: SmallVec<[ItemStatus; 4]> = head
+            .chunks_exact(3)
             .map(|c| ItemStatus {
-                fits: c[0] == 1,
-                too_large: c[2] < 0,
-                remaining: u64::try_from(c[1]).unwrap_or(0),
-                wait: if c[2] < 0 { 0 } else { ms(c[2]) },
-                free_at: ms(c[3]),
+                fits: c[1] == 0,
+                too_large: c[1] < 0,
+                remaining: u64::try_from(c[0]).unwrap_or(0),
+                wait: ms(c[1]),
+                free_at: ms(c[2]),
             })
             .collect();
+        let fits = items.iter().all(|i| i.fits);
         out.push(Outcome {
-            fits: head[0] == 1,
-            counted: head[1] == 1,
+            fits,
+            counted: match job.mode {
+                Mode::Check => false,
+                Mode::Consume => fits,
+                Mode::Record => true,
+            },
             items,
         });
     }
