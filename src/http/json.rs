@@ -35,9 +35,17 @@ pub fn decode<M: Message + Default>(name: &str, body: &[u8]) -> Result<M, Status
         body
     };
     let mut de = serde_json::Deserializer::from_slice(body);
-    let message = DynamicMessage::deserialize(descriptor(name), &mut de)
-        .and_then(|m| de.end().map(|()| m))
-        .map_err(|e| Status::invalid_argument(format!("body: {e}")))?;
+    let mut track = serde_path_to_error::Track::new();
+    let message = DynamicMessage::deserialize(
+        descriptor(name),
+        serde_path_to_error::Deserializer::new(&mut de, &mut track),
+    )
+    .and_then(|m| de.end().map(|()| m))
+    .map_err(|e| {
+        let field = track.path().to_string();
+        let field = if field == "." { "body".to_owned() } else { field };
+        Status::invalid_argument(format!("{field}: {e}"))
+    })?;
     message
         .transcode_to()
         .map_err(|e| Status::invalid_argument(format!("body: {e}")))

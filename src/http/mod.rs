@@ -167,8 +167,18 @@ pub async fn serve(listener: TcpListener, router: Router, stopping: Cancellation
         let _ = stream.set_nodelay(true);
         let router = TowerToHyperService::new(router.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            hyper::service::Service::call(&router, request)
+            let router = router.clone();
+            async move {
+                if head_len(&request) > MAX_HEAD {
+                    return Ok(error_with(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        Code::InvalidArgument,
+                        &format!("headers: larger than {MAX_HEAD} bytes"),
+                    ));
+                }
+                request.extensions_mut().insert(ConnectInfo(peer));
+                hyper::service::Service::call(&router, request).await
+            }
         });
         let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -178,6 +188,19 @@ pub async fn serve(listener: TcpListener, router: Router, stopping: Cancellation
         });
     }
     graceful.shutdown().await;
+}
+
+/// The size of a request's head as sent: its target and headers. hyper's
+/// buffer limit catches a head that arrives in pieces; this, one that
+/// arrived whole.
+fn head_len<B>(request: &hyper::Request<B>) -> usize {
+    let target = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + target
 }
 
 /// The HTTP status of a gRPC code: the grpc-gateway mapping, so HTTP
