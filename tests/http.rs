@@ -73,7 +73,9 @@ async fn json_answers_200_while_ok_and_429_over_limit() {
         assert_eq!(j["overallCode"], "OK");
         assert_eq!(j["statuses"][0]["code"], "OK");
         // protojson leaves out zeros, as the reference's does.
-        let expected = Some(left).filter(|l| *l != "0").map(|l| json!(l.parse::<u64>().expect("n")));
+        let expected = Some(left)
+            .filter(|l| *l != "0")
+            .map(|l| json!(l.parse::<u64>().expect("n")));
         assert_eq!(j["statuses"][0].get("limitRemaining"), expected.as_ref());
     }
     let r = post(http, "/json", body).await;
@@ -148,14 +150,26 @@ async fn json_fields_are_the_grpc_ones() {
     assert_eq!(j["plan"], over_grpc.plan);
     assert_eq!(j["class"], "chat");
     let limits = j["limits"].as_array().expect("limits");
-    let limit = limits.iter().find(|l| l["unit"] == "tokens").expect("tokens limit");
+    let limit = limits
+        .iter()
+        .find(|l| l["unit"] == "tokens")
+        .expect("tokens limit");
     let keys: Vec<&str> = limit
         .as_object()
         .expect("object")
         .keys()
         .map(String::as_str)
         .collect();
-    for key in ["name", "unit", "limit", "remaining", "window", "resetAt", "class", "algorithm"] {
+    for key in [
+        "name",
+        "unit",
+        "limit",
+        "remaining",
+        "window",
+        "resetAt",
+        "class",
+        "algorithm",
+    ] {
         assert!(keys.contains(&key), "{key} in {keys:?}");
     }
     assert_eq!(limit["unit"], "tokens");
@@ -165,7 +179,12 @@ async fn json_fields_are_the_grpc_ones() {
     assert_eq!(limit["algorithm"], "FIXED_WINDOW");
     assert_eq!(limit["resetAt"], "2027-01-15T00:01:00Z");
     // The original field names are read too.
-    let r = post(http, "/v1/check", r#"{"subject":"key_1","attributes":{},"cost":{}}"#).await;
+    let r = post(
+        http,
+        "/v1/check",
+        r#"{"subject":"key_1","attributes":{},"cost":{}}"#,
+    )
+    .await;
     assert_eq!(r.status, 200);
     s.stop().await;
 }
@@ -185,13 +204,21 @@ async fn bad_input_is_400_naming_the_field() {
         assert_eq!(r.status, 400, "{body}: {}", r.body);
         let j = r.json();
         assert_eq!(j["code"], 3, "{body}");
-        assert!(j["message"].as_str().expect("message").contains(field), "{body}: {j}");
+        assert!(
+            j["message"].as_str().expect("message").contains(field),
+            "{body}: {j}"
+        );
         assert_eq!(j["details"], json!([]));
     }
     let long = "k".repeat(2000);
     let r = post(http, "/v1/consume", &format!(r#"{{"subject":"{long}"}}"#)).await;
     assert_eq!(r.status, 400);
-    assert!(r.json()["message"].as_str().expect("m").starts_with("subject:"));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .expect("m")
+            .starts_with("subject:")
+    );
     s.stop().await;
 }
 
@@ -200,7 +227,12 @@ async fn admin_needs_the_bearer_token_and_answers_as_grpc() {
     let (s, http) = start().await;
     let r = get(http, "/v1/admin/list-plans", &[]).await;
     assert_eq!((r.status, r.json()["code"].clone()), (401, json!(16)));
-    let r = get(http, "/v1/admin/list-plans", &[("authorization", "Bearer wrong")]).await;
+    let r = get(
+        http,
+        "/v1/admin/list-plans",
+        &[("authorization", "Bearer wrong")],
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["message"], "invalid admin token");
     let auth = format!("Bearer {ADMIN_TOKEN}");
@@ -210,7 +242,14 @@ async fn admin_needs_the_bearer_token_and_answers_as_grpc() {
     let set = |body: &'static str| {
         let auth = auth.clone();
         async move {
-            send(http, "POST", "/v1/admin/set-plan", &[("authorization", &auth)], body).await
+            send(
+                http,
+                "POST",
+                "/v1/admin/set-plan",
+                &[("authorization", &auth)],
+                body,
+            )
+            .await
         }
     };
     let r = set(r#"{"account":"acct_1","plan":"pro"}"#).await;
@@ -219,12 +258,19 @@ async fn admin_needs_the_bearer_token_and_answers_as_grpc() {
     let r = set(r#"{"account":"acct_1","plan":"gold"}"#).await;
     assert_eq!(r.status, 404);
     assert!(r.json()["message"].as_str().expect("m").contains("gold"));
-    let d = post(http, "/v1/check", r#"{"subject":"acct_1"}"#).await.json();
+    let d = post(http, "/v1/check", r#"{"subject":"acct_1"}"#)
+        .await
+        .json();
     assert_eq!(d["plan"], "pro");
     s.stop().await;
 
     let (s, http) = start_with(PLANS, None).await;
-    let r = get(http, "/v1/admin/list-plans", &[("authorization", "Bearer x")]).await;
+    let r = get(
+        http,
+        "/v1/admin/list-plans",
+        &[("authorization", "Bearer x")],
+    )
+    .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["code"], 7);
     s.stop().await;
@@ -238,7 +284,10 @@ async fn watch_streams_a_snapshot_then_each_change() {
     let mut events = Events::open(http, "/v1/watch?subject=key_1").await;
     assert_eq!(events.status, 200);
     assert_eq!(
-        events.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        events
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
         Some("text/event-stream")
     );
     let first = events.next_event().await;
@@ -307,7 +356,10 @@ async fn forward_auth_admits_with_headers_then_answers_429_with_retry_after() {
         ],
     )
     .await;
-    assert_eq!((r.status, r.header("x-ratelimit-remaining")), (200, Some("2")));
+    assert_eq!(
+        (r.status, r.header("x-ratelimit-remaining")),
+        (200, Some("2"))
+    );
     s.stop().await;
 }
 
@@ -324,7 +376,10 @@ async fn forward_auth_answers_403_for_a_gated_class_and_413_for_too_large() {
     )
     .await;
     assert_eq!(r.status, 403);
-    assert_eq!(r.json(), json!({"code": "NOT_IN_PLAN", "message": "Enterprise plan required"}));
+    assert_eq!(
+        r.json(),
+        json!({"code": "NOT_IN_PLAN", "message": "Enterprise plan required"})
+    );
     let chat = |cost: &'static str| async move {
         auth(
             http,
@@ -342,7 +397,12 @@ async fn forward_auth_answers_403_for_a_gated_class_and_413_for_too_large() {
     assert_eq!(r.json()["code"], "TOO_LARGE");
     let r = chat("abc").await;
     assert_eq!(r.status, 400);
-    assert!(r.json()["message"].as_str().expect("m").contains("x-token-cost"));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .expect("m")
+            .contains("x-token-cost")
+    );
     let r = chat("400").await;
     assert_eq!(r.status, 200);
     s.stop().await;
@@ -351,23 +411,46 @@ async fn forward_auth_answers_403_for_a_gated_class_and_413_for_too_large() {
 #[tokio::test]
 async fn forward_auth_refuses_what_it_cannot_judge() {
     let (s, http) = start().await;
-    let r = auth(http, &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/")]).await;
+    let r = auth(
+        http,
+        &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/")],
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["code"], "UNAUTHENTICATED");
-    assert!(r.json()["message"].as_str().expect("m").contains("x-api-key"));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .expect("m")
+            .contains("x-api-key")
+    );
     let r = auth(http, &[("x-api-key", "k")]).await;
     assert_eq!(r.status, 400);
-    assert!(r.json()["message"].as_str().expect("m").contains("x-forwarded-uri"));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .expect("m")
+            .contains("x-forwarded-uri")
+    );
     s.stop().await;
 
     let (s, http) = start_with(PLANS, None).await;
     let r = auth(
         http,
-        &[("x-api-key", "k"), ("x-forwarded-method", "GET"), ("x-forwarded-uri", "/")],
+        &[
+            ("x-api-key", "k"),
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/"),
+        ],
     )
     .await;
     assert_eq!(r.status, 404);
-    assert!(r.json()["message"].as_str().expect("m").contains("http.forward_auth"));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .expect("m")
+            .contains("http.forward_auth")
+    );
     s.stop().await;
 }
 
@@ -375,9 +458,15 @@ async fn forward_auth_refuses_what_it_cannot_judge() {
 async fn forward_auth_reads_the_bearer_token() {
     let yaml = format!("{PLANS}http:\n  forward_auth:\n    subject: {{ bearer: true }}\n");
     let (s, http) = start_with(&yaml, None).await;
-    let at = [("x-forwarded-method", "GET"), ("x-forwarded-uri", "/api/items")];
+    let at = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/api/items"),
+    ];
     let r = auth(http, &[at[0], at[1], ("authorization", "Bearer tok_1")]).await;
-    assert_eq!((r.status, r.header("x-ratelimit-remaining")), (200, Some("2")));
+    assert_eq!(
+        (r.status, r.header("x-ratelimit-remaining")),
+        (200, Some("2"))
+    );
     let d = s.check(req("tok_1", "/api/items")).await;
     assert_eq!(d.limits[0].remaining, Some(2));
     for bad in [None, Some("Basic dXNlcjpw"), Some("Bearer ")] {
@@ -396,7 +485,10 @@ async fn forward_auth_reads_the_bearer_token() {
 async fn forward_auth_reads_the_client_address() {
     let yaml = format!("{PLANS}http:\n  forward_auth:\n    subject: {{ client_ip: true }}\n");
     let (s, http) = start_with(&yaml, None).await;
-    let at = [("x-forwarded-method", "GET"), ("x-forwarded-uri", "/api/items")];
+    let at = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/api/items"),
+    ];
     let xff = ("x-forwarded-for", "203.0.113.7, 10.0.0.1");
     for _ in 0..3 {
         assert_eq!(auth(http, &[at[0], at[1], xff]).await.status, 200);
@@ -405,9 +497,15 @@ async fn forward_auth_reads_the_client_address() {
     let d = s.check(req("203.0.113.7", "/api/items")).await;
     assert_eq!(verdict(&d), Verdict::RateLimited);
     let r = auth(http, &[at[0], at[1], ("x-real-ip", "198.51.100.1")]).await;
-    assert_eq!((r.status, r.header("x-ratelimit-remaining")), (200, Some("2")));
+    assert_eq!(
+        (r.status, r.header("x-ratelimit-remaining")),
+        (200, Some("2"))
+    );
     let r = auth(http, &at).await;
-    assert_eq!((r.status, r.header("x-ratelimit-remaining")), (200, Some("2")));
+    assert_eq!(
+        (r.status, r.header("x-ratelimit-remaining")),
+        (200, Some("2"))
+    );
     let d = s.check(req("127.0.0.1", "/api/items")).await;
     assert_eq!(d.limits[0].remaining, Some(2));
     s.stop().await;
@@ -418,7 +516,10 @@ async fn forward_auth_reads_the_client_address() {
 #[tokio::test]
 async fn oversized_input_is_refused_with_413_and_431() {
     let (s, http) = start().await;
-    let big = format!(r#"{{"subject":"k","resource":"{}"}}"#, "a".repeat(70 * 1024));
+    let big = format!(
+        r#"{{"subject":"k","resource":"{}"}}"#,
+        "a".repeat(70 * 1024)
+    );
     let r = post(http, "/v1/consume", &big).await;
     assert_eq!(r.status, 413);
     assert!(r.json()["message"].as_str().expect("m").contains("65536"));

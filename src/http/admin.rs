@@ -33,17 +33,27 @@ pub(super) fn routes() -> Router<Services> {
         .route(
             "/set-plan",
             post(|s, p, h, b| {
-                call(s, p, h, b, ("SetPlanRequest", "SetPlanResponse"), |a, r| async move {
-                    Admin::set_plan(&*a, r).await
-                })
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("SetPlanRequest", "SetPlanResponse"),
+                    |a, r| async move { Admin::set_plan(&*a, r).await },
+                )
             }),
         )
         .route(
             "/get-subject",
             post(|s, p, h, b| {
-                call(s, p, h, b, ("GetSubjectRequest", "SubjectState"), |a, r| async move {
-                    Admin::get_subject(&*a, r).await
-                })
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("GetSubjectRequest", "SubjectState"),
+                    |a, r| async move { Admin::get_subject(&*a, r).await },
+                )
             }),
         )
         .route(
@@ -70,22 +80,37 @@ pub(super) fn routes() -> Router<Services> {
         .route(
             "/reset-usage",
             post(|s, p, h, b| {
-                call(s, p, h, b, ("ResetUsageRequest", "ResetUsageResponse"), |a, r| async move {
-                    Admin::reset_usage(&*a, r).await
-                })
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("ResetUsageRequest", "ResetUsageResponse"),
+                    |a, r| async move { Admin::reset_usage(&*a, r).await },
+                )
             }),
         )
         .route(
             "/list-plans",
             post(|s, p, h, b| {
-                call(s, p, h, b, ("ListPlansRequest", "ListPlansResponse"), |a, r| async move {
-                    Admin::list_plans(&*a, r).await
-                })
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("ListPlansRequest", "ListPlansResponse"),
+                    |a, r| async move { Admin::list_plans(&*a, r).await },
+                )
             })
             .get(|s, p, h, b| {
-                call(s, p, h, b, ("ListPlansRequest", "ListPlansResponse"), |a, r| async move {
-                    Admin::list_plans(&*a, r).await
-                })
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("ListPlansRequest", "ListPlansResponse"),
+                    |a, r| async move { Admin::list_plans(&*a, r).await },
+                )
             }),
         )
         .route(

@@ -51,7 +51,8 @@ pub async fn forward_auth(
     };
     let request = match limit_request(config, &headers, peer) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(Refused::NoSubject) => return missing_subject(&config.subject),
+        Err(Refused::Invalid(message)) => return error(&Status::invalid_argument(message)),
     };
     match RateLimiter::consume(&*s.rate_limiter, Request::new(request)).await {
         Ok(d) => answer(&d.into_inner()),
@@ -59,14 +60,22 @@ pub async fn forward_auth(
     }
 }
 
-/// The `LimitRequest` the headers describe, or the answer refusing them.
+/// Why the headers do not describe a request.
+#[derive(Debug)]
+enum Refused {
+    /// The subject's source is missing or malformed.
+    NoSubject,
+    /// A header is wrong; the message names it.
+    Invalid(String),
+}
+
+/// The `LimitRequest` the headers describe.
 fn limit_request(
     config: &ForwardAuth,
     headers: &HeaderMap,
     peer: SocketAddr,
-) -> Result<pb::LimitRequest, Response> {
-    let subject = source(&config.subject, headers, peer)?
-        .ok_or_else(|| missing_subject(&config.subject))?;
+) -> Result<pb::LimitRequest, Refused> {
+    let subject = source(&config.subject, headers, peer)?.ok_or(Refused::NoSubject)?;
     let account = match &config.account {
         Some(from) => source(from, headers, peer)?.unwrap_or_default(),
         None => String::new(),
@@ -74,8 +83,8 @@ fn limit_request(
     let method = first_of(headers, &["x-forwarded-method", "x-original-method"])?;
     let uri = first_of(headers, &["x-forwarded-uri", "x-original-uri"])?;
     let (Some(method), Some(uri)) = (method, uri) else {
-        return Err(bad(
-            "x-forwarded-method and x-forwarded-uri (or x-original-method and x-original-uri) are required: the gateway must say which request to judge",
+        return Err(Refused::Invalid(
+            "x-forwarded-method and x-forwarded-uri (or x-original-method and x-original-uri) are required: the gateway must say which request to judge".to_owned(),
         ));
     };
     let path = uri.split(['?', '#']).next().unwrap_or_default().to_owned();
@@ -83,7 +92,7 @@ fn limit_request(
     for (unit, name) in &config.cost {
         if let Some(v) = text(headers, name)? {
             let n = v.trim().parse::<u64>().map_err(|_| {
-                bad(&format!(
+                Refused::Invalid(format!(
                     "{name}: expected a non-negative integer cost in {unit}, got {v:?}"
                 ))
             })?;
@@ -104,7 +113,7 @@ fn source(
     from: &HeaderSource,
     headers: &HeaderMap,
     peer: SocketAddr,
-) -> Result<Option<String>, Response> {
+) -> Result<Option<String>, Refused> {
     Ok(match from {
         HeaderSource::Header(name) => text(headers, name)?.filter(|v| !v.trim().is_empty()),
         HeaderSource::Bearer => text(headers, "authorization")?.and_then(|v| {
@@ -117,7 +126,7 @@ fn source(
 }
 
 /// The first `X-Forwarded-For` entry, else `X-Real-IP`, else the peer.
-fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> Result<String, Response> {
+fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> Result<String, Refused> {
     let forwarded = text(headers, "x-forwarded-for")?
         .and_then(|v| v.split(',').next().map(|s| s.trim().to_owned()))
         .filter(|s| !s.is_empty());
@@ -131,7 +140,7 @@ fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> Result<String, Response> 
 }
 
 /// The first of `names` the request carries.
-fn first_of(headers: &HeaderMap, names: &[&str]) -> Result<Option<String>, Response> {
+fn first_of(headers: &HeaderMap, names: &[&str]) -> Result<Option<String>, Refused> {
     for name in names {
         if let Some(v) = text(headers, name)?.filter(|v| !v.is_empty()) {
             return Ok(Some(v));
@@ -141,19 +150,15 @@ fn first_of(headers: &HeaderMap, names: &[&str]) -> Result<Option<String>, Respo
 }
 
 /// A header's value as text; one that is not visible ASCII is 400.
-fn text(headers: &HeaderMap, name: &str) -> Result<Option<String>, Response> {
+fn text(headers: &HeaderMap, name: &str) -> Result<Option<String>, Refused> {
     headers
         .get(name)
         .map(|v| {
             v.to_str()
                 .map(str::to_owned)
-                .map_err(|_| bad(&format!("{name}: not a valid header value")))
+                .map_err(|_| Refused::Invalid(format!("{name}: not a valid header value")))
         })
         .transpose()
-}
-
-fn bad(message: &str) -> Response {
-    error(&Status::invalid_argument(message))
 }
 
 fn missing_subject(from: &HeaderSource) -> Response {
@@ -188,9 +193,12 @@ fn answer(d: &pb::Decision) -> Response {
                 Some(wait),
             )
         }
-        pb::Verdict::NotInPlan => {
-            verdict_body(StatusCode::FORBIDDEN, verdict.as_str_name(), &d.reason, None)
-        }
+        pb::Verdict::NotInPlan => verdict_body(
+            StatusCode::FORBIDDEN,
+            verdict.as_str_name(),
+            &d.reason,
+            None,
+        ),
         pb::Verdict::TooLarge => verdict_body(
             StatusCode::PAYLOAD_TOO_LARGE,
             verdict.as_str_name(),
@@ -218,7 +226,12 @@ fn answer(d: &pb::Decision) -> Response {
 }
 
 /// `{"code": <what>, "message": …[, "retry_after": N]}`.
-fn verdict_body(status: StatusCode, code: &str, message: &str, retry_after: Option<u64>) -> Response {
+fn verdict_body(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after: Option<u64>,
+) -> Response {
     let mut body = serde_json::json!({ "code": code, "message": message });
     if let Some(wait) = retry_after {
         body["retry_after"] = wait.into();

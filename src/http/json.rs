@@ -43,7 +43,11 @@ pub fn decode<M: Message + Default>(name: &str, body: &[u8]) -> Result<M, Status
     .and_then(|m| de.end().map(|()| m))
     .map_err(|e| {
         let field = track.path().to_string();
-        let field = if field == "." { "body".to_owned() } else { field };
+        let field = if field == "." {
+            "body".to_owned()
+        } else {
+            field
+        };
         Status::invalid_argument(format!("{field}: {e}"))
     })?;
     message
@@ -98,9 +102,11 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(r.cost["tokens"], 5);
-        let s: pb::SetPlanRequest =
-            decode("tollgate.v1.SetPlanRequest", br#"{"account":"a","plan":"pro"}"#)
-                .expect("valid");
+        let s: pb::SetPlanRequest = decode(
+            "tollgate.v1.SetPlanRequest",
+            br#"{"account":"a","plan":"pro"}"#,
+        )
+        .expect("valid");
         assert_eq!(s.plan, "pro");
         let o: pb::Override = decode(
             "tollgate.v1.Override",

@@ -1,7 +1,7 @@
 //! The HTTP front door: the same services as gRPC, spoken as JSON over
 //! HTTP/1.1, on one listener (`--http-listen`).
 //!
-//! - [`reference`]: envoyproxy/ratelimit's `/json` and `/healthcheck`.
+//! - [`reference`](mod@reference): envoyproxy/ratelimit's `/json` and `/healthcheck`.
 //! - [`v1`]: `tollgate.v1.RateLimiter` as `POST /v1/check|consume|record`.
 //! - [`admin`]: `tollgate.v1.Admin` under `/v1/admin/…`, same bearer token.
 //! - [`watch`]: `WatchQuota` as Server-Sent Events (`GET /v1/watch`).
@@ -32,11 +32,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::body::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -194,7 +194,10 @@ pub async fn serve(listener: TcpListener, router: Router, stopping: Cancellation
 /// buffer limit catches a head that arrives in pieces; this, one that
 /// arrived whole.
 fn head_len<B>(request: &hyper::Request<B>) -> usize {
-    let target = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
     request
         .headers()
         .iter()

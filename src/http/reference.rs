@@ -65,11 +65,7 @@ pub async fn healthcheck(State(s): State<Services>) -> Response {
         .await
         .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32);
     if serving {
-        (
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "OK",
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "OK").into_response()
     } else {
         StatusCode::INTERNAL_SERVER_ERROR.into_response()
     }

@@ -22,9 +22,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::api::RateLimiterService;
@@ -308,9 +308,10 @@ impl App {
         options: &Options,
     ) -> Result<Router, tonic::transport::Error> {
         let auth = self.admin_auth.clone();
-        let admin = InterceptedService::new(AdminServer::from_arc(self.admin.clone()), move |request| {
-            auth.check(request)
-        });
+        let admin =
+            InterceptedService::new(AdminServer::from_arc(self.admin.clone()), move |request| {
+                auth.check(request)
+            });
         let rate_limiter = RateLimiterServer::from_arc(self.rate_limiter.clone());
         let envoy = RateLimitServiceServer::from_arc(self.envoy.clone());
         let reflection = |builder: tonic_reflection::server::Builder<'static>| {

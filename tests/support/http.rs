@@ -113,7 +113,14 @@ pub struct Event {
 
 impl Events {
     pub async fn open(addr: SocketAddr, path: &str) -> Self {
-        let response = open(addr, "GET", path, &[("accept", "text/event-stream")], Bytes::new()).await;
+        let response = open(
+            addr,
+            "GET",
+            path,
+            &[("accept", "text/event-stream")],
+            Bytes::new(),
+        )
+        .await;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         Self {

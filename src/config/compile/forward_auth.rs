@@ -96,9 +96,13 @@ mod tests {
     const PLANS: &str = "plans:\n  free:\n    limits:\n      - rate: 10/minute\n";
 
     fn compile(http: &str) -> Result<Option<ForwardAuth>, String> {
-        crate::config::parse("t.yaml", &format!("{PLANS}{http}"), &SlotRegistry::default())
-            .map(|c| c.forward_auth)
-            .map_err(|e| e.to_string())
+        crate::config::parse(
+            "t.yaml",
+            &format!("{PLANS}{http}"),
+            &SlotRegistry::default(),
+        )
+        .map(|c| c.forward_auth)
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -124,17 +128,19 @@ mod tests {
 
     #[test]
     fn refuses_two_sources_or_none() {
-        let err = compile(
-            "http:\n  forward_auth:\n    subject: { header: X-Api-Key, bearer: true }\n",
-        )
-        .expect_err("two sources");
+        let err =
+            compile("http:\n  forward_auth:\n    subject: { header: X-Api-Key, bearer: true }\n")
+                .expect_err("two sources");
         assert!(
             err.contains("t.yaml:7: http.forward_auth.subject: needs exactly one of"),
             "{err}"
         );
         let err = compile("http:\n  forward_auth:\n    account: { bearer: true }\n")
             .expect_err("no subject");
-        assert!(err.contains("http.forward_auth.subject: says where"), "{err}");
+        assert!(
+            err.contains("http.forward_auth.subject: says where"),
+            "{err}"
+        );
     }
 
     #[test]
