@@ -19,6 +19,8 @@ use tollgate::proto::tollgate::v1 as pb;
 const READ: &[&str] = &[
     "GRPC_HOST",
     "GRPC_PORT",
+    "HOST",
+    "PORT",
     "LOG_FORMAT",
     "PROMETHEUS_ADDR",
     "REDIS_URL",

@@ -13,6 +13,8 @@ pub fn example(name: &str) -> String {
 pub struct Served {
     pub child: Child,
     pub addr: String,
+    /// The log lines up to the one saying where it listens.
+    pub seen: Vec<String>,
 }
 
 /// A failed test never leaves its server running.
@@ -52,6 +54,10 @@ pub fn serve_env(args: &[&str], env: &[(&str, &str)]) -> Served {
     if !has_state {
         command.args(["--state", &state]);
     }
+    // Only what the test sets: HOST and PORT would open the HTTP front door.
+    for var in ["HOST", "PORT"] {
+        command.env_remove(var);
+    }
     let mut child = command
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
@@ -72,7 +78,7 @@ pub fn serve_env(args: &[&str], env: &[(&str, &str)]) -> Served {
     };
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Served { child, addr }
+    Served { child, addr, seen }
 }
 
 pub fn grpcurl(args: &[&str]) -> String {
