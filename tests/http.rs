@@ -532,14 +532,7 @@ async fn oversized_input_is_refused_with_413_and_431() {
 #[tokio::test]
 async fn the_binary_serves_http_on_host_and_port_from_the_environment() {
     let served = support::process::serve_env(&[], &[("HOST", "127.0.0.1"), ("PORT", "0")]);
-    let http: SocketAddr = served
-        .seen
-        .iter()
-        .find_map(|l| l.split("http on http://").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the log says where http listens")
-        .parse()
-        .expect("an address");
+    let http = served.http_addr();
     let r = get(http, "/healthcheck", &[]).await;
     assert_eq!((r.status, r.body.as_str()), (200, "OK"));
     let r = post(http, "/v1/check", r#"{"subject":"k"}"#).await;

@@ -17,6 +17,19 @@ pub struct Served {
     pub seen: Vec<String>,
 }
 
+impl Served {
+    /// Where the HTTP front door listens, from the log (`--http-listen`).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.seen
+            .iter()
+            .find_map(|l| l.split("http on http://").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the log says where http listens")
+            .parse()
+            .expect("an address")
+    }
+}
+
 /// A failed test never leaves its server running.
 impl Drop for Served {
     fn drop(&mut self) {
