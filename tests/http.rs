@@ -526,6 +526,10 @@ async fn oversized_input_is_refused_with_413_and_431() {
     let huge = "h".repeat(100 * 1024);
     let r = get(http, "/healthcheck", &[("x-big", &huge)]).await;
     assert_eq!(r.status, 431);
+    let names: Vec<String> = (0..120).map(|i| format!("x-h{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let r = get(http, "/healthcheck", &many).await;
+    assert_eq!(r.status, 431);
     s.stop().await;
 }
 

@@ -208,23 +208,25 @@ pub async fn run(
                 let _ = stop_rx.await;
             },
         );
-    tokio::pin!(serve);
+    // gRPC and HTTP drain together, within one deadline.
+    let mut http_server = http_server;
+    let serve_all = async {
+        let r = serve.await;
+        if let (Ok(()), Some(task)) = (&r, http_server.as_mut()) {
+            let _ = task.await;
+        }
+        r
+    };
     let drain = options.drain;
     let result = tokio::select! {
-        r = &mut serve => r,
+        r = serve_all => r,
         () = async { stopping.cancelled().await; tokio::time::sleep(drain).await } => {
             tracing::warn!(drain = ?drain, "calls still in flight at the drain deadline; stopping anyway");
             Ok(())
         }
     };
     stopping.cancel();
-    if let Some(task) = http_server {
-        // Its connections end with their calls; watch streams have ended.
-        if tokio::time::timeout(drain, task).await.is_err() {
-            tracing::warn!(drain = ?drain, "http calls still in flight at the drain deadline; stopping anyway");
-        }
-    }
-    for task in background {
+    for task in background.into_iter().chain(http_server) {
         task.abort();
     }
     save_counters(&limiter).await;
