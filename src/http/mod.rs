@@ -279,3 +279,35 @@ async fn not_found() -> Response {
         "no such endpoint; see the README's HTTP front door section",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_map_to_the_http_statuses_clients_expect() {
+        for (code, http) in [
+            (Code::InvalidArgument, 400),
+            (Code::FailedPrecondition, 400),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::NotFound, 404),
+            (Code::ResourceExhausted, 429),
+            (Code::Unavailable, 503),
+            (Code::Internal, 500),
+            (Code::Unknown, 500),
+        ] {
+            assert_eq!(status_of(code).as_u16(), http, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn an_error_body_carries_the_grpc_code_and_message() {
+        let response = error(&Status::invalid_argument("subject: required"));
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            response.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/json"))
+        );
+    }
+}
