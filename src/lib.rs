@@ -25,6 +25,9 @@
 //! - [`status`]: the one table from [`error::Error`] to gRPC statuses.
 //! - [`api`] and [`envoy`]: the services, side by side and independent:
 //!   `tollgate.v1` and Envoy's rate limit service (RLS v3).
+//! - [`http`]: the same services as JSON over HTTP (`--http-listen`):
+//!   envoyproxy/ratelimit's `/json` and `/healthcheck`, `/v1/…`, Server-Sent
+//!   Events, forward auth for gateways; it only converts and calls them.
 //! - [`server`]: wiring: listener, health, reflection, background tasks,
 //!   following other replicas through Redis, shutdown.
 
@@ -52,5 +55,7 @@ pub mod status;
 
 pub mod api;
 pub mod envoy;
+
+pub mod http;
 
 pub mod server;

@@ -34,7 +34,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the gRPC API.
+    /// Serve the gRPC API (and, with --http-listen, the HTTP front door).
     Serve(Box<Serve>),
     /// Validate a configuration file, or a directory of envoyproxy/ratelimit
     /// rule files, and exit (non-zero with `file:line: field: problem`).
@@ -62,6 +62,20 @@ struct Serve {
     /// The port of --listen, as envoyproxy/ratelimit reads it.
     #[arg(long, env = "GRPC_PORT", hide = true)]
     grpc_port: Option<u16>,
+    /// Also serve HTTP on ADDR: envoyproxy/ratelimit's /json and
+    /// /healthcheck; tollgate.v1 as JSON (POST /v1/check, /v1/consume,
+    /// /v1/record, admin under /v1/admin/…); GET /v1/watch (Server-Sent
+    /// Events); /v1/forward-auth for gateways; and /metrics unless
+    /// --metrics-listen is given. [default: off, or HOST:PORT from the
+    /// environment when either is set (HOST 0.0.0.0, PORT 8080 by default)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    http_listen: Option<SocketAddr>,
+    /// The host of --http-listen, as envoyproxy/ratelimit reads it.
+    #[arg(long, env = "HOST", hide = true)]
+    http_host: Option<String>,
+    /// The port of --http-listen, as envoyproxy/ratelimit reads it.
+    #[arg(long, env = "PORT", hide = true)]
+    http_port: Option<u16>,
     /// Most counters held in memory (at least 1024); expired ones go first,
     /// then the least recently used live ones (counted and logged).
     #[arg(
@@ -377,6 +391,7 @@ fn options(serve: &Serve, rules: RuleSource) -> anyhow::Result<Options> {
         journal_every: Some(serve.journal_interval),
         tls,
         metrics: None,
+        http: None,
         config_path: serve.config.clone(),
         admin_token,
         watch_interval: serve.watch_interval,
@@ -474,6 +489,13 @@ async fn bind(
         tracing::info!("metrics on http://{}/metrics", metrics.local_addr()?);
         options.metrics = Some(metrics);
     }
+    if let Some(http_addr) = serve.http_listen()? {
+        let http = TcpListener::bind(http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {http_addr} for http"))?;
+        tracing::info!("http on http://{}", http.local_addr()?);
+        options.http = Some(http);
+    }
     tracing::info!(
         listen = %addr,
         config = %serve.config.as_ref().map_or(config::DEFAULT_NAME.into(), |p| p.display().to_string()),
@@ -503,6 +525,29 @@ impl Serve {
         };
         addr.parse()
             .with_context(|| format!("GRPC_HOST: expected an IP address, got {host:?}"))
+    }
+}
+
+impl Serve {
+    /// --http-listen, else HOST:PORT when either is set (HOST defaulting to
+    /// 0.0.0.0 and PORT to 8080, as envoyproxy/ratelimit's), else none.
+    fn http_listen(&self) -> anyhow::Result<Option<SocketAddr>> {
+        if let Some(addr) = self.http_listen {
+            return Ok(Some(addr));
+        }
+        if self.http_host.is_none() && self.http_port.is_none() {
+            return Ok(None);
+        }
+        let host = self.http_host.as_deref().unwrap_or("0.0.0.0");
+        let port = self.http_port.unwrap_or(8080);
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        addr.parse()
+            .map(Some)
+            .with_context(|| format!("HOST: expected an IP address, got {host:?}"))
     }
 }
 

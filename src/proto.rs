@@ -1,7 +1,7 @@
 //! Generated protobuf and gRPC code, fenced here with the lints it cannot meet.
 //!
-//! Only `api`, `envoy`, `status` and `server` name these types; the engine and
-//! the plan model never do.
+//! Only `api`, `envoy`, `status`, `http` and `server` name these types; the
+//! engine and the plan model never do.
 
 #![allow(
     missing_docs,

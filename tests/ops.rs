@@ -19,6 +19,8 @@ use tollgate::proto::tollgate::v1 as pb;
 const READ: &[&str] = &[
     "GRPC_HOST",
     "GRPC_PORT",
+    "HOST",
+    "PORT",
     "LOG_FORMAT",
     "PROMETHEUS_ADDR",
     "REDIS_URL",
@@ -480,6 +482,8 @@ fn serve_help_says_what_each_flag_does() {
         "RUST_LOG",
         "at least 1024",
         "--envoy-shadow-mode  ",
+        "/v1/forward-auth",
+        "HOST:PORT",
     ] {
         assert!(help.contains(said), "{said:?} missing from:\n{help}");
     }

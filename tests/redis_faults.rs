@@ -29,6 +29,8 @@ fn start(redis: &RedisServer, policy: &str) -> Served {
         "300ms",
         "--store-failure",
         policy,
+        "--http-listen",
+        "127.0.0.1:0",
     ])
 }
 
@@ -98,6 +100,13 @@ async fn failing_closed_answers_unavailable_fast_then_resumes() {
         store_health(&s).await == 2
     })
     .await;
+    // Over HTTP: 503 with the error body, and the health check fails.
+    let http = s.http_addr();
+    let r = support::http::post(http, "/v1/consume", r#"{"subject":"k"}"#).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["code"], 14);
+    let r = support::http::get(http, "/healthcheck", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (500, ""));
 
     redis.restart();
     until("counting resumed", async || c.consume(req()).await.is_ok()).await;
@@ -109,6 +118,8 @@ async fn failing_closed_answers_unavailable_fast_then_resumes() {
         store_health(&s).await == 1
     })
     .await;
+    let r = support::http::get(s.http_addr(), "/healthcheck", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "OK"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,48 @@ pub struct RawConfig {
     /// Envoy rate limit domains answered from the plans.
     #[serde(default)]
     pub envoy: Option<RawEnvoy>,
+    /// The HTTP front door.
+    #[serde(default)]
+    pub http: Option<RawHttp>,
+}
+
+/// `http:`: the HTTP front door's settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Where `/v1/forward-auth` reads a request's parts.
+    #[serde(default)]
+    pub forward_auth: Option<Spanned<RawForwardAuth>>,
+}
+
+/// `http.forward_auth`: the source of each part of a request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    /// Where the subject comes from. Required.
+    #[serde(default)]
+    pub subject: Option<Spanned<RawSource>>,
+    /// Where the account comes from.
+    #[serde(default)]
+    pub account: Option<Spanned<RawSource>>,
+    /// Unit → where the request's cost in that unit comes from (a header).
+    #[serde(default)]
+    pub cost: BTreeMap<String, Spanned<RawSource>>,
+}
+
+/// One source: exactly one of its fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// A header, by name.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// `true`: the token of `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub bearer: Option<bool>,
+    /// `true`: the client's address (`X-Forwarded-For`, `X-Real-IP`, the peer).
+    #[serde(default)]
+    pub client_ip: Option<bool>,
 }
 
 /// `envoy:`: how Envoy's descriptors map onto plans.

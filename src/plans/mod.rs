@@ -42,6 +42,33 @@ pub struct Catalog {
     pub headers: HeaderStyle,
     /// Envoy domains answered from the plans, by domain.
     pub envoy_domains: HashMap<String, EnvoyDomain>,
+    /// Where the HTTP forward-auth endpoint reads a request's parts;
+    /// `None`: the endpoint is not configured.
+    pub forward_auth: Option<ForwardAuth>,
+}
+
+/// `http.forward_auth`: which incoming header carries each part of a
+/// request that a gateway asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAuth {
+    /// Where the subject comes from; a request without it is refused.
+    pub subject: HeaderSource,
+    /// Where the account comes from, if anywhere.
+    pub account: Option<HeaderSource>,
+    /// Unit → header whose value is the request's cost in that unit.
+    pub cost: Vec<(String, String)>,
+}
+
+/// Where a forward-auth value is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderSource {
+    /// A header's value, by name.
+    Header(String),
+    /// The token of `Authorization: Bearer <token>`.
+    Bearer,
+    /// The client's address: the first `X-Forwarded-For` entry, else
+    /// `X-Real-IP`, else the connection's peer.
+    ClientIp,
 }
 
 /// How an Envoy domain's descriptor entries map onto a request: each field

@@ -22,15 +22,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic_health::server::HealthReporter;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::api::RateLimiterService;
 use crate::api::admin::AdminService;
 use crate::api::auth::AdminAuth;
 use crate::config::reload::{Reloaded, Reloader, file_bytes};
 use crate::envoy::{self, EnvoyService, RuleSource};
+use crate::http;
 use crate::limiter::Limiter;
 use crate::metrics::{self, Gauges, Metrics};
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
@@ -47,6 +49,9 @@ const RECLAIM_EVERY: Duration = Duration::from_secs(10);
 pub struct Options {
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics: Option<TcpListener>,
+    /// Where to serve the HTTP front door ([`crate::http`]), if anywhere;
+    /// it serves `/metrics` too when `metrics` is `None`.
+    pub http: Option<TcpListener>,
     /// The configuration file, for reloads; `None` when serving the built-in one.
     pub config_path: Option<PathBuf>,
     /// The admin bearer token; `None` disables the admin API.
@@ -87,9 +92,11 @@ struct App {
     hub: Arc<Hub>,
     config: Arc<Reloader>,
     rules: Arc<Reloader>,
-    rule_source: Arc<RuleSource>,
     metrics: Arc<Metrics>,
-    stopping: CancellationToken,
+    rate_limiter: Arc<RateLimiterService>,
+    admin: Arc<AdminService>,
+    admin_auth: AdminAuth,
+    envoy: Arc<EnvoyService>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -105,6 +112,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             metrics: None,
+            http: None,
             config_path: None,
             admin_token: None,
             watch_interval: crate::watch::DEFAULT_INTERVAL,
@@ -163,6 +171,7 @@ pub async fn run(
         tokio::spawn(app.config.clone().watch(stopping.clone())),
         tokio::spawn(app.rules.clone().watch(stopping.clone())),
     ];
+    let metrics_apart = options.metrics.is_some();
     if let Some(listener) = options.metrics.take() {
         tokio::spawn(metrics::serve(
             listener,
@@ -171,6 +180,10 @@ pub async fn run(
             stopping.clone(),
         ));
     }
+    let http_server = options.http.take().map(|listener| {
+        let router = http::router(app.http(&health, !metrics_apart));
+        tokio::spawn(http::serve(listener, router, stopping.clone()))
+    });
 
     // The signal: NOT_SERVING first, then stop accepting and end the streams.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -195,17 +208,25 @@ pub async fn run(
                 let _ = stop_rx.await;
             },
         );
-    tokio::pin!(serve);
+    // gRPC and HTTP drain together, within one deadline.
+    let mut http_server = http_server;
+    let serve_all = async {
+        let r = serve.await;
+        if let (Ok(()), Some(task)) = (&r, http_server.as_mut()) {
+            let _ = task.await;
+        }
+        r
+    };
     let drain = options.drain;
     let result = tokio::select! {
-        r = &mut serve => r,
+        r = serve_all => r,
         () = async { stopping.cancelled().await; tokio::time::sleep(drain).await } => {
             tracing::warn!(drain = ?drain, "calls still in flight at the drain deadline; stopping anyway");
             Ok(())
         }
     };
     stopping.cancel();
-    for task in background {
+    for task in background.into_iter().chain(http_server) {
         task.abort();
     }
     save_counters(&limiter).await;
@@ -249,14 +270,34 @@ impl App {
                     .expect("no directory: nothing to read"),
             ),
         };
+        let rules = Arc::new(rule_source.reloader());
+        let metrics = Arc::new(Metrics::new());
         Self {
-            rules: Arc::new(rule_source.reloader()),
-            rule_source,
+            rate_limiter: Arc::new(RateLimiterService::new(
+                limiter.clone(),
+                hub.clone(),
+                metrics.clone(),
+                stopping,
+            )),
+            admin: Arc::new(AdminService::new(
+                limiter.clone(),
+                hub.clone(),
+                config.clone(),
+                rules.clone(),
+            )),
+            admin_auth: AdminAuth::new(options.admin_token.clone()),
+            envoy: Arc::new(EnvoyService::new(
+                limiter.clone(),
+                rule_source,
+                options.envoy.clone(),
+                hub.clone(),
+                metrics.clone(),
+            )),
+            rules,
             config,
             hub,
             limiter,
-            metrics: Arc::new(Metrics::new()),
-            stopping,
+            metrics,
         }
     }
 
@@ -268,29 +309,13 @@ impl App {
         >,
         options: &Options,
     ) -> Result<Router, tonic::transport::Error> {
-        let auth = AdminAuth::new(options.admin_token.clone());
-        let admin = AdminServer::with_interceptor(
-            AdminService::new(
-                self.limiter.clone(),
-                self.hub.clone(),
-                self.config.clone(),
-                self.rules.clone(),
-            ),
-            move |request| auth.check(request),
-        );
-        let rate_limiter = RateLimiterServer::new(RateLimiterService::new(
-            self.limiter.clone(),
-            self.hub.clone(),
-            self.metrics.clone(),
-            self.stopping.clone(),
-        ));
-        let envoy = RateLimitServiceServer::new(EnvoyService::new(
-            self.limiter.clone(),
-            self.rule_source.clone(),
-            options.envoy.clone(),
-            self.hub.clone(),
-            self.metrics.clone(),
-        ));
+        let auth = self.admin_auth.clone();
+        let admin =
+            InterceptedService::new(AdminServer::from_arc(self.admin.clone()), move |request| {
+                auth.check(request)
+            });
+        let rate_limiter = RateLimiterServer::from_arc(self.rate_limiter.clone());
+        let envoy = RateLimitServiceServer::from_arc(self.envoy.clone());
         let reflection = |builder: tonic_reflection::server::Builder<'static>| {
             builder
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -309,6 +334,22 @@ impl App {
             .add_service(rate_limiter)
             .add_service(admin)
             .add_service(envoy))
+    }
+
+    /// The HTTP front door's view of the same services.
+    fn http(&self, health: &HealthReporter, metrics: bool) -> http::Services {
+        http::Services {
+            rate_limiter: self.rate_limiter.clone(),
+            admin: self.admin.clone(),
+            admin_auth: self.admin_auth.clone(),
+            envoy: self.envoy.clone(),
+            health: Arc::new(HealthService::from_health_reporter(health.clone())),
+            limiter: self.limiter.clone(),
+            metrics: metrics.then(|| http::MetricsEndpoint {
+                metrics: self.metrics.clone(),
+                gauges: self.gauges(),
+            }),
+        }
     }
 
     /// What the metrics endpoint reads at scrape time.

@@ -21,6 +21,7 @@ pub use pb::rate_limiter_client::RateLimiterClient;
 pub use pb::{Decision, LimitRequest, Verdict};
 
 pub mod envoy;
+pub mod http;
 pub mod process;
 pub mod redis;
 
@@ -32,6 +33,8 @@ pub const T0: Nanos = 1_799_971_200 * SECOND;
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
+    /// The HTTP front door's address, when `options.http` was given.
+    pub http: Option<std::net::SocketAddr>,
     pub clock: Arc<ManualClock>,
     pub limiter: Arc<Limiter>,
     pub client: RateLimiterClient<Channel>,
@@ -131,6 +134,7 @@ impl TestServer {
         // Bound before spawning, so the client can connect at once.
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let http = options.http.as_ref().map(|l| l.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn({
             let limiter = limiter.clone();
@@ -152,6 +156,7 @@ impl TestServer {
         let client = RateLimiterClient::new(channel);
         Self {
             addr,
+            http,
             clock,
             limiter,
             client,

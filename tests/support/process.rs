@@ -13,6 +13,21 @@ pub fn example(name: &str) -> String {
 pub struct Served {
     pub child: Child,
     pub addr: String,
+    /// The log lines up to the one saying where it listens.
+    pub seen: Vec<String>,
+}
+
+impl Served {
+    /// Where the HTTP front door listens, from the log (`--http-listen`).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.seen
+            .iter()
+            .find_map(|l| l.split("http on http://").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the log says where http listens")
+            .parse()
+            .expect("an address")
+    }
 }
 
 /// A failed test never leaves its server running.
@@ -52,6 +67,10 @@ pub fn serve_env(args: &[&str], env: &[(&str, &str)]) -> Served {
     if !has_state {
         command.args(["--state", &state]);
     }
+    // Only what the test sets: HOST and PORT would open the HTTP front door.
+    for var in ["HOST", "PORT"] {
+        command.env_remove(var);
+    }
     let mut child = command
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
@@ -72,7 +91,7 @@ pub fn serve_env(args: &[&str], env: &[(&str, &str)]) -> Served {
     };
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Served { child, addr }
+    Served { child, addr, seen }
 }
 
 pub fn grpcurl(args: &[&str]) -> String {

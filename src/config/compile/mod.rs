@@ -6,11 +6,12 @@
 //! run and report too. This file holds the top-level sections (headers,
 //! classes, plans, the default plan, assignments); a plan's entries are checked
 //! in [`entry`], inherited in [`inherit`] and built into limits in [`build`];
-//! `envoy.domains` is [`envoy_domains`].
+//! `envoy.domains` is [`envoy_domains`], `http.forward_auth` [`forward_auth`].
 
 mod build;
 mod entry;
 mod envoy_domains;
+mod forward_auth;
 mod inherit;
 mod problems;
 
@@ -37,6 +38,7 @@ pub(super) fn compile(
         list: Vec::new(),
     };
     let envoy_domains = envoy_domains::envoy_domains(&mut p, raw.envoy.as_ref());
+    let forward_auth = forward_auth::forward_auth(&mut p, raw.http.as_ref());
     let headers = headers(&mut p, raw.headers.as_ref());
     let (classes, class_names) = classes(&mut p, &raw.classes);
     let plans = plans(&mut p, &raw, &class_names, slots);
@@ -51,6 +53,7 @@ pub(super) fn compile(
             assignments,
             headers,
             envoy_domains,
+            forward_auth,
         }),
         _ => {
             p.list.sort_by_key(|problem| problem.line);

@@ -1,0 +1,190 @@
+//! `tollgate.v1.Admin` as JSON under `/v1/admin/`, one `POST` route per
+//! method (`/v1/admin/set-plan` is `SetPlan`), taking and answering the
+//! method's messages. `list-plans` also answers `GET`.
+//!
+//! The request's `Authorization` header goes into the gRPC metadata and
+//! through the same interceptor ([`AdminAuth`](crate::api::auth::AdminAuth)),
+//! so the token check, and its UNAUTHENTICATED (401) and PERMISSION_DENIED
+//! (403) answers, are gRPC's.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use axum::routing::post;
+use prost::Message;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::server::TcpConnectInfo;
+use tonic::{Request, Status};
+
+use super::{Services, error, json, read_body};
+use crate::api::admin::AdminService;
+use crate::proto::tollgate::v1 as pb;
+use pb::admin_server::Admin;
+
+/// The admin routes, to nest under `/v1/admin`.
+pub(super) fn routes() -> Router<Services> {
+    Router::new()
+        .route(
+            "/set-plan",
+            post(|s, p, h, b| {
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("SetPlanRequest", "SetPlanResponse"),
+                    |a, r| async move { Admin::set_plan(&*a, r).await },
+                )
+            }),
+        )
+        .route(
+            "/get-subject",
+            post(|s, p, h, b| {
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("GetSubjectRequest", "SubjectState"),
+                    |a, r| async move { Admin::get_subject(&*a, r).await },
+                )
+            }),
+        )
+        .route(
+            "/set-override",
+            post(|s, p, h, b| {
+                call(s, p, h, b, ("Override", "Override"), |a, r| async move {
+                    Admin::set_override(&*a, r).await
+                })
+            }),
+        )
+        .route(
+            "/remove-override",
+            post(|s, p, h, b| {
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("RemoveOverrideRequest", "RemoveOverrideResponse"),
+                    |a, r| async move { Admin::remove_override(&*a, r).await },
+                )
+            }),
+        )
+        .route(
+            "/reset-usage",
+            post(|s, p, h, b| {
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("ResetUsageRequest", "ResetUsageResponse"),
+                    |a, r| async move { Admin::reset_usage(&*a, r).await },
+                )
+            }),
+        )
+        .route(
+            "/list-plans",
+            post(|s, p, h, b| {
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("ListPlansRequest", "ListPlansResponse"),
+                    |a, r| async move { Admin::list_plans(&*a, r).await },
+                )
+            })
+            .get(|s, p, h, b| {
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("ListPlansRequest", "ListPlansResponse"),
+                    |a, r| async move { Admin::list_plans(&*a, r).await },
+                )
+            }),
+        )
+        .route(
+            "/reload-config",
+            post(|s, p, h, b| {
+                call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    ("ReloadConfigRequest", "ReloadConfigResponse"),
+                    |a, r| async move { Admin::reload_config(&*a, r).await },
+                )
+            }),
+        )
+}
+
+/// Decodes the body as `tollgate.v1.<names.0>`, checks the token, calls `f`
+/// and answers `tollgate.v1.<names.1>` or the error table's status.
+async fn call<Req, Resp, F, Fut>(
+    State(s): State<Services>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+    names: (&str, &str),
+    f: F,
+) -> Response
+where
+    Req: Message + Default,
+    Resp: Message,
+    F: FnOnce(Arc<AdminService>, Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let answer = async {
+        let metadata = metadata(&headers)?;
+        let mut probe = Request::from_parts(metadata.clone(), Default::default(), ());
+        probe.extensions_mut().insert(connect_info(peer));
+        s.admin_auth.check(probe)?;
+        let message: Req = json::decode(&format!("tollgate.v1.{}", names.0), &body)?;
+        let mut request = Request::from_parts(metadata, Default::default(), message);
+        request.extensions_mut().insert(connect_info(peer));
+        f(s.admin.clone(), request).await
+    };
+    match answer.await {
+        Ok(r) => super::json_response(
+            StatusCode::OK,
+            json::encode(&format!("tollgate.v1.{}", names.1), r.get_ref()),
+        ),
+        Err(e) => error(&e),
+    }
+}
+
+/// The gRPC metadata the interceptor reads: the `Authorization` header.
+fn metadata(headers: &HeaderMap) -> Result<MetadataMap, Status> {
+    let mut metadata = MetadataMap::new();
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v
+            .to_str()
+            .ok()
+            .and_then(|v| MetadataValue::try_from(v).ok())
+            .ok_or_else(|| Status::unauthenticated("authorization: not a valid header value"))?;
+        metadata.insert("authorization", v);
+    }
+    Ok(metadata)
+}
+
+/// The peer as tonic records it, so admin changes log who made them.
+fn connect_info(peer: SocketAddr) -> TcpConnectInfo {
+    TcpConnectInfo {
+        local_addr: None,
+        remote_addr: Some(peer),
+    }
+}

@@ -1,0 +1,240 @@
+//! `/v1/forward-auth`: a `Consume` decided from the headers a gateway
+//! forwards (nginx `auth_request`, Caddy `forward_auth`, Traefik
+//! `ForwardAuth`). Any method is accepted.
+//!
+//! The running configuration's `http.forward_auth` says where the subject,
+//! the account and each cost come from. The method and path come from
+//! `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik, Caddy) or
+//! `X-Original-Method`/`X-Original-URI` (nginx); the query string is not
+//! part of the resource. Both are required: a request that cannot be
+//! matched to its class is refused, never let through.
+//!
+//! The answer, for the gateway:
+//! - 200, empty, with the decision's rate-limit headers to copy onto the
+//!   response;
+//! - 429 with `Retry-After`, those headers and
+//!   `{"code":"RATE_LIMITED","message":…,"retry_after":<seconds>}`;
+//! - 403 `{"code":"NOT_IN_PLAN","message":<the plan's message>}`;
+//! - 413 `{"code":"TOO_LARGE",…}`: the cost can never fit;
+//! - 401 when the subject is missing (with `WWW-Authenticate: Bearer` when
+//!   it is the bearer token);
+//! - 400 for a missing method or path or a bad cost header, 404 when the
+//!   configuration has no `http.forward_auth`, and the error table's status
+//!   when the call fails (503 when the counter store is down).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tonic::{Code, Request, Status};
+
+use super::{Services, error, error_with};
+use crate::plans::{ForwardAuth, HeaderSource};
+use crate::proto::tollgate::v1 as pb;
+use pb::rate_limiter_server::RateLimiter;
+
+/// `/v1/forward-auth`.
+pub async fn forward_auth(
+    State(s): State<Services>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let catalog = s.limiter.catalog();
+    let Some(config) = &catalog.forward_auth else {
+        return error_with(
+            StatusCode::NOT_FOUND,
+            Code::NotFound,
+            "forward auth is not configured: add http.forward_auth to the configuration file",
+        );
+    };
+    let request = match limit_request(config, &headers, peer) {
+        Ok(r) => r,
+        Err(Refused::NoSubject) => return missing_subject(&config.subject),
+        Err(Refused::Invalid(message)) => return error(&Status::invalid_argument(message)),
+    };
+    match RateLimiter::consume(&*s.rate_limiter, Request::new(request)).await {
+        Ok(d) => answer(&d.into_inner()),
+        Err(e) => error(&e),
+    }
+}
+
+/// Why the headers do not describe a request.
+#[derive(Debug)]
+enum Refused {
+    /// The subject's source is missing or malformed.
+    NoSubject,
+    /// A header is wrong; the message names it.
+    Invalid(String),
+}
+
+/// The `LimitRequest` the headers describe.
+fn limit_request(
+    config: &ForwardAuth,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<pb::LimitRequest, Refused> {
+    let subject = source(&config.subject, headers, peer)?.ok_or(Refused::NoSubject)?;
+    let account = match &config.account {
+        Some(from) => source(from, headers, peer)?.unwrap_or_default(),
+        None => String::new(),
+    };
+    let method = first_of(headers, &["x-forwarded-method", "x-original-method"])?;
+    let uri = first_of(headers, &["x-forwarded-uri", "x-original-uri"])?;
+    let (Some(method), Some(uri)) = (method, uri) else {
+        return Err(Refused::Invalid(
+            "x-forwarded-method and x-forwarded-uri (or x-original-method and x-original-uri) are required: the gateway must say which request to judge".to_owned(),
+        ));
+    };
+    let path = uri.split(['?', '#']).next().unwrap_or_default().to_owned();
+    let mut cost = HashMap::new();
+    for (unit, name) in &config.cost {
+        if let Some(v) = text(headers, name)? {
+            let n = v.trim().parse::<u64>().map_err(|_| {
+                Refused::Invalid(format!(
+                    "{name}: expected a non-negative integer cost in {unit}, got {v:?}"
+                ))
+            })?;
+            cost.insert(unit.clone(), n);
+        }
+    }
+    Ok(pb::LimitRequest {
+        subject,
+        account,
+        resource: path,
+        cost,
+        attributes: HashMap::from([("method".to_owned(), method.to_ascii_uppercase())]),
+    })
+}
+
+/// The value `from` names, if the request has it.
+fn source(
+    from: &HeaderSource,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Option<String>, Refused> {
+    Ok(match from {
+        HeaderSource::Header(name) => text(headers, name)?.filter(|v| !v.trim().is_empty()),
+        HeaderSource::Bearer => text(headers, "authorization")?.and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            let token = token.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+        }),
+        HeaderSource::ClientIp => Some(client_ip(headers, peer)?),
+    })
+}
+
+/// The first `X-Forwarded-For` entry, else `X-Real-IP`, else the peer.
+fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> Result<String, Refused> {
+    let forwarded = text(headers, "x-forwarded-for")?
+        .and_then(|v| v.split(',').next().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty());
+    let real = || text(headers, "x-real-ip").map(|v| v.map(|s| s.trim().to_owned()));
+    Ok(match forwarded {
+        Some(ip) => ip,
+        None => real()?
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| peer.ip().to_string()),
+    })
+}
+
+/// The first of `names` the request carries.
+fn first_of(headers: &HeaderMap, names: &[&str]) -> Result<Option<String>, Refused> {
+    for name in names {
+        if let Some(v) = text(headers, name)?.filter(|v| !v.is_empty()) {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+/// A header's value as text; one that is not visible ASCII is 400.
+fn text(headers: &HeaderMap, name: &str) -> Result<Option<String>, Refused> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| Refused::Invalid(format!("{name}: not a valid header value")))
+        })
+        .transpose()
+}
+
+fn missing_subject(from: &HeaderSource) -> Response {
+    let (message, challenge) = match from {
+        HeaderSource::Header(name) => (format!("{name}: header required"), false),
+        HeaderSource::Bearer => ("authorization: Bearer <token> required".to_owned(), true),
+        HeaderSource::ClientIp => ("the client address is unknown".to_owned(), false),
+    };
+    let mut response = verdict_body(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &message, None);
+    if challenge {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// The decision as the gateway needs it.
+fn answer(d: &pb::Decision) -> Response {
+    let verdict = pb::Verdict::try_from(d.verdict).unwrap_or(pb::Verdict::Unspecified);
+    let mut response = match verdict {
+        pb::Verdict::Allowed => StatusCode::OK.into_response(),
+        pb::Verdict::RateLimited => {
+            let wait = d.retry_after.as_ref().map_or(1, |r| {
+                let secs = u64::try_from(r.seconds).unwrap_or(0);
+                (secs + u64::from(r.nanos > 0)).max(1)
+            });
+            verdict_body(
+                StatusCode::TOO_MANY_REQUESTS,
+                verdict.as_str_name(),
+                &d.reason,
+                Some(wait),
+            )
+        }
+        pb::Verdict::NotInPlan => verdict_body(
+            StatusCode::FORBIDDEN,
+            verdict.as_str_name(),
+            &d.reason,
+            None,
+        ),
+        pb::Verdict::TooLarge => verdict_body(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            verdict.as_str_name(),
+            &d.reason,
+            None,
+        ),
+        pb::Verdict::Unspecified => {
+            return error(&Status::internal("the decision has no verdict"));
+        }
+    };
+    let out = response.headers_mut();
+    for (name, value) in &d.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            out.insert(name, value);
+        }
+    }
+    if verdict == pb::Verdict::RateLimited && !out.contains_key(header::RETRY_AFTER) {
+        let wait = d.retry_after.as_ref().map_or(1, |r| r.seconds.max(1));
+        out.insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    }
+    response
+}
+
+/// `{"code": <what>, "message": …[, "retry_after": N]}`.
+fn verdict_body(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after: Option<u64>,
+) -> Response {
+    let mut body = serde_json::json!({ "code": code, "message": message });
+    if let Some(wait) = retry_after {
+        body["retry_after"] = wait.into();
+    }
+    super::json_response(status, body.to_string().into_bytes())
+}

@@ -1,0 +1,63 @@
+//! `tollgate.v1.RateLimiter`'s unary calls as JSON: `POST /v1/check`,
+//! `/v1/consume`, `/v1/record` take a `LimitRequest` and answer the
+//! `Decision`, 200 whatever the verdict (the verdict is in the body), or
+//! the error table's status.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use tonic::{Request, Status};
+
+use super::{Services, error, json, read_body};
+use crate::proto::tollgate::v1 as pb;
+use pb::rate_limiter_server::RateLimiter;
+
+/// The message names, for [`json`].
+pub(super) const LIMIT_REQUEST: &str = "tollgate.v1.LimitRequest";
+pub(super) const DECISION: &str = "tollgate.v1.Decision";
+
+/// Which call.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Check,
+    Consume,
+    Record,
+}
+
+/// `POST /v1/check`: `CheckLimit`.
+pub async fn check(s: State<Services>, body: Body) -> Response {
+    decide(s, body, Call::Check).await
+}
+
+/// `POST /v1/consume`: `Consume`.
+pub async fn consume(s: State<Services>, body: Body) -> Response {
+    decide(s, body, Call::Consume).await
+}
+
+/// `POST /v1/record`: `Record`.
+pub async fn record(s: State<Services>, body: Body) -> Response {
+    decide(s, body, Call::Record).await
+}
+
+async fn decide(State(s): State<Services>, body: Body, call: Call) -> Response {
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    match call_service(&s, &body, call).await {
+        Ok(d) => super::json_response(StatusCode::OK, json::encode(DECISION, &d)),
+        Err(e) => error(&e),
+    }
+}
+
+async fn call_service(s: &Services, body: &[u8], call: Call) -> Result<pb::Decision, Status> {
+    let request = Request::new(json::decode::<pb::LimitRequest>(LIMIT_REQUEST, body)?);
+    let service = &*s.rate_limiter;
+    let decision = match call {
+        Call::Check => service.check_limit(request).await,
+        Call::Consume => RateLimiter::consume(service, request).await,
+        Call::Record => RateLimiter::record(service, request).await,
+    }?;
+    Ok(decision.into_inner())
+}
