@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs tollgate's whole test suite on a fresh machine: installs what the tests
-# drive for real (grpcurl, redis-server), then builds and runs every test.
+# drive for real (grpcurl, redis-server), validates the Kubernetes manifests
+# (installing kubernetes-validate), then builds and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +19,7 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
     $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq redis-server >/dev/null
 fi
 redis-server --version
+
+scripts/validate-kubernetes.sh
 
 cargo test --locked "$@"
