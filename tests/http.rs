@@ -395,6 +395,20 @@ async fn forward_auth_answers_403_for_a_gated_class_and_413_for_too_large() {
     let r = chat("600").await;
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["code"], "TOO_LARGE");
+    // Without a forwarded method, the call's own method is the request's.
+    let r = send(
+        http,
+        "POST",
+        "/v1/forward-auth",
+        &[
+            ("x-api-key", "key_1"),
+            ("x-original-uri", "/v1/chat"),
+            ("x-token-cost", "600"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.body);
     let r = chat("abc").await;
     assert_eq!(r.status, 400);
     assert!(

@@ -6,8 +6,10 @@
 //! the account and each cost come from. The method and path come from
 //! `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik, Caddy) or
 //! `X-Original-Method`/`X-Original-URI` (nginx); the query string is not
-//! part of the resource. Both are required: a request that cannot be
-//! matched to its class is refused, never let through.
+//! part of the resource. Without a forwarded method, the call's own method
+//! is the request's (nginx's `auth_request` and Traefik keep it); without a
+//! forwarded path the call is refused, never let through: its class is
+//! unknown.
 //!
 //! The answer, for the gateway:
 //! - 200, empty, with the decision's rate-limit headers to copy onto the
@@ -18,7 +20,7 @@
 //! - 413 `{"code":"TOO_LARGE",…}`: the cost can never fit;
 //! - 401 when the subject is missing (with `WWW-Authenticate: Bearer` when
 //!   it is the bearer token);
-//! - 400 for a missing method or path or a bad cost header, 404 when the
+//! - 400 for a missing path or a bad cost header, 404 when the
 //!   configuration has no `http.forward_auth`, and the error table's status
 //!   when the call fails (503 when the counter store is down).
 
@@ -26,7 +28,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tonic::{Code, Request, Status};
 
@@ -39,6 +41,7 @@ use pb::rate_limiter_server::RateLimiter;
 pub async fn forward_auth(
     State(s): State<Services>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
     headers: HeaderMap,
 ) -> Response {
     let catalog = s.limiter.catalog();
@@ -49,7 +52,7 @@ pub async fn forward_auth(
             "forward auth is not configured: add http.forward_auth to the configuration file",
         );
     };
-    let request = match limit_request(config, &headers, peer) {
+    let request = match limit_request(config, &method, &headers, peer) {
         Ok(r) => r,
         Err(Refused::NoSubject) => return missing_subject(&config.subject),
         Err(Refused::Invalid(message)) => return error(&Status::invalid_argument(message)),
@@ -72,6 +75,7 @@ enum Refused {
 /// The `LimitRequest` the headers describe.
 fn limit_request(
     config: &ForwardAuth,
+    own_method: &Method,
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<pb::LimitRequest, Refused> {
@@ -80,11 +84,11 @@ fn limit_request(
         Some(from) => source(from, headers, peer)?.unwrap_or_default(),
         None => String::new(),
     };
-    let method = first_of(headers, &["x-forwarded-method", "x-original-method"])?;
-    let uri = first_of(headers, &["x-forwarded-uri", "x-original-uri"])?;
-    let (Some(method), Some(uri)) = (method, uri) else {
+    let method = first_of(headers, &["x-forwarded-method", "x-original-method"])?
+        .unwrap_or_else(|| own_method.as_str().to_owned());
+    let Some(uri) = first_of(headers, &["x-forwarded-uri", "x-original-uri"])? else {
         return Err(Refused::Invalid(
-            "x-forwarded-method and x-forwarded-uri (or x-original-method and x-original-uri) are required: the gateway must say which request to judge".to_owned(),
+            "x-forwarded-uri (or x-original-uri) is required: the gateway must say which request to judge".to_owned(),
         ));
     };
     let path = uri.split(['?', '#']).next().unwrap_or_default().to_owned();
