@@ -2,7 +2,6 @@
 //! reference's overall-code rules on top.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -118,8 +117,12 @@ impl EnvoyService {
             }
             for (j, e) in d.entries.iter().enumerate() {
                 for (part, text) in [("key", &e.key), ("value", &e.value)] {
-                    let field = format!("descriptors[{i}].entries[{j}].{part}");
-                    Error::bounded(&field, text, MAX_ENTRY_LEN)?;
+                    // The field's name is built only for the error: this
+                    // runs for every entry of every call.
+                    if text.len() > MAX_ENTRY_LEN {
+                        let field = format!("descriptors[{i}].entries[{j}].{part}");
+                        Error::bounded(&field, text, MAX_ENTRY_LEN)?;
+                    }
                 }
             }
             if let Some(n) = d.hits_addend {
@@ -511,8 +514,13 @@ fn scope(domain: &str, entries: &[(&str, &str)], shared: &[Option<&str>]) -> Str
                 .map(|(k, v)| k.len() + v.len() + 8)
                 .sum::<usize>(),
     );
+    // `{tag}{len}:{p}`, without the formatting machinery (every call
+    // builds one scope per descriptor).
     let part = |s: &mut String, tag: char, p: &str| {
-        let _ = write!(s, "{tag}{}:{p}", p.len());
+        s.push(tag);
+        push_decimal(s, p.len());
+        s.push(':');
+        s.push_str(p);
     };
     part(&mut s, 'd', domain);
     for (i, (k, v)) in entries.iter().enumerate() {
@@ -523,4 +531,43 @@ fn scope(domain: &str, entries: &[(&str, &str)], shared: &[Option<&str>]) -> Str
         }
     }
     s
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(s: &mut String, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        s.push(char::from(d));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_prefix_every_part_with_its_length() {
+        assert_eq!(
+            scope("api", &[("key", "k1"), ("path", "/a")], &[]),
+            "d3:apik3:keyv2:k1k4:pathv2:/a"
+        );
+        let long = "x".repeat(1234);
+        assert_eq!(scope("", &[("k", &long)], &[Some("*")]), "d0:k1:k*1:*");
+        let mut s = String::new();
+        for n in [0, 9, 10, 1234, usize::MAX] {
+            push_decimal(&mut s, n);
+            assert_eq!(s, n.to_string());
+            s.clear();
+        }
+    }
 }
