@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -13,11 +13,14 @@ use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +28,7 @@ use tokio_util::sync::CancellationToken;
 /// The metrics of one server.
 pub struct Metrics {
     registry: Registry,
-    decisions: Family<DecisionLabels, Counter>,
-    latency: Family<RpcLabels, Histogram>,
+    decisions: Arc<DecisionStats>,
     reloads: Family<ResultLabels, Counter>,
     watchers: Gauge,
     counters: Gauge,
@@ -112,23 +114,8 @@ impl Metrics {
     /// The metrics, registered.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tollgate");
-        let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register(
-            "decisions",
-            "Decisions by rpc, verdict, plan and class",
-            decisions.clone(),
-        );
-        let latency = Family::<RpcLabels, Histogram>::new_with_constructor(|| {
-            // 1 µs .. ~1 s.
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                1e-6, 2.0, 21,
-            ))
-        });
-        registry.register(
-            "decision_duration_seconds",
-            "Time to decide, in the server",
-            latency.clone(),
-        );
+        let decisions = Arc::new(DecisionStats::new());
+        registry.register_collector(Box::new(decisions.clone()));
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "config_reloads",
@@ -160,7 +147,6 @@ impl Metrics {
         Self {
             registry,
             decisions,
-            latency,
             reloads,
             watchers,
             counters,
@@ -172,10 +158,7 @@ impl Metrics {
 
     /// Counts one decision.
     pub fn decision(&self, labels: &DecisionLabels, took: Duration) {
-        self.decisions.get_or_create(labels).inc();
-        self.latency
-            .get_or_create(&RpcLabels { rpc: labels.rpc })
-            .observe(took.as_secs_f64());
+        self.decisions.count(labels, took.as_secs_f64());
     }
 
     /// The text exposition, with `gauges` read now.
@@ -200,6 +183,166 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Decisions and their latency, counted in shards (one per worker thread,
+/// as far as there are shards) and summed at scrape time. A decision takes
+/// no lock another core holds and writes no cache line another core writes:
+/// `prometheus_client`'s `Family` takes a shared read lock per lookup, and its
+/// `Histogram` a write lock per observation.
+#[derive(Debug)]
+struct DecisionStats {
+    shards: Box<[Shard]>,
+}
+
+/// One shard, alone on its cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(parking_lot::Mutex<Tally>);
+
+#[derive(Debug, Default)]
+struct Tally {
+    decisions: hashbrown::HashMap<DecisionLabels, u64>,
+    /// Per rpc (a handful), in the order first seen.
+    latency: Vec<(&'static str, Latency)>,
+}
+
+/// A histogram's state: a count per bucket (not cumulative), sum, count.
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    buckets: [u64; BUCKETS],
+    sum: f64,
+    count: u64,
+}
+
+/// Buckets of the latency histogram: 1 µs doubling to ~1 s, then +Inf.
+const BUCKETS: usize = 22;
+
+fn upper_bound(i: usize) -> f64 {
+    if i + 1 == BUCKETS {
+        f64::INFINITY
+    } else {
+        1e-6 * f64::from(1u32 << i)
+    }
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            buckets: [0; BUCKETS],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Latency {
+    fn observe(&mut self, seconds: f64) {
+        let i = (0..BUCKETS)
+            .find(|&i| seconds <= upper_bound(i))
+            .unwrap_or(BUCKETS - 1);
+        self.buckets[i] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    fn add(&mut self, other: &Self) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+}
+
+impl DecisionStats {
+    fn new() -> Self {
+        let threads = std::thread::available_parallelism().map_or(4, usize::from);
+        let shards = (0..(2 * threads).max(4))
+            .map(|_| Shard::default())
+            .collect();
+        Self { shards }
+    }
+
+    fn count(&self, labels: &DecisionLabels, seconds: f64) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        let i = INDEX.with(|i| *i) % self.shards.len();
+        let mut tally = self.shards[i].0.lock();
+        match tally.decisions.get_mut(labels) {
+            Some(n) => *n += 1,
+            None => {
+                tally.decisions.insert(labels.clone(), 1);
+            }
+        }
+        match tally.latency.iter_mut().find(|(rpc, _)| *rpc == labels.rpc) {
+            Some((_, l)) => l.observe(seconds),
+            None => {
+                let mut l = Latency::default();
+                l.observe(seconds);
+                tally.latency.push((labels.rpc, l));
+            }
+        }
+    }
+}
+
+impl Collector for DecisionStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut decisions: hashbrown::HashMap<DecisionLabels, u64> = hashbrown::HashMap::new();
+        let mut latency: Vec<(&'static str, Latency)> = Vec::new();
+        for shard in &self.shards {
+            let tally = shard.0.lock();
+            for (labels, n) in &tally.decisions {
+                *decisions.entry(labels.clone()).or_insert(0) += n;
+            }
+            for (rpc, l) in &tally.latency {
+                match latency.iter_mut().find(|(r, _)| r == rpc) {
+                    Some((_, sum)) => sum.add(l),
+                    None => latency.push((rpc, *l)),
+                }
+            }
+        }
+        let mut decisions: Vec<_> = decisions.into_iter().collect();
+        decisions.sort_by(|(a, _), (b, _)| {
+            (a.rpc, a.verdict, &*a.plan.0, &*a.class.0).cmp(&(
+                b.rpc,
+                b.verdict,
+                &*b.plan.0,
+                &*b.class.0,
+            ))
+        });
+        latency.sort_by_key(|(rpc, _)| *rpc);
+        {
+            let mut family = encoder.encode_descriptor(
+                "decisions",
+                "Decisions by rpc, verdict, plan and class",
+                None,
+                MetricType::Counter,
+            )?;
+            for (labels, n) in &decisions {
+                family
+                    .encode_family(labels)?
+                    .encode_counter::<NoLabelSet, u64, f64>(n, None)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "decision_duration_seconds",
+            "Time to decide, in the server",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (rpc, l) in &latency {
+            let buckets: Vec<(f64, u64)> = (0..BUCKETS)
+                .map(|i| (upper_bound(i), l.buckets[i]))
+                .collect();
+            family
+                .encode_family(&RpcLabels { rpc })?
+                .encode_histogram::<NoLabelSet>(l.sum, l.count, &buckets, None)?;
+        }
+        Ok(())
     }
 }
 
@@ -263,5 +406,50 @@ pub async fn serve(
                 tracing::debug!(error = %e, client.addr = %peer, "metrics connection ended");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(rpc: &'static str, verdict: &'static str) -> DecisionLabels {
+        DecisionLabels {
+            rpc,
+            verdict,
+            plan: Label(Arc::from("free")),
+            class: Label::empty(),
+        }
+    }
+
+    #[test]
+    fn decisions_from_every_thread_are_summed_at_scrape() {
+        let metrics = Arc::new(Metrics::new());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let m = metrics.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        m.decision(&labels("consume", "allowed"), Duration::from_micros(3));
+                    }
+                    m.decision(&labels("check", "rate_limited"), Duration::from_secs(5));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("no panic");
+        }
+        let text = metrics.render(Gauges::default());
+        for line in [
+            r#"tollgate_decisions_total{rpc="consume",verdict="allowed",plan="free",class=""} 800"#,
+            r#"tollgate_decisions_total{rpc="check",verdict="rate_limited",plan="free",class=""} 8"#,
+            r#"tollgate_decision_duration_seconds_count{rpc="consume"} 800"#,
+            r#"tollgate_decision_duration_seconds_bucket{le="0.000002",rpc="consume"} 0"#,
+            r#"tollgate_decision_duration_seconds_bucket{le="0.000004",rpc="consume"} 800"#,
+            r#"tollgate_decision_duration_seconds_bucket{le="+Inf",rpc="check"} 8"#,
+            r#"tollgate_decision_duration_seconds_bucket{le="1.048576",rpc="check"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }
