@@ -89,6 +89,19 @@ async fn the_contract_holds(gateway: &Gateway, app: &App) {
         json!({"code": "NOT_IN_PLAN", "message": "Admin endpoints need the enterprise plan"})
     );
     no_internals(&r);
+    // The gateway, not the client, says which request tollgate judges.
+    let spoofed = [
+        ("x-api-key", "key_2"),
+        ("x-forwarded-uri", "/hello"),
+        ("x-forwarded-method", "GET"),
+        ("x-original-uri", "/hello"),
+    ];
+    let r = get(at, "/admin/users", &spoofed).await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (403, json!("NOT_IN_PLAN")),
+        "{r:?}"
+    );
 
     let r = get(at, "/hello", &[]).await;
     assert_eq!(r.status, 401, "{r:?}");
