@@ -50,10 +50,10 @@ use pb::rate_limiter_server::RateLimiter;
 /// only 2xx, 401 and 403 (nginx's `auth_request`).
 const DENY_STATUS: &str = "x-tollgate-deny-status";
 
-/// The status a folded denial stands for.
+/// The status a denial answered as 403 stands for.
 const DENIED_STATUS: &str = "x-tollgate-status";
 
-/// A folded denial's JSON body, escaped to ASCII.
+/// The JSON body of a denial answered as 403, escaped to ASCII.
 const DENIED_BODY: &str = "x-tollgate-body";
 
 /// `/v1/forward-auth`.
@@ -64,8 +64,8 @@ pub async fn forward_auth(
     headers: HeaderMap,
 ) -> Response {
     let catalog = s.limiter.catalog();
-    let fold = match folds_denials(&headers) {
-        Ok(fold) => fold,
+    let denials = match denials_of(&headers) {
+        Ok(d) => d,
         Err(message) => return error(&Status::invalid_argument(message)),
     };
     let Some(config) = &catalog.forward_auth else {
@@ -77,25 +77,34 @@ pub async fn forward_auth(
     };
     let request = match limit_request(config, &method, &headers, peer) {
         Ok(r) => r,
-        Err(Refused::NoSubject) => return missing_subject(&config.subject, fold),
+        Err(Refused::NoSubject) => return missing_subject(&config.subject, denials),
         Err(Refused::Invalid(message)) => return error(&Status::invalid_argument(message)),
     };
     match RateLimiter::consume(&*s.rate_limiter, Request::new(request)).await {
-        Ok(d) => answer(&d.into_inner(), fold),
+        Ok(d) => answer(&d.into_inner(), denials),
         Err(e) => error(&e),
     }
 }
 
-/// Whether the gateway asked for denials as 403 (`X-Tollgate-Deny-Status`).
-fn folds_denials(headers: &HeaderMap) -> Result<bool, String> {
+/// How the gateway wants denials answered (`X-Tollgate-Deny-Status`).
+fn denials_of(headers: &HeaderMap) -> Result<Denials, String> {
     match headers.get(DENY_STATUS) {
-        None => Ok(false),
-        Some(v) if v.as_bytes().trim_ascii() == b"403" => Ok(true),
+        None => Ok(Denials::AsIs),
+        Some(v) if v.as_bytes().trim_ascii() == b"403" => Ok(Denials::As403),
         Some(v) => Err(format!(
             "{DENY_STATUS}: only 403 is supported, got {:?}",
             String::from_utf8_lossy(v.as_bytes())
         )),
     }
+}
+
+/// How denials are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Denials {
+    /// With their own status: 429, 403, 413, 401.
+    AsIs,
+    /// As 403 (401 stays), the status and body also in headers.
+    As403,
 }
 
 /// Why the headers do not describe a request.
@@ -200,7 +209,7 @@ fn text(headers: &HeaderMap, name: &str) -> Result<Option<String>, Refused> {
         .transpose()
 }
 
-fn missing_subject(from: &HeaderSource, fold: bool) -> Response {
+fn missing_subject(from: &HeaderSource, denials: Denials) -> Response {
     let (message, challenge) = match from {
         HeaderSource::Header(name) => (format!("{name}: header required"), false),
         HeaderSource::Bearer => ("authorization: Bearer <token> required".to_owned(), true),
@@ -211,7 +220,7 @@ fn missing_subject(from: &HeaderSource, fold: bool) -> Response {
         "UNAUTHENTICATED",
         &message,
         None,
-        fold,
+        denials,
     );
     if challenge {
         response
@@ -221,8 +230,8 @@ fn missing_subject(from: &HeaderSource, fold: bool) -> Response {
     response
 }
 
-/// The decision as the gateway needs it; `fold`: denials as 403.
-fn answer(d: &pb::Decision, fold: bool) -> Response {
+/// The decision as the gateway needs it, denials as it asked.
+fn answer(d: &pb::Decision, denials: Denials) -> Response {
     let verdict = pb::Verdict::try_from(d.verdict).unwrap_or(pb::Verdict::Unspecified);
     let mut response = match verdict {
         pb::Verdict::Allowed => StatusCode::OK.into_response(),
@@ -236,7 +245,7 @@ fn answer(d: &pb::Decision, fold: bool) -> Response {
                 verdict.as_str_name(),
                 &d.reason,
                 Some(wait),
-                fold,
+                denials,
             )
         }
         pb::Verdict::NotInPlan => verdict_body(
@@ -244,14 +253,14 @@ fn answer(d: &pb::Decision, fold: bool) -> Response {
             verdict.as_str_name(),
             &d.reason,
             None,
-            fold,
+            denials,
         ),
         pb::Verdict::TooLarge => verdict_body(
             StatusCode::PAYLOAD_TOO_LARGE,
             verdict.as_str_name(),
             &d.reason,
             None,
-            fold,
+            denials,
         ),
         pb::Verdict::Unspecified => {
             return error(&Status::internal("the decision has no verdict"));
@@ -273,21 +282,21 @@ fn answer(d: &pb::Decision, fold: bool) -> Response {
     response
 }
 
-/// `{"code": <what>, "message": …[, "retry_after": N]}`; `fold`: answered
-/// 403 (401 stays), the status and body also in headers.
+/// `{"code": <what>, "message": …[, "retry_after": N]}`, with `status` or
+/// as `denials` says.
 fn verdict_body(
     status: StatusCode,
     code: &str,
     message: &str,
     retry_after: Option<u64>,
-    fold: bool,
+    denials: Denials,
 ) -> Response {
     let mut body = serde_json::json!({ "code": code, "message": message });
     if let Some(wait) = retry_after {
         body["retry_after"] = wait.into();
     }
     let body = body.to_string();
-    if !fold {
+    if denials == Denials::AsIs {
         return super::json_response(status, body.into_bytes());
     }
     let sent = if status == StatusCode::UNAUTHORIZED {
