@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs tollgate's whole test suite on a fresh machine: installs what the tests
-# drive for real (grpcurl, redis-server), validates the Kubernetes manifests
-# (installing kubernetes-validate), then builds and runs every test.
+# drive for real (grpcurl, redis-server, nginx, caddy), validates the
+# Kubernetes manifests (installing kubernetes-validate), then builds and runs
+# every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,12 +14,26 @@ if ! command -v grpcurl >/dev/null 2>&1; then
     hash -r
 fi
 grpcurl -version
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    echo "installing redis-server (Debian: redis-server)"
+# Debian packages, with one apt-get update for all of them. nginx goes first
+# and alone: its postinst fails if it cannot start, and Caddy's service (whose
+# failure to start is ignored) would otherwise take port 80 before it. The
+# tests start their own nginx and caddy; the system services are not used.
+has() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+missing=()
+{ has redis-server && has redis-cli; } || missing+=(redis-server)
+has nginx || missing+=(nginx)
+has caddy || missing+=(caddy)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing ${missing[*]} (Debian)"
     sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
-    $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq redis-server >/dev/null
+    $sudo_ apt-get update -qq
+    for pkg in "${missing[@]}"; do
+        $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
+    done
 fi
 redis-server --version
+"$(command -v nginx || echo /usr/sbin/nginx)" -v
+caddy version
 
 scripts/validate-kubernetes.sh
 

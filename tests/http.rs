@@ -469,6 +469,82 @@ async fn forward_auth_refuses_what_it_cannot_judge() {
 }
 
 #[tokio::test]
+async fn forward_auth_folds_denials_into_403_when_the_gateway_asks() {
+    let (s, http) = start().await;
+    let h = |uri: &'static str, cost: &'static str| {
+        [
+            ("x-api-key", "key_1"),
+            ("x-forwarded-method", "POST"),
+            ("x-forwarded-uri", uri),
+            ("x-token-cost", cost),
+            ("x-tollgate-deny-status", "403"),
+        ]
+    };
+    // Allowed: the answer is the default one, without the extra headers.
+    let r = auth(http, &h("/v1/chat", "1")).await;
+    assert_eq!((r.status, r.header("x-tollgate-status")), (200, None));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("2"));
+    for _ in 0..2 {
+        assert_eq!(auth(http, &h("/api/items", "0")).await.status, 200);
+    }
+    let r = auth(http, &h("/api/items", "0")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-tollgate-status"), Some("429"));
+    assert_eq!(r.header("retry-after"), Some("60"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    let folded: serde_json::Value =
+        serde_json::from_str(r.header("x-tollgate-body").expect("body header")).expect("JSON");
+    assert_eq!(folded, r.json());
+    assert_eq!(
+        (folded["code"].clone(), folded["retry_after"].clone()),
+        (json!("RATE_LIMITED"), json!(60))
+    );
+
+    // Another subject, the same server.
+    let key2 = |uri: &'static str, cost: &'static str| {
+        let mut v = h(uri, cost).to_vec();
+        v[0] = ("x-api-key", "key_2");
+        v
+    };
+    let r = auth(http, &key2("/v1/chat", "600")).await;
+    assert_eq!(
+        (r.status, r.header("x-tollgate-status")),
+        (403, Some("413"))
+    );
+    assert_eq!(r.json()["code"], "TOO_LARGE");
+    let r = auth(http, &key2("/api/search", "0")).await;
+    assert_eq!(
+        (r.status, r.header("x-tollgate-status")),
+        (403, Some("403"))
+    );
+    assert_eq!(
+        r.header("x-tollgate-body"),
+        Some(r#"{"code":"NOT_IN_PLAN","message":"Enterprise plan required"}"#)
+    );
+    // 401 passes auth_request as it is.
+    let r = auth(http, &key2("/api/items", "0")[1..]).await;
+    assert_eq!(
+        (r.status, r.header("x-tollgate-status")),
+        (401, Some("401"))
+    );
+    assert_eq!(r.json()["code"], "UNAUTHENTICATED");
+    // Only 403 is on offer; without the header, the default answers.
+    let mut odd = key2("/api/items", "0");
+    odd[4] = ("x-tollgate-deny-status", "200");
+    let r = auth(http, &odd).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .expect("m")
+            .contains("x-tollgate-deny-status")
+    );
+    let r = auth(http, &key2("/api/search", "0")[..4]).await;
+    assert_eq!((r.status, r.header("x-tollgate-status")), (403, None));
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn forward_auth_reads_the_bearer_token() {
     let yaml = format!("{PLANS}http:\n  forward_auth:\n    subject: {{ bearer: true }}\n");
     let (s, http) = start_with(&yaml, None).await;

@@ -23,6 +23,15 @@
 //! - 400 for a missing path or a bad cost header, 404 when the
 //!   configuration has no `http.forward_auth`, and the error table's status
 //!   when the call fails (503 when the counter store is down).
+//!
+//! nginx's `auth_request` passes on only 2xx, 401 and 403 (anything else
+//! becomes its own 500), and cannot read the subrequest's body. A gateway
+//! that sends `X-Tollgate-Deny-Status: 403` therefore gets every denial
+//! other than 401 as 403, with the status it stands for in
+//! `X-Tollgate-Status` and the JSON body, escaped to ASCII, in
+//! `X-Tollgate-Body` (401 keeps its status and gains both headers). Only the
+//! status moves; the verdict, the counters and the other headers are those
+//! of the default answer.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,6 +46,16 @@ use crate::plans::{ForwardAuth, HeaderSource};
 use crate::proto::tollgate::v1 as pb;
 use pb::rate_limiter_server::RateLimiter;
 
+/// The request header asking for denials as 403, for gateways that pass on
+/// only 2xx, 401 and 403 (nginx's `auth_request`).
+const DENY_STATUS: &str = "x-tollgate-deny-status";
+
+/// The status a denial answered as 403 stands for.
+const DENIED_STATUS: &str = "x-tollgate-status";
+
+/// The JSON body of a denial answered as 403, escaped to ASCII.
+const DENIED_BODY: &str = "x-tollgate-body";
+
 /// `/v1/forward-auth`.
 pub async fn forward_auth(
     State(s): State<Services>,
@@ -45,6 +64,10 @@ pub async fn forward_auth(
     headers: HeaderMap,
 ) -> Response {
     let catalog = s.limiter.catalog();
+    let denials = match denials_of(&headers) {
+        Ok(d) => d,
+        Err(message) => return error(&Status::invalid_argument(message)),
+    };
     let Some(config) = &catalog.forward_auth else {
         return error_with(
             StatusCode::NOT_FOUND,
@@ -54,13 +77,34 @@ pub async fn forward_auth(
     };
     let request = match limit_request(config, &method, &headers, peer) {
         Ok(r) => r,
-        Err(Refused::NoSubject) => return missing_subject(&config.subject),
+        Err(Refused::NoSubject) => return missing_subject(&config.subject, denials),
         Err(Refused::Invalid(message)) => return error(&Status::invalid_argument(message)),
     };
     match RateLimiter::consume(&*s.rate_limiter, Request::new(request)).await {
-        Ok(d) => answer(&d.into_inner()),
+        Ok(d) => answer(&d.into_inner(), denials),
         Err(e) => error(&e),
     }
+}
+
+/// How the gateway wants denials answered (`X-Tollgate-Deny-Status`).
+fn denials_of(headers: &HeaderMap) -> Result<Denials, String> {
+    match headers.get(DENY_STATUS) {
+        None => Ok(Denials::AsIs),
+        Some(v) if v.as_bytes().trim_ascii() == b"403" => Ok(Denials::As403),
+        Some(v) => Err(format!(
+            "{DENY_STATUS}: only 403 is supported, got {:?}",
+            String::from_utf8_lossy(v.as_bytes())
+        )),
+    }
+}
+
+/// How denials are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Denials {
+    /// With their own status: 429, 403, 413, 401.
+    AsIs,
+    /// As 403 (401 stays), the status and body also in headers.
+    As403,
 }
 
 /// Why the headers do not describe a request.
@@ -165,13 +209,19 @@ fn text(headers: &HeaderMap, name: &str) -> Result<Option<String>, Refused> {
         .transpose()
 }
 
-fn missing_subject(from: &HeaderSource) -> Response {
+fn missing_subject(from: &HeaderSource, denials: Denials) -> Response {
     let (message, challenge) = match from {
         HeaderSource::Header(name) => (format!("{name}: header required"), false),
         HeaderSource::Bearer => ("authorization: Bearer <token> required".to_owned(), true),
         HeaderSource::ClientIp => ("the client address is unknown".to_owned(), false),
     };
-    let mut response = verdict_body(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &message, None);
+    let mut response = verdict_body(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        &message,
+        None,
+        denials,
+    );
     if challenge {
         response
             .headers_mut()
@@ -180,8 +230,8 @@ fn missing_subject(from: &HeaderSource) -> Response {
     response
 }
 
-/// The decision as the gateway needs it.
-fn answer(d: &pb::Decision) -> Response {
+/// The decision as the gateway needs it, denials as it asked.
+fn answer(d: &pb::Decision, denials: Denials) -> Response {
     let verdict = pb::Verdict::try_from(d.verdict).unwrap_or(pb::Verdict::Unspecified);
     let mut response = match verdict {
         pb::Verdict::Allowed => StatusCode::OK.into_response(),
@@ -195,6 +245,7 @@ fn answer(d: &pb::Decision) -> Response {
                 verdict.as_str_name(),
                 &d.reason,
                 Some(wait),
+                denials,
             )
         }
         pb::Verdict::NotInPlan => verdict_body(
@@ -202,12 +253,14 @@ fn answer(d: &pb::Decision) -> Response {
             verdict.as_str_name(),
             &d.reason,
             None,
+            denials,
         ),
         pb::Verdict::TooLarge => verdict_body(
             StatusCode::PAYLOAD_TOO_LARGE,
             verdict.as_str_name(),
             &d.reason,
             None,
+            denials,
         ),
         pb::Verdict::Unspecified => {
             return error(&Status::internal("the decision has no verdict"));
@@ -229,16 +282,66 @@ fn answer(d: &pb::Decision) -> Response {
     response
 }
 
-/// `{"code": <what>, "message": …[, "retry_after": N]}`.
+/// `{"code": <what>, "message": …[, "retry_after": N]}`, with `status` or
+/// as `denials` says.
 fn verdict_body(
     status: StatusCode,
     code: &str,
     message: &str,
     retry_after: Option<u64>,
+    denials: Denials,
 ) -> Response {
     let mut body = serde_json::json!({ "code": code, "message": message });
     if let Some(wait) = retry_after {
         body["retry_after"] = wait.into();
     }
-    super::json_response(status, body.to_string().into_bytes())
+    let body = body.to_string();
+    if denials == Denials::AsIs {
+        return super::json_response(status, body.into_bytes());
+    }
+    let sent = if status == StatusCode::UNAUTHORIZED {
+        status
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    let ascii = ascii_json(&body);
+    let mut response = super::json_response(sent, body.into_bytes());
+    let headers = response.headers_mut();
+    headers.insert(DENIED_STATUS, HeaderValue::from(status.as_u16()));
+    if let Ok(v) = HeaderValue::try_from(ascii) {
+        headers.insert(DENIED_BODY, v);
+    }
+    response
+}
+
+/// `json` with every character a header cannot carry as `\uXXXX`. JSON
+/// text escapes control characters and quotes already, so what is left
+/// stands inside strings, where the escape means the same.
+fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() && c != '\x7f' {
+            out.push(c);
+        } else {
+            let mut units = [0; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_json_escapes_what_a_header_cannot_carry() {
+        let json = serde_json::json!({ "message": "Plan «pro» requis 🚀\u{7f}" }).to_string();
+        let ascii = ascii_json(&json);
+        assert!(HeaderValue::try_from(ascii.as_str()).is_ok(), "{ascii}");
+        let back: serde_json::Value = serde_json::from_str(&ascii).expect("still JSON");
+        assert_eq!(back["message"], "Plan «pro» requis 🚀\u{7f}");
+    }
 }

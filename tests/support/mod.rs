@@ -21,6 +21,7 @@ pub use pb::rate_limiter_client::RateLimiterClient;
 pub use pb::{Decision, LimitRequest, Verdict};
 
 pub mod envoy;
+pub mod gateway;
 pub mod http;
 pub mod process;
 pub mod redis;
