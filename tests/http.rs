@@ -262,6 +262,40 @@ async fn admin_needs_the_bearer_token_and_answers_as_grpc() {
         .await
         .json();
     assert_eq!(d["plan"], "pro");
+    // The gRPC method's name in any spelling names the same call.
+    for path in [
+        "/v1/admin/SetPlan",
+        "/v1/admin/set_plan",
+        "/v1/admin/setPlan",
+    ] {
+        let r = send(
+            http,
+            "POST",
+            path,
+            &[("authorization", &auth)],
+            r#"{"account":"acct_2","plan":"pro"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    let r = send(
+        http,
+        "POST",
+        "/v1/admin/drop-tables",
+        &[("authorization", &auth)],
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .expect("m")
+            .contains("set-plan")
+    );
+    let r = get(http, "/v1/admin/set-plan", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
     s.stop().await;
 
     let (s, http) = start_with(PLANS, None).await;

@@ -1,6 +1,7 @@
-//! `tollgate.v1.Admin` as JSON under `/v1/admin/`, one `POST` route per
-//! method (`/v1/admin/set-plan` is `SetPlan`), taking and answering the
-//! method's messages. `list-plans` also answers `GET`.
+//! `tollgate.v1.Admin` as JSON under `/v1/admin/`, one `POST` path per
+//! method (`/v1/admin/set-plan` is `SetPlan`; `set_plan`, `setPlan` and
+//! `SetPlan` name it too), taking and answering the method's messages.
+//! `list-plans` also answers `GET`.
 //!
 //! The request's `Authorization` header goes into the gRPC metadata and
 //! through the same interceptor ([`AdminAuth`](crate::api::auth::AdminAuth)),
@@ -13,10 +14,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::any;
 use prost::Message;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::server::TcpConnectInfo;
@@ -29,104 +30,130 @@ use pb::admin_server::Admin;
 
 /// The admin routes, to nest under `/v1/admin`.
 pub(super) fn routes() -> Router<Services> {
-    Router::new()
-        .route(
-            "/set-plan",
-            post(|s, p, h, b| {
-                call(
-                    s,
-                    p,
-                    h,
-                    b,
-                    ("SetPlanRequest", "SetPlanResponse"),
-                    |a, r| async move { Admin::set_plan(&*a, r).await },
-                )
-            }),
-        )
-        .route(
-            "/get-subject",
-            post(|s, p, h, b| {
-                call(
-                    s,
-                    p,
-                    h,
-                    b,
-                    ("GetSubjectRequest", "SubjectState"),
-                    |a, r| async move { Admin::get_subject(&*a, r).await },
-                )
-            }),
-        )
-        .route(
-            "/set-override",
-            post(|s, p, h, b| {
-                call(s, p, h, b, ("Override", "Override"), |a, r| async move {
-                    Admin::set_override(&*a, r).await
-                })
-            }),
-        )
-        .route(
-            "/remove-override",
-            post(|s, p, h, b| {
-                call(
-                    s,
-                    p,
-                    h,
-                    b,
-                    ("RemoveOverrideRequest", "RemoveOverrideResponse"),
-                    |a, r| async move { Admin::remove_override(&*a, r).await },
-                )
-            }),
-        )
-        .route(
-            "/reset-usage",
-            post(|s, p, h, b| {
-                call(
-                    s,
-                    p,
-                    h,
-                    b,
-                    ("ResetUsageRequest", "ResetUsageResponse"),
-                    |a, r| async move { Admin::reset_usage(&*a, r).await },
-                )
-            }),
-        )
-        .route(
-            "/list-plans",
-            post(|s, p, h, b| {
-                call(
-                    s,
-                    p,
-                    h,
-                    b,
-                    ("ListPlansRequest", "ListPlansResponse"),
-                    |a, r| async move { Admin::list_plans(&*a, r).await },
-                )
-            })
-            .get(|s, p, h, b| {
-                call(
-                    s,
-                    p,
-                    h,
-                    b,
-                    ("ListPlansRequest", "ListPlansResponse"),
-                    |a, r| async move { Admin::list_plans(&*a, r).await },
-                )
-            }),
-        )
-        .route(
-            "/reload-config",
-            post(|s, p, h, b| {
-                call(
-                    s,
-                    p,
-                    h,
-                    b,
-                    ("ReloadConfigRequest", "ReloadConfigResponse"),
-                    |a, r| async move { Admin::reload_config(&*a, r).await },
-                )
-            }),
-        )
+    Router::new().route("/{method}", any(dispatch))
 }
+
+/// `/v1/admin/<method>`: the gRPC method's name in any spelling
+/// (`set-plan`, `set_plan`, `setPlan`, `SetPlan`), by `POST`; `list-plans`
+/// also by `GET`.
+async fn dispatch(
+    Path(method): Path<String>,
+    verb: Method,
+    s: State<Services>,
+    p: ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    b: Body,
+) -> Response {
+    let name: String = method
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_'))
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let allowed = verb == Method::POST || (verb == Method::GET && name == "listplans");
+    if !allowed && METHODS.contains(&name.as_str()) {
+        let mut response = super::error_with(
+            StatusCode::METHOD_NOT_ALLOWED,
+            tonic::Code::InvalidArgument,
+            &format!("/v1/admin/{method}: use POST"),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    match name.as_str() {
+        "setplan" => {
+            call(
+                s,
+                p,
+                h,
+                b,
+                ("SetPlanRequest", "SetPlanResponse"),
+                |a, r| async move { Admin::set_plan(&*a, r).await },
+            )
+            .await
+        }
+        "getsubject" => {
+            call(
+                s,
+                p,
+                h,
+                b,
+                ("GetSubjectRequest", "SubjectState"),
+                |a, r| async move { Admin::get_subject(&*a, r).await },
+            )
+            .await
+        }
+        "setoverride" => {
+            call(s, p, h, b, ("Override", "Override"), |a, r| async move {
+                Admin::set_override(&*a, r).await
+            })
+            .await
+        }
+        "removeoverride" => {
+            call(
+                s,
+                p,
+                h,
+                b,
+                ("RemoveOverrideRequest", "RemoveOverrideResponse"),
+                |a, r| async move { Admin::remove_override(&*a, r).await },
+            )
+            .await
+        }
+        "resetusage" => {
+            call(
+                s,
+                p,
+                h,
+                b,
+                ("ResetUsageRequest", "ResetUsageResponse"),
+                |a, r| async move { Admin::reset_usage(&*a, r).await },
+            )
+            .await
+        }
+        "listplans" => {
+            call(
+                s,
+                p,
+                h,
+                b,
+                ("ListPlansRequest", "ListPlansResponse"),
+                |a, r| async move { Admin::list_plans(&*a, r).await },
+            )
+            .await
+        }
+        "reloadconfig" => {
+            call(
+                s,
+                p,
+                h,
+                b,
+                ("ReloadConfigRequest", "ReloadConfigResponse"),
+                |a, r| async move { Admin::reload_config(&*a, r).await },
+            )
+            .await
+        }
+        _ => super::error_with(
+            StatusCode::NOT_FOUND,
+            tonic::Code::NotFound,
+            &format!(
+                "/v1/admin/{method}: no such method; the methods are set-plan, get-subject, set-override, remove-override, reset-usage, list-plans, reload-config"
+            ),
+        ),
+    }
+}
+
+/// The admin methods, lowercased without separators.
+const METHODS: &[&str] = &[
+    "setplan",
+    "getsubject",
+    "setoverride",
+    "removeoverride",
+    "resetusage",
+    "listplans",
+    "reloadconfig",
+];
 
 /// Decodes the body as `tollgate.v1.<names.0>`, checks the token, calls `f`
 /// and answers `tollgate.v1.<names.1>` or the error table's status.
