@@ -77,8 +77,7 @@ impl Counters {
                         })
                         .collect();
                     let notice = consumer.map(|c| shared.notice(c.subject, c.account));
-                    let notice = notice.as_ref().map(|(m, n)| (m.as_str(), n.as_str()));
-                    shared.run(mode, &counters, notice, now).await
+                    shared.run(mode, counters, notice, now).await
                 })
                 .await
             }

@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use smallvec::SmallVec;
+
 use super::{Counter, RedisStore, StoreError, batch};
 use crate::engine::{Algorithm, ItemStatus, Mode, Nanos, Outcome};
 
@@ -74,14 +76,19 @@ impl SharedCounters {
     pub async fn run(
         &self,
         mode: Mode,
-        counters: &[Counter],
-        notice: Option<(&str, &str)>,
+        counters: SmallVec<[Counter; 4]>,
+        notice: Option<(String, String)>,
         now: Nanos,
     ) -> Result<(Nanos, Outcome), StoreError> {
+        // What failing open answers needs, kept without the keys.
+        let open: SmallVec<[(u64, u64, Algorithm, Nanos); 4]> = counters
+            .iter()
+            .map(|c| (c.cost, c.amount, c.algorithm, c.window))
+            .collect();
         let job = batch::Job {
             mode,
-            counters: counters.iter().cloned().collect(),
-            notice: notice.map(|(m, n)| (m.to_owned(), n.to_owned())),
+            counters,
+            notice,
         };
         let decided = match tokio::time::timeout(self.store.timeout, self.batcher.decide(job)).await
         {
@@ -107,15 +114,15 @@ impl SharedCounters {
                         Outcome {
                             fits: true,
                             counted: false,
-                            items: counters
+                            items: open
                                 .iter()
-                                .map(|c| ItemStatus {
+                                .map(|&(cost, amount, algorithm, window)| ItemStatus {
                                     fits: true,
-                                    too_large: c.cost > c.amount,
-                                    remaining: c.amount,
+                                    too_large: cost > amount,
+                                    remaining: amount,
                                     // A fixed window still ends where it ends.
-                                    free_at: match c.algorithm {
-                                        Algorithm::FixedWindow => (now / c.window + 1) * c.window,
+                                    free_at: match algorithm {
+                                        Algorithm::FixedWindow => (now / window + 1) * window,
                                         _ => now,
                                     },
                                     wait: 0,

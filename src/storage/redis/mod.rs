@@ -22,7 +22,7 @@ pub mod shared;
 
 pub use counters::{Failure, SharedCounters};
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
