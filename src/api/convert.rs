@@ -120,7 +120,8 @@ pub fn algorithm(a: Algorithm) -> pb::Algorithm {
     }
 }
 
-fn verdict(v: Verdict) -> pb::Verdict {
+/// A verdict as sent.
+pub fn verdict(v: Verdict) -> pb::Verdict {
     match v {
         Verdict::Allowed => pb::Verdict::Allowed,
         Verdict::RateLimited => pb::Verdict::RateLimited,

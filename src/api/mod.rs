@@ -5,6 +5,8 @@ pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod stream;
+pub mod unary;
+pub mod wire;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use tracing::{Span, field::Empty, instrument};
 
 use crate::engine::Mode;
 use crate::error::Error;
-use crate::limiter::Limiter;
+use crate::limiter::{Decision, Limiter};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::proto::tollgate::v1 as pb;
 use crate::watch::{Hub, QuotaStream};
@@ -58,11 +60,11 @@ impl RateLimiterService {
     }
 
     #[instrument(level = "debug", name = "decide", skip_all, fields(rpc = ?mode, subject = Empty, plan = Empty, class = Empty, verdict = Empty))]
-    async fn decide_one(
+    pub(crate) async fn decide_domain(
         &self,
         mode: Mode,
         request: &pb::LimitRequest,
-    ) -> Result<pb::Decision, Error> {
+    ) -> Result<Decision, Error> {
         let domain = convert::limit_request(request)?;
         let span = Span::current();
         span.record("subject", domain.subject);
@@ -82,7 +84,17 @@ impl RateLimiterService {
         span.record("class", decision.class.as_deref().unwrap_or(""));
         span.record("verdict", tracing::field::debug(decision.verdict));
         tracing::debug!("decided");
-        Ok(convert::decision(decision))
+        Ok(decision)
+    }
+
+    async fn decide_one(
+        &self,
+        mode: Mode,
+        request: &pb::LimitRequest,
+    ) -> Result<pb::Decision, Error> {
+        self.decide_domain(mode, request)
+            .await
+            .map(convert::decision)
     }
 
     async fn decide(

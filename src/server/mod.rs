@@ -314,7 +314,7 @@ impl App {
             InterceptedService::new(AdminServer::from_arc(self.admin.clone()), move |request| {
                 auth.check(request)
             });
-        let rate_limiter = RateLimiterServer::from_arc(self.rate_limiter.clone());
+        let rate_limiter = crate::api::unary::Decisions::new(self.rate_limiter.clone());
         let envoy = RateLimitServiceServer::from_arc(self.envoy.clone());
         let reflection = |builder: tonic_reflection::server::Builder<'static>| {
             builder
