@@ -14,10 +14,9 @@ if ! command -v grpcurl >/dev/null 2>&1; then
     hash -r
 fi
 grpcurl -version
-# Debian packages, with one apt-get update for all of them. nginx goes first
-# and alone: its postinst fails if it cannot start, and Caddy's service (whose
-# failure to start is ignored) would otherwise take port 80 before it. The
-# tests start their own nginx and caddy; the system services are not used.
+# Debian packages, with one apt-get update for all of them, installed without
+# starting their services: the tests start their own redis-server, nginx and
+# caddy; the system services are not used.
 has() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 missing=()
 { has redis-server && has redis-cli; } || missing+=(redis-server)
@@ -26,10 +25,17 @@ has caddy || missing+=(caddy)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing ${missing[*]} (Debian)"
     sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+    # No package may start its service while installing (exit 101 is
+    # policy-rc.d's "not allowed"): the tests start their own servers, and
+    # a service that cannot start (port 80 taken, no init) fails the install.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        trap '$sudo_ rm -f "$policy"' EXIT
+        printf '#!/bin/sh\nexit 101\n' | $sudo_ tee "$policy" >/dev/null
+        $sudo_ chmod +x "$policy"
+    fi
     $sudo_ apt-get update -qq
-    for pkg in "${missing[@]}"; do
-        $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
-    done
+    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 redis-server --version
 "$(command -v nginx || echo /usr/sbin/nginx)" -v
