@@ -88,7 +88,7 @@ impl UnaryService<pb::LimitRequest> for Decide {
         let (service, mode) = (self.service.clone(), self.mode);
         Box::pin(async move {
             let decision = service.decide_domain(mode, request.get_ref()).await?;
-            Ok(Response::new(Answer(decision)))
+            Ok(Response::new(Answer::new(decision)))
         })
     }
 }

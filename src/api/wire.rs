@@ -20,28 +20,16 @@ use crate::limiter::{Decision, LimitStatus};
 
 /// A decision as `tollgate.v1.Decision` on the wire (encode only).
 #[derive(Debug)]
-pub struct Answer(pub Decision);
+pub struct Answer(Decision);
 
 // === impl Answer ===
 
 impl Answer {
-    /// The headers as the map field sends them: by name, the last of a name.
-    fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut sorted: smallvec::SmallVec<[(&str, &str); 6]> = self
-            .0
-            .headers
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect();
-        sorted.sort_by_key(|(k, _)| *k);
-        let last = sorted.len().saturating_sub(1);
-        let keep: smallvec::SmallVec<[bool; 6]> = (0..sorted.len())
-            .map(|i| i == last || sorted[i].0 != sorted[i + 1].0)
-            .collect();
-        sorted
-            .into_iter()
-            .zip(keep)
-            .filter_map(|(kv, keep)| keep.then_some(kv))
+    /// `decision`, its headers in the order the map field sends them: by
+    /// name (the limiter names each header once).
+    pub fn new(mut decision: Decision) -> Self {
+        decision.headers.sort_unstable_by_key(|(name, _)| *name);
+        Self(decision)
     }
 }
 
@@ -59,7 +47,7 @@ impl prost::Message for Answer {
         if let Some(wait) = d.retry_after {
             put_time(5, wait, buf);
         }
-        for (k, v) in self.headers() {
+        for (k, v) in &d.headers {
             encode_key(6, WireType::LengthDelimited, buf);
             encode_varint(entry_len(k, v) as u64, buf);
             put_str(1, k, buf);
@@ -89,8 +77,8 @@ impl prost::Message for Answer {
                 .map(|l| delimited_len(4, limit_len(l)))
                 .sum::<usize>()
             + d.retry_after.map_or(0, |w| delimited_len(5, time_len(w)))
-            + self
-                .headers()
+            + d.headers
+                .iter()
                 .map(|(k, v)| delimited_len(6, entry_len(k, v)))
                 .sum::<usize>()
             + str_len(7, &d.reason)
@@ -277,7 +265,7 @@ default_plan: free
             for mode in [crate::engine::Mode::Check, crate::engine::Mode::Consume] {
                 let d = limiter.decide(mode, &r).await.expect("decided");
                 seen.push(d.verdict);
-                let ours = Answer(d.clone());
+                let ours = Answer::new(d.clone());
                 let bytes = ours.encode_to_vec();
                 assert_eq!(bytes.len(), ours.encoded_len(), "{resource}");
                 assert_eq!(bytes, convert::decision(d).encode_to_vec(), "{resource}");

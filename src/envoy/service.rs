@@ -518,7 +518,7 @@ fn scope(domain: &str, entries: &[(&str, &str)], shared: &[Option<&str>]) -> Str
     // builds one scope per descriptor).
     let part = |s: &mut String, tag: char, p: &str| {
         s.push(tag);
-        push_decimal(s, p.len());
+        s.push_str(itoa::Buffer::new().format(p.len()));
         s.push(':');
         s.push_str(p);
     };
@@ -533,24 +533,6 @@ fn scope(domain: &str, entries: &[(&str, &str)], shared: &[Option<&str>]) -> Str
     s
 }
 
-/// Appends `n` in decimal.
-fn push_decimal(s: &mut String, n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        s.push(char::from(d));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,11 +545,5 @@ mod tests {
         );
         let long = "x".repeat(1234);
         assert_eq!(scope("", &[("k", &long)], &[Some("*")]), "d0:k1:k*1:*");
-        let mut s = String::new();
-        for n in [0, 9, 10, 1234, usize::MAX] {
-            push_decimal(&mut s, n);
-            assert_eq!(s, n.to_string());
-            s.clear();
-        }
     }
 }

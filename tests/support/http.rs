@@ -24,6 +24,14 @@ impl Reply {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
+    /// The error body's `message`.
+    pub fn message(&self) -> String {
+        self.json()["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no message: {:?}", self.body))
+            .to_owned()
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }

@@ -80,11 +80,8 @@ impl SharedCounters {
         notice: Option<(String, String)>,
         now: Nanos,
     ) -> Result<(Nanos, Outcome), StoreError> {
-        // What failing open answers needs, kept without the keys.
-        let open: SmallVec<[(u64, u64, Algorithm, Nanos); 4]> = counters
-            .iter()
-            .map(|c| (c.cost, c.amount, c.algorithm, c.window))
-            .collect();
+        // Failing open answers from the counters, which the job takes.
+        let admitted = (self.failure == Failure::Open).then(|| admitted(&counters, now));
         let job = batch::Job {
             mode,
             counters,
@@ -107,31 +104,30 @@ impl SharedCounters {
                 {
                     tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, failed = self.failures(), "the counter store failed a decision");
                 }
-                match self.failure {
-                    Failure::Closed => Err(e),
-                    Failure::Open => Ok((
-                        now,
-                        Outcome {
-                            fits: true,
-                            counted: false,
-                            items: open
-                                .iter()
-                                .map(|&(cost, amount, algorithm, window)| ItemStatus {
-                                    fits: true,
-                                    too_large: cost > amount,
-                                    remaining: amount,
-                                    // A fixed window still ends where it ends.
-                                    free_at: match algorithm {
-                                        Algorithm::FixedWindow => (now / window + 1) * window,
-                                        _ => now,
-                                    },
-                                    wait: 0,
-                                })
-                                .collect(),
-                        },
-                    )),
-                }
+                admitted.map(|outcome| (now, outcome)).ok_or(e)
             }
         }
+    }
+}
+
+/// What failing open answers: every counter admitted, nothing counted.
+fn admitted(counters: &[Counter], now: Nanos) -> Outcome {
+    Outcome {
+        fits: true,
+        counted: false,
+        items: counters
+            .iter()
+            .map(|c| ItemStatus {
+                fits: true,
+                too_large: c.cost > c.amount,
+                remaining: c.amount,
+                // A fixed window still ends where it ends.
+                free_at: match c.algorithm {
+                    Algorithm::FixedWindow => (now / c.window + 1) * c.window,
+                    _ => now,
+                },
+                wait: 0,
+            })
+            .collect(),
     }
 }
