@@ -308,3 +308,129 @@ async fn costs_past_the_largest_amount_are_refused_in_every_mode() {
     assert_ne!(verdict(&d), Verdict::Allowed, "{d:?}");
     s.stop().await;
 }
+
+// === paths: one normalization, whatever the spelling ===
+
+/// The spellings of `/api/v1/fetch/search` a client might send, and that an
+/// app normalizing its path (as web frameworks do) routes to it.
+const SEARCH_SPELLINGS: &[&str] = &[
+    "/api/v1/fetch/search",
+    "/api/v1/fetch/%73earch",
+    "/%61pi/v1/fetch/search",
+    "//api/v1/fetch/search",
+    "/api//v1/fetch///search",
+    "/./api/v1/fetch/search",
+    "/api/v1/x/../fetch/search",
+    "/api/v1/fetch/%2e/search",
+    "/api/v1/fetch/search;x=1",
+    "/api/v1/fetch;v=2/search",
+    "/api/v1/fetch/search?q=1#top",
+    "http://h/api/v1/fetch/search",
+    "GET /api/v1/fetch/%73earch",
+];
+
+#[tokio::test]
+async fn every_spelling_of_a_gated_path_is_judged_as_that_path() {
+    let s = TestServer::start(CONFIG).await;
+    for spelling in SEARCH_SPELLINGS {
+        let d = s.consume(req("key_1", spelling)).await;
+        assert_eq!(
+            (verdict(&d), d.class.as_str()),
+            (Verdict::NotInPlan, "search"),
+            "{spelling}"
+        );
+    }
+    // Two spellings of one request count against the same counters.
+    let a = s.consume(req("key_2", "/api/v1/fetch/people")).await;
+    let b = s.consume(req("key_2", "/api//v1/fetch/%70eople")).await;
+    assert_eq!((a.class.as_str(), b.class.as_str()), ("fetch", "fetch"));
+    assert_eq!(
+        remaining(&b, "fetch-per-org"),
+        remaining(&a, "fetch-per-org") - 1
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_path_that_cannot_be_normalized_safely_is_refused_naming_the_resource() {
+    let s = TestServer::start(CONFIG).await;
+    let mut client = s.client.clone();
+    for spelling in [
+        "/api/v1/fetch%2Fsearch",
+        "/api/v1/fetch%5csearch",
+        "/api/v1/fetch\\search",
+        "/api/v1/fetch/search%00",
+        "/api/v1/fetch/%zzsearch",
+        "/../api/v1/fetch/search",
+        "/api/x//../v1/fetch/search",
+    ] {
+        let err = client
+            .consume(req("key_1", spelling))
+            .await
+            .expect_err(spelling);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{spelling}");
+        assert!(
+            err.message().starts_with("resource: ") && err.message().contains("paths.unsafe"),
+            "{spelling}: {}",
+            err.message()
+        );
+    }
+    // Nothing was counted by the refused calls.
+    assert_eq!(
+        remaining(&s.check(req("key_1", "/x")).await, "requests/minute"),
+        5
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn paths_unsafe_keeps_or_decodes_what_it_is_told_to() {
+    let keep = TestServer::start(&format!("{CONFIG}paths: {{ unsafe: keep }}\n")).await;
+    // One segment, `fetch%2Fsearch`: not the gated class.
+    let d = keep.consume(req("k", "/api/v1/fetch%2fsearch")).await;
+    assert_eq!((verdict(&d), d.class.as_str()), (Verdict::Allowed, ""));
+    let decode = TestServer::start(&format!("{CONFIG}paths: {{ unsafe: decode }}\n")).await;
+    let d = decode.consume(req("k", "/api/v1/fetch%2fsearch")).await;
+    assert_eq!(
+        (verdict(&d), d.class.as_str()),
+        (Verdict::NotInPlan, "search")
+    );
+    keep.stop().await;
+    decode.stop().await;
+}
+
+#[tokio::test]
+async fn watch_quota_shows_the_limits_of_the_resources_class() {
+    let s = TestServer::start(CONFIG).await;
+    let mut client = s.client.clone();
+    let request = |resource: &str| tollgate::proto::tollgate::v1::WatchRequest {
+        subject: "key_1".into(),
+        account: String::new(),
+        resource: resource.into(),
+    };
+    let mut fetch = client
+        .watch_quota(request("/api//v1/fetch/%70eople"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let names: Vec<String> = next_update(&mut fetch)
+        .await
+        .limits
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["fetch-per-org", "requests/hour", "requests/minute"],
+        "{names:?}"
+    );
+    let err = client
+        .watch_quota(request("/api%2Fv1"))
+        .await
+        .expect_err("unsafe");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    drop(fetch);
+    s.stop().await;
+}

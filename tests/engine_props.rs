@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 
-use tollgate::engine::{Algorithm, CounterKey, CounterStore, Engine, Item, Mode, Rate};
+use tollgate::engine::{Algorithm, CounterKey, CounterStore, Engine, Item, Mode, Rate, State};
 use tollgate::storage::memory::MemoryStore;
 
 const SEC: u64 = 1_000_000_000;
@@ -164,6 +164,61 @@ proptest! {
                 prop_assert_eq!(out.fits, within, "{:?} counted {} of {}, cost {}", algorithm, counted, amount, cost);
                 if out.counted {
                     counted += u128::from(cost);
+                }
+            }
+        }
+    }
+}
+
+/// A state reached by `steps` of Consume from unused, at `T0` onwards, and
+/// the time of the last step.
+fn reached(algorithm: Algorithm, rate: Rate, steps: &[(u64, u64)]) -> (State, u64) {
+    let mut state = State::default();
+    let mut now = T0;
+    for &(advance, cost) in steps {
+        now += advance;
+        let s = algorithm.step(state, rate, now, cost);
+        if s.fits {
+            state = s.counted;
+        }
+    }
+    (state, now)
+}
+
+proptest! {
+    /// What lets the memory store remember evicted counters in a fixed-size
+    /// sketch: `upper` restricts at least as much as either state, and
+    /// `lower` of two such bounds still restricts at least as much as the
+    /// state they bound, now and at every later time.
+    #[test]
+    fn upper_and_lower_bound_states_conservatively(
+        a in prop::collection::vec((0..20 * SEC, 1..4u64), 1..40),
+        b in prop::collection::vec((0..20 * SEC, 1..4u64), 1..40),
+        c in prop::collection::vec((0..20 * SEC, 1..4u64), 1..40),
+        later in prop::collection::vec(0..90 * SEC, 1..6),
+        amount in 1..30u64,
+    ) {
+        let window = 60 * SEC;
+        let rate = Rate::new(amount, window).expect("nonzero");
+        for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow, Algorithm::TokenBucket, Algorithm::SlidingRing] {
+            let (sa, ta) = reached(algorithm, rate, &a);
+            let (sb, tb) = reached(algorithm, rate, &b);
+            let (sc, tc) = reached(algorithm, rate, &c);
+            let now = ta.max(tb).max(tc);
+            let ab = algorithm.upper(sa, sb, window, now);
+            let ac = algorithm.upper(sa, sc, window, now);
+            let low = algorithm.lower(ab, ac, window, now);
+            let mut t = now;
+            for dt in &later {
+                t += dt;
+                let left = |s: State| algorithm.step(s, rate, t, 0).remaining;
+                prop_assert!(left(ab) <= left(sa).min(left(sb)), "{:?} upper at +{}", algorithm, t - now);
+                prop_assert!(left(low) <= left(sa), "{:?} lower at +{}", algorithm, t - now);
+                // Nor does a cost fit the bound that would not fit the state.
+                for cost in 1..=amount {
+                    if algorithm.step(low, rate, t, cost).fits {
+                        prop_assert!(algorithm.step(sa, rate, t, cost).fits, "{:?}", algorithm);
+                    }
                 }
             }
         }

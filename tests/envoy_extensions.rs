@@ -236,6 +236,36 @@ async fn a_class_outside_the_plan_is_refused_with_its_message() {
 }
 
 #[tokio::test]
+async fn a_plan_domain_judges_the_normalized_path() {
+    let e = plans().await;
+    for path in [
+        "/%73earch",
+        "//search",
+        "/x/../search",
+        "/./search;v=1",
+        "http://h/search",
+    ] {
+        let r = e
+            .hit(request("saas", &[&[("api_key", "k1"), ("path", path)]]))
+            .await;
+        assert_eq!(code(&r), Code::OverLimit, "{path}");
+        assert_eq!(r.raw_body, b"search is in the pro plan", "{path}");
+    }
+    // What cannot be judged safely is an error: Envoy's failure mode decides.
+    let err = e
+        .client
+        .clone()
+        .should_rate_limit(request(
+            "saas",
+            &[&[("api_key", "k1"), ("path", "/x%2Fsearch")]],
+        ))
+        .await
+        .expect_err("unsafe");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("resource: "), "{}", err.message());
+}
+
+#[tokio::test]
 async fn costs_come_from_descriptor_entries() {
     let e = plans().await;
     let r = request(

@@ -572,7 +572,10 @@ async fn forward_auth_reads_the_bearer_token() {
 
 #[tokio::test]
 async fn forward_auth_reads_the_client_address() {
-    let yaml = format!("{PLANS}http:\n  forward_auth:\n    subject: {{ client_ip: true }}\n");
+    // The gateway (this host) and the proxy before it (10.0.0.1) are trusted.
+    let yaml = format!(
+        "{PLANS}http:\n  forward_auth:\n    subject: {{ client_ip: true }}\n    trusted_proxies: [127.0.0.1, 10.0.0.0/8]\n"
+    );
     let (s, http) = start_with(&yaml, None).await;
     let at = [
         ("x-forwarded-method", "GET"),
@@ -597,6 +600,179 @@ async fn forward_auth_reads_the_client_address() {
     );
     let d = s.check(req("127.0.0.1", "/api/items")).await;
     assert_eq!(d.limits[0].remaining, Some(2));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn forward_auth_believes_an_address_only_from_a_trusted_proxy() {
+    // The default: only this host (the gateway) is trusted.
+    let yaml = format!("{PLANS}http:\n  forward_auth:\n    subject: {{ client_ip: true }}\n");
+    let (s, http) = start_with(&yaml, None).await;
+    let at = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/api/items"),
+    ];
+    let with = |xff: &'static str| [at[0], at[1], ("x-forwarded-for", xff)];
+    // What the client wrote before the gateway's entry is not believed: the
+    // right-most entry that is not a trusted proxy is the client.
+    for xff in [
+        "203.0.113.7",
+        "198.51.100.1, 203.0.113.7",
+        "1.1.1.1, 2.2.2.2, 203.0.113.7",
+    ] {
+        let r = auth(http, &with(xff)).await;
+        assert_eq!(r.status, 200, "{xff}: {r:?}");
+    }
+    assert_eq!(auth(http, &with("9.9.9.9, 203.0.113.7")).await.status, 429);
+    assert_eq!(
+        verdict(&s.check(req("203.0.113.7", "/api/items")).await),
+        Verdict::RateLimited
+    );
+    // An address must be an address.
+    for xff in ["garbage-1-not-an-ip", "1.2.3.4, garbage", "203.0.113.300"] {
+        let r = auth(http, &with(xff)).await;
+        assert_eq!(r.status, 400, "{xff}: {r:?}");
+        assert!(r.message().contains("x-forwarded-for"), "{}", r.message());
+    }
+    // With a port, or bracketed, is still the address.
+    let r = auth(http, &with("[2001:db8::1]:443")).await;
+    assert_eq!(
+        (r.status, r.header("x-ratelimit-remaining")),
+        (200, Some("2"))
+    );
+    s.stop().await;
+
+    // Trusting no proxy: the peer, whatever the headers say.
+    let yaml = format!(
+        "{PLANS}http:\n  forward_auth:\n    subject: {{ client_ip: true }}\n    trusted_proxies: []\n"
+    );
+    let (s, http) = start_with(&yaml, None).await;
+    for xff in ["1.1.1.1", "2.2.2.2", "garbage"] {
+        assert_eq!(auth(http, &with(xff)).await.status, 200, "{xff}");
+    }
+    assert_eq!(auth(http, &with("3.3.3.3")).await.status, 429);
+    assert_eq!(
+        verdict(&s.check(req("127.0.0.1", "/api/items")).await),
+        Verdict::RateLimited
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn forward_auth_refuses_a_repeated_header_it_reads() {
+    let (s, http) = start().await;
+    let at = [
+        ("x-forwarded-method", "POST"),
+        ("x-forwarded-uri", "/v1/chat"),
+        ("x-api-key", "k1"),
+        ("x-token-cost", "10"),
+    ];
+    assert_eq!(auth(http, &at).await.status, 200);
+    for repeated in [
+        ("x-api-key", "k2"),
+        ("x-token-cost", "1"),
+        ("x-forwarded-uri", "/api/items"),
+        ("x-forwarded-method", "GET"),
+        ("x-account-id", "a"),
+    ] {
+        let mut h = at.to_vec();
+        h.push(repeated);
+        if repeated.0 == "x-account-id" {
+            h.push(repeated);
+        }
+        let r = auth(http, &h).await;
+        assert_eq!(r.status, 400, "{repeated:?}: {r:?}");
+        assert!(r.message().contains(repeated.0), "{}", r.message());
+    }
+    // Only the first call counted.
+    let d = s
+        .check(with_cost(req("k1", "POST /v1/chat"), &[("tokens", 0)]))
+        .await;
+    assert_eq!(support::remaining(&d, "chat:tokens/minute"), 990);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn forward_auth_judges_every_spelling_of_a_gated_path() {
+    let (s, http) = start().await;
+    let call = |uri: &'static str| {
+        [
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", uri),
+            ("x-api-key", "k1"),
+        ]
+    };
+    for uri in [
+        "/api/%73earch",
+        "//api/search",
+        "/./api/search",
+        "/x/../api/search",
+        "/api//search",
+        "/api/search;x=1",
+        "/api/search?q=1",
+        "http://h/api/search",
+        "/api/%2e/search",
+    ] {
+        let r = auth(http, &call(uri)).await;
+        assert_eq!(
+            (r.status, r.json()["code"].clone()),
+            (403, json!("NOT_IN_PLAN")),
+            "{uri}: {r:?}"
+        );
+    }
+    for uri in [
+        "/api/search%00",
+        "/api%2Fsearch",
+        "/api%5Csearch",
+        "/../api/search",
+        "/api/%zz",
+    ] {
+        let r = auth(http, &call(uri)).await;
+        assert_eq!(r.status, 400, "{uri}: {r:?}");
+        assert!(
+            r.message().starts_with("x-forwarded-uri: "),
+            "{}",
+            r.message()
+        );
+    }
+    assert_eq!(
+        support::remaining(&s.check(req("k1", "/api/items")).await, "requests/minute"),
+        3,
+        "no spelling counted"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn forward_auth_with_a_shared_secret_refuses_calls_without_it() {
+    let yaml = format!(
+        "{PLANS}http:\n  forward_auth:\n    subject: {{ header: X-Api-Key }}\n    require_header: {{ header: X-Tollgate-Secret, value: s3cret }}\n"
+    );
+    let (s, http) = start_with(&yaml, None).await;
+    let at = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/api/items"),
+        ("x-api-key", "k1"),
+    ];
+    for secret in [None, Some("wrong"), Some("s3cre"), Some("s3cret2")] {
+        let mut h = at.to_vec();
+        if let Some(v) = secret {
+            h.push(("x-tollgate-secret", v));
+        }
+        let r = auth(http, &h).await;
+        assert_eq!(
+            (r.status, r.json()["code"].clone()),
+            (403, json!("PERMISSION_DENIED")),
+            "{secret:?}"
+        );
+    }
+    let mut h = at.to_vec();
+    h.push(("x-tollgate-secret", "s3cret"));
+    let r = auth(http, &h).await;
+    assert_eq!(
+        (r.status, r.header("x-ratelimit-remaining")),
+        (200, Some("2"))
+    );
     s.stop().await;
 }
 

@@ -94,3 +94,77 @@ fn reset_forgets_one_scope() {
             .counted
     );
 }
+
+/// The adversarial run of issue 15: a victim spends its 500 an hour; then
+/// 200,000 junk subjects (more than the 100,000 counters held) make one
+/// request each, evicting the victim's counter. The victim must not get its
+/// 500 back, and a subject that arrives after the flood pays at most what a
+/// junk neighbour counted (one request) for the sketch's error.
+#[tokio::test]
+async fn a_junk_subject_flood_hands_no_quota_back() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use tollgate::engine::ManualClock;
+    use tollgate::limiter::{Limiter, Request, Verdict};
+    use tollgate::plans::SlotRegistry;
+
+    const PLANS: &str = "plans: { free: { limits: [ { rate: 500/hour } ] } }\n";
+    let slots = Arc::new(SlotRegistry::default());
+    let catalog = tollgate::config::parse("t.yaml", PLANS, &slots).expect("valid");
+    let clock = Arc::new(ManualClock::new(T0));
+    let limiter = Limiter::new(MemoryStore::new(100_000), catalog, slots, clock.clone());
+    async fn consume(limiter: &Limiter, subject: &str) -> tollgate::limiter::Decision {
+        let cost = HashMap::new();
+        let request = Request {
+            subject,
+            account: "",
+            resource: "/api",
+            method: None,
+            plan: None,
+            cost: &cost,
+        };
+        limiter
+            .decide(Mode::Consume, &request)
+            .await
+            .expect("decided")
+    }
+    for _ in 0..500 {
+        assert_eq!(consume(&limiter, "victim").await.verdict, Verdict::Allowed);
+    }
+    assert_eq!(
+        consume(&limiter, "victim").await.verdict,
+        Verdict::RateLimited
+    );
+    for i in 0..200_000 {
+        clock.advance(std::time::Duration::from_micros(1)); // The victim ages in the LRU.
+        assert_eq!(
+            consume(&limiter, &format!("junk{i}")).await.verdict,
+            Verdict::Allowed
+        );
+    }
+    let tollgate::storage::Counters::Memory(engine) = limiter.counters() else {
+        unreachable!("a memory store")
+    };
+    assert!(engine.store().evictions() >= 100_000, "the flood evicted");
+    let victim = consume(&limiter, "victim").await;
+    assert_eq!(victim.verdict, Verdict::RateLimited, "{victim:?}");
+    assert_eq!(victim.limits[0].remaining, 0);
+    // Newcomers pay at most what junk neighbours counted (`evicted`'s
+    // bound); here that is a couple of requests.
+    let mut charged = Vec::new();
+    for i in 0..1_000 {
+        let d = consume(&limiter, &format!("newcomer{i}")).await;
+        assert_eq!(d.verdict, Verdict::Allowed);
+        charged.push(499 - d.limits[0].remaining);
+    }
+    let worst = charged.iter().max().copied().unwrap_or(0);
+    let total: u64 = charged.iter().sum();
+    eprintln!(
+        "sketch: {} bytes; newcomers charged {total} requests in all, at most {worst}",
+        engine.store().sketch_bytes()
+    );
+    assert!(worst <= 4, "a newcomer paid {worst} requests for the flood");
+    // An hour later the window has ended, for the sketch too.
+    clock.advance(std::time::Duration::from_secs(3600));
+    assert_eq!(consume(&limiter, "victim").await.limits[0].remaining, 499);
+}

@@ -37,7 +37,12 @@ pub struct RateLimiterService {
 
 /// A `WatchQuota` stream: the hub's updates as `tollgate.v1.QuotaUpdate`s.
 #[derive(Debug)]
-pub struct QuotaUpdates(QuotaStream);
+pub struct QuotaUpdates {
+    stream: QuotaStream,
+    /// With a resource: only the limits of its class (`None`: of no class)
+    /// and those of every request.
+    class: Option<Option<Arc<str>>>,
+}
 
 // === impl RateLimiterService ===
 
@@ -59,7 +64,7 @@ impl RateLimiterService {
         }
     }
 
-    #[instrument(level = "debug", name = "decide", skip_all, fields(rpc = ?mode, subject = Empty, plan = Empty, class = Empty, verdict = Empty))]
+    #[instrument(level = "debug", name = "decide", skip_all, fields(rpc = ?mode, subject = Empty, resource = Empty, plan = Empty, class = Empty, verdict = Empty))]
     pub(crate) async fn decide_domain(
         &self,
         mode: Mode,
@@ -117,8 +122,14 @@ impl RateLimiterService {
         ] {
             convert::bounded(field, value)?;
         }
+        // Only the limits of the resource's class (and the classless ones).
+        let class = if r.resource.trim().is_empty() {
+            None
+        } else {
+            Some(self.limiter.class_name(&r.resource)?)
+        };
         let stream = self.hub.subscribe(&r.subject, &r.account).await?;
-        Ok(QuotaUpdates(stream))
+        Ok(QuotaUpdates { stream, class })
     }
 }
 
@@ -179,8 +190,18 @@ impl Stream for QuotaUpdates {
     type Item = Result<pb::QuotaUpdate, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0)
-            .poll_next(cx)
-            .map(|u| u.map(|u| Ok(convert::quota_update(&u))))
+        let this = &mut *self;
+        Pin::new(&mut this.stream).poll_next(cx).map(|u| {
+            u.map(|u| {
+                let mut update = convert::quota_update(&u);
+                if let Some(class) = &this.class {
+                    let class = class.as_deref().unwrap_or_default();
+                    update
+                        .limits
+                        .retain(|l| l.class.is_empty() || l.class == class);
+                }
+                Ok(update)
+            })
+        })
     }
 }

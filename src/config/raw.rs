@@ -32,6 +32,18 @@ pub struct RawConfig {
     /// The HTTP front door.
     #[serde(default)]
     pub http: Option<RawHttp>,
+    /// How resources are normalized before classes are matched.
+    #[serde(default)]
+    pub paths: Option<RawPaths>,
+}
+
+/// `paths:`: what happens to a path that cannot be normalized safely.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaths {
+    /// `refuse` (default), `keep` or `decode`.
+    #[serde(default, rename = "unsafe")]
+    pub unsafe_paths: Option<Spanned<String>>,
 }
 
 /// `http:`: the HTTP front door's settings.
@@ -56,6 +68,24 @@ pub struct RawForwardAuth {
     /// Unit → where the request's cost in that unit comes from (a header).
     #[serde(default)]
     pub cost: BTreeMap<String, Spanned<RawSource>>,
+    /// The proxies (CIDRs) whose `X-Forwarded-For` entries are believed.
+    #[serde(default)]
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    /// A header only the gateway sends, with its value.
+    #[serde(default)]
+    pub require_header: Option<Spanned<RawRequiredHeader>>,
+}
+
+/// `http.forward_auth.require_header`: a shared secret.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequiredHeader {
+    /// The header's name.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Its value.
+    #[serde(default)]
+    pub value: Option<String>,
 }
 
 /// One source: exactly one of its fields.

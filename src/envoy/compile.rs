@@ -231,7 +231,9 @@ impl Compiler<'_> {
         if let Some(b) = &r.burst {
             limit = self.burst(limit, b, r.algorithm.is_some(), field)?;
         }
-        limit.slot = self.slots.intern(&identity(window, limit.algorithm));
+        limit.slot =
+            self.slots
+                .intern_counter(&identity(window, limit.algorithm), limit.algorithm, window);
         Some(limit)
     }
 
@@ -310,10 +312,11 @@ impl Compiler<'_> {
         };
         limit.algorithm = Algorithm::TokenBucket;
         let cap = config::burst_ceiling(amount, extra).min(u64::from(u32::MAX));
-        let slot = self.slots.intern(&format!(
-            "{}|burst",
-            identity(limit.window, limit.algorithm)
-        ));
+        let slot = self.slots.intern_counter(
+            &format!("{}|burst", identity(limit.window, limit.algorithm)),
+            Algorithm::SlidingRing,
+            limit.window,
+        );
         limit.burst = Rate::new(cap, limit.window).map(|rate| (rate, slot));
         Some(limit)
     }

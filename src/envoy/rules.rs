@@ -238,7 +238,14 @@ impl RuleSet {
 }
 
 fn unit_slots(slots: &SlotRegistry) -> [u32; Unit::ALL.len()] {
-    Unit::ALL.map(|u| slots.intern(&identity(u.seconds() * SECOND, Algorithm::FixedWindow)))
+    Unit::ALL.map(|u| {
+        let window = u.seconds() * SECOND;
+        slots.intern_counter(
+            &identity(window, Algorithm::FixedWindow),
+            Algorithm::FixedWindow,
+            window,
+        )
+    })
 }
 
 /// The counter identity of an Envoy limit: its window and algorithm. The

@@ -5,11 +5,21 @@
 //! The running configuration's `http.forward_auth` says where the subject,
 //! the account and each cost come from. The method and path come from
 //! `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik, Caddy) or
-//! `X-Original-Method`/`X-Original-URI` (nginx); the query string is not
-//! part of the resource. Without a forwarded method, the call's own method
-//! is the request's (nginx's `auth_request` and Traefik keep it); without a
+//! `X-Original-Method`/`X-Original-URI` (nginx); the path is normalized
+//! as every resource is ([`crate::plans::path`]; 400 when it cannot be
+//! safely). Without a forwarded method, the call's own method is the
+//! request's (nginx's `auth_request` and Traefik keep it); without a
 //! forwarded path the call is refused, never let through: its class is
 //! unknown.
+//!
+//! Only what the gateway says is believed. With `require_header`, a call
+//! without the gateway's shared secret is refused (403) before anything else
+//! is read, so a client that reaches tollgate directly cannot name its own
+//! path, address or subject. A header read for the subject, the account, a
+//! cost, the path or the method may appear once: a repeated one is refused
+//! (400), never "first wins". A client address must be an IP address, and
+//! `X-Forwarded-For` is believed only as far as `trusted_proxies` go: the
+//! client is the right-most address that is not a trusted proxy.
 //!
 //! The answer, for the gateway:
 //! - 200, empty, with the decision's rate-limit headers to copy onto the
@@ -34,7 +44,7 @@
 //! of the default answer.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -42,7 +52,7 @@ use axum::response::{IntoResponse, Response};
 use tonic::{Code, Request, Status};
 
 use super::{Services, error, error_with};
-use crate::plans::{ForwardAuth, HeaderSource};
+use crate::plans::{Catalog, ForwardAuth, HeaderSource};
 use crate::proto::tollgate::v1 as pb;
 use pb::rate_limiter_server::RateLimiter;
 
@@ -75,7 +85,18 @@ pub async fn forward_auth(
             "forward auth is not configured: add http.forward_auth to the configuration file",
         );
     };
-    let request = match limit_request(config, &method, &headers, peer) {
+    if let Some((name, secret)) = &config.require_header
+        && !holds_secret(&headers, name, secret)
+    {
+        return verdict_body(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            &format!("{name}: the gateway's shared secret is missing or wrong"),
+            None,
+            denials,
+        );
+    }
+    let request = match limit_request(&catalog, config, &method, &headers, peer) {
         Ok(r) => r,
         Err(Refused::NoSubject) => return missing_subject(&config.subject, denials),
         Err(Refused::Invalid(message)) => return error(&Status::invalid_argument(message)),
@@ -116,26 +137,46 @@ enum Refused {
     Invalid(String),
 }
 
+/// Whether the request carries `name: secret`, once; compared in constant
+/// time.
+fn holds_secret(headers: &HeaderMap, name: &str, secret: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => bool::from(v.as_bytes().ct_eq(secret.as_bytes())),
+        _ => false,
+    }
+}
+
 /// The `LimitRequest` the headers describe.
 fn limit_request(
+    catalog: &Catalog,
     config: &ForwardAuth,
     own_method: &Method,
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<pb::LimitRequest, Refused> {
-    let subject = source(&config.subject, headers, peer)?.ok_or(Refused::NoSubject)?;
+    let subject = source(config, &config.subject, headers, peer)?.ok_or(Refused::NoSubject)?;
     let account = match &config.account {
-        Some(from) => source(from, headers, peer)?.unwrap_or_default(),
+        Some(from) => source(config, from, headers, peer)?.unwrap_or_default(),
         None => String::new(),
     };
     let method = first_of(headers, &["x-forwarded-method", "x-original-method"])?
+        .map(|(_, m)| m)
         .unwrap_or_else(|| own_method.as_str().to_owned());
-    let Some(uri) = first_of(headers, &["x-forwarded-uri", "x-original-uri"])? else {
+    let Some((from, uri)) = first_of(headers, &["x-forwarded-uri", "x-original-uri"])? else {
         return Err(Refused::Invalid(
             "x-forwarded-uri (or x-original-uri) is required: the gateway must say which request to judge".to_owned(),
         ));
     };
-    let path = uri.split(['?', '#']).next().unwrap_or_default().to_owned();
+    let path = match crate::plans::path::normalize(&uri, catalog.unsafe_paths) {
+        Ok(path) => path.into_owned(),
+        Err(e) => {
+            return Err(Refused::Invalid(format!(
+                "{from}: {uri:?} cannot be judged safely: {e} (see paths.unsafe)"
+            )));
+        }
+    };
     let mut cost = HashMap::new();
     for (unit, name) in &config.cost {
         if let Some(v) = text(headers, name)? {
@@ -158,6 +199,7 @@ fn limit_request(
 
 /// The value `from` names, if the request has it.
 fn source(
+    config: &ForwardAuth,
     from: &HeaderSource,
     headers: &HeaderMap,
     peer: SocketAddr,
@@ -169,44 +211,90 @@ fn source(
             let token = token.trim();
             (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
         }),
-        HeaderSource::ClientIp => Some(client_ip(headers, peer)?),
+        HeaderSource::ClientIp => Some(client_ip(config, headers, peer)?.to_string()),
     })
 }
 
-/// The first `X-Forwarded-For` entry, else `X-Real-IP`, else the peer.
-fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> Result<String, Refused> {
-    let forwarded = text(headers, "x-forwarded-for")?
-        .and_then(|v| v.split(',').next().map(|s| s.trim().to_owned()))
-        .filter(|s| !s.is_empty());
-    let real = || text(headers, "x-real-ip").map(|v| v.map(|s| s.trim().to_owned()));
-    Ok(match forwarded {
-        Some(ip) => ip,
-        None => real()?
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| peer.ip().to_string()),
-    })
+/// The client's address. The peer, unless it is a trusted proxy: then the
+/// right-most `X-Forwarded-For` entry (every such header, in order) that is
+/// not a trusted proxy; when every entry is one, the left-most, else
+/// `X-Real-IP`, else the peer. An entry read that is not an IP address
+/// (with or without a port) is refused.
+fn client_ip(
+    config: &ForwardAuth,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<IpAddr, Refused> {
+    let trusted = |ip: &IpAddr| config.trusted_proxies.iter().any(|n| n.contains(ip));
+    let peer = peer.ip().to_canonical();
+    if !trusted(&peer) {
+        return Ok(peer);
+    }
+    let mut chain = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let value = value
+            .to_str()
+            .map_err(|_| Refused::Invalid("x-forwarded-for: not a valid header value".into()))?;
+        chain.extend(value.split(',').map(str::trim).filter(|s| !s.is_empty()));
+    }
+    for entry in chain.iter().rev() {
+        let ip = ip_of("x-forwarded-for", entry)?;
+        if !trusted(&ip) {
+            return Ok(ip);
+        }
+    }
+    if let Some(first) = chain.first() {
+        return ip_of("x-forwarded-for", first);
+    }
+    match text(headers, "x-real-ip")?.filter(|v| !v.trim().is_empty()) {
+        Some(real) => ip_of("x-real-ip", real.trim()),
+        None => Ok(peer),
+    }
 }
 
-/// The first of `names` the request carries.
-fn first_of(headers: &HeaderMap, names: &[&str]) -> Result<Option<String>, Refused> {
+/// An address as proxies write it: `1.2.3.4`, `::1`, `[::1]`, with or
+/// without a port.
+fn ip_of(header: &str, s: &str) -> Result<IpAddr, Refused> {
+    s.parse::<IpAddr>()
+        .or_else(|_| s.parse::<SocketAddr>().map(|a| a.ip()))
+        .or_else(|_| {
+            s.strip_prefix('[')
+                .and_then(|s| s.strip_suffix(']'))
+                .ok_or(())
+                .and_then(|s| s.parse::<IpAddr>().map_err(|_| ()))
+        })
+        .map(|ip| ip.to_canonical())
+        .map_err(|_| Refused::Invalid(format!("{header}: {s:?} is not an IP address")))
+}
+
+/// The first of `names` the request carries, with its name.
+fn first_of(
+    headers: &HeaderMap,
+    names: &[&'static str],
+) -> Result<Option<(&'static str, String)>, Refused> {
     for name in names {
         if let Some(v) = text(headers, name)?.filter(|v| !v.is_empty()) {
-            return Ok(Some(v));
+            return Ok(Some((name, v)));
         }
     }
     Ok(None)
 }
 
-/// A header's value as text; one that is not visible ASCII is 400.
+/// A header's one value as text; one that is not visible ASCII, or a
+/// header given twice, is 400.
 fn text(headers: &HeaderMap, name: &str) -> Result<Option<String>, Refused> {
-    headers
-        .get(name)
-        .map(|v| {
-            v.to_str()
-                .map(str::to_owned)
-                .map_err(|_| Refused::Invalid(format!("{name}: not a valid header value")))
-        })
-        .transpose()
+    let mut values = headers.get_all(name).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Refused::Invalid(format!(
+            "{name}: given more than once; tollgate reads one value"
+        )));
+    }
+    v.to_str()
+        .map(|v| Some(v.to_owned()))
+        .map_err(|_| Refused::Invalid(format!("{name}: not a valid header value")))
 }
 
 fn missing_subject(from: &HeaderSource, denials: Denials) -> Response {

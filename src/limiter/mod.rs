@@ -11,6 +11,7 @@ pub mod decision;
 pub mod headers;
 pub mod route;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,8 +19,9 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 
 use crate::engine::{Clock, Item, Mode, Nanos, Outcome};
+use crate::error::Error;
 use crate::plans::{
-    Catalog, Limit, LimitKind, Plan, Resolver, SlotRegistry, matcher::split_method,
+    Catalog, Limit, LimitKind, Plan, Resolver, SlotRegistry, matcher::split_method, path,
 };
 use crate::state::RuntimeState;
 use crate::storage::{Consumer, Counters, StoreError};
@@ -44,6 +46,14 @@ pub struct Snapshot {
     pub catalog: Arc<Catalog>,
     /// Increases with every installed catalog.
     pub generation: u64,
+}
+
+/// Why `begin` decided without counting.
+enum Early {
+    /// A class outside the plan.
+    Decided(Box<Decision>),
+    /// A resource that cannot be judged.
+    Refused(Error),
 }
 
 /// A decision under way: what `begin` resolved, for `conclude`.
@@ -84,8 +94,12 @@ impl Limiter {
         clock: Arc<dyn Clock>,
         state: Arc<RuntimeState>,
     ) -> Self {
+        let counters = counters.into();
+        if let Counters::Memory(engine) = &counters {
+            engine.store().remember_evictions(slots.clone());
+        }
         Self {
-            counters: counters.into(),
+            counters,
             catalog: ArcSwap::from_pointee(Snapshot {
                 catalog: Arc::new(catalog),
                 generation: 0,
@@ -138,11 +152,13 @@ impl Limiter {
         self.resolver.invalidate_all();
     }
 
-    /// Decides `request` in `mode`.
-    pub async fn decide(&self, mode: Mode, request: &Request<'_>) -> Result<Decision, StoreError> {
+    /// Decides `request` in `mode`. A resource that cannot be normalized
+    /// safely ([`path`]) is [`Error::Invalid`] naming it, and counts nothing.
+    pub async fn decide(&self, mode: Mode, request: &Request<'_>) -> Result<Decision, Error> {
         let begun = match self.begin(mode, request) {
             Ok(begun) => begun,
-            Err(early) => return Ok(*early),
+            Err(Early::Decided(decision)) => return Ok(*decision),
+            Err(Early::Refused(e)) => return Err(e),
         };
         let items = route::items(
             &begun.plan.route(begun.class).limits,
@@ -186,7 +202,7 @@ impl Limiter {
 
     /// Resolves the plan and class of `request`; a class outside the plan
     /// is decided at once (`Err`), without counting.
-    fn begin<'r>(&self, mode: Mode, request: &Request<'r>) -> Result<Begun<'r>, Box<Decision>> {
+    fn begin<'r>(&self, mode: Mode, request: &Request<'r>) -> Result<Begun<'r>, Early> {
         let snapshot = self.catalog.load_full();
         let catalog = &snapshot.catalog;
         let account = account_of(request.subject, request.account);
@@ -197,13 +213,13 @@ impl Limiter {
                 .resolver
                 .resolve(catalog, snapshot.generation, account, now),
         };
-        let class = class_of(catalog, request);
+        let class = class_of(catalog, request.resource, request.method).map_err(Early::Refused)?;
         let route = plan.route(class);
         if let Some(message) = &route.deny {
             let mut decision = Decision::new(&plan, class.map(|c| catalog.class_names[c].clone()));
             decision.verdict = Verdict::NotInPlan;
             decision.reason = message.to_string();
-            return Err(Box::new(decision));
+            return Err(Early::Decided(Box::new(decision)));
         }
         let over_max_cost = (mode != Mode::Record)
             .then(|| {
@@ -282,6 +298,13 @@ impl Limiter {
         decision
     }
 
+    /// The name of the class `resource` (`[METHOD ]/path`) belongs to, judged
+    /// as a decision judges it; `None` when no class matches.
+    pub fn class_name(&self, resource: &str) -> Result<Option<Arc<str>>, Error> {
+        let catalog = self.catalog();
+        Ok(class_of(&catalog, resource, None)?.map(|c| catalog.class_names[c].clone()))
+    }
+
     /// The plan of a subject and the state of every limit of it, counting
     /// nothing: what `WatchQuota` and `Admin.GetSubject` show.
     pub async fn quota(&self, subject: &str, account: &str) -> Result<Quota, StoreError> {
@@ -343,18 +366,35 @@ pub fn account_of<'a>(subject: &'a str, account: &'a str) -> &'a str {
     if account.is_empty() { subject } else { account }
 }
 
-/// The class of `request`'s resource (its query string ignored; its method
-/// from the resource's prefix, else from the request).
-fn class_of(catalog: &Catalog, request: &Request<'_>) -> Option<usize> {
-    let (prefix_method, path) = split_method(request.resource.trim());
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
+/// The class of `request`'s resource, judged on its normalized path
+/// ([`path::normalize`], which the current span records as `resource`); its
+/// method from the resource's prefix, else from the request.
+fn class_of(
+    catalog: &Catalog,
+    resource: &str,
+    method: Option<&str>,
+) -> Result<Option<usize>, Error> {
+    let (prefix_method, path) = split_method(resource.trim());
+    let path = normal_path(catalog, path)?;
     if path.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let method = prefix_method
-        .or(request.method)
-        .map(str::to_ascii_uppercase);
-    catalog.class_of(method.as_deref(), path)
+    if *path != *resource {
+        tracing::Span::current().record("resource", &*path);
+    }
+    let method = prefix_method.or(method).map(str::to_ascii_uppercase);
+    Ok(catalog.class_of(method.as_deref(), &path))
+}
+
+/// `path` normalized as `catalog` says, or [`Error::Invalid`] naming the
+/// resource.
+pub fn normal_path<'p>(catalog: &Catalog, path: &'p str) -> Result<Cow<'p, str>, Error> {
+    path::normalize(path, catalog.unsafe_paths).map_err(|e| {
+        Error::invalid(
+            "resource",
+            format!("{path:?} cannot be judged safely: {e} (see paths.unsafe)"),
+        )
+    })
 }
 
 /// Why `request` can never pass `limit`'s `max_cost`, if it cannot.

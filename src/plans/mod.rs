@@ -9,6 +9,7 @@
 pub mod glob;
 pub mod matcher;
 pub mod overrides;
+pub mod path;
 pub mod resolver;
 pub mod runtime;
 mod trie;
@@ -22,6 +23,7 @@ use parking_lot::Mutex;
 use crate::engine::{Algorithm, Nanos, Rate};
 
 pub use matcher::Matcher;
+pub use path::UnsafePaths;
 pub use resolver::Resolver;
 
 /// Everything the decision path needs from the configuration. A clone
@@ -45,6 +47,8 @@ pub struct Catalog {
     /// Where the HTTP forward-auth endpoint reads a request's parts;
     /// `None`: the endpoint is not configured.
     pub forward_auth: Option<ForwardAuth>,
+    /// What happens to a resource that cannot be normalized safely.
+    pub unsafe_paths: UnsafePaths,
 }
 
 /// `http.forward_auth`: which incoming header carries each part of a
@@ -57,6 +61,12 @@ pub struct ForwardAuth {
     pub account: Option<HeaderSource>,
     /// Unit → header whose value is the request's cost in that unit.
     pub cost: Vec<(String, String)>,
+    /// The proxies whose `X-Forwarded-For` entries are believed; the client
+    /// is the right-most address that is not one of them.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A header (lowercase name, value) only the gateway sends: a call
+    /// without it is refused.
+    pub require_header: Option<(String, String)>,
 }
 
 /// Where a forward-auth value is read from.
@@ -66,8 +76,9 @@ pub enum HeaderSource {
     Header(String),
     /// The token of `Authorization: Bearer <token>`.
     Bearer,
-    /// The client's address: the first `X-Forwarded-For` entry, else
-    /// `X-Real-IP`, else the connection's peer.
+    /// The client's address: the connection's peer, unless it is a trusted
+    /// proxy; then the right-most `X-Forwarded-For` entry that is not one
+    /// (else `X-Real-IP`). It must be an IP address.
     ClientIp,
 }
 
@@ -198,7 +209,13 @@ pub struct SlotRegistry {
     ids: Mutex<HashMap<String, u32>>,
     /// Number → identity, read on every Redis decision without a lock.
     names: ArcSwap<Vec<Arc<str>>>,
+    /// Number → how its counters count, when a limit said so: what the
+    /// memory store needs to remember an evicted counter.
+    families: ArcSwap<Vec<Option<Family>>>,
 }
+
+/// How the counters of one identity count: their algorithm and window.
+pub type Family = (Algorithm, Nanos);
 
 /// A name that is not a [`Per`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -310,17 +327,40 @@ impl std::str::FromStr for Per {
 impl SlotRegistry {
     /// The number of `identity`, assigning the next one if it is new.
     pub fn intern(&self, identity: &str) -> u32 {
+        self.intern_with(identity, None)
+    }
+
+    /// As [`SlotRegistry::intern`], for a limit whose counters count with
+    /// `algorithm` over `window`.
+    pub fn intern_counter(&self, identity: &str, algorithm: Algorithm, window: Nanos) -> u32 {
+        self.intern_with(identity, Some((algorithm, window)))
+    }
+
+    fn intern_with(&self, identity: &str, family: Option<Family>) -> u32 {
         let mut ids = self.ids.lock();
         if let Some(&id) = ids.get(identity) {
+            if family.is_some() && self.family(id).is_none() {
+                let mut families = (**self.families.load()).clone();
+                families[id as usize] = family;
+                self.families.store(Arc::new(families));
+            }
             return id;
         }
         let mut names = (**self.names.load()).clone();
         let id = u32::try_from(names.len()).expect("fewer than 2^32 limit identities");
         names.push(identity.into());
+        let mut families = (**self.families.load()).clone();
+        families.push(family);
         // Published before the number is handed out, so readers find it.
+        self.families.store(Arc::new(families));
         self.names.store(Arc::new(names));
         ids.insert(identity.to_owned(), id);
         id
+    }
+
+    /// How the counters numbered `slot` count, if a limit said so.
+    pub fn family(&self, slot: u32) -> Option<Family> {
+        self.families.load().get(slot as usize).copied().flatten()
     }
 
     /// Every identity interned so far.

@@ -242,7 +242,7 @@ fn custom(
         kind: LimitKind::Counted {
             rate,
             algorithm: c.algorithm,
-            slot: slots.intern(&identity),
+            slot: slots.intern_counter(&identity, c.algorithm, c.window),
             burst: None,
         },
         max_cost: None,

@@ -81,12 +81,14 @@ fn counted(
     let rate = Rate::new(amount, window).expect("amount and window checked nonzero");
     let burst = burst.map(|b| {
         let cap = Rate::new(b.ceiling(amount), window).expect("a ceiling is at least its amount");
-        (cap, slots.intern(&format!("{identity}|burst")))
+        let slot =
+            slots.intern_counter(&format!("{identity}|burst"), Algorithm::SlidingRing, window);
+        (cap, slot)
     });
     LimitKind::Counted {
         rate,
         algorithm,
-        slot: slots.intern(&identity),
+        slot: slots.intern_counter(&identity, algorithm, window),
         burst,
     }
 }

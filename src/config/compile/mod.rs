@@ -23,8 +23,10 @@ use serde_saphyr::Spanned;
 use self::entry::Entry;
 use self::problems::Problems;
 use super::error::Problem;
-use super::raw::{RawClass, RawConfig};
-use crate::plans::{Catalog, HeaderStyle, Matcher, Plan, SlotRegistry};
+use super::raw::{RawClass, RawConfig, RawPaths};
+use crate::plans::matcher::split_method;
+use crate::plans::path::normalize;
+use crate::plans::{Catalog, HeaderStyle, Matcher, Plan, SlotRegistry, UnsafePaths};
 
 /// Compiles `raw`, read from `file`, or returns every problem found in it,
 /// ordered by line.
@@ -40,7 +42,8 @@ pub(super) fn compile(
     let envoy_domains = envoy_domains::envoy_domains(&mut p, raw.envoy.as_ref());
     let forward_auth = forward_auth::forward_auth(&mut p, raw.http.as_ref());
     let headers = headers(&mut p, raw.headers.as_ref());
-    let (classes, class_names) = classes(&mut p, &raw.classes);
+    let unsafe_paths = unsafe_paths(&mut p, raw.paths.as_ref());
+    let (classes, class_names) = classes(&mut p, &raw.classes, unsafe_paths);
     let plans = plans(&mut p, &raw, &class_names, slots);
     let default_plan = default_plan(&mut p, &raw, &plans);
     let assignments = assignments(&mut p, &raw.assignments, &plans);
@@ -54,6 +57,7 @@ pub(super) fn compile(
             headers,
             envoy_domains,
             forward_auth,
+            unsafe_paths,
         }),
         _ => {
             p.list.sort_by_key(|problem| problem.line);
@@ -79,9 +83,35 @@ fn headers(p: &mut Problems<'_>, raw: Option<&Spanned<String>>) -> HeaderStyle {
     }
 }
 
+/// `paths.unsafe`: what happens to a path that cannot be normalized safely.
+fn unsafe_paths(p: &mut Problems<'_>, raw: Option<&RawPaths>) -> UnsafePaths {
+    let Some(raw) = raw.and_then(|r| r.unsafe_paths.as_ref()) else {
+        return UnsafePaths::default();
+    };
+    match raw.value.as_str() {
+        "refuse" => UnsafePaths::Refuse,
+        "keep" => UnsafePaths::Keep,
+        "decode" => UnsafePaths::Decode,
+        other => {
+            p.push(
+                raw.referenced.line(),
+                "paths.unsafe",
+                format!("expected refuse, keep or decode, got {other:?}"),
+            );
+            UnsafePaths::default()
+        }
+    }
+}
+
 /// `classes`: the matcher over every class's patterns, and the class names
-/// in the order the matcher's indexes refer to.
-fn classes(p: &mut Problems<'_>, raw: &BTreeMap<String, RawClass>) -> (Matcher, Vec<Arc<str>>) {
+/// in the order the matcher's indexes refer to. A pattern's path is
+/// normalized as resources are ([`crate::plans::path`]), so `/a//b` and
+/// `/%61/b` name what they match.
+fn classes(
+    p: &mut Problems<'_>,
+    raw: &BTreeMap<String, RawClass>,
+    unsafe_paths: UnsafePaths,
+) -> (Matcher, Vec<Arc<str>>) {
     let class_names: Vec<Arc<str>> = raw.keys().map(|k| Arc::from(k.as_str())).collect();
     let mut classes = Matcher::default();
     for (index, (name, class)) in raw.iter().enumerate() {
@@ -94,11 +124,24 @@ fn classes(p: &mut Problems<'_>, raw: &BTreeMap<String, RawClass>) -> (Matcher, 
             );
         }
         for (i, pattern) in class.patterns.iter().enumerate() {
-            if let Err(e) = classes.add(&pattern.value, index, &class_names) {
+            let (method, path) = split_method(pattern.value.trim());
+            let added = match normalize(path, unsafe_paths) {
+                Ok(path) => {
+                    let pattern = match method {
+                        Some(m) => format!("{m} {path}"),
+                        None => path.into_owned(),
+                    };
+                    classes
+                        .add(&pattern, index, &class_names)
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(format!("{path:?} is not a path a resource can be: {e}")),
+            };
+            if let Err(e) = added {
                 p.push(
                     pattern.referenced.line(),
                     &format!("classes.{name}.match[{i}]"),
-                    e.to_string(),
+                    e,
                 );
             }
         }

@@ -42,6 +42,17 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     }
 }
 
+/// `state` as of `now`, a window that ended read as empty: the current
+/// window index and its count.
+pub fn at(state: State, window: Nanos, now: Nanos) -> State {
+    let index = now / window;
+    State {
+        a: index,
+        b: if state.a == index { state.b } else { 0 },
+        ..State::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

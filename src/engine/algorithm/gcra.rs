@@ -62,6 +62,16 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     }
 }
 
+/// `state` as of `now`: unchanged while it owes anything, else the state of
+/// an unused counter.
+pub fn at(state: State, now: Nanos) -> State {
+    if debt(state, now) > 0 {
+        state
+    } else {
+        State::default()
+    }
+}
+
 /// The stored debt at `now`, in units * window (`(TAT - now) * amount`).
 fn debt(state: State, now: Nanos) -> u128 {
     match state.a.checked_sub(now) {

@@ -95,6 +95,63 @@ fn div_ceil(n: u128, d: u128) -> u128 {
     }
 }
 
+// === the order of states ===
+
+/// States of one algorithm and window, ordered by how much they have
+/// counted: `upper` is at least as restrictive as both of two states, and
+/// `lower` of two states that each restrict at least as much as some third
+/// still restricts at least as much as it. Both read the states as of `now`
+/// (windows that ended are empty, a refilled bucket is unused), where every
+/// step is monotone in every count: this is what lets a fixed-size sketch
+/// remember evicted counters without ever under-counting
+/// (`storage::memory`).
+impl super::Algorithm {
+    /// `state` as of `now` (see each algorithm's `at`).
+    pub fn at(self, state: State, window: Nanos, now: Nanos) -> State {
+        match self {
+            Self::FixedWindow => fixed_window::at(state, window, now),
+            Self::SlidingWindow => sliding_window::at(state, window, now),
+            Self::TokenBucket => gcra::at(state, now),
+            Self::SlidingRing => sliding_ring::at(state, window, now),
+        }
+    }
+
+    /// A state that restricts at least as much as `a` and as `b`, as of `now`.
+    pub fn upper(self, a: State, b: State, window: Nanos, now: Nanos) -> State {
+        self.combine(a, b, window, now, u64::max, u32::max)
+    }
+
+    /// The most a state known to restrict no less than `a` or than `b`
+    /// can be trusted to restrict, as of `now`.
+    pub fn lower(self, a: State, b: State, window: Nanos, now: Nanos) -> State {
+        self.combine(a, b, window, now, u64::min, u32::min)
+    }
+
+    fn combine(
+        self,
+        a: State,
+        b: State,
+        window: Nanos,
+        now: Nanos,
+        word: fn(u64, u64) -> u64,
+        lane: fn(u32, u32) -> u32,
+    ) -> State {
+        let (a, b) = (self.at(a, window, now), self.at(b, window, now));
+        match self {
+            // Seven 32-bit buckets packed: combined bucket by bucket.
+            Self::SlidingRing => sliding_ring::lanes(a, b, lane),
+            // Window index (equal as of `now`) or TAT, counts, remainder:
+            // every step is monotone in each word.
+            _ => State {
+                a: word(a.a, b.a),
+                b: word(a.b, b.b),
+                c: word(a.c, b.c),
+                d: word(a.d, b.d),
+            },
+        }
+    }
+}
+
 fn saturate(v: u128) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }

@@ -62,6 +62,21 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     }
 }
 
+/// `state` as of `now`: the ring as of the current bucket, older buckets
+/// zeroed.
+pub fn at(state: State, window: Nanos, now: Nanos) -> State {
+    let index = now / window.div_ceil(BUCKETS_PER_WINDOW);
+    pack(&unpack(state, index), index)
+}
+
+/// Bucket by bucket, `pick` of two rings as of the same bucket (see [`at`]).
+pub fn lanes(a: State, b: State, pick: impl Fn(u32, u32) -> u32) -> State {
+    let index = a.d >> 32;
+    let (x, y) = (unpack(a, index), unpack(b, index));
+    let ring: [u32; RING] = std::array::from_fn(|i| pick(x[i], y[i]));
+    pack(&ring, index)
+}
+
 fn slot(index: u64) -> usize {
     (index % RING as u64) as usize
 }

@@ -67,6 +67,25 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     }
 }
 
+/// `state` as of `now`: the current window index, its count and the count
+/// of the window before it (older windows read as empty).
+pub fn at(state: State, window: Nanos, now: Nanos) -> State {
+    let index = now / window;
+    let (prev, cur) = if state.a == index {
+        (state.c, state.b)
+    } else if state.a.checked_add(1) == Some(index) {
+        (state.b, 0)
+    } else {
+        (0, 0)
+    };
+    State {
+        a: index,
+        b: cur,
+        c: prev,
+        d: 0,
+    }
+}
+
 /// The wait until `cost` fits, given that it does not fit now and is not
 /// larger than the amount.
 fn wait_until_fits(rate: Rate, elapsed: Nanos, prev: u64, cur: u64, cost: u64) -> Nanos {

@@ -9,12 +9,16 @@
 //! Memory is bounded by `max_counters`. When a shard is over its share, it
 //! first drops expired state (windows that ended, buckets that refilled);
 //! only if that frees too little does it evict the least recently used live
-//! entries (a decision, admitted or not, counts as a use). Evicting a live
-//! counter forgets its usage (that scope starts afresh), so every eviction is
-//! counted ([`MemoryStore::evictions`]) and logged. Scopes in active use are
-//! never the ones evicted and new counters are always enforced, so a full
-//! store keeps limiting, unlike a cache that stops tracking past its cap.
-//! Size the cap above the live working set.
+//! entries (a decision, admitted or not, counts as a use). An evicted live
+//! counter is folded into a fixed-size sketch of its limit ([`evicted`]), and
+//! a counter created again starts from the sketch's estimate, which never
+//! under-counts: eviction never hands back quota, so a flood of junk
+//! subjects costs the subjects it evicts nothing. The estimate may count
+//! more than a new counter had (bounded; see [`evicted`]), so every eviction
+//! is counted ([`MemoryStore::evictions`]) and logged. Scopes in active use
+//! are never the ones evicted and new counters are always enforced, so a
+//! full store keeps limiting, unlike a cache that stops tracking past its
+//! cap. Size the cap above the live working set.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +28,13 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
+use std::sync::Arc;
+
 use crate::engine::{CounterKey, CounterStore, Nanos, State};
 use crate::plans::SlotRegistry;
+use evicted::Evicted;
 
+pub mod evicted;
 mod snapshot;
 
 pub use snapshot::{Changes, SNAPSHOT_MAGIC, Snapshot, put_tombstone};
@@ -45,6 +53,8 @@ pub struct MemoryStore {
     shard_cap: usize,
     evictions: AtomicU64,
     last_warning: AtomicU64,
+    /// What evicted counters had counted.
+    evicted: Evicted,
 }
 
 #[derive(Default)]
@@ -97,7 +107,28 @@ impl MemoryStore {
             shard_cap: max_counters.div_ceil(shards),
             evictions: AtomicU64::new(0),
             last_warning: AtomicU64::new(0),
+            evicted: Evicted::new(max_counters),
         }
+    }
+
+    /// Remembers evicted counters of the limits `slots` describes (see
+    /// [`evicted`]); without it, eviction forgets. The limiter calls it.
+    pub fn remember_evictions(&self, slots: Arc<SlotRegistry>) {
+        self.evicted.remember(slots);
+    }
+
+    /// Bytes held by the sketches of evicted counters.
+    pub fn sketch_bytes(&self) -> usize {
+        self.evicted.bytes()
+    }
+
+    /// What a counter absent from the store starts from.
+    fn recall(&self, scope: &str, slot: u32, now: Nanos) -> State {
+        if !self.evicted.active() {
+            return State::default();
+        }
+        self.evicted
+            .recall(self.hasher.hash_one((scope, slot)), slot, now)
     }
 
     /// A store sized to about `bytes` of memory.
@@ -156,6 +187,10 @@ impl MemoryStore {
                 && !keep.iter().any(|k| k.scope == e.scope.as_str());
             if evict {
                 budget = budget.saturating_sub(e.cells.len());
+                for c in &e.cells {
+                    let hash = self.hasher.hash_one((e.scope.as_str(), c.slot));
+                    self.evicted.fold(hash, c.slot, c.state, now);
+                }
             }
             !evict
         });
@@ -189,12 +224,12 @@ impl MemoryStore {
         match table.find_mut(hash, |e| e.scope.as_str() == scope) {
             Some(entry) => {
                 entry.touched = *tick | (entry.touched & DIRTY);
-                if entry.expires_at > now {
-                    for (state, key) in states.iter_mut().zip(keys) {
-                        if let Some(c) = entry.cells.iter().find(|c| c.slot == key.slot) {
-                            *state = c.state;
-                        }
-                    }
+                let live = entry.expires_at > now;
+                for (state, key) in states.iter_mut().zip(keys) {
+                    *state = match entry.cells.iter().find(|c| c.slot == key.slot) {
+                        Some(c) if live => c.state,
+                        _ => self.recall(scope, key.slot, now),
+                    };
                 }
                 if !decide(&mut states, &mut expiries) {
                     return;
@@ -226,6 +261,9 @@ impl MemoryStore {
                 }
             }
             None => {
+                for (state, key) in states.iter_mut().zip(keys) {
+                    *state = self.recall(scope, key.slot, now);
+                }
                 if !decide(&mut states, &mut expiries) {
                     return;
                 }
@@ -293,7 +331,7 @@ impl MemoryStore {
                 })
                 .filter(|e| e.expires_at > now)
                 .and_then(|e| e.cells.iter().find(|c| c.slot == key.slot))
-                .map_or_else(State::default, |c| c.state);
+                .map_or_else(|| self.recall(key.scope, key.slot, now), |c| c.state);
             states.push(state);
         }
         let mut expiries: SmallVec<[Nanos; 4]> = SmallVec::from_elem(0, keys.len());
