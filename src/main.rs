@@ -484,6 +484,18 @@ async fn bind(
     limiter: &Limiter,
 ) -> anyhow::Result<(TcpListener, Options)> {
     let listen = serve.listen()?;
+    if serve.listen.is_none() && (serve.grpc_host.is_some() || serve.grpc_port.is_some()) {
+        tracing::info!(
+            "gRPC listens on {listen} because the environment sets {}",
+            set_vars(&[
+                ("GRPC_HOST", serve.grpc_host.as_deref()),
+                (
+                    "GRPC_PORT",
+                    serve.grpc_port.map(|p| p.to_string()).as_deref()
+                ),
+            ])
+        );
+    }
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -500,6 +512,12 @@ async fn bind(
             .await
             .with_context(|| format!("cannot listen on {http_addr} for http"))?;
         tracing::info!("http on http://{}", http.local_addr()?);
+        if let Some(why) = serve.http_from_environment() {
+            tracing::warn!(
+                "the HTTP listener (admin routes included) is open on {http_addr} because {why}; \
+                 pass --http-listen to choose its address, or unset HOST and PORT"
+            );
+        }
         options.http = Some(http);
     }
     tracing::info!(
@@ -555,6 +573,31 @@ impl Serve {
             .map(Some)
             .with_context(|| format!("HOST: expected an IP address, got {host:?}"))
     }
+
+    /// Why the environment opened the HTTP listener, in words, when it did.
+    fn http_from_environment(&self) -> Option<String> {
+        if self.http_listen.is_some() || (self.http_host.is_none() && self.http_port.is_none()) {
+            return None;
+        }
+        let set = set_vars(&[
+            ("HOST", self.http_host.as_deref()),
+            ("PORT", self.http_port.map(|p| p.to_string()).as_deref()),
+        ]);
+        let defaulted = match (&self.http_host, &self.http_port) {
+            (None, _) => " (HOST unset: every interface, as envoyproxy/ratelimit)",
+            (_, None) => " (PORT unset: 8080, as envoyproxy/ratelimit)",
+            _ => "",
+        };
+        Some(format!("the environment sets {set}{defaulted}"))
+    }
+}
+
+/// `HOST=0.0.0.0 and PORT=8080`: the variables of `vars` that are set.
+fn set_vars(vars: &[(&str, Option<&str>)]) -> String {
+    vars.iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name}={v}")))
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// `1 plan`, `2 plans`, `1 class`, `3 classes`.

@@ -802,6 +802,13 @@ async fn oversized_input_is_refused_with_413_and_431() {
 async fn the_binary_serves_http_on_host_and_port_from_the_environment() {
     let served = support::process::serve_env(&[], &[("HOST", "127.0.0.1"), ("PORT", "0")]);
     let http = served.http_addr();
+    // Which variable opened which listener, in words.
+    assert!(
+        served.seen.iter().any(|l| l.contains("WARN")
+            && l.contains("the HTTP listener (admin routes included) is open on 127.0.0.1:0 because the environment sets HOST=127.0.0.1 and PORT=0")),
+        "{:#?}",
+        served.seen
+    );
     let r = get(http, "/healthcheck", &[]).await;
     assert_eq!((r.status, r.body.as_str()), (200, "OK"));
     let r = post(http, "/v1/check", r#"{"subject":"k"}"#).await;
