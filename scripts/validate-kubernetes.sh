@@ -12,15 +12,14 @@ cd "$(dirname "$0")/.."
 
 # The oldest Kubernetes the manifests are meant for: lifecycle.preStop.sleep
 # is on by default from 1.30, and 1.32 is the oldest schema set that
-# kubernetes-validate 1.37.0 ships.
+# kubernetes-validate 1.37.0 (scripts/tools.sh) ships.
 kubernetes_version=1.32.0
-tool_version=1.37.0
 
-if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
-    echo "installing kubernetes-validate (PyPI: kubernetes-validate==$tool_version)"
-    python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$tool_version"
+if [ -z "${TOLLGATE_TOOLS:-}" ]; then
+    source scripts/tools.sh
 fi
-echo "kubernetes-validate $(python3 -m kubernetes_validate --version), Kubernetes $kubernetes_version schemas, strict"
+python="$TOLLGATE_TOOLS/python3"
+echo "kubernetes-validate $("$python" -m kubernetes_validate --version), Kubernetes $kubernetes_version schemas, strict"
 
 mapfile -t manifests < <(find deploy/kubernetes -type f \( -name '*.yaml' -o -name '*.yml' \) | sort)
 if [ "${#manifests[@]}" -eq 0 ]; then
@@ -32,14 +31,14 @@ fi
 # kind: not validated at all), FATAL (no such Kubernetes version). Any line
 # is a failure.
 status=0
-problems="$(python3 -m kubernetes_validate --strict --quiet -k "$kubernetes_version" "${manifests[@]}" 2>&1)" || status=$?
+problems="$("$python" -m kubernetes_validate --strict --quiet -k "$kubernetes_version" "${manifests[@]}" 2>&1)" || status=$?
 if [ "$status" -ne 0 ] || [ -n "$problems" ]; then
     echo "$problems" >&2
     echo "deploy/kubernetes: manifests do not validate against Kubernetes $kubernetes_version" >&2
     exit 1
 fi
 
-python3 - "${manifests[@]}" <<'PY'
+"$python" - "${manifests[@]}" <<'PY'
 import pathlib, sys
 import yaml
 

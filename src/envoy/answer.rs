@@ -20,6 +20,8 @@ pub(super) struct Answer {
     pub(super) metadata: Option<prost_types::Struct>,
     /// Why it is over (plan domains), for the response body.
     pub(super) reason: Option<String>,
+    /// When rate limited (plan domains): the wait, for `Retry-After`.
+    pub(super) retry_after: Option<Nanos>,
 }
 
 // === impl Answer ===
@@ -53,6 +55,7 @@ impl Answer {
             quota: false,
             metadata: None,
             reason: None,
+            retry_after: None,
         }
     }
 }
@@ -111,6 +114,7 @@ pub(super) fn plan_answer(d: &limiter::Decision, now: Nanos) -> Answer {
     };
     if code != Code::Ok {
         answer.reason = Some(d.reason.clone());
+        answer.retry_after = d.retry_after;
     }
     answer
 }

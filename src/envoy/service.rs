@@ -8,7 +8,7 @@ use std::time::Instant;
 use smallvec::SmallVec;
 use tonic::{Request, Response, Status};
 
-use super::answer::{Answer, header, plan_answer, status, unit_of_override};
+use super::answer::{Answer, header, plan_answer, seconds, status, unit_of_override};
 use super::metadata::metadata;
 use super::options::{MAX_ENTRY_LEN, Options};
 use super::rules::{Matched, RuleLimit, RuleSet};
@@ -378,6 +378,17 @@ impl EnvoyService {
         }
         if over {
             response.raw_body = reason.unwrap_or_default().into_bytes();
+            // A plan refusal knows its wait: Envoy puts the header on its 429.
+            let wait = answers
+                .iter()
+                .filter(|a| a.status.code == Code::OverLimit as i32)
+                .filter_map(|a| a.retry_after)
+                .max();
+            if let (Some(wait), false) = (wait, self.options.shadow_mode) {
+                response
+                    .response_headers_to_add
+                    .push(header("retry-after", seconds(wait).seconds.to_string()));
+            }
         }
         response.statuses = answers.into_iter().map(|a| a.status).collect();
         response

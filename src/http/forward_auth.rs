@@ -49,9 +49,9 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 
-use super::{Services, error, error_with};
+use super::{Services, error};
 use crate::plans::{Catalog, ForwardAuth, HeaderSource};
 use crate::proto::tollgate::v1 as pb;
 use pb::rate_limiter_server::RateLimiter;
@@ -79,10 +79,11 @@ pub async fn forward_auth(
         Err(message) => return error(&Status::invalid_argument(message)),
     };
     let Some(config) = &catalog.forward_auth else {
-        return error_with(
-            StatusCode::NOT_FOUND,
-            Code::NotFound,
-            "forward auth is not configured: add http.forward_auth to the configuration file",
+        return failed(
+            &Status::not_found(
+                "forward auth is not configured: add http.forward_auth to the configuration file",
+            ),
+            denials,
         );
     };
     if let Some((name, secret)) = &config.require_header
@@ -99,12 +100,28 @@ pub async fn forward_auth(
     let request = match limit_request(&catalog, config, &method, &headers, peer) {
         Ok(r) => r,
         Err(Refused::NoSubject) => return missing_subject(&config.subject, denials),
-        Err(Refused::Invalid(message)) => return error(&Status::invalid_argument(message)),
+        Err(Refused::Invalid(message)) => {
+            return failed(&Status::invalid_argument(message), denials);
+        }
     };
     match RateLimiter::consume(&*s.rate_limiter, Request::new(request)).await {
         Ok(d) => answer(&d.into_inner(), denials),
-        Err(e) => error(&e),
+        Err(e) => failed(&e, denials),
     }
+}
+
+/// A failed call's answer ([`error`]), folded into 403 when the gateway
+/// asks for denials so: nginx turns any other status into its own 500.
+fn failed(status: &Status, denials: Denials) -> Response {
+    if denials == Denials::AsIs {
+        return error(status);
+    }
+    let body = serde_json::json!({
+        "code": status.code() as i32,
+        "message": status.message(),
+        "details": [],
+    });
+    folded(super::status_of(status.code()), body.to_string())
 }
 
 /// How the gateway wants denials answered (`X-Tollgate-Deny-Status`).
@@ -351,7 +368,7 @@ fn answer(d: &pb::Decision, denials: Denials) -> Response {
             denials,
         ),
         pb::Verdict::Unspecified => {
-            return error(&Status::internal("the decision has no verdict"));
+            return failed(&Status::internal("the decision has no verdict"), denials);
         }
     };
     let out = response.headers_mut();
@@ -387,6 +404,12 @@ fn verdict_body(
     if denials == Denials::AsIs {
         return super::json_response(status, body.into_bytes());
     }
+    folded(status, body)
+}
+
+/// `body` answered as 403 (401 stays), with `status` and the body, escaped
+/// to ASCII, in headers for the gateway to answer with.
+fn folded(status: StatusCode, body: String) -> Response {
     let sent = if status == StatusCode::UNAUTHORIZED {
         status
     } else {
