@@ -43,6 +43,8 @@ pub mod storage;
 
 pub mod state;
 
+pub mod persist;
+
 pub mod error;
 
 pub mod limiter;

@@ -1,6 +1,7 @@
 //! Making admin changes durable: plan assignments and overrides in a local
-//! redb file (the embedded default) or in Redis (shared by every replica),
-//! and the counters' snapshot across a graceful restart.
+//! redb file (the embedded default) or in Redis (shared by every replica).
+//! The counters persist beside the file (`crate::persist`); the previous
+//! version kept their snapshot in it, read once on upgrade.
 //!
 //! A change is stored first (committed and fsynced, or written to Redis and
 //! announced to the other replicas), then applied to the [`Runtime`] the
@@ -17,13 +18,10 @@ use self::file::{SharedBackend, StateFile};
 
 use crate::plans::overrides::Override;
 use crate::plans::runtime::{Maps, Runtime};
-use crate::storage::memory::Changes;
 use crate::storage::redis::RedisStore;
 use crate::storage::{Counters, StoreError};
-use journal::Journal;
 
 mod file;
-pub mod journal;
 
 const ASSIGNMENTS: TableDefinition<&str, &str> = TableDefinition::new("assignments");
 const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
@@ -35,10 +33,6 @@ pub struct RuntimeState {
     backend: Backend,
     /// Serializes writers across their `.await`s.
     write: tokio::sync::Mutex<()>,
-    /// The counter journal, once started.
-    journal: parking_lot::Mutex<Option<Journal>>,
-    /// On a caller's redb backend (tests): no file to journal beside.
-    embedded: bool,
 }
 
 enum Backend {
@@ -83,14 +77,6 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
-    /// The counter journal beside the state file failed.
-    #[error("counter journal {}: {error}", path.display())]
-    Journal {
-        /// The journal file.
-        path: PathBuf,
-        /// What failed: in the message, not also a `source()`.
-        error: std::io::Error,
-    },
     /// The shared store failed.
     #[error(transparent)]
     Shared(#[from] StoreError),
@@ -121,12 +107,10 @@ impl RuntimeState {
     /// State on a redb `backend` (re-opened on the same one after a failed
     /// write), named `path` in errors: for tests that make storage fail.
     pub fn on_backend(path: &Path, backend: impl redb::StorageBackend) -> Result<Self, Error> {
-        let mut state = Self::on_file(StateFile::on_backend(
+        Self::on_file(StateFile::on_backend(
             path,
             SharedBackend(Arc::new(backend)),
-        )?)?;
-        state.embedded = true;
-        Ok(state)
+        )?)
     }
 
     fn on_file(file: StateFile) -> Result<Self, Error> {
@@ -161,8 +145,6 @@ impl RuntimeState {
             runtime: Arc::new(Runtime::new(maps)),
             backend,
             write: tokio::sync::Mutex::new(()),
-            journal: parking_lot::Mutex::new(None),
-            embedded: false,
         }
     }
 
@@ -256,107 +238,36 @@ impl RuntimeState {
         Ok(had)
     }
 
-    /// Saves a counters snapshot (replacing any previous one); nothing to
-    /// do when shared (Redis keeps the counters).
-    pub async fn save_counters(&self, snapshot: Vec<u8>) -> Result<(), Error> {
-        if matches!(self.backend, Backend::Shared { .. }) {
-            return Ok(());
-        }
-        let _guard = self.write.lock().await;
-        self.commit(move |tx| {
-            let mut t = tx.open_table(COUNTERS)?;
-            t.insert(0, snapshot.as_slice())?;
-            Ok(())
-        })
-        .await?;
-        // The snapshot holds everything the journal did.
-        self.stop_journal()
-    }
-
-    /// Takes the counters snapshot, if any, leaving none behind: a snapshot
-    /// is restored once, never twice. Runs before serving, so it blocks.
-    pub fn take_counters(&self) -> Result<Option<Vec<u8>>, Error> {
+    /// The counters the previous version saved in the state file (a
+    /// graceful stop's snapshot), if any; `crate::persist` reads them once,
+    /// then [`RuntimeState::drop_legacy_counters`]. Blocks: before serving.
+    pub fn legacy_counters(&self) -> Result<Option<Vec<u8>>, Error> {
         let Backend::File(file) = &self.backend else {
             return Ok(None);
         };
-        file.write(|db| {
-            let tx = db.begin_write()?;
-            let out = tx
-                .open_table(COUNTERS)?
-                .remove(0)?
-                .map(|v| v.value().to_vec());
-            tx.commit()?;
-            Ok(out)
+        file.first(|db| {
+            let tx = db.begin_read()?;
+            let table = match tx.open_table(COUNTERS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(table.get(0)?.map(|v| v.value().to_vec()))
         })
     }
 
-    /// The journal's counters (see [`journal`]), as one snapshot
-    /// (`MemoryStore::import` reads it). Blocks: before serving.
-    pub fn journal(&self) -> Result<Vec<u8>, Error> {
-        let Some(path) = self.journal_path() else {
-            return Ok(Vec::new());
-        };
-        Journal::read(&path).map_err(|error| Error::Journal { path, error })
-    }
-
-    /// Starts the journal afresh from `live` (every live counter, restored
-    /// ones included), replacing any earlier one. Blocks: before serving.
-    pub fn start_journal(&self, live: &Changes) -> Result<(), Error> {
-        let Some(path) = self.journal_path() else {
+    /// Removes the previous version's counters from the state file, once
+    /// their successor is durable. Blocks: before serving.
+    pub fn drop_legacy_counters(&self) -> Result<(), Error> {
+        let Backend::File(file) = &self.backend else {
             return Ok(());
         };
-        let journal = Journal::create(&path, live).map_err(|error| Error::Journal {
-            path: path.clone(),
-            error,
-        })?;
-        *self.journal.lock() = Some(journal);
-        Ok(())
-    }
-
-    /// Appends `changes` to the journal and makes them durable; with
-    /// `compact` (every live counter), first starts it afresh from that.
-    /// Blocks (an fsync): call it from the blocking pool. Returns the
-    /// journal's size in bytes; 0 when no journal was started.
-    pub fn write_journal(
-        &self,
-        changes: &Changes,
-        compact: Option<&Changes>,
-    ) -> Result<u64, Error> {
-        if let Some(live) = compact {
-            self.start_journal(live)?;
-        }
-        let mut journal = self.journal.lock();
-        let Some(j) = journal.as_mut() else {
-            return Ok(0);
-        };
-        j.append(changes).map_err(|error| Error::Journal {
-            path: self.journal_path().unwrap_or_default(),
-            error,
-        })?;
-        Ok(j.len())
-    }
-
-    /// Removes the journal: everything in it is in the snapshot.
-    fn stop_journal(&self) -> Result<(), Error> {
-        let Some(path) = self.journal_path() else {
-            return Ok(());
-        };
-        drop(self.journal.lock().take());
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(Error::Journal { path, error }),
-        }
-    }
-
-    /// Where the journal is: beside a state file on disk, nowhere otherwise.
-    fn journal_path(&self) -> Option<PathBuf> {
-        match &self.backend {
-            Backend::File(file) if file.path() != Path::new(":memory:") && !self.embedded => {
-                Some(Journal::path_of(file.path()))
-            }
-            _ => None,
-        }
+        file.write(|db| {
+            let tx = db.begin_write()?;
+            tx.delete_table(COUNTERS)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Stores `list` as the overrides of `account` in the state file, or
@@ -427,7 +338,6 @@ fn load(db: &Database) -> Result<Maps, redb::Error> {
     let tx = db.begin_write()?;
     tx.open_table(ASSIGNMENTS)?;
     tx.open_table(OVERRIDES)?;
-    tx.open_table(COUNTERS)?;
     tx.commit()?;
     let tx = db.begin_read()?;
     let mut maps = Maps::default();
@@ -472,18 +382,13 @@ mod tests {
                 reason: String::new(),
             };
             s.set_override("acct", o).await.expect("override");
-            s.save_counters(b"snapshot".to_vec())
-                .await
-                .expect("counters");
         }
         let s = RuntimeState::open(&path).expect("reopen");
         assert_eq!(s.runtime().assignment("acct").as_deref(), Some("pro"));
         assert_eq!(s.runtime().overrides("acct").len(), 1);
-        assert_eq!(
-            s.take_counters().expect("take").as_deref(),
-            Some(&b"snapshot"[..])
-        );
-        assert_eq!(s.take_counters().expect("take"), None);
+        // The counters persist beside the file now (crate::persist).
+        assert_eq!(s.legacy_counters().expect("read"), None);
+        s.drop_legacy_counters().expect("nothing to drop");
         assert!(
             s.remove_override("acct", "requests/minute")
                 .await

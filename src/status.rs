@@ -29,8 +29,7 @@ impl From<Error> for Status {
             Error::State(
                 e @ (state::Error::File { .. }
                 | state::Error::Locked { .. }
-                | state::Error::Damaged { .. }
-                | state::Error::Journal { .. }),
+                | state::Error::Damaged { .. }),
             ) => {
                 tracing::error!(error = %e, "admin call failed");
                 Self::internal("the change could not be stored; see the server log")

@@ -51,6 +51,11 @@ impl RuleSource {
         }
     }
 
+    /// The directory the rules come from, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     /// The rules in force (held across the decision's `.await`s).
     pub fn current(&self) -> Arc<RuleSet> {
         self.rules.load_full()

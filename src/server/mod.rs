@@ -1,9 +1,10 @@
 //! Wiring: the limiter, the services, health, reflection, background tasks,
 //! and an ordered graceful shutdown.
 //!
-//! Shutdown: the signal → health NOT_SERVING → stop accepting → end every
-//! watch stream → drain in-flight calls, at most `drain` long → save the
-//! counters to the state file → return.
+//! Start: the counters restored ([`crate::persist`]) before anything is
+//! served. Shutdown: the signal → health NOT_SERVING → stop accepting → end
+//! every watch stream → drain in-flight calls, at most `drain` long → save
+//! the counters → return.
 //!
 //! Of the modules above `state`, this is the only one that names the counter
 //! backends: what only memory has (eviction, snapshots) and what only Redis
@@ -35,10 +36,11 @@ use crate::envoy::{self, EnvoyService, RuleSource};
 use crate::http;
 use crate::limiter::Limiter;
 use crate::metrics::{self, Gauges, Metrics};
+use crate::persist::Persistence;
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::proto::tollgate::v1::admin_server::AdminServer;
 use crate::proto::{self, tollgate::v1::rate_limiter_server::RateLimiterServer};
-use crate::storage::memory::Changes;
+use crate::storage::memory::MemoryStore;
 use crate::watch::{Cause, Hub};
 
 /// How often expired counters are reclaimed in the background.
@@ -70,9 +72,21 @@ pub struct Options {
     pub envoy_rules: Option<Arc<RuleSource>>,
     /// How Envoy's rate limit service answers beyond the rules.
     pub envoy: envoy::Options,
-    /// How often in-memory counters that changed are written to the state
-    /// file's journal (what a crash can lose); `None`: only at shutdown.
-    pub journal_every: Option<Duration>,
+    /// Where in-memory counters persist across restarts, and how often the
+    /// changed ones are journaled (what a crash can lose); `None`: they
+    /// start afresh every time.
+    pub persist: Option<Persistence>,
+}
+
+/// Why the server did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The counters could not be restored (a damaged file).
+    #[error(transparent)]
+    Counters(#[from] crate::persist::Error),
+    /// gRPC serving failed.
+    #[error(transparent)]
+    Serve(#[from] tonic::transport::Error),
 }
 
 /// TLS material, PEM-encoded.
@@ -121,18 +135,36 @@ impl Default for Options {
             tls: None,
             envoy_rules: None,
             envoy: envoy::Options::default(),
-            journal_every: None,
+            persist: None,
         }
     }
 }
 
-/// Serves `limiter` on `listener` until `shutdown` completes.
+/// Serves `limiter` on `listener` until `shutdown` completes: first the
+/// counters are restored (`options.persist`), then the log says where it
+/// listens.
 pub async fn run(
     listener: TcpListener,
     limiter: Arc<Limiter>,
     mut options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), Error> {
+    let persist = match options.persist.take() {
+        Some(p) => Some(restore(&limiter, p).await?),
+        None => None,
+    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let catalog = limiter.catalog();
+    tracing::info!(
+        listen = %addr,
+        config = %options.config_path.as_ref().map_or(crate::config::DEFAULT_NAME.into(), |p| p.display().to_string()),
+        plans = catalog.plans.len(),
+        counters.capacity = limiter.counters().memory().map_or(0, MemoryStore::capacity),
+        envoy.config = %options.envoy_rules.as_ref().and_then(|r| r.dir()).map_or("none".into(), |p| p.display().to_string()),
+        "tollgate listening on {addr}"
+    );
     let stopping = CancellationToken::new();
     let app = App::new(limiter.clone(), &options, stopping.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -162,11 +194,7 @@ pub async fn run(
         stopping.clone(),
     ));
     let background = [
-        tokio::spawn(journal(
-            limiter.clone(),
-            options.journal_every,
-            stopping.clone(),
-        )),
+        tokio::spawn(journal(limiter.clone(), persist.clone(), stopping.clone())),
         tokio::spawn(reclaim(limiter.clone(), stopping.clone())),
         tokio::spawn(app.config.clone().watch(stopping.clone())),
         tokio::spawn(app.rules.clone().watch(stopping.clone())),
@@ -229,8 +257,10 @@ pub async fn run(
     for task in background.into_iter().chain(http_server) {
         task.abort();
     }
-    save_counters(&limiter).await;
-    result
+    if let Some(persist) = persist {
+        save(&limiter, persist).await;
+    }
+    result.map_err(Error::from)
 }
 
 // === impl App ===
@@ -413,99 +443,119 @@ async fn set_serving(health: &HealthReporter, serving: bool) {
     }
 }
 
-/// Saves the in-memory counters to the state file, so day-long quotas
-/// survive a graceful restart.
-async fn save_counters(limiter: &Limiter) {
-    let Some(memory) = limiter.counters().memory() else {
-        return;
-    };
-    let state = limiter.state();
-    let snapshot = memory.export(limiter.now(), limiter.slots());
-    let counters = snapshot.counters;
-    match state.save_counters(snapshot.bytes).await {
-        Ok(()) => tracing::info!(counters, state.path = %state.path().display(), "counters saved"),
-        Err(e) => {
-            tracing::error!(error = %e, "counters could not be saved; they start afresh next time")
+/// Restores the counters into the memory store from the files `persist`
+/// names, on the blocking pool; a damaged file stops the start.
+async fn restore(limiter: &Arc<Limiter>, persist: Persistence) -> Result<Arc<Persistence>, Error> {
+    let persist = Arc::new(persist);
+    if limiter.counters().memory().is_none() {
+        return Ok(persist);
+    }
+    let (l, p) = (limiter.clone(), persist.clone());
+    let restored = tokio::task::spawn_blocking(move || {
+        let memory = l.counters().memory().expect("checked: counting in memory");
+        p.restore(memory, Some(l.state()), l.now(), l.slots())
+    })
+    .await
+    .expect("restoring never panics")?;
+    if let Some(at) = restored.torn_at {
+        tracing::warn!(
+            file = %restored.from.as_ref().map_or_else(String::new, |p| p.display().to_string()),
+            offset = at,
+            "the counter journal ends in a torn record (a crash mid-write): cut at byte {at}; every record before it was restored"
+        );
+    }
+    match &restored.from {
+        Some(from) => {
+            tracing::info!(restored = restored.counters, file = %from.display(), "counters restored")
         }
+        None => tracing::info!("no counters to restore"),
+    }
+    Ok(persist)
+}
+
+/// Saves the in-memory counters at a graceful stop, and says truly what a
+/// restart will find.
+async fn save(limiter: &Arc<Limiter>, persist: Arc<Persistence>) {
+    let l = limiter.clone();
+    let saved = tokio::task::spawn_blocking(move || {
+        let memory = l.counters().memory()?;
+        Some(
+            persist
+                .save(memory, l.now(), l.slots())
+                .map_err(|e| (e, persist)),
+        )
+    })
+    .await;
+    match saved {
+        Ok(Some(Ok(saved))) => {
+            tracing::info!(counters = saved.counters, file = %saved.path.display(), "counters saved");
+        }
+        Ok(Some(Err((e, persist)))) => {
+            let after = match persist.every() {
+                Some(every) => format!(
+                    "a restart restores them from {} as of its last good write (every {every:?})",
+                    persist.journal_path().display()
+                ),
+                None => format!(
+                    "a restart restores those of the previous graceful stop from {}, if any",
+                    persist.snapshot_path().display()
+                ),
+            };
+            tracing::error!(error = %e, "counters not saved: {after}");
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "counters not saved: the save did not finish"),
     }
 }
 
-/// Writes the in-memory counters that changed to the state file's journal
-/// every `every`, so a crash (`kill -9`, OOM) loses at most that much
-/// counting. When the journal holds far more rows than there are live
-/// counters (expired and evicted ones pile up), it is rewritten whole.
-async fn journal(limiter: Arc<Limiter>, every: Option<Duration>, stopping: CancellationToken) {
-    let Some(every) = every.filter(|e| !e.is_zero()) else {
+/// Journals the in-memory counters that changed every interval, so a crash
+/// (`kill -9`, OOM) loses at most that much counting.
+async fn journal(
+    limiter: Arc<Limiter>,
+    persist: Option<Arc<Persistence>>,
+    stopping: CancellationToken,
+) {
+    let Some((persist, every)) = persist.and_then(|p| p.every().map(|e| (p, e))) else {
         return;
     };
-    let Some(memory) = limiter.counters().memory() else {
+    if limiter.counters().memory().is_none() {
         return;
-    };
-    memory.track_changes();
+    }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
     let mut failing = false;
-    // Changes taken but not yet written (a failed write keeps them).
-    let mut pending = Changes::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stopping.cancelled() => return,
         }
-        let limiter = limiter.clone();
+        let (l, p) = (limiter.clone(), persist.clone());
         let flushed = tokio::task::spawn_blocking(move || {
-            let result = flush_journal(&limiter, &mut pending);
-            (pending, result)
+            let memory = l.counters().memory().expect("checked: counting in memory");
+            let started = std::time::Instant::now();
+            p.flush(memory, l.now(), l.slots())
+                .map(|len| (len, started.elapsed()))
         })
         .await;
-        let Ok((left, result)) = flushed else {
+        let Ok(result) = flushed else {
             return;
         };
-        pending = left;
         match result {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("counter journal written again");
+            Ok((len, took)) => {
+                tracing::trace!(bytes = len, took = ?took, "counter journal written");
+                if failing {
+                    failing = false;
+                    tracing::info!("counter journal written again");
+                }
             }
             Err(e) if !failing => {
                 failing = true;
                 tracing::warn!(error = %e, "counter journal not written; a crash would lose counting since the last good write");
             }
-            _ => {}
+            Err(_) => {}
         }
     }
-}
-
-/// Takes the counters changed since the last flush into `pending` and
-/// writes them; `pending` is empty again when the write succeeded.
-fn flush_journal(limiter: &Limiter, pending: &mut Changes) -> Result<(), crate::state::Error> {
-    use crate::engine::CounterStore;
-    let Some(memory) = limiter.counters().memory() else {
-        return Ok(());
-    };
-    let (now, slots) = (limiter.now(), limiter.slots());
-    let changes = memory.take_changes(now, slots);
-    pending.rows.extend(changes.rows);
-    pending.removed.extend(changes.removed);
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let started = std::time::Instant::now();
-    let written = pending.rows.len();
-    let rows = limiter.state().write_journal(pending, None)?;
-    *pending = Changes::default();
-    tracing::trace!(written, bytes = rows, took = ?started.elapsed(), "counter journal written");
-    // Rewritten when it holds more than twice what the live counters take
-    // (about 80 bytes a record), and 64 MiB.
-    let live = memory.len() as u64 * 80;
-    if rows > 2 * live + (64 << 20) {
-        let all = memory.live_rows(now, slots);
-        limiter
-            .state()
-            .write_journal(&Changes::default(), Some(&all))?;
-        tracing::debug!(rows, live, "counter journal compacted");
-    }
-    Ok(())
 }
 
 /// Drops expired counters now and then, so idle memory returns.

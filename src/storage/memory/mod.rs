@@ -35,9 +35,9 @@ use crate::plans::SlotRegistry;
 use evicted::Evicted;
 
 pub mod evicted;
-mod snapshot;
+mod rows;
 
-pub use snapshot::{Changes, SNAPSHOT_MAGIC, Snapshot, put_tombstone};
+pub use rows::Row;
 
 /// Estimated bytes per counter, all-in, for sizing `--max-memory`; measured by
 /// `benches/engine.rs` with one million subjects.

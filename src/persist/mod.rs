@@ -1,0 +1,588 @@
+//! Counters across a restart and a crash, in one place: [`Persistence`]
+//! restores them before the server serves, flushes what changed every
+//! interval, and saves them at a graceful stop.
+//!
+//! Two files beside the state file, in [`file`]'s checked format:
+//!
+//! - the **journal** (`STATE.journal`), with `--journal-interval` on: its
+//!   first records are every live counter when it was written, then every
+//!   flush appends the counters changed since (and the scopes reset). It is
+//!   complete on its own; a crash loses at most the flushes it did not get.
+//! - the **snapshot** (`STATE.counters`), with the journal off: every live
+//!   counter at the last graceful stop.
+//!
+//! Each file carries an epoch, and the newer file wins: a journal is read
+//! only when its epoch is above the snapshot's, else the snapshot is. A file
+//! is only ever replaced by writing a new one aside, syncing it, renaming it
+//! over the old one and syncing the directory, and the file it supersedes
+//! is removed only after that. So every crash point leaves a complete file
+//! whose epoch says it is the one to read: a crash mid-start, mid-flush,
+//! mid-rewrite or mid-save loses at most the journal interval (restoring
+//! the same counters twice counts them once: rows are states, not deltas).
+//!
+//! Every record is checksummed. A torn tail (a crash mid-append) is cut with
+//! a warning naming its offset; damage anywhere else stops the start with
+//! one line, as a damaged state file does: nothing is silently dropped or
+//! restored wrong. A failed append is cut back to the last good length, and
+//! the next flush rewrites the journal whole (the changes it took are in
+//! the store, not in a list).
+//!
+//! Memory: rows are encoded a shard at a time into one buffer and written
+//! before the next shard is read, so a flush or a rewrite of a million
+//! counters holds one shard's worth of bytes, never the whole set.
+
+mod file;
+mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::engine::{CounterStore, Nanos};
+use crate::plans::SlotRegistry;
+use crate::state::RuntimeState;
+use crate::storage::memory::MemoryStore;
+use file::{Kind, Next, Reader, Writer};
+
+/// Bytes buffered before they are written, within a shard's rows.
+const WRITE_AT: usize = 1 << 20;
+
+/// Counters across restarts: the journal or the snapshot beside a state
+/// file.
+pub struct Persistence {
+    journal_path: PathBuf,
+    snapshot_path: PathBuf,
+    /// Flush every this long; `None`: only at a graceful stop, as a
+    /// snapshot.
+    every: Option<Duration>,
+    /// The journal, once started, and its epoch.
+    journal: Mutex<Option<Open>>,
+    /// The epoch of the files this run writes.
+    epoch: Mutex<u64>,
+    /// A write failed: the next flush rewrites the journal whole.
+    rewrite: AtomicBool,
+    faults: Option<Faults>,
+}
+
+/// The journal open for appending.
+struct Open {
+    writer: Writer,
+    /// Its size when it was last rewritten, to know when to rewrite again.
+    base: u64,
+}
+
+/// A point where a test crashes the process, in process ([`Faults`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Restore: the files read, nothing written yet.
+    Restored,
+    /// A new file's rows written, not synced.
+    Written,
+    /// A new file synced, not renamed into place.
+    Synced,
+    /// A new file renamed into place, the directory not synced.
+    Renamed,
+    /// The superseded files removed.
+    Removed,
+    /// A flush's rows appended, not synced.
+    Appended,
+}
+
+/// Every [`Step`], in no particular order.
+pub const STEPS: [Step; 6] = [
+    Step::Restored,
+    Step::Written,
+    Step::Synced,
+    Step::Renamed,
+    Step::Removed,
+    Step::Appended,
+];
+
+/// What a test does at a [`Step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Crash: the operation stops at once, leaving its files as a killed
+    /// process would (no clean-up).
+    Crash,
+    /// Fail as a full disk would: the operation handles it as any I/O error.
+    Fail,
+}
+
+/// Says, at each step, what goes wrong there, if anything.
+pub type Faults = Arc<dyn Fn(Step) -> Option<Fault> + Send + Sync>;
+
+/// A counter file problem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file is not what was written: starting needs the operator.
+    #[error(
+        "counter file {} is damaged at byte {offset}: {reason}; move it aside to start without the counters it holds",
+        path.display()
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing failed.
+    #[error("counter file {}: {error}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed: in the message, not also a `source()`.
+        error: std::io::Error,
+    },
+    /// The counters saved by the previous version (in the state file)
+    /// could not be read.
+    #[error(transparent)]
+    State(#[from] crate::state::Error),
+    /// A test crashed the operation here ([`Faults`]).
+    #[error("crashed at {0:?} (a test's fault)")]
+    Crashed(Step),
+}
+
+/// What a restore found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// Counters restored (rows read and still live).
+    pub counters: usize,
+    /// The file they came from.
+    pub from: Option<PathBuf>,
+    /// Where a torn tail was cut, if one was.
+    pub torn_at: Option<u64>,
+}
+
+/// What a save did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// Counters written.
+    pub counters: u64,
+    /// Where.
+    pub path: PathBuf,
+}
+
+// === impl Persistence ===
+
+impl Persistence {
+    /// The counter files beside the state file `state`, journaled every
+    /// `every` (`None` or zero: snapshot at a graceful stop only).
+    pub fn beside(state: &Path, every: Option<Duration>) -> Self {
+        let with = |suffix: &str| {
+            let mut name = state.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        Self {
+            journal_path: with(".journal"),
+            snapshot_path: with(".counters"),
+            every: every.filter(|e| !e.is_zero()),
+            journal: Mutex::new(None),
+            epoch: Mutex::new(0),
+            rewrite: AtomicBool::new(false),
+            faults: None,
+        }
+    }
+
+    /// As it is, crashing where `faults` says (tests).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// How often the journal is flushed; `None`: it is off.
+    pub fn every(&self) -> Option<Duration> {
+        self.every
+    }
+
+    /// The journal's path.
+    pub fn journal_path(&self) -> &Path {
+        &self.journal_path
+    }
+
+    /// The snapshot's path.
+    pub fn snapshot_path(&self) -> &Path {
+        &self.snapshot_path
+    }
+
+    /// Restores the counters into `store` (empty, not yet tracking changes)
+    /// from the newer of the journal and the snapshot (or, once, from what
+    /// the previous version saved in `legacy`, the state file). With the
+    /// journal on, then writes a new one holding every restored counter and
+    /// removes what it supersedes, and starts tracking changes. Blocks:
+    /// call it before serving.
+    pub fn restore(
+        &self,
+        store: &MemoryStore,
+        legacy: Option<&RuntimeState>,
+        now: Nanos,
+        slots: &SlotRegistry,
+    ) -> Result<Restored, Error> {
+        let journal = Reader::open(&self.journal_path, Kind::Journal)?;
+        let snapshot = Reader::open(&self.snapshot_path, Kind::Snapshot)?;
+        let journal_epoch = journal.as_ref().map(|(_, e)| *e);
+        let snapshot_epoch = snapshot.as_ref().map(|(_, e)| *e);
+        let mut restored = Restored::default();
+        let mut legacy_rows = false;
+        let newer_journal = match (&journal, &snapshot) {
+            (Some((_, j)), Some((_, s))) => j > s,
+            (journal, _) => journal.is_some(),
+        };
+        match (journal, snapshot) {
+            (Some((reader, _)), _) if newer_journal => {
+                if reader.legacy() {
+                    legacy_rows = true;
+                    // The previous version's snapshot came first, then its journal.
+                    if let Some(saved) = legacy
+                        .map(RuntimeState::legacy_counters)
+                        .transpose()?
+                        .flatten()
+                    {
+                        restored.counters += restore_legacy_snapshot(store, &saved, now, slots);
+                    }
+                }
+                self.read_into(store, reader, Kind::Journal, now, slots, &mut restored)?;
+            }
+            (_, Some((reader, _))) => {
+                self.read_into(store, reader, Kind::Snapshot, now, slots, &mut restored)?;
+            }
+            (_, None) => {
+                if let Some(saved) = legacy
+                    .map(RuntimeState::legacy_counters)
+                    .transpose()?
+                    .flatten()
+                {
+                    legacy_rows = true;
+                    restored.counters += restore_legacy_snapshot(store, &saved, now, slots);
+                    restored.from = legacy.map(|l| l.path().to_owned());
+                }
+            }
+        }
+        self.step(Step::Restored)?;
+        let epoch = journal_epoch.max(snapshot_epoch).unwrap_or(0) + 1;
+        *self.epoch.lock() = epoch;
+        if self.every.is_some() {
+            // A new journal holds everything restored; what it supersedes
+            // goes only once it is in place.
+            self.rewrite(store, now, slots)?;
+            store.track_changes();
+        } else if legacy_rows {
+            // The previous version's files are replaced now, by a snapshot.
+            self.write_snapshot(store, now, slots)?;
+        }
+        if legacy_rows && let Some(state) = legacy {
+            state.drop_legacy_counters()?;
+        }
+        Ok(restored)
+    }
+
+    /// Reads every row of `reader` into `store`; a torn journal tail is
+    /// noted in `restored`, a torn snapshot is damage.
+    fn read_into(
+        &self,
+        store: &MemoryStore,
+        mut reader: Reader,
+        kind: Kind,
+        now: Nanos,
+        slots: &SlotRegistry,
+        restored: &mut Restored,
+    ) -> Result<(), Error> {
+        let path = reader.path().to_owned();
+        let legacy = reader.legacy();
+        restored.from = Some(path.clone());
+        let (mut ended, mut rows) = (false, 0);
+        loop {
+            match reader.next()? {
+                Next::Row(row) => {
+                    if ended {
+                        return Err(Error::damaged(&path, 0, "rows after its end"));
+                    }
+                    rows += 1;
+                    restored.counters += usize::from(store.restore(row, now, slots));
+                }
+                Next::End(n) if n == rows => ended = true,
+                Next::End(n) => {
+                    let reason = format!("its end counts {n} rows, it holds {rows}");
+                    return Err(Error::damaged(&path, 0, &reason));
+                }
+                Next::Eof => break,
+                Next::Torn(at) if kind == Kind::Journal || legacy => {
+                    restored.torn_at = Some(at);
+                    break;
+                }
+                Next::Torn(at) => return Err(Error::damaged(&path, at, "cut short")),
+            }
+        }
+        if kind == Kind::Snapshot && !ended && !legacy {
+            return Err(Error::damaged(&path, 0, "it has no end record"));
+        }
+        Ok(())
+    }
+
+    /// Appends the counters changed since the last flush to the journal and
+    /// syncs it; after a failed write, or once it holds far more than the
+    /// live counters, rewrites it whole instead. Blocks: call it from the
+    /// blocking pool. Returns the journal's size.
+    pub fn flush(
+        &self,
+        store: &MemoryStore,
+        now: Nanos,
+        slots: &SlotRegistry,
+    ) -> Result<u64, Error> {
+        if self.every.is_none() {
+            return Ok(0);
+        }
+        let oversized = self.journal.lock().as_ref().is_some_and(|open| {
+            // About 70 bytes a row: rewritten past twice the live set, and 64 MiB.
+            let live = store.len() as u64 * 70;
+            open.writer.len() > open.base.max(2 * live) + (64 << 20)
+        });
+        if oversized || self.rewrite.load(Ordering::Acquire) {
+            self.rewrite(store, now, slots)?;
+            return Ok(self.journal.lock().as_ref().map_or(0, |o| o.writer.len()));
+        }
+        let mut guard = self.journal.lock();
+        let Some(open) = guard.as_mut() else {
+            drop(guard);
+            self.rewrite(store, now, slots)?;
+            return Ok(0);
+        };
+        let good = open.writer.len();
+        let appended = self.append(store, &mut open.writer, now, slots);
+        match appended {
+            Ok(()) => Ok(open.writer.len()),
+            Err(e @ Error::Crashed(_)) => Err(e),
+            Err(e) => {
+                // The changes taken are still in the store: a rewrite finds
+                // them. Cut back to the last good length now, so nothing
+                // ever follows a torn record.
+                self.rewrite.store(true, Ordering::Release);
+                let _ = open.writer.cut_to(good);
+                Err(e)
+            }
+        }
+    }
+
+    fn append(
+        &self,
+        store: &MemoryStore,
+        writer: &mut Writer,
+        now: Nanos,
+        slots: &SlotRegistry,
+    ) -> Result<(), Error> {
+        let mut failed = None;
+        for shard in 0..store.shard_count() {
+            store.drain_changes(shard, now, slots, &mut |row| writer.push(&row));
+            if writer.buffered() >= WRITE_AT
+                && let Err(e) = writer.write()
+            {
+                // Drain every shard anyway: the rewrite that follows holds it all.
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        writer.write()?;
+        self.step(Step::Appended)?;
+        writer.sync()
+    }
+
+    /// Writes a new journal of every live counter beside the old one,
+    /// syncs it and renames it into place, then removes the snapshot it
+    /// supersedes. Clears the store's change marks shard by shard as it
+    /// writes them.
+    fn rewrite(&self, store: &MemoryStore, now: Nanos, slots: &SlotRegistry) -> Result<(), Error> {
+        let epoch = *self.epoch.lock();
+        let tmp = with_suffix(&self.journal_path, ".tmp");
+        let written = self.write_new(&tmp, Kind::Journal, epoch, store, now, slots, true);
+        let writer = match written {
+            Ok(w) => w,
+            Err(e) => {
+                self.rewrite.store(true, Ordering::Release);
+                if !matches!(e, Error::Crashed(_)) {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                return Err(e);
+            }
+        };
+        self.replace(&tmp, &self.journal_path, &[&self.snapshot_path])
+            .inspect_err(|_| self.rewrite.store(true, Ordering::Release))?;
+        let len = writer.len();
+        drop(writer);
+        let writer = Writer::append(&self.journal_path, len)?;
+        *self.journal.lock() = Some(Open { writer, base: len });
+        self.rewrite.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// At a graceful stop: with the journal on, a last flush; otherwise a
+    /// snapshot of every live counter (replacing the previous one), after
+    /// which any journal it supersedes is removed.
+    pub fn save(
+        &self,
+        store: &MemoryStore,
+        now: Nanos,
+        slots: &SlotRegistry,
+    ) -> Result<Saved, Error> {
+        if self.every.is_some() {
+            self.flush(store, now, slots)?;
+            return Ok(Saved {
+                counters: store.len() as u64,
+                path: self.journal_path.clone(),
+            });
+        }
+        self.write_snapshot(store, now, slots)
+    }
+
+    fn write_snapshot(
+        &self,
+        store: &MemoryStore,
+        now: Nanos,
+        slots: &SlotRegistry,
+    ) -> Result<Saved, Error> {
+        let epoch = {
+            let mut epoch = self.epoch.lock();
+            *epoch += 1;
+            *epoch
+        };
+        let tmp = with_suffix(&self.snapshot_path, ".tmp");
+        let writer = match self.write_new(&tmp, Kind::Snapshot, epoch, store, now, slots, false) {
+            Ok(w) => w,
+            Err(e) => {
+                if !matches!(e, Error::Crashed(_)) {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                return Err(e);
+            }
+        };
+        self.replace(&tmp, &self.snapshot_path, &[&self.journal_path])?;
+        Ok(Saved {
+            counters: writer.rows(),
+            path: self.snapshot_path.clone(),
+        })
+    }
+
+    /// A new file at `path` of every live counter, written and synced.
+    #[allow(clippy::too_many_arguments)]
+    fn write_new(
+        &self,
+        path: &Path,
+        kind: Kind,
+        epoch: u64,
+        store: &MemoryStore,
+        now: Nanos,
+        slots: &SlotRegistry,
+        clear: bool,
+    ) -> Result<Writer, Error> {
+        let mut writer = Writer::create(path, kind, epoch)?;
+        for shard in 0..store.shard_count() {
+            let mut failed = None;
+            store.live_rows(shard, now, slots, clear, &mut |row| {
+                writer.push(&row);
+            });
+            if writer.buffered() >= WRITE_AT
+                && let Err(e) = writer.write()
+            {
+                failed = Some(e);
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        if kind == Kind::Snapshot {
+            writer.end();
+        }
+        writer.write()?;
+        self.step(Step::Written)?;
+        writer.sync()?;
+        Ok(writer)
+    }
+
+    /// Renames the synced file `tmp` over `path`, makes that durable, then
+    /// removes `superseded`.
+    fn replace(&self, tmp: &Path, path: &Path, superseded: &[&Path]) -> Result<(), Error> {
+        self.step(Step::Synced)?;
+        std::fs::rename(tmp, path).map_err(|e| Error::io(path, e))?;
+        self.step(Step::Renamed)?;
+        file::sync_dir(path)?;
+        for old in superseded {
+            match std::fs::remove_file(old) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(old, e)),
+            }
+        }
+        file::sync_dir(path)?;
+        self.step(Step::Removed)
+    }
+
+    fn step(&self, step: Step) -> Result<(), Error> {
+        match self.faults.as_ref().and_then(|f| f(step)) {
+            Some(Fault::Crash) => Err(Error::Crashed(step)),
+            Some(Fault::Fail) => Err(Error::io(
+                &self.journal_path,
+                std::io::Error::other(format!("failed at {step:?} (a test's fault)")),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persistence")
+            .field("journal", &self.journal_path)
+            .field("snapshot", &self.snapshot_path)
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Error ===
+
+impl Error {
+    fn io(path: &Path, error: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_owned(),
+            error,
+        }
+    }
+
+    fn damaged(path: &Path, offset: u64, reason: &str) -> Self {
+        Self::Damaged {
+            path: path.to_owned(),
+            offset,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// The previous version's snapshot (kept in the state file): its rows,
+/// unchecked, as far as they read.
+fn restore_legacy_snapshot(
+    store: &MemoryStore,
+    saved: &[u8],
+    now: Nanos,
+    slots: &SlotRegistry,
+) -> usize {
+    let Some(mut rest) = saved.strip_prefix(file::LEGACY_MAGIC.as_slice()) else {
+        return 0;
+    };
+    let mut restored = 0;
+    while let Some(row) = record::take(&mut rest) {
+        restored += usize::from(store.restore(row, now, slots));
+    }
+    restored
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
