@@ -110,6 +110,7 @@ fn decision_path(c: &mut Criterion) {
         method: Some("GET"),
         plan: None,
         cost: &cost,
+        deadline: None,
     };
     // Check: counts nothing, so the limits never run out while measuring.
     c.bench_function("limiter/check/3_limits", |b| {

@@ -34,6 +34,9 @@ pub struct Metrics {
     counters: Gauge,
     evictions: Counter<u64, AtomicU64>,
     store_failures: Counter<u64, AtomicU64>,
+    store_round_trips: Arc<StoreRoundTrips>,
+    store_uncertain: Counter<u64, AtomicU64>,
+    store_refusing: Gauge,
     state_failures: Counter<u64, AtomicU64>,
 }
 
@@ -104,6 +107,13 @@ pub struct Gauges {
     pub reloads: (u64, u64),
     /// Decisions the shared counter store failed since start.
     pub store_failures: u64,
+    /// Of those, the ones answered after their script was sent: each may
+    /// have counted.
+    pub store_uncertain: u64,
+    /// Whether Redis refuses writes now.
+    pub store_refusing: bool,
+    /// Redis script calls' round trips, when counting in Redis.
+    pub store_round_trips: Option<crate::storage::redis::RoundTrips>,
     /// Writes of the state file that failed since start.
     pub state_failures: u64,
 }
@@ -135,8 +145,22 @@ impl Metrics {
         let store_failures = Counter::default();
         registry.register(
             "store_failures",
-            "Decisions Redis did not answer in time (then --store-failure applied)",
+            "Decisions Redis failed: no answer within --store-timeout, an error, or refusing writes (then --store-failure applied)",
             store_failures.clone(),
+        );
+        let store_round_trips = Arc::new(StoreRoundTrips::default());
+        registry.register_collector(Box::new(store_round_trips.clone()));
+        let store_uncertain = Counter::default();
+        registry.register(
+            "store_uncertain",
+            "Decisions answered as failed after their script was sent (a late reply): each may have counted in Redis though its caller was refused, or admitted by --store-failure open",
+            store_uncertain.clone(),
+        );
+        let store_refusing = Gauge::default();
+        registry.register(
+            "store_refusing_writes",
+            "1 while Redis refuses writes (out of memory, a read-only replica): decisions that count fail",
+            store_refusing.clone(),
         );
         let state_failures = Counter::default();
         registry.register(
@@ -152,6 +176,9 @@ impl Metrics {
             counters,
             evictions,
             store_failures,
+            store_round_trips,
+            store_uncertain,
+            store_refusing,
             state_failures,
         }
     }
@@ -172,6 +199,11 @@ impl Metrics {
         let seen = self.store_failures.get();
         self.store_failures
             .inc_by(gauges.store_failures.saturating_sub(seen));
+        let seen = self.store_uncertain.get();
+        self.store_uncertain
+            .inc_by(gauges.store_uncertain.saturating_sub(seen));
+        self.store_refusing.set(i64::from(gauges.store_refusing));
+        *self.store_round_trips.0.lock() = gauges.store_round_trips;
         let seen = self.state_failures.get();
         self.state_failures
             .inc_by(gauges.state_failures.saturating_sub(seen));
@@ -343,6 +375,37 @@ impl Collector for DecisionStats {
                 .encode_histogram::<NoLabelSet>(l.sum, l.count, &buckets, None)?;
         }
         Ok(())
+    }
+}
+
+/// Redis script calls' round trips, as of the scrape (the histogram lives
+/// with the store; this only renders it).
+#[derive(Debug, Default)]
+struct StoreRoundTrips(parking_lot::Mutex<Option<crate::storage::redis::RoundTrips>>);
+
+impl Collector for StoreRoundTrips {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(r) = *self.0.lock() else {
+            return Ok(());
+        };
+        let buckets: Vec<(f64, u64)> = (0..crate::storage::redis::ROUND_TRIP_BUCKETS)
+            .map(|i| {
+                let bound = if i + 1 == crate::storage::redis::ROUND_TRIP_BUCKETS {
+                    f64::INFINITY
+                } else {
+                    1e-6 * f64::from(1u32 << i)
+                };
+                (bound, r.buckets[i])
+            })
+            .collect();
+        encoder
+            .encode_descriptor(
+                "store_round_trip_seconds",
+                "Redis script calls, from sent to answered (what --store-timeout bounds); each carries the decisions waiting at the time",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(r.sum, r.count, &buckets, None)
     }
 }
 

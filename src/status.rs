@@ -42,6 +42,9 @@ impl From<Error> for Status {
 
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
+        if matches!(e, StoreError::Expired) {
+            return Self::deadline_exceeded(e.to_string());
+        }
         log_unavailable(&e);
         Self::unavailable("the counter store is unavailable; see the server log")
     }
@@ -66,5 +69,53 @@ fn log_unavailable(e: &StoreError) {
     } else {
         SINCE.store(0, Ordering::Relaxed);
         tracing::warn!(error = %e, failed, "counter store unavailable; calls answer UNAVAILABLE (logged at most once every {LOG_EVERY} s)");
+    }
+}
+
+/// When the caller stops waiting: its `grpc-timeout` (gRPC over HTTP/2:
+/// an integer of at most 8 digits and a unit, `H`, `M`, `S`, `m`, `u` or
+/// `n`), from now. Envoy sends one with every rate limit call.
+pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<tokio::time::Instant> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at_checked(text.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => std::time::Duration::from_secs(n.checked_mul(3600)?),
+        "M" => std::time::Duration::from_secs(n.checked_mul(60)?),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    };
+    tokio::time::Instant::now().checked_add(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grpc_timeout_as_grpc_writes_it() {
+        let within = |text: &str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("grpc-timeout", text.parse().expect("ascii"));
+            deadline(&m).map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+        };
+        let close = |got: Option<std::time::Duration>, want: u64| {
+            got.is_some_and(|d| {
+                d.as_millis() <= u128::from(want) && d.as_millis() + 1000 >= u128::from(want)
+            })
+        };
+        assert!(close(within("250m"), 250));
+        assert!(close(within("2S"), 2000));
+        assert!(close(within("1M"), 60_000));
+        assert!(within("5000u").is_some());
+        for bad in ["", "m", "250", "123456789m", "10x", "-1S"] {
+            assert_eq!(within(bad), None, "{bad:?}");
+        }
     }
 }

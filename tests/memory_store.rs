@@ -122,6 +122,7 @@ async fn a_junk_subject_flood_hands_no_quota_back() {
             method: None,
             plan: None,
             cost: &cost,
+            deadline: None,
         };
         limiter
             .decide(Mode::Consume, &request)

@@ -62,6 +62,7 @@ async fn go(l: &Limiter, mode: Mode, subject: &str, path: &str, cost: &[(&str, u
         method: None,
         plan: None,
         cost: &cost,
+        deadline: None,
     };
     l.decide(mode, &r).await.expect("the store answers")
 }

@@ -21,8 +21,12 @@ pub fn bounded(field: &str, value: &str) -> Result<(), Error> {
     Error::bounded(field, value, MAX_ID_LEN)
 }
 
-/// Checks a `LimitRequest` and borrows it as a limiter request.
-pub fn limit_request(r: &pb::LimitRequest) -> Result<Request<'_>, Error> {
+/// Checks a `LimitRequest` and borrows it as a limiter request, decided by
+/// `deadline` if its caller has one.
+pub fn limit_request(
+    r: &pb::LimitRequest,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Request<'_>, Error> {
     Error::required("subject", &r.subject)?;
     for (field, value) in [
         ("subject", &r.subject),
@@ -53,6 +57,7 @@ pub fn limit_request(r: &pb::LimitRequest) -> Result<Request<'_>, Error> {
         method,
         plan: None,
         cost: &r.cost,
+        deadline,
     })
 }
 

@@ -69,8 +69,9 @@ impl RateLimiterService {
         &self,
         mode: Mode,
         request: &pb::LimitRequest,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Decision, Error> {
-        let domain = convert::limit_request(request)?;
+        let domain = convert::limit_request(request, deadline)?;
         let span = Span::current();
         span.record("subject", domain.subject);
         let started = Instant::now();
@@ -96,8 +97,9 @@ impl RateLimiterService {
         &self,
         mode: Mode,
         request: &pb::LimitRequest,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<pb::Decision, Error> {
-        self.decide_domain(mode, request)
+        self.decide_domain(mode, request, deadline)
             .await
             .map(convert::decision)
     }
@@ -107,8 +109,10 @@ impl RateLimiterService {
         mode: Mode,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
+        let deadline = crate::status::deadline(request.metadata());
         Ok(Response::new(
-            self.decide_one(mode, &request.into_inner()).await?,
+            self.decide_one(mode, &request.into_inner(), deadline)
+                .await?,
         ))
     }
 
@@ -171,15 +175,19 @@ impl RateLimiter for RateLimiterService {
         &self,
         request: Request<Streaming<pb::DecideRequest>>,
     ) -> Result<Response<Self::DecideStream>, Status> {
-        Ok(Response::new(self.decide_stream(request.into_inner())))
+        let deadline = crate::status::deadline(request.metadata());
+        Ok(Response::new(
+            self.decide_stream(request.into_inner(), deadline),
+        ))
     }
 
     async fn consume_batch(
         &self,
         request: Request<pb::ConsumeBatchRequest>,
     ) -> Result<Response<pb::ConsumeBatchResponse>, Status> {
+        let deadline = crate::status::deadline(request.metadata());
         Ok(Response::new(
-            self.consume_batch(request.into_inner()).await?,
+            self.consume_batch(request.into_inner(), deadline).await?,
         ))
     }
 }

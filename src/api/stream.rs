@@ -5,11 +5,20 @@
 //! trips overlap; in memory each completes at once). An error answers its
 //! id alone and the stream stays open; the stream ends when the client
 //! closes it or the server shuts down.
+//!
+//! Requests are read off the connection as they arrive, into a queue of
+//! [`QUEUED`], whatever the answers are doing: h2 closes a connection whose
+//! peer has too many small DATA frames buffered and unread (`GOAWAY
+//! ENHANCE_YOUR_CALM too_many_data_frames`), and a pipelining client sends
+//! thousands of one-message frames before it reads an answer. Past the
+//! queue, the client waits on HTTP/2 flow control like any other.
 
 use std::pin::Pin;
 
 use futures_util::StreamExt;
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::RateLimiterService;
@@ -20,6 +29,10 @@ use crate::proto::tollgate::v1 as pb;
 /// Decisions of one stream under way at once.
 pub const IN_FLIGHT: usize = 64;
 
+/// Requests of one stream read and not yet decided, at most: 8,192 of about
+/// 200 bytes each, 1.6 MB a stream at worst.
+pub const QUEUED: usize = 8192;
+
 /// The most requests one `ConsumeBatch` call may carry.
 pub const MAX_BATCH: usize = 1_000;
 
@@ -29,16 +42,45 @@ pub type DecideStream = Pin<Box<dyn Stream<Item = Result<pb::DecideResponse, Sta
 // === impl RateLimiterService ===
 
 impl RateLimiterService {
-    /// Answers every message of `inbound`, in order, until it or the server ends.
-    pub(super) fn decide_stream(&self, inbound: Streaming<pb::DecideRequest>) -> DecideStream {
+    /// Answers every message of `inbound`, in order, each by `deadline`
+    /// (the stream's own `grpc-timeout`), until it or the server ends.
+    pub(super) fn decide_stream(
+        &self,
+        mut inbound: Streaming<pb::DecideRequest>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> DecideStream {
+        let (tx, rx) = mpsc::channel(QUEUED);
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    m = inbound.next() => m,
+                    () = stopping.cancelled() => None,
+                };
+                // Ends with the client's half, or once nobody reads the answers.
+                match message {
+                    Some(m) => {
+                        if tx.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                }
+            }
+        });
         let this = self.clone();
-        let answers = inbound
+        let answers = ReceiverStream::new(rx)
             .map(move |message| {
                 let this = this.clone();
                 async move {
                     let message = message?;
                     Ok(this
-                        .answer(message.id, mode(message.mode), message.request.as_ref())
+                        .answer(
+                            message.id,
+                            mode(message.mode),
+                            message.request.as_ref(),
+                            deadline,
+                        )
                         .await)
                 }
             })
@@ -51,6 +93,7 @@ impl RateLimiterService {
     pub(super) async fn consume_batch(
         &self,
         batch: pb::ConsumeBatchRequest,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<pb::ConsumeBatchResponse, Error> {
         if batch.requests.len() > MAX_BATCH {
             return Err(Error::invalid(
@@ -64,7 +107,7 @@ impl RateLimiterService {
         let mut results = Vec::with_capacity(batch.requests.len());
         for (i, request) in batch.requests.iter().enumerate() {
             results.push(
-                self.answer(i as u64, Ok(Mode::Consume), Some(request))
+                self.answer(i as u64, Ok(Mode::Consume), Some(request), deadline)
                     .await,
             );
         }
@@ -77,11 +120,12 @@ impl RateLimiterService {
         id: u64,
         mode: Result<Mode, Error>,
         request: Option<&pb::LimitRequest>,
+        deadline: Option<tokio::time::Instant>,
     ) -> pb::DecideResponse {
         let decided = match (mode, request) {
             (Err(e), _) => Err(e),
             (Ok(_), None) => Err(Error::invalid("request", "required")),
-            (Ok(mode), Some(request)) => self.decide_one(mode, request).await,
+            (Ok(mode), Some(request)) => self.decide_one(mode, request, deadline).await,
         };
         match decided {
             Ok(decision) => pb::DecideResponse {

@@ -87,7 +87,10 @@ impl UnaryService<pb::LimitRequest> for Decide {
     fn call(&mut self, request: Request<pb::LimitRequest>) -> Self::Future {
         let (service, mode) = (self.service.clone(), self.mode);
         Box::pin(async move {
-            let decision = service.decide_domain(mode, request.get_ref()).await?;
+            let deadline = crate::status::deadline(request.metadata());
+            let decision = service
+                .decide_domain(mode, request.get_ref(), deadline)
+                .await?;
             Ok(Response::new(Answer::new(decision)))
         })
     }

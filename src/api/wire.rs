@@ -261,6 +261,7 @@ default_plan: free
                 method,
                 plan: None,
                 cost,
+                deadline: None,
             };
             for mode in [crate::engine::Mode::Check, crate::engine::Mode::Consume] {
                 let d = limiter.decide(mode, &r).await.expect("decided");

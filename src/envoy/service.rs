@@ -8,6 +8,8 @@ use std::time::Instant;
 use smallvec::SmallVec;
 use tonic::{Request, Response, Status};
 
+type Deadline = tokio::time::Instant;
+
 use super::answer::{Answer, header, plan_answer, seconds, status, unit_of_override};
 use super::metadata::metadata;
 use super::options::{MAX_ENTRY_LEN, Options};
@@ -56,7 +58,11 @@ impl EnvoyService {
         }
     }
 
-    async fn answer(&self, r: &pb::RateLimitRequest) -> Result<pb::RateLimitResponse, Error> {
+    async fn answer(
+        &self,
+        r: &pb::RateLimitRequest,
+        deadline: Option<Deadline>,
+    ) -> Result<pb::RateLimitResponse, Error> {
         // The reference's errors, word for word (a plain error in Go's gRPC
         // is UNKNOWN).
         if r.domain.is_empty() {
@@ -71,11 +77,11 @@ impl EnvoyService {
         let catalog = self.limiter.catalog();
         if let Some(domain) = catalog.envoy_domains.get(&r.domain) {
             // Each descriptor is a plan decision, counted in the metrics as one.
-            let answers = self.plan_domain(domain, r).await?;
+            let answers = self.plan_domain(domain, r, deadline).await?;
             return Ok(self.overall(r, answers));
         }
         let started = Instant::now();
-        let answers = self.rule_domain(&self.rules.current(), r).await?;
+        let answers = self.rule_domain(&self.rules.current(), r, deadline).await?;
         let response = self.overall(r, answers);
         let over = response.overall_code == Code::OverLimit as i32;
         self.metrics.decision(
@@ -139,6 +145,7 @@ impl EnvoyService {
         &self,
         rules: &RuleSet,
         r: &pb::RateLimitRequest,
+        deadline: Option<Deadline>,
     ) -> Result<Vec<Answer>, Error> {
         // Match every descriptor first: `replaces` looks across all of them.
         let matched = matched(rules, r)?;
@@ -163,7 +170,7 @@ impl EnvoyService {
                 }
                 Some(Limits::Rule(m, entries)) => {
                     let scope = scope(&r.domain, entries, &m.shared);
-                    let mut a = self.count(&m.rule.limits, &scope, hits).await?;
+                    let mut a = self.count(&m.rule.limits, &scope, hits, deadline).await?;
                     if m.rule.shadow_mode && a.status.code == Code::OverLimit as i32 {
                         a.status.code = Code::Ok as i32;
                     }
@@ -173,7 +180,7 @@ impl EnvoyService {
                 }
                 Some(Limits::Override(limit, entries)) => {
                     let scope = scope(&r.domain, entries, &[]);
-                    self.count(std::slice::from_ref(limit), &scope, hits)
+                    self.count(std::slice::from_ref(limit), &scope, hits, deadline)
                         .await?
                 }
             };
@@ -186,13 +193,19 @@ impl EnvoyService {
     /// fixed window (every hit counts, even over the limit); all or nothing
     /// across several limits or another algorithm (a refused hit counts
     /// nowhere). `hits` 0 only checks.
-    async fn count(&self, limits: &[RuleLimit], scope: &str, hits: u64) -> Result<Answer, Error> {
+    async fn count(
+        &self,
+        limits: &[RuleLimit],
+        scope: &str,
+        hits: u64,
+        deadline: Option<Deadline>,
+    ) -> Result<Answer, Error> {
         if let Some(zero) = limits.iter().find(|l| l.amount == 0) {
             if let [one] = limits
                 && one.algorithm == Algorithm::FixedWindow
                 && one.burst.is_none()
             {
-                return self.count_zero(one, scope, hits).await;
+                return self.count_zero(one, scope, hits, deadline).await;
             }
             // Among several limits, or another algorithm: refuses everything.
             let now = self.limiter.now();
@@ -212,7 +225,10 @@ impl EnvoyService {
             (_, false) => Mode::Consume,
         };
         // The descriptor is its own hash tag: its counters share a slot.
-        let (now, outcome) = self.limiter.run(mode, scope, &items, None).await?;
+        let (now, outcome) = self
+            .limiter
+            .run(mode, scope, &items, None, deadline)
+            .await?;
 
         // One status per limit (a burst's pair as one), then the most
         // constraining: refused with the longest wait, else the smallest
@@ -244,7 +260,13 @@ impl EnvoyService {
     /// soon as the window holds anything (so a check of a fresh window, with
     /// `hits_addend` 0, is OK with nothing remaining), as the reference
     /// answers `after > 0`.
-    async fn count_zero(&self, limit: &RuleLimit, scope: &str, hits: u64) -> Result<Answer, Error> {
+    async fn count_zero(
+        &self,
+        limit: &RuleLimit,
+        scope: &str,
+        hits: u64,
+        deadline: Option<Deadline>,
+    ) -> Result<Answer, Error> {
         // Large enough never to bind, small enough for Redis's exact integers.
         const UNBOUNDED: u64 = 1 << 52;
         let item = Item {
@@ -257,7 +279,10 @@ impl EnvoyService {
             cost: hits,
         };
         let mode = if hits == 0 { Mode::Check } else { Mode::Record };
-        let (now, outcome) = self.limiter.run(mode, scope, &[item], None).await?;
+        let (now, outcome) = self
+            .limiter
+            .run(mode, scope, &[item], None, deadline)
+            .await?;
         let s = outcome.items[0];
         let counted = UNBOUNDED.saturating_sub(s.remaining);
         let code = if counted > 0 {
@@ -279,6 +304,7 @@ impl EnvoyService {
         &self,
         domain: &EnvoyDomain,
         r: &pb::RateLimitRequest,
+        deadline: Option<Deadline>,
     ) -> Result<Vec<Answer>, Error> {
         let mut answers = Vec::with_capacity(r.descriptors.len());
         for (i, d) in r.descriptors.iter().enumerate() {
@@ -299,6 +325,7 @@ impl EnvoyService {
                 method: entry(domain.method.as_deref()).filter(|m| !m.is_empty()),
                 plan: entry(domain.plan.as_deref()).filter(|p| !p.is_empty()),
                 cost: &cost,
+                deadline,
             };
             let mode = if hits == 0 {
                 Mode::Check
@@ -401,8 +428,9 @@ impl pb::rate_limit_service_server::RateLimitService for EnvoyService {
         &self,
         request: Request<pb::RateLimitRequest>,
     ) -> Result<Response<pb::RateLimitResponse>, Status> {
+        let deadline = crate::status::deadline(request.metadata());
         let r = request.into_inner();
-        let response = self.answer(&r).await?;
+        let response = self.answer(&r, deadline).await?;
         tracing::debug!(domain = %r.domain, descriptors = r.descriptors.len(), overall = response.overall_code, "should_rate_limit");
         Ok(Response::new(response))
     }

@@ -26,6 +26,9 @@ pub struct Request<'a> {
     pub plan: Option<&'a str>,
     /// Cost per unit.
     pub cost: &'a HashMap<String, u64>,
+    /// When the caller stops waiting (its `grpc-timeout`): a decision not
+    /// made by then counts nothing.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// What the gateway should do.

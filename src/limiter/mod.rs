@@ -179,24 +179,26 @@ impl Limiter {
                 Some(consumer),
                 &self.slots,
                 begun.now,
+                request.deadline,
             )
             .await?;
         Ok(self.conclude(&begun, request, now, &outcome))
     }
 
-    /// Runs one decision's items (all of hash tag `tag`) on the counters;
-    /// returns the time it was decided at and the outcome. `consumer` is for
-    /// watchers on other replicas.
+    /// Runs one decision's items (all of hash tag `tag`) on the counters by
+    /// `deadline`; returns the time it was decided at and the outcome.
+    /// `consumer` is for watchers on other replicas.
     pub async fn run(
         &self,
         mode: Mode,
         tag: &str,
         items: &[Item<'_>],
         consumer: Option<Consumer<'_>>,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<(Nanos, Outcome), StoreError> {
         let now = self.clock.now();
         self.counters
-            .run(mode, tag, items, consumer, &self.slots, now)
+            .run(mode, tag, items, consumer, &self.slots, now, deadline)
             .await
     }
 
@@ -321,7 +323,7 @@ impl Limiter {
             .cloned()
             .collect();
         let items = route::items(&limits, subject, account, |_| 0);
-        let (now, outcome) = self.run(Mode::Check, account, &items, None).await?;
+        let (now, outcome) = self.run(Mode::Check, account, &items, None, None).await?;
         let (statuses, _) = route::statuses(&limits, &outcome, now);
         let denied = plan
             .limits

@@ -402,6 +402,12 @@ impl App {
                 evictions: memory.map_or(0, |m| m.evictions()),
                 reloads: (ok + rok, failed + rfailed),
                 store_failures: limiter.counters().shared().map_or(0, |s| s.failures()),
+                store_uncertain: limiter.counters().shared().map_or(0, |s| s.uncertain()),
+                store_refusing: limiter
+                    .counters()
+                    .shared()
+                    .is_some_and(|s| s.refusing_writes()),
+                store_round_trips: limiter.counters().shared().map(|s| s.round_trips()),
                 state_failures: limiter.state().failures(),
             }
         })

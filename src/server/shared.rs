@@ -166,6 +166,8 @@ pub async fn watch_health(
     let mut judge = Judge::new(check.failures);
     let mut every = tokio::time::interval(check.every);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // (reachable, refusing writes) as last reported.
+    let (mut reachable, mut refusing) = (None, false);
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -175,20 +177,29 @@ pub async fn watch_health(
             p = shared.store.ping_within(check.timeout) => p,
             () = stopping.cancelled() => return,
         };
-        let Some(now_up) = judge.observe(ping.is_ok()) else {
+        let now_refusing = shared.refusing_writes();
+        let changed = judge.observe(ping.is_ok());
+        if let Some(now_up) = changed {
+            match &ping {
+                Ok(()) => tracing::info!(store = %shared.store.url(), "counter store reachable"),
+                Err(e) => {
+                    tracing::warn!(error = %e, store = %shared.store.url(), failed_pings = check.failures, policy = ?shared.failure, "counter store unreachable")
+                }
+            }
+            reachable = Some(now_up);
+        } else if now_refusing == refusing {
+            continue;
+        }
+        // Refusing writes is logged where a decision first meets it.
+        refusing = now_refusing;
+        let Some(up) = reachable else {
             continue;
         };
-        let status = if now_up {
+        let status = if up && !refusing {
             tonic_health::ServingStatus::Serving
         } else {
             tonic_health::ServingStatus::NotServing
         };
-        match ping {
-            Ok(()) => tracing::info!(store = %shared.store.url(), "counter store reachable"),
-            Err(e) => {
-                tracing::warn!(error = %e, store = %shared.store.url(), failed_pings = check.failures, policy = ?shared.failure, "counter store unreachable")
-            }
-        }
         health.set_service_status(STORE_HEALTH, status).await;
         if shared.failure == Failure::Closed {
             health.set_service_status("", status).await;

@@ -43,10 +43,11 @@ pub struct Consumer<'a> {
 
 impl Counters {
     /// Runs one decision's `items` (all under hash tag `tag`, the account or
-    /// an Envoy descriptor) as one unit. Returns the time it was decided at
-    /// (Redis's own clock when shared, else `now`) and the outcome. A store
-    /// failure either errs or, when Redis fails open, admits without
-    /// counting.
+    /// an Envoy descriptor) as one unit, by `deadline` (its caller's, if it
+    /// has one). Returns the time it was decided at (Redis's own clock when
+    /// shared, else `now`) and the outcome. A store failure either errs or,
+    /// when Redis fails open, admits without counting.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
         mode: Mode,
@@ -55,6 +56,7 @@ impl Counters {
         consumer: Option<Consumer<'_>>,
         slots: &SlotRegistry,
         now: Nanos,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<(Nanos, Outcome), StoreError> {
         match self {
             Self::Memory(engine) => Ok((now, engine.decide(mode, now, items))),
@@ -77,7 +79,7 @@ impl Counters {
                         })
                         .collect();
                     let notice = consumer.map(|c| shared.notice(c.subject, c.account));
-                    shared.run(mode, counters, notice, now).await
+                    shared.run(mode, counters, notice, now, deadline).await
                 })
                 .await
             }

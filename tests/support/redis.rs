@@ -107,6 +107,26 @@ impl RedisServer {
     }
 
     /// A command's answer, through redis-cli.
+    /// Stops the server's process (SIGSTOP): it answers nothing, and runs
+    /// what it was sent once resumed.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes it (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} {pid}");
+    }
+
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         cli(self.port, args)
     }

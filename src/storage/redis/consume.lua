@@ -13,14 +13,18 @@
 --               mode: 0 check (counts nothing), 1 consume (counts every
 --               counter if every one fits, else none), 2 record (counts every
 --               one);
+--               its deadline in Redis milliseconds, or 0: a decision that
+--               runs after it counts nothing (its caller has been answered)
+--               and answers wait -2 for every counter;
 --               the KEYS number of its watch marker, or 0; when not 0, the
 --               notice, published when the marker exists and it counted;
 --               n, its number of counters, then two values per counter: its
 --               number among the call's counters, and its cost
 --
 -- Returns {now_ms} and, per decision and counter, {remaining, wait_ms (0: it
--- fits; -1: it can never fit), free_at_ms}: remaining and free_at after
--- counting when the decision counted, before otherwise.
+-- fits; -1: it can never fit; -2: past its deadline, not decided),
+-- free_at_ms}: remaining and free_at after counting when the decision
+-- counted, before otherwise.
 --
 -- Every value is an integer below 2^53 (amount * window in ms must be), so
 -- Lua's doubles compute exactly. Every key written gets its expiry in the
@@ -203,12 +207,20 @@ local marked, published = {}, {}
 local keys, after, left, left_after, wait, free, free_after, expires = {}, {}, {}, {}, {}, {}, {}, {}
 
 local function decide()
-  local mode, marker = ARGV[arg], int(ARGV[arg + 1])
-  arg = arg + 2
+  local mode, deadline, marker = ARGV[arg], int(ARGV[arg + 1]), int(ARGV[arg + 2])
+  arg = arg + 3
   local notice
   if marker > 0 then notice = ARGV[arg] arg = arg + 1 end
   local n = int(ARGV[arg])
   arg = arg + 1
+  if deadline > 0 and now > deadline then
+    for _ = 1, n do
+      out[o + 1], out[o + 2], out[o + 3] = 0, -2, 0
+      o = o + 3
+    end
+    arg = arg + 2 * n
+    return
+  end
   local all = true
   for i = 1, n do
     -- int(), inlined: this loop is most of a call's time.

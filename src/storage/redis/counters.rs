@@ -1,8 +1,12 @@
 //! The Redis store as a limiter counts through it: decisions coalesced
-//! ([`super::batch`]), bounded by the store timeout, and the failure policy
-//! when Redis does not answer (admit or refuse; counted, logged sparingly).
+//! ([`super::batch`]), each bounded by its deadline and its round trip by
+//! the store timeout, and the failure policy when Redis does not answer
+//! (admit or refuse; counted, logged sparingly). Whether Redis refuses
+//! writes (out of memory, read-only) is tracked by episode, for health.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::time::Instant;
 
 use smallvec::SmallVec;
 
@@ -32,6 +36,12 @@ pub struct SharedCounters {
     /// This replica, to skip its own notices.
     pub replica: String,
     failures: AtomicU64,
+    /// Decisions answered as failed after their script was sent: each may
+    /// have counted.
+    uncertain: AtomicU64,
+    /// Redis refuses writes, since the last decision that failed so; until
+    /// one counts again.
+    refusing: AtomicBool,
     last_logged: AtomicU64,
 }
 
@@ -53,8 +63,27 @@ impl SharedCounters {
             failure,
             replica,
             failures: AtomicU64::new(0),
+            uncertain: AtomicU64::new(0),
+            refusing: AtomicBool::new(false),
             last_logged: AtomicU64::new(0),
         }
+    }
+
+    /// Decisions answered as failed (a timeout) after their script was sent,
+    /// so far: each may have counted though its caller was answered
+    /// otherwise (refused, or admitted by failing open).
+    pub fn uncertain(&self) -> u64 {
+        self.uncertain.load(Ordering::Relaxed)
+    }
+
+    /// The script calls' round trips so far.
+    pub fn round_trips(&self) -> batch::RoundTrips {
+        self.batcher.round_trips()
+    }
+
+    /// Whether Redis refuses writes now (out of memory, read-only).
+    pub fn refusing_writes(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
     }
 
     /// Decisions the store failed so far.
@@ -71,31 +100,47 @@ impl SharedCounters {
         )
     }
 
-    /// Runs `counters` on Redis; when it fails, applies the failure policy
-    /// (`now` is the local clock, for an admitted request's answer).
+    /// Runs `counters` on Redis by `deadline` (its caller's; else within
+    /// [`batch::QUEUED_AT_MOST`]); when Redis fails, applies the failure
+    /// policy (`now` is the local clock, for an admitted request's answer).
+    /// A decision that expired before Redis was asked is an error whatever
+    /// the policy: Redis did not fail, and admitting it would count nothing.
+    /// Failing open while Redis refuses writes, the decision is made again
+    /// as a check (reads still work): a request that fits is admitted
+    /// uncounted, one past its limit is still refused.
     pub async fn run(
         &self,
         mode: Mode,
         counters: SmallVec<[Counter; 4]>,
         notice: Option<(String, String)>,
         now: Nanos,
+        deadline: Option<Instant>,
     ) -> Result<(Nanos, Outcome), StoreError> {
         // Failing open answers from the counters, which the job takes.
-        let admitted = (self.failure == Failure::Open).then(|| admitted(&counters, now));
+        let open = (self.failure == Failure::Open).then(|| counters.clone());
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + batch::QUEUED_AT_MOST);
         let job = batch::Job {
             mode,
             counters,
             notice,
+            deadline,
         };
-        let decided = match tokio::time::timeout(self.store.timeout, self.batcher.decide(job)).await
-        {
-            Ok(decided) => decided,
-            Err(_) => Err(StoreError::Timeout(self.store.timeout)),
-        };
-        match decided {
-            Ok(r) => Ok(r),
+        match self.batcher.decide(job).await {
+            Ok(r) => {
+                if r.1.counted && self.refusing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(store = %self.store.url(), "the counter store accepts writes again");
+                }
+                Ok(r)
+            }
+            Err(e) if !e.is_transient() => Err(e),
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
+                if e.maybe_counted() {
+                    self.uncertain.fetch_add(1, Ordering::Relaxed);
+                }
+                if e.refuses_writes() && !self.refusing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, "the counter store refuses writes: decisions that count fail, and health says NOT_SERVING, until it accepts them again");
+                }
                 let second = now / crate::engine::clock::SECOND;
                 // Failing closed, the error reaches the caller and
                 // `crate::status` warns of it, as rarely as this would.
@@ -104,7 +149,22 @@ impl SharedCounters {
                 {
                     tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, failed = self.failures(), "the counter store failed a decision");
                 }
-                admitted.map(|outcome| (now, outcome)).ok_or(e)
+                let Some(counters) = open else {
+                    return Err(e);
+                };
+                if e.refuses_writes() && mode != Mode::Check {
+                    let check = batch::Job {
+                        mode: Mode::Check,
+                        counters: counters.clone(),
+                        notice: None,
+                        deadline,
+                    };
+                    // What fits is admitted, uncounted; what does not is refused.
+                    if let Ok(checked) = self.batcher.decide(check).await {
+                        return Ok(checked);
+                    }
+                }
+                Ok((now, admitted(&counters, now)))
             }
         }
     }

@@ -20,6 +20,7 @@ mod conn;
 mod counters;
 pub mod shared;
 
+pub use batch::{ROUND_TRIP_BUCKETS, RoundTrips};
 pub use counters::{Failure, SharedCounters};
 
 use hashbrown::HashMap;
@@ -49,9 +50,19 @@ pub struct RedisStore {
 /// Why the store did not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// No answer within the store timeout.
+    /// No answer within the store timeout, after the call was sent: the
+    /// script may still have run before its deadline (and counted).
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// The decision's deadline (its caller's `grpc-timeout`, or the most a
+    /// decision waits its turn) passed before Redis was asked: nothing was
+    /// counted. Not a store failure: the failure policy does not apply.
+    #[error("the decision's deadline passed before redis was asked")]
+    Expired,
+    /// The script ran after the decision's deadline (Redis was slow or
+    /// paused): it counted nothing.
+    #[error("redis ran the decision after its deadline; nothing was counted")]
+    Late,
     /// Redis answered with an error, or the connection failed (in the
     /// message, so not also a `source()` that would print it twice).
     #[error("redis: {0}")]
@@ -59,6 +70,10 @@ pub enum StoreError {
     /// The URL is not one tollgate can use.
     #[error("{0}")]
     Url(String),
+    /// The task that sends decisions to Redis stopped (the runtime is
+    /// shutting down).
+    #[error("the redis sender stopped")]
+    Stopped,
     /// The call that carried this decision with others failed.
     #[error(transparent)]
     Batch(Arc<StoreError>),
@@ -67,6 +82,45 @@ pub enum StoreError {
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
         Self::Redis(e)
+    }
+}
+
+impl StoreError {
+    /// Whether Redis itself failed (unreachable, slow, refusing): the
+    /// failure policy applies. A decision that expired in tollgate's own
+    /// queue is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Batch(e) => e.is_transient(),
+            Self::Expired | Self::Url(_) => false,
+            Self::Timeout(_) | Self::Late | Self::Redis(_) | Self::Stopped => true,
+        }
+    }
+
+    /// Whether Redis refuses writes (out of memory, a read-only replica, a
+    /// disk it cannot write, an ACL): every decision that counts fails
+    /// until it stops.
+    pub fn refuses_writes(&self) -> bool {
+        match self {
+            Self::Batch(e) => e.refuses_writes(),
+            Self::Redis(e) => matches!(
+                e.code(),
+                Some("OOM" | "READONLY" | "MISCONF" | "NOREPLICAS" | "NOPERM")
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether the script may have run, and counted, though the caller got
+    /// this error: its reply was late.
+    pub fn maybe_counted(&self) -> bool {
+        match self {
+            Self::Batch(e) => e.maybe_counted(),
+            Self::Timeout(_) => true,
+            // The client's own timeout, or a connection lost mid-call.
+            Self::Redis(e) => e.is_timeout() || e.is_connection_dropped(),
+            _ => false,
+        }
     }
 }
 
@@ -172,7 +226,11 @@ impl RedisStore {
     ///
     /// The call names each distinct counter and watch marker once; the
     /// decisions refer to them by number (see `consume.lua`).
-    async fn decide_all(&self, jobs: &[batch::Job]) -> Result<(Nanos, Vec<Outcome>), StoreError> {
+    async fn decide_all(
+        &self,
+        jobs: &[batch::Job],
+        deadlines: &[u64],
+    ) -> Result<(Nanos, Outcomes), StoreError> {
         let mut call = self.script.prepare_invoke();
         let mut counters: HashMap<(&str, Algorithm, u64, u64), usize> = HashMap::new();
         let mut specs = Vec::new();
@@ -213,9 +271,9 @@ impl RedisStore {
         let mut markers: HashMap<&str, usize> = HashMap::new();
         call.arg(jobs.len());
         let mut rest = &decisions[..];
-        for job in jobs {
+        for (job, deadline) in jobs.iter().zip(deadlines) {
             let n = rest[1] as usize;
-            call.arg(rest[0]);
+            call.arg(rest[0]).arg(*deadline);
             match &job.notice {
                 Some((marker, message)) => {
                     let next = specs.len() + markers.len() + 1;
@@ -334,8 +392,11 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// The script's reply as the engine's outcomes, one per job.
-fn outcomes(reply: &[i64], jobs: &[batch::Job]) -> Result<(Nanos, Vec<Outcome>), StoreError> {
+/// The script's reply as the engine's outcomes (or [`StoreError::Late`]),
+/// one per job.
+type Outcomes = Vec<Result<Outcome, StoreError>>;
+
+fn outcomes(reply: &[i64], jobs: &[batch::Job]) -> Result<(Nanos, Outcomes), StoreError> {
     let expected = 1 + jobs.iter().map(|j| 3 * j.counters.len()).sum::<usize>();
     if reply.len() != expected {
         return Err(StoreError::Redis(redis::RedisError::from((
@@ -350,6 +411,11 @@ fn outcomes(reply: &[i64], jobs: &[batch::Job]) -> Result<(Nanos, Vec<Outcome>),
     for job in jobs {
         let (head, tail) = rest.split_at(3 * job.counters.len());
         rest = tail;
+        if head.chunks_exact(3).any(|c| c[1] == -2) {
+            // Past its deadline in Redis: decided nothing.
+            out.push(Err(StoreError::Late));
+            continue;
+        }
         // Per counter: remaining, wait (0: it fits; -1: it never can), free_at.
         let items: SmallVec<[ItemStatus; 4]> = head
             .chunks_exact(3)
@@ -362,7 +428,7 @@ fn outcomes(reply: &[i64], jobs: &[batch::Job]) -> Result<(Nanos, Vec<Outcome>),
             })
             .collect();
         let fits = items.iter().all(|i| i.fits);
-        out.push(Outcome {
+        out.push(Ok(Outcome {
             fits,
             counted: match job.mode {
                 Mode::Check => false,
@@ -370,7 +436,7 @@ fn outcomes(reply: &[i64], jobs: &[batch::Job]) -> Result<(Nanos, Vec<Outcome>),
                 Mode::Record => true,
             },
             items,
-        });
+        }));
     }
     Ok((now, out))
 }
