@@ -133,8 +133,42 @@ pub(crate) struct Serve {
     /// gateway's own failure policy decides), `open` admits the request.
     #[arg(long, value_enum, default_value_t = StoreFailure::Closed)]
     pub(crate) store_failure: StoreFailure,
+    /// The most connections open at once on each listener (gRPC, HTTP,
+    /// metrics); one more is accepted and closed at once. Keep it under the
+    /// process's open-file limit (`ulimit -n`).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: u32,
+    /// The most concurrent calls (HTTP/2 streams) per gRPC connection; a
+    /// client past it waits for a call to end (its HTTP/2 library queues).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_concurrent_streams: u32,
+    /// How long an HTTP client has to send a request's head (request line
+    /// and headers); then the connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) header_read_timeout: Duration,
+    /// How long an HTTP client has to send a request's body once its head is
+    /// in; then it is answered 408 and the connection closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) body_read_timeout: Duration,
+    /// How long a gRPC client has to send the HTTP/2 connection preface (the
+    /// TLS handshake included, with TLS); then the connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) http2_preface_timeout: Duration,
     #[command(flatten)]
     pub(crate) envoy: EnvoyArgs,
+}
+
+impl Serve {
+    /// Every listener's caps and timeouts.
+    pub(crate) fn limits(&self) -> tollgate::listen::Limits {
+        tollgate::listen::Limits {
+            max_connections: self.max_connections as usize,
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            http2_preface_timeout: self.http2_preface_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -5,6 +5,8 @@
 //! The modules in layer order, lowest first. A module uses only modules
 //! listed above it, never one below, and no two modules import each other.
 //!
+//! - [`log_every`]: the one throttle for warnings that could repeat per call.
+//! - [`listen`]: one accept loop for every listener, with its caps and timeouts.
 //! - [`proto`]: generated code (`tollgate.v1`, Envoy's RLS v3), fenced.
 //! - [`engine`]: the algorithms and the all-or-nothing decision over a
 //!   [`engine::CounterStore`]; pure and synchronous, time passed in.
@@ -30,6 +32,10 @@
 //!   Events, forward auth for gateways; it only converts and calls them.
 //! - [`server`]: wiring: listener, health, reflection, background tasks,
 //!   following other replicas through Redis, shutdown.
+
+pub mod log_every;
+
+pub mod listen;
 
 pub mod proto;
 

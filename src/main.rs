@@ -166,6 +166,7 @@ fn options(serve: &Serve, rules: RuleSource) -> anyhow::Result<Options> {
         drain: serve.drain_timeout,
         envoy_rules: Some(Arc::new(rules)),
         envoy: serve.envoy.options(),
+        limits: serve.limits(),
     })
 }
 

@@ -3,7 +3,6 @@
 //! Labels stay bounded: rpc, verdict, plan and class come from the code and
 //! the configuration, never from a request's subject or account.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,8 +21,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::listen::Listener;
 
 /// The metrics of one server.
 pub struct Metrics {
@@ -251,6 +251,10 @@ struct Latency {
 /// Buckets of the latency histogram: 1 µs doubling to ~1 s, then +Inf.
 const BUCKETS: usize = 22;
 
+/// The largest request head the metrics endpoint reads; a scrape sends a
+/// few hundred bytes.
+const MAX_HEAD: usize = 8 * 1024;
+
 fn upper_bound(i: usize) -> f64 {
     if i + 1 == BUCKETS {
         f64::INFINITY
@@ -427,25 +431,27 @@ impl EncodeLabelValue for Label {
     }
 }
 
-/// Serves `/metrics` on `listener` until `stopping`; `gauges` is read per scrape.
+/// Serves `/metrics` on `listener` until `stopping`; `gauges` is read per
+/// scrape. A request head must arrive within `head_timeout`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
+    head_timeout: Duration,
     metrics: Arc<Metrics>,
     gauges: Arc<dyn Fn() -> Gauges + Send + Sync>,
     stopping: CancellationToken,
 ) {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .max_buf_size(MAX_HEAD)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout);
     loop {
-        let (stream, peer): (_, SocketAddr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = stopping.cancelled() => return,
         };
-        let (metrics, gauges) = (metrics.clone(), gauges.clone());
+        let (stream, peer, slot) = (accepted.stream, accepted.peer, accepted.slot);
+        let (metrics, gauges, http1) = (metrics.clone(), gauges.clone(), http1.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (metrics, gauges) = (metrics.clone(), gauges.clone());
@@ -462,12 +468,10 @@ pub async fn serve(
                     Ok::<_, std::convert::Infallible>(response.expect("a static response builds"))
                 }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = http1.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(error = %e, client.addr = %peer, "metrics connection ended");
             }
+            drop(slot);
         });
     }
 }

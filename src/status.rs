@@ -8,12 +8,13 @@
 //! `INTERNAL` with a generic message: the details go to the log, never to the
 //! client.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tonic::Status;
 
 use crate::config::reload::ReloadError;
 use crate::error::Error;
+use crate::log_every::LogEvery;
 use crate::state;
 use crate::storage::StoreError;
 
@@ -50,25 +51,17 @@ impl From<StoreError> for Status {
     }
 }
 
-/// Seconds between two warnings of an unavailable store: during an outage
-/// every call fails, and one line per call would flood the log.
-const LOG_EVERY: u64 = 10;
-
-/// Warns of `e` at most once every [`LOG_EVERY`] seconds, with the number of
-/// calls answered `UNAVAILABLE` since the last warning; the others go to
-/// the debug log.
+/// Warns of `e` at most once every 10 s, with the number of calls answered
+/// `UNAVAILABLE` the last warning did not show; the others go to the debug
+/// log. During an outage every call fails, and one line per call would flood
+/// the log.
 fn log_unavailable(e: &StoreError) {
-    static LAST: AtomicU64 = AtomicU64::new(u64::MAX);
-    static SINCE: AtomicU64 = AtomicU64::new(0);
-    let slot = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / LOG_EVERY);
-    let failed = SINCE.fetch_add(1, Ordering::Relaxed) + 1;
-    if LAST.swap(slot, Ordering::Relaxed) == slot {
-        tracing::debug!(error = %e, "counter store unavailable");
-    } else {
-        SINCE.store(0, Ordering::Relaxed);
-        tracing::warn!(error = %e, failed, "counter store unavailable; calls answer UNAVAILABLE (logged at most once every {LOG_EVERY} s)");
+    static THROTTLE: LogEvery = LogEvery::new(Duration::from_secs(10));
+    match THROTTLE.ready() {
+        Some(held) => {
+            tracing::warn!(error = %e, also_failed = held, "counter store unavailable; calls answer UNAVAILABLE (logged at most once every {:?})", THROTTLE.every())
+        }
+        None => tracing::debug!(error = %e, "counter store unavailable"),
     }
 }
 

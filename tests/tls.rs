@@ -82,15 +82,19 @@ async fn a_tls_client_connects_and_a_plaintext_one_is_refused() {
         .expect("consume")
         .into_inner();
     assert_eq!(verdict(&d), Verdict::Allowed);
-    let plain = async {
-        RateLimiterClient::connect(format!("http://{}", s.addr))
-            .await
-            .ok()?
-            .consume(req("k", "/x"))
-            .await
-            .ok()
-    };
-    assert!(plain.await.is_none(), "plaintext was served");
+    // A plaintext client is told what is wrong, not left to time out.
+    let refused = RateLimiterClient::connect(format!("http://{}", s.addr))
+        .await
+        .expect("the TCP connection and HTTP/2 handshake are answered")
+        .consume(req("k", "/x"))
+        .await
+        .expect_err("plaintext was served");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("connect with TLS"),
+        "{}",
+        refused.message()
+    );
     s.stop().await;
 }
 

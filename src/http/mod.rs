@@ -20,15 +20,14 @@
 //! [`MAX_HEADERS`] headers (else hyper answers 431).
 
 pub mod admin;
+mod deadline;
 pub mod forward_auth;
 pub mod json;
 pub mod reference;
 pub mod v1;
 pub mod watch;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -40,7 +39,6 @@ use axum::routing::{any, get, post};
 use http_body_util::{BodyExt, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use tonic_health::server::HealthService;
@@ -50,6 +48,7 @@ use crate::api::admin::AdminService;
 use crate::api::auth::AdminAuth;
 use crate::envoy::EnvoyService;
 use crate::limiter::Limiter;
+use crate::listen::{Limits, Listener};
 use crate::metrics::{Gauges, Metrics};
 
 /// The largest request body accepted, in bytes; more is 413. A
@@ -63,10 +62,6 @@ pub const MAX_HEAD: usize = 64 * 1024;
 
 /// The most headers a request may carry; more is 431.
 pub const MAX_HEADERS: usize = 100;
-
-/// How long a client has to send a request head before the connection is
-/// closed.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the HTTP handlers call: the services gRPC serves, shared.
 #[derive(Clone)]
@@ -143,51 +138,76 @@ pub fn router(services: Services) -> Router {
 }
 
 /// Serves `router` on `listener` until `stopping` is cancelled, then lets
-/// the open connections finish (watch streams end with the hub).
-pub async fn serve(listener: TcpListener, router: Router, stopping: CancellationToken) {
+/// the open connections finish (watch streams end with the hub). A head
+/// must arrive within `limits.header_read_timeout`, a body within
+/// `limits.body_read_timeout` of its head (else 408), and a body announced
+/// larger than [`MAX_BODY`] is refused (413) before any of it is read.
+pub async fn serve(
+    listener: Listener,
+    limits: Limits,
+    router: Router,
+    stopping: CancellationToken,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .max_buf_size(MAX_HEAD)
         .max_headers(MAX_HEADERS)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout);
+    let body_timeout = limits.body_read_timeout;
     loop {
-        let (stream, peer): (_, SocketAddr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "http listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = stopping.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
+        let (peer, slot) = (accepted.peer, accepted.slot);
         let router = TowerToHyperService::new(router.clone());
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            let router = router.clone();
-            async move {
-                if head_len(&request) > MAX_HEAD {
-                    return Ok(error_with(
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        Code::InvalidArgument,
-                        &format!("headers: larger than {MAX_HEAD} bytes"),
-                    ));
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let router = router.clone();
+                async move {
+                    if head_len(&request) > MAX_HEAD {
+                        return Ok(error_with(
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            Code::InvalidArgument,
+                            &format!("headers: larger than {MAX_HEAD} bytes"),
+                        ));
+                    }
+                    if announced_len(&request).is_some_and(|n| n > MAX_BODY as u64) {
+                        return Ok(error_with(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            Code::InvalidArgument,
+                            &format!("body: larger than {MAX_BODY} bytes"),
+                        ));
+                    }
+                    let (mut parts, body) = request.into_parts();
+                    parts.extensions.insert(ConnectInfo(peer));
+                    let body = Body::new(deadline::Deadline::new(body, body_timeout));
+                    hyper::service::Service::call(&router, hyper::Request::from_parts(parts, body))
+                        .await
                 }
-                request.extensions_mut().insert(ConnectInfo(peer));
-                hyper::service::Service::call(&router, request).await
-            }
-        });
-        let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+            });
+        let conn = graceful.watch(http1.serve_connection(TokioIo::new(accepted.stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, client.addr = %peer, "http connection ended");
             }
+            drop(slot);
         });
     }
     graceful.shutdown().await;
+}
+
+/// The body's length as its `Content-Length` announces it.
+fn announced_len<B>(request: &hyper::Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The size of a request's head as sent: its target and headers. hyper's
@@ -254,8 +274,8 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     response
 }
 
-/// The body, at most [`MAX_BODY`] bytes; a larger one is answered 413, an
-/// interrupted one 400.
+/// The body, at most [`MAX_BODY`] bytes; a larger one is answered 413, one
+/// not sent in time 408, an interrupted one 400.
 pub async fn read_body(body: Body) -> Result<Bytes, Response> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -263,6 +283,11 @@ pub async fn read_body(body: Body) -> Result<Bytes, Response> {
             StatusCode::PAYLOAD_TOO_LARGE,
             Code::InvalidArgument,
             &format!("body: larger than {MAX_BODY} bytes"),
+        )),
+        Err(e) if deadline::passed(&*e) => Err(error_with(
+            StatusCode::REQUEST_TIMEOUT,
+            Code::DeadlineExceeded,
+            "body: not sent within --body-read-timeout",
         )),
         Err(e) => Err(error_with(
             StatusCode::BAD_REQUEST,

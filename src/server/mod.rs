@@ -10,7 +10,6 @@
 //! backends: what only memory has (eviction, snapshots) and what only Redis
 //! has (notices, health).
 
-pub mod io;
 pub mod shared;
 pub mod signal;
 pub mod state;
@@ -20,11 +19,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::Router;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::server::{HealthReporter, HealthService};
 
@@ -35,6 +34,7 @@ use crate::config::reload::{Reloaded, Reloader, file_bytes};
 use crate::envoy::{self, EnvoyService, RuleSource};
 use crate::http;
 use crate::limiter::Limiter;
+use crate::listen::{Limits, Listener};
 use crate::metrics::{self, Gauges, Metrics};
 use crate::persist::Persistence;
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
@@ -45,6 +45,21 @@ use crate::watch::{Cause, Hub};
 
 /// How often expired counters are reclaimed in the background.
 const RECLAIM_EVERY: Duration = Duration::from_secs(10);
+
+/// How many bytes a gRPC client may send on one connection before tollgate
+/// has read them. h2 closes a connection (`ENHANCE_YOUR_CALM`,
+/// `too_many_data_frames`) whose unread small DATA frames cost more than
+/// half this window in framing overhead (256 bytes a frame, less its
+/// payload): at hyper's 1 MiB, ~2,300 Decide messages of one frame each.
+/// At 4 MiB a pipelining client has ~9,000 in flight before tollgate reads
+/// them; Decide reads ahead, so it rarely gets near.
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// How often an idle HTTP/2 connection is pinged, and how long its answer
+/// may take before the connection is closed: a peer that vanished (a
+/// dropped NAT entry, a killed host) frees its slot.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How the server runs, beyond its listener and limiter.
 #[derive(Debug)]
@@ -76,6 +91,8 @@ pub struct Options {
     /// changed ones are journaled (what a crash can lose); `None`: they
     /// start afresh every time.
     pub persist: Option<Persistence>,
+    /// The caps and timeouts of every listener.
+    pub limits: Limits,
 }
 
 /// Why the server did not run.
@@ -136,6 +153,7 @@ impl Default for Options {
             envoy_rules: None,
             envoy: envoy::Options::default(),
             persist: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -202,7 +220,8 @@ pub async fn run(
     let metrics_apart = options.metrics.is_some();
     if let Some(listener) = options.metrics.take() {
         tokio::spawn(metrics::serve(
-            listener,
+            Listener::new(listener, "metrics", &options.limits),
+            options.limits.header_read_timeout,
             app.metrics.clone(),
             app.gauges(),
             stopping.clone(),
@@ -210,7 +229,12 @@ pub async fn run(
     }
     let http_server = options.http.take().map(|listener| {
         let router = http::router(app.http(&health, !metrics_apart));
-        tokio::spawn(http::serve(listener, router, stopping.clone()))
+        tokio::spawn(http::serve(
+            Listener::new(listener, "http", &options.limits),
+            options.limits,
+            router,
+            stopping.clone(),
+        ))
     });
 
     // The signal: NOT_SERVING first, then stop accepting and end the streams.
@@ -226,16 +250,18 @@ pub async fn run(
         }
     });
 
+    let listener = Listener::new(listener, "grpc", &options.limits);
+    let preface = options.limits.http2_preface_timeout;
+    let incoming = if options.tls.is_some() {
+        listener.incoming_tls(preface).left_stream()
+    } else {
+        listener.incoming(preface).right_stream()
+    };
     let serve = app
         .router(health_service, &options)?
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(|conn| conn.map(io::Conn)),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
     // gRPC and HTTP drain together, within one deadline.
     let mut http_server = http_server;
     let serve_all = async {
@@ -357,7 +383,7 @@ impl App {
         let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
             .build_v1alpha()
             .expect("the built-in descriptor sets are valid");
-        Ok(tls_builder(options.tls.as_ref())?
+        Ok(builder(options)?
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -415,9 +441,15 @@ impl App {
 }
 
 /// A server builder, with TLS when `tls` says so.
-fn tls_builder(tls: Option<&Tls>) -> Result<Server, tonic::transport::Error> {
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
+/// The gRPC server: streams per connection capped, dead peers found by
+/// HTTP/2 pings, TLS when configured.
+fn builder(options: &Options) -> Result<Server, tonic::transport::Error> {
+    let mut builder = Server::builder()
+        .max_concurrent_streams(Some(options.limits.max_concurrent_streams))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .http2_keepalive_interval(Some(KEEPALIVE_EVERY))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    if let Some(tls) = &options.tls {
         let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
         if let Some(ca) = &tls.client_ca {
             config = config.client_ca_root(Certificate::from_pem(ca));

@@ -31,6 +31,7 @@ use smallvec::SmallVec;
 use std::sync::Arc;
 
 use crate::engine::{CounterKey, CounterStore, Nanos, State};
+use crate::log_every::LogEvery;
 use crate::plans::SlotRegistry;
 use evicted::Evicted;
 
@@ -52,7 +53,7 @@ pub struct MemoryStore {
     hasher: DefaultHashBuilder,
     shard_cap: usize,
     evictions: AtomicU64,
-    last_warning: AtomicU64,
+    full: LogEvery,
     /// What evicted counters had counted.
     evicted: Evicted,
 }
@@ -106,7 +107,7 @@ impl MemoryStore {
             hasher: DefaultHashBuilder::default(),
             shard_cap: max_counters.div_ceil(shards),
             evictions: AtomicU64::new(0),
-            last_warning: AtomicU64::new(0),
+            full: LogEvery::new(std::time::Duration::from_secs(10)),
             evicted: Evicted::new(max_counters),
         }
     }
@@ -196,7 +197,7 @@ impl MemoryStore {
         });
         let evicted = (before - shard.cells) as u64;
         let total = self.evictions.fetch_add(evicted, Ordering::Relaxed) + evicted;
-        self.warn_evictions(now, total);
+        self.warn_evictions(total);
     }
 
     /// One decision over one scope: a single lookup, the common case.
@@ -352,19 +353,13 @@ impl MemoryStore {
         }
     }
 
-    fn warn_evictions(&self, now: Nanos, total: u64) {
-        const EVERY: Nanos = 10 * crate::engine::clock::SECOND;
-        let last = self.last_warning.load(Ordering::Relaxed);
-        if now >= last.saturating_add(EVERY)
-            && self
-                .last_warning
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+    fn warn_evictions(&self, total: u64) {
+        if self.full.ready().is_some() {
             tracing::warn!(
                 evictions = total,
                 capacity = self.capacity(),
-                "counter store full: evicting live counters; raise --max-counters"
+                "counter store full: evicting live counters; raise --max-counters (logged at most once every {:?})",
+                self.full.every()
             );
         }
     }

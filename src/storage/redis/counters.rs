@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 
 use super::{Counter, RedisStore, StoreError, batch};
 use crate::engine::{Algorithm, ItemStatus, Mode, Nanos, Outcome};
+use crate::log_every::LogEvery;
 
 /// What a replica does when Redis does not answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,7 @@ pub struct SharedCounters {
     /// Redis refuses writes, since the last decision that failed so; until
     /// one counts again.
     refusing: AtomicBool,
-    last_logged: AtomicU64,
+    failed: LogEvery,
 }
 
 // === impl SharedCounters ===
@@ -65,7 +66,7 @@ impl SharedCounters {
             failures: AtomicU64::new(0),
             uncertain: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
-            last_logged: AtomicU64::new(0),
+            failed: LogEvery::new(std::time::Duration::from_secs(10)),
         }
     }
 
@@ -141,12 +142,9 @@ impl SharedCounters {
                 if e.refuses_writes() && !self.refusing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, "the counter store refuses writes: decisions that count fail, and health says NOT_SERVING, until it accepts them again");
                 }
-                let second = now / crate::engine::clock::SECOND;
                 // Failing closed, the error reaches the caller and
                 // `crate::status` warns of it, as rarely as this would.
-                if self.failure == Failure::Open
-                    && self.last_logged.swap(second / 10, Ordering::Relaxed) != second / 10
-                {
+                if self.failure == Failure::Open && self.failed.ready().is_some() {
                     tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, failed = self.failures(), "the counter store failed a decision");
                 }
                 let Some(counters) = open else {
