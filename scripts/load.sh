@@ -96,15 +96,19 @@ if command -v redis-server >/dev/null; then
         --dir "$work" >/dev/null &
     until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
     cpu() { redis-cli -p "$port" info cpu | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.6f", s}'; }
-    start tollgate-redis "${tollgate[@]}" --store "redis://127.0.0.1:$port" --store-timeout 1s
+    start tollgate-redis "${tollgate[@]}" --store "redis://127.0.0.1:$port" --store-timeout 1s \
+        --metrics-listen 127.0.0.1:0
+    metrics="$(grep -o 'metrics on http://[0-9.:]*' "$work/tollgate-redis.log" | head -1 | cut -d' ' -f3)"
     redis-cli -p "$port" config resetstat >/dev/null
     c0="$(cpu)"
     rps="$(h2 "$consume" "$work/request.bin")"
     c1="$(cpu)"
+    trips="$(curl -s "$metrics/metrics" | scripts/quantiles.py tollgate_store_round_trip_seconds)"
     stop
     evals="$(redis-cli -p "$port" info commandstats | awk -F'[=,:]' '/^cmdstat_evalsha:/ {print $3}')"
     row "tollgate + redis: Consume, 3 limits" "$rps calls/s"
     row "tollgate + redis: script calls per decision" "$(awk -v e="$evals" -v n="$calls" 'BEGIN {printf "%.3f", e / n}')"
+    row "tollgate + redis: script round trip" "$trips"
     row "tollgate + redis: Redis CPU per decision" "$(awk -v a="$c0" -v b="$c1" -v n="$calls" 'BEGIN {printf "%.2f µs", (b - a) * 1e6 / n}')"
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
 fi

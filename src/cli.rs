@@ -126,8 +126,10 @@ pub(crate) struct Serve {
     /// and overrides live there too. Default: in memory.
     #[arg(long, env = "REDIS_URL", value_name = "URL", value_parser = parse_store)]
     pub(crate) store: Option<String>,
-    /// The longest a decision waits for Redis.
-    #[arg(long, env = "REDIS_TIMEOUT", value_name = "DURATION", default_value = "10ms", value_parser = humantime::parse_duration)]
+    /// The longest a decision's script call may take in Redis, from sent to
+    /// answered (time queued in tollgate is not counted); a caller's own
+    /// grpc-timeout bounds the whole decision too.
+    #[arg(long, env = "REDIS_TIMEOUT", value_name = "DURATION", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub(crate) store_timeout: Duration,
     /// When Redis does not answer in time: `closed` answers UNAVAILABLE (the
     /// gateway's own failure policy decides), `open` admits the request.

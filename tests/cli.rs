@@ -226,7 +226,9 @@ fn admin_changes_and_counters_survive_a_restart() {
 
 #[test]
 fn sigterm_with_open_watch_streams_exits_within_the_deadline() {
-    let s = serve(&["--drain-timeout", "3s"]);
+    // A drain deadline far beyond the test's patience: stopping in time
+    // proves the open stream did not hold the shutdown.
+    let s = serve(&["--drain-timeout", "1h"]);
     // grpcurl holds a WatchQuota stream open and prints the snapshot.
     let mut watcher = Command::new("grpcurl")
         .args([
@@ -255,13 +257,7 @@ fn sigterm_with_open_watch_streams_exits_within_the_deadline() {
     while !seen.contains("CONSUMPTION") {
         seen.push_str(&lines.next().expect("a line").expect("utf-8"));
     }
-    let started = Instant::now();
-    assert!(stop(s, Duration::from_secs(10)).success());
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(stop(s, Duration::from_secs(60)).success());
     // The stream ended with OK, so grpcurl exits 0.
     assert!(watcher.wait().expect("grpcurl ends").success());
 }

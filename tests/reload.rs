@@ -177,14 +177,30 @@ async fn the_newest_content_wins_over_concurrent_reloads_and_rewrites() {
         std::fs::write(&path, config(limit)).expect("write");
         let mut admin = s.admin().await;
         calls.push(tokio::spawn(async move {
-            let _ = admin
+            admin
                 .reload_config(authed(pb::ReloadConfigRequest {}))
-                .await;
+                .await
         }));
     }
+    // Each reload read whatever the file held at that moment: a complete
+    // config (answered with what it loaded), or one caught mid-write,
+    // refused naming the file and keeping the running config.
+    let mut loaded = 0;
     for call in calls {
-        call.await.expect("reload call");
+        match call.await.expect("reload call") {
+            Ok(r) => {
+                let r = r.into_inner();
+                assert_eq!(r.path, path.display().to_string());
+                assert_eq!(r.plans, 1, "{r:?}");
+                loaded += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+                assert!(e.message().contains("tollgate.yaml"), "{}", e.message());
+            }
+        }
     }
+    assert!(loaded > 0, "no reload succeeded");
     std::fs::write(&path, config(5)).expect("write");
     assert_eq!(settles_on(&s, 5).await, 5, "the last content written wins");
     // A reload of other content, then the file back as the watcher last saw it.

@@ -25,9 +25,9 @@ fn watch(subject: &str) -> pb::WatchRequest {
 }
 
 async fn next(stream: &mut tonic::Streaming<pb::QuotaUpdate>) -> pb::QuotaUpdate {
-    tokio::time::timeout(Duration::from_secs(5), stream.next())
+    tokio::time::timeout(Duration::from_secs(60), stream.next())
         .await
-        .expect("an update within 5 s")
+        .expect("an update within 60 s")
         .expect("stream open")
         .expect("ok")
 }
@@ -94,22 +94,27 @@ async fn a_stalled_watcher_gets_the_latest_state_not_a_backlog() {
         .into_inner();
     assert_eq!(cause(&next(&mut stream).await), Cause::Snapshot);
     // The watcher reads nothing while 100 decisions land over 2 s.
+    let started = std::time::Instant::now();
     for _ in 0..20 {
         assert_eq!(s.consume_n(&req("key_1", "/x"), 5).await, 5);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
     // What reached it is at most one update per coalescing interval (50 ms
-    // here, ~2.2 s elapsed), never one per decision, and ends on the latest
-    // state. The server holds one value per subject; what is in flight is
-    // bounded by HTTP/2 flow control.
+    // here) of the time it took, however long a busy machine made that,
+    // never one per decision, and it ends on the latest state. The server
+    // holds one value per subject; what is in flight is bounded by HTTP/2
+    // flow control.
     let mut got = vec![next(&mut stream).await];
-    while let Ok(Some(Ok(u))) =
-        tokio::time::timeout(Duration::from_millis(300), stream.next()).await
-    {
-        got.push(u);
+    while got.last().expect("one").limits[0].remaining != Some(0) {
+        got.push(next(&mut stream).await);
     }
-    assert!(got.len() <= 50, "{} updates for 100 decisions", got.len());
+    let intervals = (started.elapsed().as_millis() / 50) as usize + 2;
+    assert!(got.len() < 100, "{} updates for 100 decisions", got.len());
+    assert!(
+        got.len() <= intervals,
+        "{} updates in {intervals} coalescing intervals",
+        got.len()
+    );
     assert_eq!(got.last().expect("one").limits[0].remaining, Some(0));
     s.stop().await;
 }
@@ -160,12 +165,17 @@ async fn streams_end_cleanly_when_the_server_stops() {
         .expect("watch")
         .into_inner();
     assert_eq!(cause(&next(&mut stream).await), Cause::Snapshot);
-    let stopped = tokio::time::timeout(Duration::from_secs(5), s.stop()).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(60), s.stop()).await;
     assert!(stopped.is_ok(), "shutdown waited on an open stream");
-    let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .expect("ends");
-    assert!(matches!(end, None | Some(Ok(_))), "{end:?}");
+    // The stream ends with OK: updates may still come first, but it ends,
+    // and not with an error.
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(update) = stream.next().await {
+            update.expect("ends cleanly, with OK");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream never ended");
 }
 
 #[tokio::test]
@@ -238,12 +248,19 @@ async fn one_consume_is_one_update() {
             .expect("watch")
             .into_inner();
         assert_eq!(cause(&next(&mut stream).await), Cause::Snapshot);
+        // Two consumes, each seen once: had the first sent two updates, the
+        // second one seen would show the first's remaining again.
         s.consume(of_account(req(subject, ""), account)).await;
-        assert_eq!(cause(&next(&mut stream).await), Cause::Consumption);
-        let more = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
-        assert!(
-            more.is_err(),
-            "{subject}: a second update for one consume: {more:?}"
+        let first = next(&mut stream).await;
+        assert_eq!(cause(&first), Cause::Consumption);
+        s.consume(of_account(req(subject, ""), account)).await;
+        let second = next(&mut stream).await;
+        assert_eq!(cause(&second), Cause::Consumption);
+        let left = |u: &pb::QuotaUpdate| u.limits[0].remaining.expect("limited");
+        assert_eq!(
+            left(&second) + 1,
+            left(&first),
+            "{subject}: a second update for one consume"
         );
     }
 }

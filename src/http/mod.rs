@@ -326,13 +326,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_error_body_carries_the_grpc_code_and_message() {
+    #[tokio::test]
+    async fn an_error_body_carries_the_grpc_code_and_message() {
         let response = error(&Status::invalid_argument("subject: required"));
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
             response.headers().get(header::CONTENT_TYPE),
             Some(&HeaderValue::from_static("application/json"))
+        );
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            body,
+            serde_json::json!({"code": 3, "message": "subject: required", "details": []})
         );
     }
 }

@@ -289,9 +289,9 @@ pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
 /// The next update of a WatchQuota stream, within 5 s.
 pub async fn next_update(stream: &mut tonic::Streaming<pb::QuotaUpdate>) -> pb::QuotaUpdate {
     use tokio_stream::StreamExt;
-    tokio::time::timeout(Duration::from_secs(5), stream.next())
+    tokio::time::timeout(Duration::from_secs(60), stream.next())
         .await
-        .expect("an update within 5 s")
+        .expect("an update within 60 s")
         .expect("stream open")
         .expect("ok")
 }
