@@ -5,8 +5,8 @@
 //!   backoff that doubles from 5 ms to 1 s, never in a spin, and logged at
 //!   most once per interval with how many it held back.
 //! - At most `max_connections` are open per listener: one more is accepted
-//!   and closed at once (the peer sees the connection end, not a hang), logged the same
-//!   way. A connection holds its slot until it is dropped.
+//!   and closed at once (the peer sees the connection end, not a hang),
+//!   logged the same way. A connection holds its slot until it is dropped.
 //! - The other limits ([`Limits`]) are applied by each protocol: HTTP/1's
 //!   header and body read timeouts, HTTP/2's preface timeout (here, in
 //!   [`Conn`]) and its streams per connection.

@@ -6,9 +6,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
-use support::process::{Served, serve};
+use support::process::{Served, serve, until};
 use support::redis::RedisServer;
 use tokio_stream::StreamExt;
 use tollgate::proto::tollgate::v1 as pb;
@@ -36,12 +34,6 @@ fn start(redis: &RedisServer, policy: &str, timeout: &str) -> Served {
     ])
 }
 
-async fn client(s: &Served) -> pb::rate_limiter_client::RateLimiterClient<Channel> {
-    pb::rate_limiter_client::RateLimiterClient::connect(format!("http://{}", s.addr))
-        .await
-        .expect("connect")
-}
-
 fn req(subject: &str) -> pb::LimitRequest {
     pb::LimitRequest {
         subject: subject.into(),
@@ -57,28 +49,6 @@ async fn left(c: &mut pb::rate_limiter_client::RateLimiterClient<Channel>, subje
         .expect("check")
         .into_inner();
     d.limits[0].remaining.expect("limited")
-}
-
-async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn store_health(s: &Served) -> i32 {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
-    h.check(tonic_health::pb::HealthCheckRequest {
-        service: "tollgate.store".into(),
-    })
-    .await
-    .map_or(-1, |r| r.into_inner().status)
 }
 
 /// A metric's value from the server's `/metrics`.
@@ -105,7 +75,7 @@ async fn queued_decisions_are_no_store_failure_and_admit_exactly_the_limit() {
     for policy in ["open", "closed"] {
         let redis = RedisServer::start();
         let s = start(&redis, policy, "100ms");
-        let mut c = client(&s).await;
+        let mut c = s.client().await;
         until("a first decision", async || {
             c.check_limit(req("warm")).await.is_ok()
         })
@@ -165,7 +135,7 @@ async fn a_script_run_after_its_caller_was_answered_counts_nothing() {
     for policy in ["closed", "open"] {
         let redis = RedisServer::start();
         let s = start(&redis, policy, "200ms");
-        let mut c = client(&s).await;
+        let mut c = s.client().await;
         until("a first decision", async || {
             c.check_limit(req("warm")).await.is_ok()
         })
@@ -209,7 +179,7 @@ async fn redis_out_of_memory_shows_and_never_admits_past_a_limit() {
     for policy in ["open", "closed"] {
         let redis = RedisServer::start();
         let s = start(&redis, policy, "500ms");
-        let mut c = client(&s).await;
+        let mut c = s.client().await;
         until("a first decision", async || {
             c.check_limit(req("warm")).await.is_ok()
         })
@@ -218,7 +188,7 @@ async fn redis_out_of_memory_shows_and_never_admits_past_a_limit() {
             c.consume(req("k")).await.expect("consume");
         }
         until("the store reported serving", async || {
-            store_health(&s).await == 1
+            s.health_of("tollgate.store").await == 1
         })
         .await;
         redis
@@ -239,7 +209,7 @@ async fn redis_out_of_memory_shows_and_never_admits_past_a_limit() {
             (p, r) => panic!("{p}: {r:?}"),
         }
         until("the store reported not serving", async || {
-            store_health(&s).await == 2
+            s.health_of("tollgate.store").await == 2
         })
         .await;
         assert_eq!(metric(&s, "tollgate_store_refusing_writes").await, 1.0);
@@ -252,7 +222,7 @@ async fn redis_out_of_memory_shows_and_never_admits_past_a_limit() {
         })
         .await;
         until("the store reported serving again", async || {
-            store_health(&s).await == 1
+            s.health_of("tollgate.store").await == 1
         })
         .await;
         assert_eq!(metric(&s, "tollgate_store_refusing_writes").await, 0.0);

@@ -5,12 +5,11 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::process::{Served, serve};
+use support::process::{Served, serve, until};
 use support::redis::RedisServer;
 use tollgate::proto::tollgate::v1 as pb;
-use tonic::transport::Channel;
 
 const CONFIG: &str = "plans: { free: { limits: [ { rate: 1000/day } ] } }\n";
 
@@ -34,12 +33,6 @@ fn start(redis: &RedisServer, policy: &str) -> Served {
     ])
 }
 
-async fn client(s: &Served) -> pb::rate_limiter_client::RateLimiterClient<Channel> {
-    pb::rate_limiter_client::RateLimiterClient::connect(format!("http://{}", s.addr))
-        .await
-        .expect("connect")
-}
-
 fn req() -> pb::LimitRequest {
     pb::LimitRequest {
         subject: "k".into(),
@@ -51,37 +44,15 @@ fn remaining(d: &pb::Decision) -> Option<u64> {
     d.limits.first().and_then(|l| l.remaining)
 }
 
-async fn store_health(s: &Served) -> i32 {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
-    h.check(tonic_health::pb::HealthCheckRequest {
-        service: "tollgate.store".into(),
-    })
-    .await
-    .map_or(-1, |r| r.into_inner().status)
-}
-
-async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_closed_answers_unavailable_fast_then_resumes() {
     let mut redis = RedisServer::start();
     let s = start(&redis, "closed");
-    let mut c = client(&s).await;
+    let mut c = s.client().await;
     // The first call also connects; on a busy machine it may need a retry.
     until("a first decision", async || c.consume(req()).await.is_ok()).await;
     until("the store reported serving", async || {
-        store_health(&s).await == 1
+        s.health_of("tollgate.store").await == 1
     })
     .await;
 
@@ -96,7 +67,7 @@ async fn failing_closed_answers_unavailable_fast_then_resumes() {
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     }
     until("the store reported down", async || {
-        store_health(&s).await == 2
+        s.health_of("tollgate.store").await == 2
     })
     .await;
     // Over HTTP: 503 with the error body, and the health check fails.
@@ -114,7 +85,7 @@ async fn failing_closed_answers_unavailable_fast_then_resumes() {
     let b = remaining(&c.consume(req()).await.expect("consume").into_inner());
     assert_eq!(a.map(|a| a - 1), b);
     until("the store reported serving again", async || {
-        store_health(&s).await == 1
+        s.health_of("tollgate.store").await == 1
     })
     .await;
     let r = support::http::get(s.http_addr(), "/healthcheck", &[]).await;
@@ -125,7 +96,7 @@ async fn failing_closed_answers_unavailable_fast_then_resumes() {
 async fn failing_open_admits_through_an_outage_under_load() {
     let mut redis = RedisServer::start();
     let s = start(&redis, "open");
-    let c = client(&s).await;
+    let c = s.client().await;
     // Every answer's remaining, in order, while the load runs.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -177,7 +148,7 @@ async fn starts_while_redis_is_down_and_counts_once_it_is_up() {
     let mut redis = RedisServer::start();
     redis.kill();
     let s = start(&redis, "closed");
-    let mut c = client(&s).await;
+    let mut c = s.client().await;
     let err = c.consume(req()).await.expect_err("no store yet");
     assert_eq!(err.code(), tonic::Code::Unavailable);
     redis.restart();

@@ -30,6 +30,48 @@ impl Served {
     }
 }
 
+impl Served {
+    /// A `tollgate.v1` client of this server.
+    pub async fn client(
+        &self,
+    ) -> tollgate::proto::tollgate::v1::rate_limiter_client::RateLimiterClient<
+        tonic::transport::Channel,
+    > {
+        tollgate::proto::tollgate::v1::rate_limiter_client::RateLimiterClient::connect(format!(
+            "http://{}",
+            self.addr
+        ))
+        .await
+        .expect("connect")
+    }
+
+    /// The health of `service` as this server reports it; -1 when it does
+    /// not answer.
+    pub async fn health_of(&self, service: &str) -> i32 {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+        h.check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map_or(-1, |r| r.into_inner().status)
+    }
+}
+
+/// Polls `f` until it holds, for at most a minute (generous for a busy
+/// machine), failing with `what`.
+pub async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A failed test never leaves its server running.
 impl Drop for Served {
     fn drop(&mut self) {

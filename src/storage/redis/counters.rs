@@ -128,7 +128,12 @@ impl SharedCounters {
         };
         match self.batcher.decide(job).await {
             Ok(r) => {
-                if r.1.counted && self.refusing.swap(false, Ordering::Relaxed) {
+                // Read first: a write per decision would bounce the cache
+                // line between every worker.
+                if r.1.counted
+                    && self.refusing.load(Ordering::Relaxed)
+                    && self.refusing.swap(false, Ordering::Relaxed)
+                {
                     tracing::info!(store = %self.store.url(), "the counter store accepts writes again");
                 }
                 Ok(r)
