@@ -102,7 +102,7 @@ impl SharedCounters {
     }
 
     /// Runs `counters` on Redis by `deadline` (its caller's; else within
-    /// [`batch::QUEUED_AT_MOST`]); when Redis fails, applies the failure
+    /// a second); when Redis fails, applies the failure
     /// policy (`now` is the local clock, for an admitted request's answer).
     /// A decision that expired before Redis was asked is an error whatever
     /// the policy: Redis did not fail, and admitting it would count nothing.
