@@ -153,8 +153,11 @@ pub(crate) struct Serve {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) body_read_timeout: Duration,
     /// How long a gRPC client has to send the HTTP/2 connection preface (the
-    /// TLS handshake included, with TLS); then the connection is closed.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// TLS handshake included, with TLS); then the connection is closed. A
+    /// duration, as the other timeouts.
+    // TIME, not DURATION: the longest flag sets the help's layout, and one
+    // this long would push every description onto its own line.
+    #[arg(long, value_name = "TIME", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) http2_preface_timeout: Duration,
     #[command(flatten)]
     pub(crate) envoy: EnvoyArgs,
