@@ -7,6 +7,7 @@
 #
 # Rows: Consume and ShouldRateLimit with one key (h2load); ShouldRateLimit
 # over 1,000,000 distinct keys, warm, and the server's memory per counter
+# (steady and peak, with the journal on and off)
 # (examples/load.rs); latency at one call in flight (one connection, one call
 # at a time); Decide streams; Consume counted in Redis, with Redis's CPU time
 # per decision (INFO commandstats and INFO cpu over the run).
@@ -59,6 +60,7 @@ h2() { # path, body: calls/s
 }
 load() { taskset -c 1 target/release/examples/load "$addr" "$@"; }
 rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$pid/status"; }
+hwm() { awk '/VmHWM/ {print $2 * 1024}' "/proc/$pid/status"; }
 
 consume=tollgate.v1.RateLimiter/Consume
 rls=envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit
@@ -81,13 +83,24 @@ row "tollgate: latency, ShouldRateLimit" "$(load latency --path envoy --calls 20
 row "tollgate: Decide stream (8 streams)" "$(load stream --keys 1000 --seconds 5 | cut -d: -f2-)"
 stop
 
-start tollgate-keys "${tollgate[@]}" --state "$work/state-keys.redb"
-before="$(rss)"
-out="$(load envoy --keys "$keys" --warm --seconds 10 2>/dev/null | cut -d: -f2-)"
-after="$(rss)"
-row "tollgate: ShouldRateLimit, $keys keys, warm" "$out"
-row "tollgate: server memory per Envoy counter" "$(( (after - before) / keys )) B (RSS growth / keys)"
-stop
+# Memory per counter: one hour-long counter per key, so all of them are held
+# when memory is read. Steady is VmRSS after the load, peak VmHWM; both less
+# the server's RSS before it. With the journal (the default) and without.
+keyed=(target/release/tollgate serve --listen 127.0.0.1:0 --config scripts/load.yaml
+    --envoy-config scripts/load-rules-hour --log-format text --max-counters 2000000)
+for journal in on off; do
+    flags=()
+    [ "$journal" = off ] && flags=(--journal-interval 0)
+    start "tollgate-keys-$journal" "${keyed[@]}" --state "$work/keys-$journal.redb" "${flags[@]}"
+    before="$(rss)"
+    out="$(load envoy --keys "$keys" --warm --seconds 10 2>/dev/null | cut -d: -f2-)"
+    sleep 2 # one more journal flush
+    steady="$(rss)" peak="$(hwm)"
+    [ "$journal" = on ] && row "tollgate: ShouldRateLimit, $keys keys, warm" "$out"
+    row "tollgate: memory per counter, journal $journal" \
+        "steady $(( (steady - before) / keys )) B, peak $(( (peak - before) / keys )) B"
+    stop
+done
 
 # The same Consume counted in Redis (redis-server shares CPU 1 with the load).
 if command -v redis-server >/dev/null; then

@@ -150,7 +150,8 @@ pub enum Error {
 /// What a restore found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Restored {
-    /// Counters restored (rows read and still live).
+    /// Counters held once restored: a counter the journal wrote many times
+    /// counts once.
     pub counters: usize,
     /// The file they came from.
     pub from: Option<PathBuf>,
@@ -263,6 +264,7 @@ impl Persistence {
                 }
             }
         }
+        restored.counters = store.len();
         self.step(Step::Restored)?;
         let epoch = journal_epoch.max(snapshot_epoch).unwrap_or(0) + 1;
         *self.epoch.lock() = epoch;

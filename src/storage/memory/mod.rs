@@ -40,9 +40,12 @@ mod rows;
 
 pub use rows::Row;
 
-/// Estimated bytes per counter, all-in, for sizing `--max-memory`; measured by
-/// `benches/engine.rs` with one million subjects.
-pub const BYTES_PER_COUNTER: usize = 200;
+/// Estimated bytes per counter, all-in, for sizing `--max-memory`. Measured
+/// by `scripts/load.sh` (server RSS growth): ~150 bytes with 1,000,000 live
+/// Envoy counters, journal on, peak and steady alike; ~185 at the cap while
+/// junk keys churn it (freed entries, change lists, the eviction sketch).
+/// The server's own footprint (runtime, connections, buffers) is not in it.
+pub const BYTES_PER_COUNTER: usize = 192;
 
 /// The fewest counters a store is sized for: a smaller size is rounded up.
 pub const MIN_COUNTERS: usize = 1024;
@@ -60,7 +63,10 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Shard {
-    table: HashTable<Entry>,
+    /// Entries boxed: the table itself stays small (a pointer a bucket), so
+    /// its half-empty buckets after a doubling, and the old and new tables
+    /// side by side while it grows, cost pointers rather than whole entries.
+    table: HashTable<Box<Entry>>,
     cells: usize,
     /// Counts decisions in this shard; stamps entries for LRU eviction.
     tick: u64,
@@ -274,7 +280,7 @@ impl MemoryStore {
                 } else {
                     0
                 };
-                let entry = Entry {
+                let entry = Box::new(Entry {
                     scope: scope.into(),
                     expires_at: expiries.iter().copied().max().unwrap_or(0),
                     touched: *tick | mark,
@@ -286,7 +292,7 @@ impl MemoryStore {
                             state: *s,
                         })
                         .collect(),
-                };
+                });
                 *cells += entry.cells.len();
                 let hasher = &self.hasher;
                 table.insert_unique(hash, entry, |e| hasher.hash_one(e.scope.as_str()));
@@ -439,7 +445,9 @@ impl Entry {
 
 impl Shard {
     fn find_mut(&mut self, hash: u64, scope: &str) -> Option<&mut Entry> {
-        self.table.find_mut(hash, |e| e.scope.as_str() == scope)
+        self.table
+            .find_mut(hash, |e| e.scope.as_str() == scope)
+            .map(|e| &mut **e)
     }
 
     /// Stores `state` for `key`; returns whether a new cell was added.
@@ -460,11 +468,13 @@ impl Shard {
                 |e| e.scope.as_str() == key.scope,
                 |e| hasher.hash_one(e.scope.as_str()),
             )
-            .or_insert_with(|| Entry {
-                scope: key.scope.into(),
-                expires_at: 0,
-                touched: tick,
-                cells: SmallVec::new(),
+            .or_insert_with(|| {
+                Box::new(Entry {
+                    scope: key.scope.into(),
+                    expires_at: 0,
+                    touched: tick,
+                    cells: SmallVec::new(),
+                })
             })
             .into_mut();
         if self.track {
