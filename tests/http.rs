@@ -286,6 +286,20 @@ async fn admin_needs_the_bearer_token_and_answers_as_grpc() {
     let r = get(http, "/v1/admin/set-plan", &[("authorization", &auth)]).await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
+    let r = send(
+        http,
+        "DELETE",
+        "/v1/admin/list-plans",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, POST"));
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let shouted = auth.replacen("Bearer", "BEARER", 1);
+    let r = get(http, "/v1/admin/list-plans", &[("authorization", &shouted)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     s.stop().await;
 
     let (s, http) = start_with(PLANS, None).await;

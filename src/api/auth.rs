@@ -37,11 +37,7 @@ impl AdminAuth {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
+            .and_then(bearer_token);
         match presented {
             Some(p) if bool::from(p.as_bytes().ct_eq(token)) => Ok(request),
             Some(_) => Err(Status::unauthenticated("invalid admin token")),
@@ -59,4 +55,12 @@ impl std::fmt::Debug for AdminAuth {
             .field("enabled", &self.token.is_some())
             .finish()
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110 §11.1). `None` for another scheme or no token.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }

@@ -39,34 +39,145 @@ pub fn load(path: &Path, slots: &SlotRegistry) -> Result<Catalog, Error> {
     parse(&path.display().to_string(), &text, slots)
 }
 
-/// Compiles `text`; `file` names it in errors.
+/// Compiles `text`; `file` names it in errors. Every problem is reported:
+/// unknown keys, and then what compiling the rest finds.
 pub fn parse(file: &str, text: &str, slots: &SlotRegistry) -> Result<Catalog, Error> {
-    let raw: raw::RawConfig = deserialize(file, text)?;
-    compile::compile(file, raw, slots).map_err(Error::Invalid)
+    let (raw, mut problems) = deserialize_all::<raw::RawConfig>(file, text);
+    let Some(raw) = raw else {
+        return Err(Error::Invalid(problems));
+    };
+    match compile::compile(file, raw, slots) {
+        Ok(catalog) if problems.is_empty() => Ok(catalog),
+        Ok(_) => Err(Error::Invalid(problems)),
+        Err(more) => {
+            problems.extend(more);
+            problems.sort_by_key(|p| p.line);
+            Err(Error::Invalid(problems))
+        }
+    }
 }
 
-/// Deserializes YAML `text` into `T`; a problem names `file`, the line and the field.
-pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+/// The most unknown keys read past in one file.
+const MAX_UNKNOWN_KEYS: usize = 100;
+
+/// Deserializes YAML `text` into `T`; a problem names `file`, the line and
+/// the field. It reads past unknown keys: each one is
+/// a problem, and the file is read again without it (blanked in place, so
+/// lines keep their numbers) to find the next. Any other problem ends the
+/// reading. The value is what the file holds without its unknown keys.
+pub(crate) fn deserialize_all<T: serde::de::DeserializeOwned>(
     file: &str,
     text: &str,
-) -> Result<T, Error> {
-    let mut path = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            path = e.path().to_string();
-            e.into_inner()
-        })
-    });
-    result.map_err(|e| {
-        let line = e.location().map_or(0, |l| l.line());
+) -> (Option<T>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut text = std::borrow::Cow::Borrowed(text);
+    loop {
+        let mut path = String::new();
+        let result = serde_saphyr::with_deserializer_from_str(&text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                path = e.path().to_string();
+                e.into_inner()
+            })
+        });
+        let e = match result {
+            Ok(value) => return (Some(value), problems),
+            Err(e) => e,
+        };
+        let location = e.location();
         let message = message_of(&e);
-        Error::Invalid(vec![Problem {
+        let line = location.map_or(0, |l| l.line());
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(key, _)| key.to_owned());
+        problems.push(Problem {
             file: file.to_owned(),
             line,
             field: without_spans(&path),
             message,
-        }])
-    })
+        });
+        let blanked = match (unknown, location) {
+            (Some(key), Some(l)) if problems.len() < MAX_UNKNOWN_KEYS => {
+                blank_key(&text, l.line(), l.column(), &key)
+            }
+            _ => None,
+        };
+        match blanked {
+            Some(next) => text = std::borrow::Cow::Owned(next),
+            None => return (None, problems),
+        }
+    }
+}
+
+/// `text` with the key `key` on line `line` (1-based, its column near
+/// `column`) and its value replaced by spaces: to the next `,` or closing
+/// bracket in a flow mapping, or to the end of the line and every line
+/// indented under it in a block. `None` when it cannot be found or its
+/// flow value spans lines.
+fn blank_key(text: &str, line: u64, column: u64, key: &str) -> Option<String> {
+    let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    let at = usize::try_from(line).ok()?.checked_sub(1)?;
+    let row = lines.get(at)?;
+    let near = usize::try_from(column).unwrap_or(0).saturating_sub(1);
+    let start = row
+        .match_indices(key)
+        .map(|(i, _)| i)
+        .filter(|&i| {
+            // The key, perhaps quoted, then a colon.
+            let rest = row[i + key.len()..].trim_start_matches(['"', '\'']);
+            rest.trim_start().starts_with(':')
+        })
+        .min_by_key(|&i| i.abs_diff(near))?;
+    // Inside a flow mapping when a `{` before it is still open.
+    let before = &row[..start];
+    let open = before.matches('{').count() > before.matches('}').count();
+    let start = if before.ends_with(['"', '\'']) {
+        start - 1
+    } else {
+        start
+    };
+    if open {
+        let mut depth = 0i32;
+        let mut quote = None;
+        let mut end = None;
+        for (i, c) in row[start..].char_indices() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '{' | '[') => depth += 1,
+                (None, '}' | ']') if depth == 0 => {
+                    end = Some(start + i);
+                    break;
+                }
+                (None, '}' | ']') => depth -= 1,
+                (None, ',') if depth == 0 => {
+                    end = Some(start + i + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let end = end?;
+        let row = &mut lines[at];
+        row.replace_range(start..end, &" ".repeat(end - start));
+    } else {
+        let indent = start;
+        let row = &mut lines[at];
+        let width = row.len() - start;
+        row.replace_range(start.., &" ".repeat(width));
+        for next in lines.iter_mut().skip(at + 1) {
+            let trimmed = next.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            if next.len() - trimmed.len() <= indent {
+                break;
+            }
+            next.clear();
+        }
+    }
+    Some(lines.join("\n"))
 }
 
 /// A YAML reading limit in plain words (the parser's own message is

@@ -40,14 +40,10 @@ impl RuleSet {
         let mut set = Self::empty(slots);
         let mut problems = Vec::new();
         for (file, text) in files {
-            let raw: RawFile = match config::deserialize(file, text) {
-                Ok(raw) => raw,
-                Err(Error::Invalid(mut list)) => {
-                    problems.append(&mut list);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            // Unknown keys are problems; the rest of the file is still checked.
+            let (raw, mut list) = config::deserialize_all::<RawFile>(file, text);
+            problems.append(&mut list);
+            let Some(raw) = raw else { continue };
             let mut c = Compiler {
                 file,
                 slots,

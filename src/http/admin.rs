@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
@@ -44,116 +45,136 @@ async fn dispatch(
     h: HeaderMap,
     b: Body,
 ) -> Response {
-    let name: String = method
-        .chars()
-        .filter(|c| !matches!(c, '-' | '_'))
-        .collect::<String>()
-        .to_ascii_lowercase();
-    let allowed = verb == Method::POST || (verb == Method::GET && name == "listplans");
-    if !allowed && METHODS.contains(&name.as_str()) {
-        let mut response = super::error_with(
-            StatusCode::METHOD_NOT_ALLOWED,
-            tonic::Code::InvalidArgument,
-            &format!("/v1/admin/{method}: use POST"),
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return response;
-    }
-    match name.as_str() {
-        "setplan" => {
-            call(
-                s,
-                p,
-                h,
-                b,
-                ("SetPlanRequest", "SetPlanResponse"),
-                |a, r| async move { Admin::set_plan(&*a, r).await },
-            )
-            .await
-        }
-        "getsubject" => {
-            call(
-                s,
-                p,
-                h,
-                b,
-                ("GetSubjectRequest", "SubjectState"),
-                |a, r| async move { Admin::get_subject(&*a, r).await },
-            )
-            .await
-        }
-        "setoverride" => {
-            call(s, p, h, b, ("Override", "Override"), |a, r| async move {
-                Admin::set_override(&*a, r).await
-            })
-            .await
-        }
-        "removeoverride" => {
-            call(
-                s,
-                p,
-                h,
-                b,
-                ("RemoveOverrideRequest", "RemoveOverrideResponse"),
-                |a, r| async move { Admin::remove_override(&*a, r).await },
-            )
-            .await
-        }
-        "resetusage" => {
-            call(
-                s,
-                p,
-                h,
-                b,
-                ("ResetUsageRequest", "ResetUsageResponse"),
-                |a, r| async move { Admin::reset_usage(&*a, r).await },
-            )
-            .await
-        }
-        "listplans" => {
-            call(
-                s,
-                p,
-                h,
-                b,
-                ("ListPlansRequest", "ListPlansResponse"),
-                |a, r| async move { Admin::list_plans(&*a, r).await },
-            )
-            .await
-        }
-        "reloadconfig" => {
-            call(
-                s,
-                p,
-                h,
-                b,
-                ("ReloadConfigRequest", "ReloadConfigResponse"),
-                |a, r| async move { Admin::reload_config(&*a, r).await },
-            )
-            .await
-        }
-        _ => super::error_with(
+    let Some(found) = AdminMethod::named(&method) else {
+        let names: Vec<&str> = METHODS.iter().map(|m| m.path).collect();
+        return super::error_with(
             StatusCode::NOT_FOUND,
             tonic::Code::NotFound,
             &format!(
-                "/v1/admin/{method}: no such method; the methods are set-plan, get-subject, set-override, remove-override, reset-usage, list-plans, reload-config"
+                "/v1/admin/{method}: no such method; the methods are {}",
+                names.join(", ")
             ),
-        ),
+        );
+    };
+    if verb != Method::POST && !(found.get && verb == Method::GET) {
+        let allow = if found.get { "GET, POST" } else { "POST" };
+        let mut response = super::error_with(
+            StatusCode::METHOD_NOT_ALLOWED,
+            tonic::Code::InvalidArgument,
+            &format!("/v1/admin/{method}: use {}", allow.replace(", ", " or ")),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        return response;
     }
+    (found.call)(s, p, h, b).await
 }
 
-/// The admin methods, lowercased without separators.
-const METHODS: &[&str] = &[
-    "setplan",
-    "getsubject",
-    "setoverride",
-    "removeoverride",
-    "resetusage",
-    "listplans",
-    "reloadconfig",
+/// One admin method under `/v1/admin/`.
+struct AdminMethod {
+    /// Its path, in kebab case.
+    path: &'static str,
+    /// Whether `GET` reaches it too (it changes nothing).
+    get: bool,
+    call: Handler,
+}
+
+type Handler = fn(
+    State<Services>,
+    ConnectInfo<SocketAddr>,
+    HeaderMap,
+    Body,
+) -> Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// Every admin method, once: the routes, the `Allow` header and the
+/// not-found message are read from here.
+const METHODS: &[AdminMethod] = &[
+    AdminMethod {
+        path: "set-plan",
+        get: false,
+        call: |s, p, h, b| {
+            let names = ("SetPlanRequest", "SetPlanResponse");
+            Box::pin(call(s, p, h, b, names, |a, r| async move {
+                Admin::set_plan(&*a, r).await
+            }))
+        },
+    },
+    AdminMethod {
+        path: "get-subject",
+        get: false,
+        call: |s, p, h, b| {
+            let names = ("GetSubjectRequest", "SubjectState");
+            Box::pin(call(s, p, h, b, names, |a, r| async move {
+                Admin::get_subject(&*a, r).await
+            }))
+        },
+    },
+    AdminMethod {
+        path: "set-override",
+        get: false,
+        call: |s, p, h, b| {
+            let names = ("Override", "Override");
+            Box::pin(call(s, p, h, b, names, |a, r| async move {
+                Admin::set_override(&*a, r).await
+            }))
+        },
+    },
+    AdminMethod {
+        path: "remove-override",
+        get: false,
+        call: |s, p, h, b| {
+            let names = ("RemoveOverrideRequest", "RemoveOverrideResponse");
+            Box::pin(call(s, p, h, b, names, |a, r| async move {
+                Admin::remove_override(&*a, r).await
+            }))
+        },
+    },
+    AdminMethod {
+        path: "reset-usage",
+        get: false,
+        call: |s, p, h, b| {
+            let names = ("ResetUsageRequest", "ResetUsageResponse");
+            Box::pin(call(s, p, h, b, names, |a, r| async move {
+                Admin::reset_usage(&*a, r).await
+            }))
+        },
+    },
+    AdminMethod {
+        path: "list-plans",
+        get: true,
+        call: |s, p, h, b| {
+            let names = ("ListPlansRequest", "ListPlansResponse");
+            Box::pin(call(s, p, h, b, names, |a, r| async move {
+                Admin::list_plans(&*a, r).await
+            }))
+        },
+    },
+    AdminMethod {
+        path: "reload-config",
+        get: false,
+        call: |s, p, h, b| {
+            let names = ("ReloadConfigRequest", "ReloadConfigResponse");
+            Box::pin(call(s, p, h, b, names, |a, r| async move {
+                Admin::reload_config(&*a, r).await
+            }))
+        },
+    },
 ];
+
+impl AdminMethod {
+    /// The method `name` spells in any case, with or without `-` or `_`.
+    fn named(name: &str) -> Option<&'static Self> {
+        let key = |s: &str| -> String {
+            s.chars()
+                .filter(|c| !matches!(c, '-' | '_'))
+                .map(|c| c.to_ascii_lowercase())
+                .collect()
+        };
+        let wanted = key(name);
+        METHODS.iter().find(|m| key(m.path) == wanted)
+    }
+}
 
 /// Decodes the body as `tollgate.v1.<names.0>`, checks the token, calls `f`
 /// and answers `tollgate.v1.<names.1>` or the error table's status.

@@ -223,11 +223,8 @@ fn source(
 ) -> Result<Option<String>, Refused> {
     Ok(match from {
         HeaderSource::Header(name) => text(headers, name)?.filter(|v| !v.trim().is_empty()),
-        HeaderSource::Bearer => text(headers, "authorization")?.and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            let token = token.trim();
-            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
-        }),
+        HeaderSource::Bearer => text(headers, "authorization")?
+            .and_then(|v| crate::api::auth::bearer_token(&v).map(str::to_owned)),
         HeaderSource::ClientIp => Some(client_ip(config, headers, peer)?.to_string()),
     })
 }

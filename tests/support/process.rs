@@ -113,8 +113,14 @@ pub fn serve_env(args: &[&str], env: &[(&str, &str)]) -> Served {
     for var in ["HOST", "PORT"] {
         command.env_remove(var);
     }
+    command.envs(env.iter().copied());
+    started(command)
+}
+
+/// Spawns `command`, a tollgate however it is wrapped, and reads its log
+/// until it says where it listens.
+pub fn started(mut command: Command) -> Served {
     let mut child = command
-        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .expect("tollgate starts");
