@@ -24,6 +24,8 @@
 //!   build the decision and its headers.
 //! - [`metrics`]: Prometheus counters and gauges, and their endpoint.
 //! - [`watch`]: the quota hub behind `WatchQuota`: a snapshot, then changes.
+//! - [`sink`]: where every door hands each finished decision, once; the
+//!   metrics and the hub consume it.
 //! - [`status`]: the one table from [`error::Error`] to gRPC statuses.
 //! - [`api`] and [`envoy`]: the services, side by side and independent:
 //!   `tollgate.v1` and Envoy's rate limit service (RLS v3).
@@ -58,6 +60,8 @@ pub mod limiter;
 pub mod metrics;
 
 pub mod watch;
+
+pub mod sink;
 
 pub mod status;
 

@@ -54,17 +54,22 @@ pub struct DecisionLabels {
 }
 
 impl DecisionLabels {
+    /// The `verdict` label of `verdict`.
+    pub fn verdict(verdict: crate::limiter::Verdict) -> &'static str {
+        use crate::limiter::Verdict;
+        match verdict {
+            Verdict::Allowed => "allowed",
+            Verdict::RateLimited => "rate_limited",
+            Verdict::NotInPlan => "not_in_plan",
+            Verdict::TooLarge => "too_large",
+        }
+    }
+
     /// The labels of `decision`, made through `rpc`.
     pub fn of(rpc: &'static str, decision: &crate::limiter::Decision) -> Self {
-        use crate::limiter::Verdict;
         Self {
             rpc,
-            verdict: match decision.verdict {
-                Verdict::Allowed => "allowed",
-                Verdict::RateLimited => "rate_limited",
-                Verdict::NotInPlan => "not_in_plan",
-                Verdict::TooLarge => "too_large",
-            },
+            verdict: Self::verdict(decision.verdict),
             plan: Label(decision.plan.clone()),
             class: decision.class.clone().map_or_else(Label::empty, Label),
         }

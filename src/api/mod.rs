@@ -21,8 +21,8 @@ use tracing::{Span, field::Empty, instrument};
 use crate::engine::Mode;
 use crate::error::Error;
 use crate::limiter::{Decision, Limiter};
-use crate::metrics::{DecisionLabels, Metrics};
 use crate::proto::tollgate::v1 as pb;
+use crate::sink::{Decided, Door, Sink, What};
 use crate::watch::{Hub, QuotaStream};
 use pb::rate_limiter_server::RateLimiter;
 
@@ -31,7 +31,7 @@ use pb::rate_limiter_server::RateLimiter;
 pub struct RateLimiterService {
     limiter: Arc<Limiter>,
     hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
+    sink: Sink,
     stopping: CancellationToken,
 }
 
@@ -47,26 +47,30 @@ pub struct QuotaUpdates {
 // === impl RateLimiterService ===
 
 impl RateLimiterService {
-    /// The service over `limiter`, telling `hub` of consumption and
-    /// counting decisions in `metrics`; its `Decide` streams end when
-    /// `stopping` is cancelled.
+    /// The service over `limiter`, handing every decision to `sink` and
+    /// watchers to `hub`; its `Decide` streams end when `stopping` is
+    /// cancelled.
     pub fn new(
         limiter: Arc<Limiter>,
         hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
+        sink: Sink,
         stopping: CancellationToken,
     ) -> Self {
         Self {
             limiter,
             hub,
-            metrics,
+            sink,
             stopping,
         }
     }
 
-    #[instrument(level = "debug", name = "decide", skip_all, fields(rpc = ?mode, subject = Empty, resource = Empty, plan = Empty, class = Empty, verdict = Empty))]
-    pub(crate) async fn decide_domain(
+    /// Decides `request` for `door`: the one path of every `tollgate.v1`
+    /// decision, whichever door it came through, and the one place that
+    /// hands it to the sink.
+    #[instrument(level = "debug", name = "decide", skip_all, fields(door = door.name(), mode = ?mode, subject = Empty, resource = Empty, plan = Empty, class = Empty, verdict = Empty))]
+    pub async fn decide_request(
         &self,
+        door: Door,
         mode: Mode,
         request: &pb::LimitRequest,
         deadline: Option<tokio::time::Instant>,
@@ -76,16 +80,15 @@ impl RateLimiterService {
         span.record("subject", domain.subject);
         let started = Instant::now();
         let decision = self.limiter.decide(mode, &domain).await?;
-        let rpc = match mode {
-            Mode::Check => "check",
-            Mode::Consume => "consume",
-            Mode::Record => "record",
-        };
-        self.metrics
-            .decision(&DecisionLabels::of(rpc, &decision), started.elapsed());
-        if mode != Mode::Check && decision.counted {
-            self.hub.consumed(domain.subject, domain.account);
-        }
+        self.sink.decided(&Decided {
+            door,
+            mode,
+            took: started.elapsed(),
+            what: What::Plan {
+                request: &domain,
+                decision: &decision,
+            },
+        });
         span.record("plan", &*decision.plan);
         span.record("class", decision.class.as_deref().unwrap_or(""));
         span.record("verdict", tracing::field::debug(decision.verdict));
@@ -93,25 +96,30 @@ impl RateLimiterService {
         Ok(decision)
     }
 
-    async fn decide_one(
+    /// [`Self::decide_request`], as the generated `tollgate.v1.Decision`.
+    async fn decide_message(
         &self,
+        door: Door,
         mode: Mode,
         request: &pb::LimitRequest,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<pb::Decision, Error> {
-        self.decide_domain(mode, request, deadline)
+        self.decide_request(door, mode, request, deadline)
             .await
             .map(convert::decision)
     }
 
-    async fn decide(
+    /// A unary call through the generated server. gRPC's unary calls are
+    /// served by [`unary::Decisions`], which answers straight from the
+    /// decision; this is the same decision for a caller of the trait.
+    async fn unary_decision(
         &self,
         mode: Mode,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
         let deadline = crate::status::deadline(request.metadata());
         Ok(Response::new(
-            self.decide_one(mode, &request.into_inner(), deadline)
+            self.decide_message(Door::Unary, mode, &request.into_inner(), deadline)
                 .await?,
         ))
     }
@@ -143,21 +151,21 @@ impl RateLimiter for RateLimiterService {
         &self,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        self.decide(Mode::Check, request).await
+        self.unary_decision(Mode::Check, request).await
     }
 
     async fn consume(
         &self,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        self.decide(Mode::Consume, request).await
+        self.unary_decision(Mode::Consume, request).await
     }
 
     async fn record(
         &self,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        self.decide(Mode::Record, request).await
+        self.unary_decision(Mode::Record, request).await
     }
 
     type WatchQuotaStream = QuotaUpdates;
@@ -187,7 +195,7 @@ impl RateLimiter for RateLimiterService {
     ) -> Result<Response<pb::ConsumeBatchResponse>, Status> {
         let deadline = crate::status::deadline(request.metadata());
         Ok(Response::new(
-            self.consume_batch(request.into_inner(), deadline).await?,
+            self.batch(request.into_inner(), deadline).await?,
         ))
     }
 }

@@ -25,6 +25,7 @@ use super::RateLimiterService;
 use crate::engine::Mode;
 use crate::error::Error;
 use crate::proto::tollgate::v1 as pb;
+use crate::sink::Door;
 
 /// Decisions of one stream under way at once.
 pub const IN_FLIGHT: usize = 64;
@@ -76,6 +77,7 @@ impl RateLimiterService {
                     let message = message?;
                     Ok(this
                         .answer(
+                            Door::DecideStream,
                             message.id,
                             mode(message.mode),
                             message.request.as_ref(),
@@ -90,7 +92,7 @@ impl RateLimiterService {
     }
 
     /// Every request of `batch` consumed on its own, in order.
-    pub(super) async fn consume_batch(
+    pub(super) async fn batch(
         &self,
         batch: pb::ConsumeBatchRequest,
         deadline: Option<tokio::time::Instant>,
@@ -107,8 +109,14 @@ impl RateLimiterService {
         let mut results = Vec::with_capacity(batch.requests.len());
         for (i, request) in batch.requests.iter().enumerate() {
             results.push(
-                self.answer(i as u64, Ok(Mode::Consume), Some(request), deadline)
-                    .await,
+                self.answer(
+                    Door::ConsumeBatch,
+                    i as u64,
+                    Ok(Mode::Consume),
+                    Some(request),
+                    deadline,
+                )
+                .await,
             );
         }
         Ok(pb::ConsumeBatchResponse { results })
@@ -117,6 +125,7 @@ impl RateLimiterService {
     /// One answer: the decision, or the error the unary call would give.
     async fn answer(
         &self,
+        door: Door,
         id: u64,
         mode: Result<Mode, Error>,
         request: Option<&pb::LimitRequest>,
@@ -125,7 +134,7 @@ impl RateLimiterService {
         let decided = match (mode, request) {
             (Err(e), _) => Err(e),
             (Ok(_), None) => Err(Error::invalid("request", "required")),
-            (Ok(mode), Some(request)) => self.decide_one(mode, request, deadline).await,
+            (Ok(mode), Some(request)) => self.decide_message(door, mode, request, deadline).await,
         };
         match decided {
             Ok(decision) => pb::DecideResponse {

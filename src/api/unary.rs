@@ -16,6 +16,7 @@ use super::wire::Answer;
 use crate::engine::Mode;
 use crate::proto::LeanCodec;
 use crate::proto::tollgate::v1 as pb;
+use crate::sink::Door;
 use pb::rate_limiter_server::RateLimiterServer;
 
 /// The `tollgate.v1.RateLimiter` service.
@@ -89,7 +90,7 @@ impl UnaryService<pb::LimitRequest> for Decide {
         Box::pin(async move {
             let deadline = crate::status::deadline(request.metadata());
             let decision = service
-                .decide_domain(mode, request.get_ref(), deadline)
+                .decide_request(Door::Unary, mode, request.get_ref(), deadline)
                 .await?;
             Ok(Response::new(Answer::new(decision)))
         })

@@ -19,13 +19,12 @@ use crate::engine::{Algorithm, CounterKey, Item, Mode, Rate, clock::SECOND};
 use crate::error::Error;
 use crate::limiter::route::{self, Items};
 use crate::limiter::{self, Limiter, Pressure};
-use crate::metrics::{DecisionLabels, Label, Metrics};
 use crate::plans::{Counted, EnvoyDomain};
 use crate::proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor,
 };
 use crate::proto::envoy::service::ratelimit::v3 as pb;
-use crate::watch::Hub;
+use crate::sink::{Decided, Door, Sink, What};
 use pb::rate_limit_response::{Code, DescriptorStatus};
 
 /// `envoy.service.ratelimit.v3.RateLimitService`.
@@ -34,8 +33,7 @@ pub struct EnvoyService {
     limiter: Arc<Limiter>,
     rules: Arc<RuleSource>,
     options: Options,
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
+    sink: Sink,
 }
 
 // === impl EnvoyService ===
@@ -46,15 +44,13 @@ impl EnvoyService {
         limiter: Arc<Limiter>,
         rules: Arc<RuleSource>,
         options: Options,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
+        sink: Sink,
     ) -> Self {
         Self {
             limiter,
             rules,
             options,
-            hub,
-            metrics,
+            sink,
         }
     }
 
@@ -83,16 +79,16 @@ impl EnvoyService {
         let started = Instant::now();
         let answers = self.rule_domain(&self.rules.current(), r, deadline).await?;
         let response = self.overall(r, answers);
-        let over = response.overall_code == Code::OverLimit as i32;
-        self.metrics.decision(
-            &DecisionLabels {
-                rpc: "should_rate_limit",
-                verdict: if over { "rate_limited" } else { "allowed" },
-                plan: Label::empty(),
-                class: Label::empty(),
+        let counts = r.descriptors.iter().any(|d| hits(r, d) != 0);
+        self.sink.decided(&Decided {
+            door: Door::EnvoyRules,
+            mode: if counts { Mode::Consume } else { Mode::Check },
+            took: started.elapsed(),
+            what: What::Rules {
+                domain: &r.domain,
+                over_limit: response.overall_code == Code::OverLimit as i32,
             },
-            started.elapsed(),
-        );
+        });
         Ok(response)
     }
 
@@ -334,13 +330,15 @@ impl EnvoyService {
             };
             let started = Instant::now();
             let decision = self.limiter.decide(mode, &request).await?;
-            self.metrics.decision(
-                &DecisionLabels::of("should_rate_limit", &decision),
-                started.elapsed(),
-            );
-            if decision.counted {
-                self.hub.consumed(request.subject, request.account);
-            }
+            self.sink.decided(&Decided {
+                door: Door::EnvoyPlans,
+                mode,
+                took: started.elapsed(),
+                what: What::Plan {
+                    request: &request,
+                    decision: &decision,
+                },
+            });
             answers.push(plan_answer(&decision, self.limiter.now()));
         }
         Ok(answers)

@@ -49,12 +49,14 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tonic::{Request, Status};
+use tonic::Status;
 
 use super::{Services, error};
+use crate::api::convert;
+use crate::engine::Mode;
 use crate::plans::{Catalog, ForwardAuth, HeaderSource};
 use crate::proto::tollgate::v1 as pb;
-use pb::rate_limiter_server::RateLimiter;
+use crate::sink::Door;
 
 /// The request header asking for denials as 403, for gateways that pass on
 /// only 2xx, 401 and 403 (nginx's `auth_request`).
@@ -104,9 +106,13 @@ pub async fn forward_auth(
             return failed(&Status::invalid_argument(message), denials);
         }
     };
-    match RateLimiter::consume(&*s.rate_limiter, Request::new(request)).await {
-        Ok(d) => answer(&d.into_inner(), denials),
-        Err(e) => failed(&e, denials),
+    let decided = s
+        .rate_limiter
+        .decide_request(Door::ForwardAuth, Mode::Consume, &request, None)
+        .await;
+    match decided {
+        Ok(d) => answer(&convert::decision(d), denials),
+        Err(e) => failed(&Status::from(e), denials),
     }
 }
 

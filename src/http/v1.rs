@@ -7,57 +7,49 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use tonic::{Request, Status};
+use tonic::Status;
 
 use super::{Services, error, json, read_body};
+use crate::api::convert;
+use crate::engine::Mode;
 use crate::proto::tollgate::v1 as pb;
-use pb::rate_limiter_server::RateLimiter;
+use crate::sink::Door;
 
 /// The message names, for [`json`].
 pub(super) const LIMIT_REQUEST: &str = "tollgate.v1.LimitRequest";
 pub(super) const DECISION: &str = "tollgate.v1.Decision";
 
-/// Which call.
-#[derive(Debug, Clone, Copy)]
-enum Call {
-    Check,
-    Consume,
-    Record,
-}
-
 /// `POST /v1/check`: `CheckLimit`.
 pub async fn check(s: State<Services>, body: Body) -> Response {
-    decide(s, body, Call::Check).await
+    decide(s, body, Mode::Check).await
 }
 
 /// `POST /v1/consume`: `Consume`.
 pub async fn consume(s: State<Services>, body: Body) -> Response {
-    decide(s, body, Call::Consume).await
+    decide(s, body, Mode::Consume).await
 }
 
 /// `POST /v1/record`: `Record`.
 pub async fn record(s: State<Services>, body: Body) -> Response {
-    decide(s, body, Call::Record).await
+    decide(s, body, Mode::Record).await
 }
 
-async fn decide(State(s): State<Services>, body: Body, call: Call) -> Response {
+async fn decide(State(s): State<Services>, body: Body, mode: Mode) -> Response {
     let body = match read_body(body).await {
         Ok(b) => b,
         Err(response) => return response,
     };
-    match call_service(&s, &body, call).await {
+    match call_service(&s, &body, mode).await {
         Ok(d) => super::json_response(StatusCode::OK, json::encode(DECISION, &d)),
         Err(e) => error(&e),
     }
 }
 
-async fn call_service(s: &Services, body: &[u8], call: Call) -> Result<pb::Decision, Status> {
-    let request = Request::new(json::decode::<pb::LimitRequest>(LIMIT_REQUEST, body)?);
-    let service = &*s.rate_limiter;
-    let decision = match call {
-        Call::Check => service.check_limit(request).await,
-        Call::Consume => RateLimiter::consume(service, request).await,
-        Call::Record => RateLimiter::record(service, request).await,
-    }?;
-    Ok(decision.into_inner())
+async fn call_service(s: &Services, body: &[u8], mode: Mode) -> Result<pb::Decision, Status> {
+    let request = json::decode::<pb::LimitRequest>(LIMIT_REQUEST, body)?;
+    let decision = s
+        .rate_limiter
+        .decide_request(Door::Http, mode, &request, None)
+        .await?;
+    Ok(convert::decision(decision))
 }

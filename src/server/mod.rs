@@ -40,6 +40,7 @@ use crate::persist::Persistence;
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::proto::tollgate::v1::admin_server::AdminServer;
 use crate::proto::{self, tollgate::v1::rate_limiter_server::RateLimiterServer};
+use crate::sink::Sink;
 use crate::storage::memory::MemoryStore;
 use crate::watch::{Cause, Hub};
 
@@ -328,11 +329,13 @@ impl App {
         };
         let rules = Arc::new(rule_source.reloader());
         let metrics = Arc::new(Metrics::new());
+        // Every decision, whichever door it came through, goes here.
+        let sink = Sink::serving(metrics.clone(), hub.clone());
         Self {
             rate_limiter: Arc::new(RateLimiterService::new(
                 limiter.clone(),
                 hub.clone(),
-                metrics.clone(),
+                sink.clone(),
                 stopping,
             )),
             admin: Arc::new(AdminService::new(
@@ -346,8 +349,7 @@ impl App {
                 limiter.clone(),
                 rule_source,
                 options.envoy.clone(),
-                hub.clone(),
-                metrics.clone(),
+                sink,
             )),
             rules,
             config,

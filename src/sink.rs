@@ -1,0 +1,180 @@
+//! The decision sink: every door hands each finished decision here, once,
+//! as one domain value ([`Decided`]), and every consumer sees it.
+//!
+//! The doors are unary gRPC, the `Decide` stream, `ConsumeBatch`, HTTP
+//! `/v1`, forward auth, and Envoy's rule and plan domains ([`Door`]). The
+//! consumers are the metrics ([`Metrics`]) and the quota hub behind
+//! `WatchQuota` ([`Hub`]); a new one implements [`Consumer`] and is added in
+//! [`Sink::new`]'s caller, in one place. A consumer that has nothing to do
+//! returns at once: the hub with no watchers is one atomic load.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::Mode;
+use crate::limiter::{Decision, Request, Verdict};
+use crate::metrics::{DecisionLabels, Label, Metrics};
+use crate::watch::Hub;
+
+/// Where a decision came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Door {
+    /// `CheckLimit`, `Consume` or `Record` over gRPC.
+    Unary,
+    /// A message of a `Decide` stream.
+    DecideStream,
+    /// One request of a `ConsumeBatch` call.
+    ConsumeBatch,
+    /// `POST /v1/check`, `/v1/consume` or `/v1/record`.
+    Http,
+    /// `/v1/forward-auth`, for a gateway.
+    ForwardAuth,
+    /// Envoy's `ShouldRateLimit` in a domain of envoyproxy/ratelimit rules.
+    EnvoyRules,
+    /// One descriptor of Envoy's `ShouldRateLimit` in a plan domain.
+    EnvoyPlans,
+}
+
+/// One finished decision, as every consumer sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Decided<'a> {
+    /// Where it came in.
+    pub door: Door,
+    /// What it did with the counters.
+    pub mode: Mode,
+    /// How long it took, from the request converted to the decision made.
+    pub took: Duration,
+    /// What was asked and what was decided.
+    pub what: What<'a>,
+}
+
+/// What was asked and what was decided.
+#[derive(Debug, Clone, Copy)]
+pub enum What<'a> {
+    /// A decision under a plan.
+    Plan {
+        /// The request.
+        request: &'a Request<'a>,
+        /// The decision.
+        decision: &'a Decision,
+    },
+    /// A call in a domain of envoyproxy/ratelimit rules (no plan, no
+    /// subject: descriptors).
+    Rules {
+        /// The Envoy domain.
+        domain: &'a str,
+        /// Whether the call's overall answer was OVER_LIMIT.
+        over_limit: bool,
+    },
+}
+
+/// What sees every decision.
+pub trait Consumer: Send + Sync {
+    /// Called once per finished decision, on the decision's own task: return
+    /// quickly, and hand anything slow to a task of its own.
+    fn decided(&self, decided: &Decided<'_>);
+}
+
+/// Hands each decision to every consumer.
+#[derive(Clone)]
+pub struct Sink {
+    consumers: Arc<[Arc<dyn Consumer>]>,
+}
+
+// === impl Door ===
+
+impl Door {
+    /// Its name in logs and labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unary => "unary",
+            Self::DecideStream => "decide_stream",
+            Self::ConsumeBatch => "consume_batch",
+            Self::Http => "http",
+            Self::ForwardAuth => "forward_auth",
+            Self::EnvoyRules => "envoy_rules",
+            Self::EnvoyPlans => "envoy_plans",
+        }
+    }
+
+    /// Whether it is Envoy's rate limit service.
+    pub fn is_envoy(self) -> bool {
+        matches!(self, Self::EnvoyRules | Self::EnvoyPlans)
+    }
+}
+
+// === impl Sink ===
+
+impl Sink {
+    /// A sink handing every decision to `consumers`, in order.
+    pub fn new(consumers: Vec<Arc<dyn Consumer>>) -> Self {
+        Self {
+            consumers: consumers.into(),
+        }
+    }
+
+    /// The sink of a server: metrics, then the quota hub.
+    pub fn serving(metrics: Arc<Metrics>, hub: Arc<Hub>) -> Self {
+        Self::new(vec![metrics, hub])
+    }
+
+    /// Hands `decided` to every consumer.
+    pub fn decided(&self, decided: &Decided<'_>) {
+        for consumer in self.consumers.iter() {
+            consumer.decided(decided);
+        }
+    }
+}
+
+impl fmt::Debug for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sink")
+            .field("consumers", &self.consumers.len())
+            .finish()
+    }
+}
+
+// === impl Consumer for the metrics and the hub ===
+
+/// `tollgate_decisions_total` and its latency histogram.
+impl Consumer for Metrics {
+    fn decided(&self, d: &Decided<'_>) {
+        // The `rpc` label: the method a client called.
+        let rpc = if d.door.is_envoy() {
+            "should_rate_limit"
+        } else {
+            match d.mode {
+                Mode::Check => "check",
+                Mode::Consume => "consume",
+                Mode::Record => "record",
+            }
+        };
+        let labels = match d.what {
+            What::Plan { decision, .. } => DecisionLabels::of(rpc, decision),
+            What::Rules { over_limit, .. } => DecisionLabels {
+                rpc,
+                verdict: DecisionLabels::verdict(if over_limit {
+                    Verdict::RateLimited
+                } else {
+                    Verdict::Allowed
+                }),
+                plan: Label::empty(),
+                class: Label::empty(),
+            },
+        };
+        self.decision(&labels, d.took);
+    }
+}
+
+/// Wakes the watchers of whatever a decision counted.
+impl Consumer for Hub {
+    fn decided(&self, d: &Decided<'_>) {
+        if let What::Plan { request, decision } = d.what
+            && d.mode != Mode::Check
+            && decision.counted
+        {
+            self.consumed(request.subject, request.account);
+        }
+    }
+}
