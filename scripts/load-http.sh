@@ -6,7 +6,8 @@
 # h2load's per-request log) per row. Compare rows, not days: numbers drift.
 #   scripts/load-http.sh [requests] [connections]
 #
-# Rows: POST /v1/consume; GET /v1/forward-auth called directly; the same
+# Rows: POST /v1/consume, and the same request as gRPC Consume (h2load over
+# HTTP/2, one call in flight a connection); GET /v1/forward-auth called directly; the same
 # through nginx (examples/nginx, auth_request) and through Caddy
 # (examples/caddy, forward_auth) in front of a 200 "hello" served by the
 # gateway itself; and that "hello" without tollgate, for the gateway's own
@@ -39,8 +40,8 @@ load() { # url, h2load args...: "N req/s, p99 X ms"
 }
 
 { cat scripts/load.yaml; printf 'http:\n  forward_auth:\n    subject: { header: X-Api-Key }\n'; } > "$work/tollgate.yaml"
-tollgate_port="$(free_port)"
-taskset -c 0 "$bin" serve --listen 127.0.0.1:0 --http-listen "127.0.0.1:$tollgate_port" \
+tollgate_port="$(free_port)" grpc_port="$(free_port)"
+taskset -c 0 "$bin" serve --listen "127.0.0.1:$grpc_port" --http-listen "127.0.0.1:$tollgate_port" \
     --config "$work/tollgate.yaml" --state "$work/state.redb" --log-format text \
     2> "$work/tollgate.log" &
 wait_port "$tollgate_port"
@@ -48,6 +49,21 @@ tollgate="http://127.0.0.1:$tollgate_port"
 
 printf '{"subject":"key_1","resource":"/api/v1/fetch/people"}' > "$work/consume.json"
 row "POST /v1/consume, direct" "$(load "$tollgate/v1/consume" -d "$work/consume.json" -H 'content-type: application/json')"
+# The same request as gRPC Consume, same server, same run: h2load over
+# HTTP/2 with one stream a connection, as the HTTP/1 rows have one request
+# in flight a connection.
+python3 - "$work/consume.bin" <<'PY'
+import struct, sys
+def field(n, s):
+    b = s.encode()
+    return bytes([n << 3 | 2, len(b)]) + b
+msg = field(1, "key_1") + field(3, "/api/v1/fetch/people")
+open(sys.argv[1], "wb").write(b"\0" + struct.pack(">I", len(msg)) + msg)
+PY
+grpc_rps="$(taskset -c 1 h2load -n "$requests" -c "$conns" -m 1 -d "$work/consume.bin" \
+    -H 'content-type: application/grpc' -H 'te: trailers' \
+    "http://127.0.0.1:$grpc_port/tollgate.v1.RateLimiter/Consume" | awk '/^finished in/ {print $4}')"
+row "gRPC Consume, direct (the same request)" "$grpc_rps req/s"
 auth=(-H 'x-api-key: key_1' -H 'x-forwarded-method: GET' -H 'x-forwarded-uri: /api/v1/fetch/people')
 row "GET /v1/forward-auth, direct" "$(load "$tollgate/v1/forward-auth" "${auth[@]}")"
 

@@ -199,82 +199,19 @@ fn delimited_len(tag: u32, len: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::Arc;
-
     use prost::Message;
 
     use super::*;
-    use crate::engine::SystemClock;
-    use crate::limiter::{Limiter, Request};
-    use crate::plans::SlotRegistry;
-    use crate::storage::memory::MemoryStore;
-
-    const CONFIG: &str = r#"
-headers: both
-classes:
-  search: { match: ["/search"] }
-  chat: { match: ["POST /chat"] }
-  gated: { match: ["/gated"] }
-plans:
-  free:
-    limits:
-      - { rate: 2/minute }
-      - { rate: 1000/day, algorithm: sliding_window }
-      - { class: search, rate: 5/second, burst: 3 }
-      - { class: chat, unit: tokens, rate: 100/minute, algorithm: token_bucket, max_cost: 50 }
-      - { class: chat, unit: tokens, unlimited: true, window: day }
-      - { class: gated, deny: "Enterprise plan required" }
-default_plan: free
-"#;
 
     /// Every kind of answer encodes to the bytes prost gives the
     /// generated message.
     #[tokio::test]
     async fn answers_encode_as_the_generated_decision_does() {
-        let slots = Arc::new(SlotRegistry::default());
-        let catalog = crate::config::parse("wire.yaml", CONFIG, &slots).expect("valid");
-        let limiter = Limiter::new(
-            MemoryStore::new(1_000),
-            catalog,
-            slots,
-            Arc::new(SystemClock),
-        );
-        let none = HashMap::new();
-        let tokens = |n: u64| HashMap::from([("tokens".to_owned(), n)]);
-        let (t10, t80) = (tokens(10), tokens(80));
-        let requests = [
-            ("/a", None, &none),
-            ("/a", None, &none),
-            ("/a", None, &none), // rate limited, with retry_after
-            ("/search", None, &none),
-            ("/chat", Some("POST"), &t10),
-            ("/chat", Some("POST"), &t80), // too large
-            ("/gated", None, &none),       // not in plan
-        ];
-        let mut seen = Vec::new();
-        for (resource, method, cost) in requests {
-            let r = Request {
-                subject: "k",
-                account: "",
-                resource,
-                method,
-                plan: None,
-                cost,
-                deadline: None,
-            };
-            for mode in [crate::engine::Mode::Check, crate::engine::Mode::Consume] {
-                let d = limiter.decide(mode, &r).await.expect("decided");
-                seen.push(d.verdict);
-                let ours = Answer::new(d.clone());
-                let bytes = ours.encode_to_vec();
-                assert_eq!(bytes.len(), ours.encoded_len(), "{resource}");
-                assert_eq!(bytes, convert::decision(d).encode_to_vec(), "{resource}");
-            }
-        }
-        use crate::limiter::Verdict::*;
-        for v in [Allowed, RateLimited, NotInPlan, TooLarge] {
-            assert!(seen.contains(&v), "{v:?} not covered: {seen:?}");
+        for d in crate::limiter::samples::every_kind().await {
+            let ours = Answer::new(d.clone());
+            let bytes = ours.encode_to_vec();
+            assert_eq!(bytes.len(), ours.encoded_len(), "{d:?}");
+            assert_eq!(bytes, convert::decision(d).encode_to_vec());
         }
     }
 }

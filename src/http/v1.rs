@@ -17,7 +17,6 @@ use crate::sink::Door;
 
 /// The message names, for [`json`].
 pub(super) const LIMIT_REQUEST: &str = "tollgate.v1.LimitRequest";
-pub(super) const DECISION: &str = "tollgate.v1.Decision";
 
 /// `POST /v1/check`: `CheckLimit`.
 pub async fn check(s: State<Services>, body: Body) -> Response {
@@ -40,13 +39,16 @@ async fn decide(State(s): State<Services>, body: Body, mode: Mode) -> Response {
         Err(response) => return response,
     };
     match call_service(&s, &body, mode).await {
-        Ok(d) => super::json_response(StatusCode::OK, json::encode(DECISION, &d)),
+        Ok(d) => super::json_response(StatusCode::OK, json::decision::encode_decision(&d)),
         Err(e) => error(&e),
     }
 }
 
 async fn call_service(s: &Services, body: &[u8], mode: Mode) -> Result<pb::Decision, Status> {
-    let request = json::decode::<pb::LimitRequest>(LIMIT_REQUEST, body)?;
+    let request = match json::decision::decode_limit_request(body) {
+        Some(request) => request,
+        None => json::decode::<pb::LimitRequest>(LIMIT_REQUEST, body)?,
+    };
     let decision = s
         .rate_limiter
         .decide_request(Door::Http, mode, &request, None)

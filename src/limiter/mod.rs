@@ -10,6 +10,8 @@
 pub mod decision;
 pub mod headers;
 pub mod route;
+#[cfg(test)]
+pub(crate) mod samples;
 
 use std::borrow::Cow;
 use std::sync::Arc;

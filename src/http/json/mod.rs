@@ -6,7 +6,10 @@
 //! Messages go through [`prost_reflect::DynamicMessage`] over the
 //! descriptor set that build.rs writes for reflection: one description of
 //! the API for gRPC, reflection and JSON, at the cost of a protobuf
-//! encoding between the generated type and the dynamic one.
+//! encoding between the generated type and the dynamic one. The decision
+//! path has its own writer and reader ([`decision`]), proven equal to these.
+
+pub mod decision;
 
 use std::sync::LazyLock;
 
