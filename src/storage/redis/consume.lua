@@ -89,18 +89,21 @@ local function sliding(s, amount, w, cost)
   local wait = 0
   if not fits then
     if cost > amount then wait = -1
-    elseif after <= amount and prev > 0 then
-      -- Later in this window: prev * (w - e) <= (amount - cur - cost) * w.
-      local e = pos(w - floor((amount - after) * w / prev))
-      if e < elapsed + 1 then e = elapsed + 1 end
-      wait = e - elapsed
     else
-      -- In the next window, the current count is the weighted one.
-      local overlap = w
-      if cur > 0 then overlap = floor((amount - cost) * w / cur) end
-      wait = w - elapsed + pos(w - overlap)
+      if after <= amount and prev > 0 then
+        -- Later in this window: prev * (w - e) <= (amount - cur - cost) * w.
+        local e = pos(w - floor((amount - after) * w / prev))
+        if e < elapsed + 1 then e = elapsed + 1 end
+        wait = e - elapsed
+      else
+        -- In the next window, the current count is the weighted one.
+        local overlap = w
+        if cur > 0 then overlap = floor((amount - cost) * w / cur) end
+        wait = w - elapsed + pos(w - overlap)
+      end
+      -- At least a millisecond; never over the -1 of a cost that can never fit.
+      if wait < 1 then wait = 1 end
     end
-    if wait < 1 then wait = 1 end
   end
   -- Free when the last unit counted leaves the window's weight.
   local idle, busy = now, start + 2 * w

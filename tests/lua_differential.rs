@@ -1,0 +1,513 @@
+//! The engine and Redis's script decide alike. The four algorithms exist
+//! twice, in Rust (`src/engine/algorithm`) and in Lua
+//! (`src/storage/redis/consume.lua`); random sequences of decisions (one to
+//! three limits each, every algorithm, costs from 0 to past the limit,
+//! `Check`, `Consume` and `Record`, a few scopes, amounts changed as by a plan
+//! change) run through the memory store's engine and through the Redis store
+//! on a real redis-server, and every step must answer the same: whether the
+//! decision fits and counted, and per limit whether it fits, is too large,
+//! what remains, when it is free and how long to wait.
+//!
+//! One clock for both: the script reads Redis's own clock (`TIME`) and the
+//! store offers no way to set it (nor can libfaketime run under Debian's
+//! redis-server: it recurses into jemalloc's start-up and the server dies).
+//! So Redis decides first and its answer says when (`now`, a whole
+//! millisecond), and the engine, which never reads a clock, then decides at
+//! exactly that `now`. The test cannot choose the steps between decisions,
+//! only make them likely: windows of a few milliseconds, so the real time
+//! between decisions crosses windows and ring buckets, windows of seconds to a
+//! day, which it stays within, and pauses (waiting for Redis's clock to reach
+//! a time; nothing asserted depends on how long that took) that jump many
+//! short windows. A rerun sees other times, so a failure prints the `now` of
+//! every step of its sequence.
+
+mod support;
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+use support::redis::RedisServer;
+use tollgate::engine::clock::MILLISECOND;
+use tollgate::engine::{
+    Algorithm, Clock, CounterKey, Item, ItemStatus, Mode, Outcome, Rate, SystemClock,
+};
+use tollgate::plans::SlotRegistry;
+use tollgate::storage::Counters;
+use tollgate::storage::memory::MemoryStore;
+use tollgate::storage::redis::{Failure, RedisStore, SharedCounters};
+
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::FixedWindow,
+    Algorithm::SlidingWindow,
+    Algorithm::TokenBucket,
+    Algorithm::SlidingRing,
+];
+
+/// Distinct limits (counter slots) a sequence uses, at most.
+const LIMITS: usize = 4;
+
+/// How long a decision or a pause may take on a busy machine: only a hung
+/// Redis takes this long.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// One counter slot: how it counts, over which window, at which amount and
+/// the amount a plan change gives it.
+#[derive(Debug, Clone)]
+struct Limit {
+    algorithm: Algorithm,
+    /// Whole milliseconds: the Redis store's resolution (`RedisStore` sends
+    /// `window / 1 ms`), so both stores count the same window.
+    window_ms: u64,
+    amount: u64,
+    changed: u64,
+}
+
+/// One item of a decision.
+#[derive(Debug, Clone)]
+struct Use {
+    /// Taken modulo the sequence's limits.
+    limit: usize,
+    /// Into the case's scopes: two subjects and the account.
+    scope: usize,
+    /// Counted at the limit's changed amount.
+    changed: bool,
+    cost: u64,
+}
+
+/// One decision, after waiting for Redis's clock to move `pause_ms` past
+/// the previous one.
+#[derive(Debug, Clone)]
+struct Step {
+    pause_ms: u64,
+    mode: Mode,
+    uses: Vec<Use>,
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    limits: Vec<Limit>,
+    steps: Vec<Step>,
+}
+
+fn window_ms() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        // A few milliseconds: real time between decisions crosses windows,
+        // ring buckets (a sixth of a window) and whole rings.
+        3 => 1..=12u64,
+        // Longer: decisions stay within a window, and the ring's buckets are
+        // not whole milliseconds unless the window divides by six.
+        1 => prop::sample::select(vec![25u64, 60, 250, 1_000, 60_000, 86_400_000]),
+    ]
+}
+
+fn amount() -> impl Strategy<Value = u64> {
+    prop_oneof![4 => 1..=10u64, 1 => 11..=2_000u64]
+}
+
+fn cost() -> impl Strategy<Value = u64> {
+    // Zero, a little, more than a small limit, more than most limits.
+    prop_oneof![2 => Just(0u64), 8 => 1..=3u64, 2 => 4..=12u64, 1 => 13..=5_000u64]
+}
+
+fn limit() -> impl Strategy<Value = Limit> {
+    (
+        prop::sample::select(ALGORITHMS.to_vec()),
+        window_ms(),
+        amount(),
+        amount(),
+    )
+        .prop_map(|(algorithm, window_ms, amount, changed)| Limit {
+            algorithm,
+            // The ring's buckets are a sixth of its window: in nanoseconds in
+            // the engine, in whole milliseconds (rounded up) in the script,
+            // so the two agree only on windows of a multiple of 6 ms. The
+            // rest is a known mismatch, pinned (ignored) by
+            // `a_burst_ceiling_over_a_second_answers_alike` below.
+            window_ms: if algorithm == Algorithm::SlidingRing {
+                window_ms.next_multiple_of(6)
+            } else {
+                window_ms
+            },
+            amount,
+            changed,
+        })
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let pause = prop_oneof![6 => Just(0u64), 3 => 1..=8u64, 1 => 15..=40u64];
+    let mode = prop_oneof![
+        2 => Just(Mode::Check),
+        5 => Just(Mode::Consume),
+        2 => Just(Mode::Record),
+    ];
+    let one = (0..LIMITS, 0..3usize, prop::bool::weighted(0.15), cost()).prop_map(
+        |(limit, scope, changed, cost)| Use {
+            limit,
+            scope,
+            changed,
+            cost,
+        },
+    );
+    (pause, mode, prop::collection::vec(one, 1..=3)).prop_map(|(pause_ms, mode, uses)| Step {
+        pause_ms,
+        mode,
+        uses,
+    })
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        prop::collection::vec(limit(), 1..=LIMITS),
+        prop::collection::vec(step(), 1..=40),
+    )
+        .prop_map(|(limits, steps)| Case { limits, steps })
+}
+
+/// One limit's answer as both stores can give it.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    fits: bool,
+    too_large: bool,
+    remaining: u64,
+    /// `free_at` and `wait` in milliseconds, rounded up. The script computes
+    /// both in whole milliseconds, exactly (a window's end, a bucket's) or
+    /// rounded up (`ceil_div` of a debt, the sliding window's overlap
+    /// floored and taken from the window), and Redis's answer is those
+    /// milliseconds; the engine computes the same quantities in nanoseconds,
+    /// rounded up to a nanosecond. With `now` and every window whole
+    /// milliseconds, the engine's value rounded up to a millisecond is the
+    /// script's (⌈⌈x / a⌉ / b⌉ = ⌈x / ab⌉); no other rounding is allowed.
+    free_at_ms: u64,
+    wait_ms: u64,
+}
+
+/// A decision's answer as both stores can give it.
+#[derive(Debug, PartialEq, Eq)]
+struct Answers {
+    fits: bool,
+    counted: bool,
+    items: Vec<Answer>,
+}
+
+fn answers(o: &Outcome) -> Answers {
+    let answer = |i: &ItemStatus| Answer {
+        fits: i.fits,
+        too_large: i.too_large,
+        remaining: i.remaining,
+        free_at_ms: i.free_at.div_ceil(MILLISECOND),
+        wait_ms: i.wait.div_ceil(MILLISECOND),
+    };
+    Answers {
+        fits: o.fits,
+        counted: o.counted,
+        items: o.items.iter().map(answer).collect(),
+    }
+}
+
+/// What the sequences covered, so a passing run is known to have compared
+/// something: per algorithm, items that fit and that did not (though not
+/// too large); items too large; decisions that counted past a limit; a
+/// limit used again in a later window, and after at least seven of its
+/// windows (a ring emptied).
+#[derive(Debug, Default)]
+struct Coverage {
+    fit: [u64; 4],
+    refused: [u64; 4],
+    too_large: u64,
+    overdrawn: u64,
+    next_window: u64,
+    jumped: u64,
+}
+
+static CASES: AtomicU64 = AtomicU64::new(0);
+
+/// Redis's clock, in milliseconds, as the script reads it.
+async fn redis_ms(store: &RedisStore) -> u64 {
+    let (secs, micros): (u64, u64) = store
+        .query(redis::cmd("TIME"))
+        .await
+        .expect("redis answers TIME");
+    secs * 1_000 + micros / 1_000
+}
+
+/// Waits until Redis's clock reads `until_ms` or later. The sleep only
+/// paces the polling; the decisions after it are compared at whatever time
+/// Redis then reports.
+async fn wait_for(store: &RedisStore, until_ms: u64) {
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while redis_ms(store).await < until_ms {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "redis's clock did not reach {until_ms} ms"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Runs `case` through Redis and then, at the time Redis decided at, through
+/// the memory engine; fails at the first answer that differs, else returns
+/// the answers, one per step.
+async fn differ(
+    redis: &Counters,
+    case: &Case,
+    coverage: &RefCell<Coverage>,
+) -> Result<Vec<Answers>, TestCaseError> {
+    let store = &redis.shared().expect("the redis counters").store;
+    // Fresh names for every case: its keys are its own, in Redis too.
+    let tag = format!("case{}", CASES.fetch_add(1, Ordering::Relaxed));
+    let scopes = ["subject-a".to_owned(), "subject-b".to_owned(), tag.clone()];
+    let slots = SlotRegistry::default();
+    let ids: Vec<u32> = case
+        .limits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let identity = format!("{i}|{}|{}ms", l.algorithm.as_str(), l.window_ms);
+            slots.intern_counter(&identity, l.algorithm, l.window_ms * MILLISECOND)
+        })
+        .collect();
+    let memory = Counters::from(MemoryStore::new(10_000));
+    // Per limit: the last `now` it was decided at.
+    let mut used: Vec<Option<u64>> = vec![None; case.limits.len()];
+    let mut times: Vec<u64> = Vec::with_capacity(case.steps.len());
+    let mut out = Vec::with_capacity(case.steps.len());
+    for (n, step) in case.steps.iter().enumerate() {
+        if let (Some(&last), true) = (times.last(), step.pause_ms > 0) {
+            wait_for(store, last + step.pause_ms).await;
+        }
+        let mut items: Vec<Item<'_>> = Vec::with_capacity(step.uses.len());
+        let mut limits: Vec<usize> = Vec::with_capacity(step.uses.len());
+        for u in &step.uses {
+            let l = u.limit % case.limits.len();
+            let key = CounterKey {
+                scope: &scopes[u.scope],
+                slot: ids[l],
+            };
+            // A decision's keys are distinct.
+            if items.iter().any(|i| i.key == key) {
+                continue;
+            }
+            let limit = &case.limits[l];
+            let amount = if u.changed {
+                limit.changed
+            } else {
+                limit.amount
+            };
+            items.push(Item {
+                key,
+                algorithm: limit.algorithm,
+                rate: Rate::new(amount, limit.window_ms * MILLISECOND).expect("nonzero"),
+                cost: u.cost,
+            });
+            limits.push(l);
+        }
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let (now, remote) = redis
+            .run(
+                step.mode,
+                &tag,
+                &items,
+                None,
+                &slots,
+                SystemClock.now(),
+                Some(deadline),
+            )
+            .await
+            .expect("redis decides");
+        let (at, local) = memory
+            .run(step.mode, &tag, &items, None, &slots, now, None)
+            .await
+            .expect("memory decides");
+        prop_assert_eq!(at, now);
+        times.push(now / MILLISECOND);
+        let (local, remote) = (answers(&local), answers(&remote));
+        prop_assert_eq!(
+            &local,
+            &remote,
+            "step {} ({:?}) at {} ms, memory (left) against redis (right); \
+             the steps were decided at {:?} ms",
+            n,
+            step,
+            now / MILLISECOND,
+            times
+        );
+
+        let mut c = coverage.borrow_mut();
+        for ((item, answer), &l) in items.iter().zip(&local.items).zip(&limits) {
+            let a = ALGORITHMS
+                .iter()
+                .position(|&x| x == item.algorithm)
+                .expect("one of the four");
+            if answer.too_large {
+                c.too_large += 1;
+            } else if answer.fits {
+                c.fit[a] += 1;
+            } else {
+                c.refused[a] += 1;
+            }
+            let window = item.rate.window();
+            if let Some(last) = used[l] {
+                c.next_window += u64::from(now / window > last / window);
+                c.jumped += u64::from(now / window >= last / window + 7);
+            }
+            used[l] = Some(now);
+        }
+        c.overdrawn += u64::from(local.counted && !local.fits);
+        out.push(local);
+    }
+    Ok(out)
+}
+
+/// One redis-server, the runtime its store's batcher runs on, and the store.
+struct Harness {
+    counters: Counters,
+    rt: tokio::runtime::Runtime,
+    _redis: RedisServer,
+}
+
+impl Harness {
+    fn start() -> Self {
+        let redis = RedisServer::start();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let counters = rt.block_on(async {
+            let store = RedisStore::connect(&redis.url(), PATIENCE)
+                .await
+                .expect("redis");
+            Counters::from(SharedCounters::new(store, Failure::Closed))
+        });
+        Self {
+            counters,
+            rt,
+            _redis: redis,
+        }
+    }
+
+    fn differ(
+        &self,
+        case: &Case,
+        coverage: &RefCell<Coverage>,
+    ) -> Result<Vec<Answers>, TestCaseError> {
+        self.rt.block_on(differ(&self.counters, case, coverage))
+    }
+
+    /// `case`'s answers, which must agree.
+    fn answers(&self, case: &Case) -> Vec<Answers> {
+        match self.differ(case, &RefCell::default()) {
+            Ok(answers) => answers,
+            Err(e) => panic!("the engine and the script disagree: {e}"),
+        }
+    }
+}
+
+#[test]
+fn the_engine_and_the_redis_script_answer_alike() {
+    // One server for every case; each case names its own keys.
+    let harness = Harness::start();
+    let coverage = RefCell::new(Coverage::default());
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        // A rerun decides at other times: a stored failure would not replay.
+        failure_persistence: None,
+        max_shrink_iters: 512,
+        ..Config::default()
+    });
+    let result = runner.run(&case(), |case| harness.differ(&case, &coverage).map(drop));
+    if let Err(e) = result {
+        panic!("the engine and the script disagree: {e}");
+    }
+    let c = coverage.into_inner();
+    for (i, algorithm) in ALGORITHMS.iter().enumerate() {
+        assert!(
+            c.fit[i] > 0 && c.refused[i] > 0,
+            "{algorithm:?} both fit and refused: {c:?}"
+        );
+    }
+    assert!(
+        c.too_large > 0 && c.overdrawn > 0 && c.next_window > 0 && c.jumped > 0,
+        "{c:?}"
+    );
+}
+
+fn one(algorithm: Algorithm, window_ms: u64, amount: u64) -> Limit {
+    Limit {
+        algorithm,
+        window_ms,
+        amount,
+        changed: amount,
+    }
+}
+
+fn decide(mode: Mode, uses: &[(usize, u64)]) -> Step {
+    Step {
+        pause_ms: 0,
+        mode,
+        uses: uses
+            .iter()
+            .map(|&(limit, cost)| Use {
+                limit,
+                scope: 0,
+                changed: false,
+                cost,
+            })
+            .collect(),
+    }
+}
+
+/// The property's first find, shrunk: a sliding window of 1/1 ms checked at
+/// cost 2. The script clamped every wait of a refusal to at least 1 ms,
+/// the -1 of a cost that can never fit included, so Redis answered "wait
+/// 1 ms" where the engine answers "too large". Fixed in `consume.lua`.
+#[test]
+fn a_cost_past_a_sliding_window_is_too_large_in_redis_too() {
+    let harness = Harness::start();
+    for window_ms in [1, 60_000] {
+        let case = Case {
+            limits: vec![one(Algorithm::SlidingWindow, window_ms, 1)],
+            steps: vec![
+                decide(Mode::Check, &[(0, 2)]),
+                decide(Mode::Consume, &[(0, 2)]),
+            ],
+        };
+        for answer in harness.answers(&case) {
+            assert!(!answer.fits, "{answer:?}");
+            let item = &answer.items[0];
+            assert!(item.too_large && item.wait_ms == 0, "{answer:?}");
+        }
+    }
+}
+
+/// A known mismatch, left for a decision (see the report on the branch
+/// `lua-differential`): the sliding ring (a burst ceiling) splits its window
+/// into six buckets of `ceil(window / 6)`, in nanoseconds in the engine
+/// (166.666667 ms for a second) and in whole milliseconds in the script
+/// (167 ms). On any window that is not a multiple of 6 ms, such as a
+/// second, 5 s or 10 s, the two stores' buckets start at different times:
+/// they answer different `free_at` and `wait`, and near a bucket's edge
+/// one admits what the other refuses. Three such windows at once, so the
+/// answers differ whatever the time (by chance each may round alike). Run
+/// with `cargo test --test lua_differential -- --ignored`.
+#[test]
+#[ignore = "known mismatch: ring buckets are ceil(window / 6) in ns in Rust, in ms in Lua"]
+fn a_burst_ceiling_over_a_second_answers_alike() {
+    let harness = Harness::start();
+    let case = Case {
+        limits: vec![
+            one(Algorithm::SlidingRing, 1_000, 12),
+            one(Algorithm::SlidingRing, 5_000, 12),
+            one(Algorithm::SlidingRing, 10_000, 12),
+        ],
+        steps: vec![
+            decide(Mode::Consume, &[(0, 1), (1, 1), (2, 1)]),
+            decide(Mode::Check, &[(0, 12), (1, 12), (2, 12)]),
+        ],
+    };
+    let answers = harness.answers(&case);
+    assert!(answers[0].fits && !answers[1].fits, "{answers:?}");
+}
