@@ -126,7 +126,7 @@ impl AdminService {
         })
     }
 
-    async fn set_plan(
+    async fn assign_plan(
         &self,
         peer: String,
         r: pb::SetPlanRequest,
@@ -168,7 +168,7 @@ impl AdminService {
         })
     }
 
-    async fn get_subject(&self, r: pb::GetSubjectRequest) -> Result<pb::SubjectState, Error> {
+    async fn subject_state(&self, r: pb::GetSubjectRequest) -> Result<pb::SubjectState, Error> {
         Error::required("subject", &r.subject)?;
         convert::bounded("subject", &r.subject)?;
         convert::bounded("account", &r.account)?;
@@ -202,7 +202,7 @@ impl AdminService {
         })
     }
 
-    async fn set_override(&self, peer: String, r: pb::Override) -> Result<pb::Override, Error> {
+    async fn store_override(&self, peer: String, r: pb::Override) -> Result<pb::Override, Error> {
         Error::required("account", &r.account)?;
         Error::required("limit", &r.limit)?;
         for (field, value) in [
@@ -249,7 +249,7 @@ impl AdminService {
         Ok(convert::override_to_pb(&r.account, &o))
     }
 
-    async fn remove_override(
+    async fn drop_override(
         &self,
         peer: String,
         r: pb::RemoveOverrideRequest,
@@ -273,7 +273,7 @@ impl AdminService {
         Ok(pb::RemoveOverrideResponse { removed })
     }
 
-    async fn reset_usage(
+    async fn forget_usage(
         &self,
         peer: String,
         r: pb::ResetUsageRequest,
@@ -289,7 +289,7 @@ impl AdminService {
         })
     }
 
-    fn list_plans(&self) -> pb::ListPlansResponse {
+    fn plans(&self) -> pb::ListPlansResponse {
         let catalog = self.limiter.catalog();
         let plans = catalog
             .plans
@@ -307,7 +307,7 @@ impl AdminService {
         }
     }
 
-    async fn reload_config(&self, peer: String) -> Result<pb::ReloadConfigResponse, Error> {
+    async fn reload(&self, peer: String) -> Result<pb::ReloadConfigResponse, Error> {
         let (config, rules) = (self.config.clone(), self.rules.clone());
         // Both, or neither: a caller going away does not stop one half.
         let (file, rules) =
@@ -345,7 +345,9 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::SetPlanResponse>, Status> {
         let peer = peer(&request);
         Ok(Response::new(
-            self.set_plan(peer, request.into_inner()).await?,
+            self.assign_plan(peer, request.into_inner())
+                .await
+                .map_err(failed)?,
         ))
     }
 
@@ -353,7 +355,11 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GetSubjectRequest>,
     ) -> Result<Response<pb::SubjectState>, Status> {
-        Ok(Response::new(self.get_subject(request.into_inner()).await?))
+        Ok(Response::new(
+            self.subject_state(request.into_inner())
+                .await
+                .map_err(failed)?,
+        ))
     }
 
     async fn set_override(
@@ -362,7 +368,9 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::Override>, Status> {
         let peer = peer(&request);
         Ok(Response::new(
-            self.set_override(peer, request.into_inner()).await?,
+            self.store_override(peer, request.into_inner())
+                .await
+                .map_err(failed)?,
         ))
     }
 
@@ -372,7 +380,9 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::RemoveOverrideResponse>, Status> {
         let peer = peer(&request);
         Ok(Response::new(
-            self.remove_override(peer, request.into_inner()).await?,
+            self.drop_override(peer, request.into_inner())
+                .await
+                .map_err(failed)?,
         ))
     }
 
@@ -382,7 +392,9 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ResetUsageResponse>, Status> {
         let peer = peer(&request);
         Ok(Response::new(
-            self.reset_usage(peer, request.into_inner()).await?,
+            self.forget_usage(peer, request.into_inner())
+                .await
+                .map_err(failed)?,
         ))
     }
 
@@ -390,7 +402,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<pb::ListPlansRequest>,
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
-        Ok(Response::new(self.list_plans()))
+        Ok(Response::new(self.plans()))
     }
 
     async fn reload_config(
@@ -398,8 +410,18 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
         let peer = peer(&request);
-        Ok(Response::new(self.reload_config(peer).await?))
+        Ok(Response::new(self.reload(peer).await.map_err(failed)?))
     }
+}
+
+/// A failed admin call's status. A change that could not be stored, or a
+/// counter store that did not answer, is logged here with the cause, which
+/// the client does not see.
+fn failed(e: Error) -> Status {
+    if matches!(e, Error::State(_) | Error::Store(_)) {
+        tracing::error!(error = %e, "admin call failed");
+    }
+    Status::from(e)
 }
 
 fn peer<T>(request: &Request<T>) -> String {

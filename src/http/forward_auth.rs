@@ -49,14 +49,17 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tonic::Status;
+use tonic::{Code, Status};
 
-use super::{Services, error};
+use super::Services;
 use crate::api::convert;
 use crate::engine::Mode;
+use crate::engine::clock::SECOND;
+use crate::limiter::{Decision, Verdict};
 use crate::plans::{Catalog, ForwardAuth, HeaderSource};
 use crate::proto::tollgate::v1 as pb;
 use crate::sink::Door;
+use crate::status;
 
 /// The request header asking for denials as 403, for gateways that pass on
 /// only 2xx, 401 and 403 (nginx's `auth_request`).
@@ -78,7 +81,9 @@ pub async fn forward_auth(
     let catalog = s.limiter.catalog();
     let denials = match denials_of(&headers) {
         Ok(d) => d,
-        Err(message) => return error(&Status::invalid_argument(message)),
+        Err(message) => {
+            return code_body(Code::InvalidArgument, &message, Denials::AsIs);
+        }
     };
     let Some(config) = &catalog.forward_auth else {
         return failed(
@@ -91,11 +96,9 @@ pub async fn forward_auth(
     if let Some((name, secret)) = &config.require_header
         && !holds_secret(&headers, name, secret)
     {
-        return verdict_body(
-            StatusCode::FORBIDDEN,
-            "PERMISSION_DENIED",
+        return code_body(
+            Code::PermissionDenied,
             &format!("{name}: the gateway's shared secret is missing or wrong"),
-            None,
             denials,
         );
     }
@@ -111,23 +114,17 @@ pub async fn forward_auth(
         .decide_request(Door::ForwardAuth, Mode::Consume, &request, None)
         .await;
     match decided {
-        Ok(d) => answer(&convert::decision(d), denials),
+        Ok(d) => answer(&d, denials),
         Err(e) => failed(&Status::from(e), denials),
     }
 }
 
-/// A failed call's answer ([`error`]), folded into 403 when the gateway
-/// asks for denials so: nginx turns any other status into its own 500.
+/// A failed call's answer: its code's name and message, with the status
+/// the table gives it, folded into 403 when the gateway asks for denials so
+/// (nginx turns any other status into its own 500). Every forward auth body
+/// names its code by name: a verdict's or a gRPC code's.
 fn failed(status: &Status, denials: Denials) -> Response {
-    if denials == Denials::AsIs {
-        return error(status);
-    }
-    let body = serde_json::json!({
-        "code": status.code() as i32,
-        "message": status.message(),
-        "details": [],
-    });
-    folded(super::status_of(status.code()), body.to_string())
+    code_body(status.code(), status.message(), denials)
 }
 
 /// How the gateway wants denials answered (`X-Tollgate-Deny-Status`).
@@ -323,13 +320,7 @@ fn missing_subject(from: &HeaderSource, denials: Denials) -> Response {
         HeaderSource::Bearer => ("authorization: Bearer <token> required".to_owned(), true),
         HeaderSource::ClientIp => ("the client address is unknown".to_owned(), false),
     };
-    let mut response = verdict_body(
-        StatusCode::UNAUTHORIZED,
-        "UNAUTHENTICATED",
-        &message,
-        None,
-        denials,
-    );
+    let mut response = code_body(Code::Unauthenticated, &message, denials);
     if challenge {
         response
             .headers_mut()
@@ -339,55 +330,42 @@ fn missing_subject(from: &HeaderSource, denials: Denials) -> Response {
 }
 
 /// The decision as the gateway needs it, denials as it asked.
-fn answer(d: &pb::Decision, denials: Denials) -> Response {
-    let verdict = pb::Verdict::try_from(d.verdict).unwrap_or(pb::Verdict::Unspecified);
-    let mut response = match verdict {
-        pb::Verdict::Allowed => StatusCode::OK.into_response(),
-        pb::Verdict::RateLimited => {
-            let wait = d.retry_after.as_ref().map_or(1, |r| {
-                let secs = u64::try_from(r.seconds).unwrap_or(0);
-                (secs + u64::from(r.nanos > 0)).max(1)
-            });
-            verdict_body(
-                StatusCode::TOO_MANY_REQUESTS,
-                verdict.as_str_name(),
-                &d.reason,
-                Some(wait),
-                denials,
-            )
-        }
-        pb::Verdict::NotInPlan => verdict_body(
-            StatusCode::FORBIDDEN,
-            verdict.as_str_name(),
-            &d.reason,
-            None,
-            denials,
-        ),
-        pb::Verdict::TooLarge => verdict_body(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            verdict.as_str_name(),
-            &d.reason,
-            None,
-            denials,
-        ),
-        pb::Verdict::Unspecified => {
-            return failed(&Status::internal("the decision has no verdict"), denials);
+fn answer(d: &Decision, denials: Denials) -> Response {
+    let mut response = match status::verdict_status(d.verdict) {
+        None => StatusCode::OK.into_response(),
+        Some(http) => {
+            // Whole seconds, rounded up, at least one.
+            let wait = (d.verdict == Verdict::RateLimited)
+                .then(|| d.retry_after.map_or(1, |n| n.div_ceil(SECOND).max(1)));
+            let name = convert::verdict(d.verdict).as_str_name();
+            verdict_body(http, name, &d.reason, wait, denials)
         }
     };
     let out = response.headers_mut();
     for (name, value) in &d.headers {
         if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(name.as_str()),
+            HeaderName::try_from(*name),
             HeaderValue::try_from(value.as_str()),
         ) {
             out.insert(name, value);
         }
     }
-    if verdict == pb::Verdict::RateLimited && !out.contains_key(header::RETRY_AFTER) {
-        let wait = d.retry_after.as_ref().map_or(1, |r| r.seconds.max(1));
+    if d.verdict == Verdict::RateLimited && !out.contains_key(header::RETRY_AFTER) {
+        let wait = d.retry_after.map_or(1, |n| (n / SECOND).max(1));
         out.insert(header::RETRY_AFTER, HeaderValue::from(wait));
     }
     response
+}
+
+/// A refusal that is a gRPC code: its name, and the status the table gives.
+fn code_body(code: Code, message: &str, denials: Denials) -> Response {
+    verdict_body(
+        status::http_status(code),
+        status::code_name(code),
+        message,
+        None,
+        denials,
+    )
 }
 
 /// `{"code": <what>, "message": …[, "retry_after": N]}`, with `status` or

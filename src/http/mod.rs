@@ -226,26 +226,8 @@ fn head_len<B>(request: &hyper::Request<B>) -> usize {
         + target
 }
 
-/// The HTTP status of a gRPC code: the grpc-gateway mapping, so HTTP
-/// clients see what gRPC clients see.
-pub fn status_of(code: Code) -> StatusCode {
-    match code {
-        Code::Ok => StatusCode::OK,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            StatusCode::BAD_REQUEST
-        }
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
+/// The HTTP status of a gRPC code ([`crate::status::http_status`]).
+pub use crate::status::http_status as status_of;
 
 /// A failed call's answer: [`status_of`] its code, and a body
 /// `{"code": <gRPC code>, "message": "…", "details": []}` (grpc-gateway's).

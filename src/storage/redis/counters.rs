@@ -147,10 +147,14 @@ impl SharedCounters {
                 if e.refuses_writes() && !self.refusing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, "the counter store refuses writes: decisions that count fail, and health says NOT_SERVING, until it accepts them again");
                 }
-                // Failing closed, the error reaches the caller and
-                // `crate::status` warns of it, as rarely as this would.
-                if self.failure == Failure::Open && self.failed.ready().is_some() {
-                    tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, failed = self.failures(), "the counter store failed a decision");
+                // Once every interval, whichever the policy: during an
+                // outage every decision fails, and a line each would flood.
+                if let Some(held) = self.failed.ready() {
+                    let answer = match self.failure {
+                        Failure::Open => "admitted uncounted",
+                        Failure::Closed => "answered UNAVAILABLE",
+                    };
+                    tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, failed = self.failures(), also_failed = held, "the counter store failed a decision: {answer} (logged at most once every {:?})", self.failed.every());
                 }
                 let Some(counters) = open else {
                     return Err(e);
