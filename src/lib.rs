@@ -18,7 +18,9 @@
 //!   [`storage::memory`] (the embedded default) or [`storage::redis`] (shared
 //!   by several replicas, decisions waiting together share a script call).
 //! - [`state`]: admin changes made durable (a redb file, or Redis) before
-//!   they apply; the counters' snapshot across a restart.
+//!   they apply.
+//! - [`persist`]: counters across a restart: a snapshot and a checksummed
+//!   journal, every crash point safe.
 //! - [`error`]: what a call can end in, by what the caller should do.
 //! - [`limiter`]: the decision path: resolve the plan, match the class, count,
 //!   build the decision and its headers.
@@ -26,7 +28,8 @@
 //! - [`watch`]: the quota hub behind `WatchQuota`: a snapshot, then changes.
 //! - [`sink`]: where every door hands each finished decision, once; the
 //!   metrics and the hub consume it.
-//! - [`status`]: the one table from [`error::Error`] to gRPC statuses.
+//! - [`status`]: the one error table: each [`error::Error`] to its gRPC
+//!   code, each code to its HTTP status.
 //! - [`api`] and [`envoy`]: the services, side by side and independent:
 //!   `tollgate.v1` and Envoy's rate limit service (RLS v3).
 //! - [`http`]: the same services as JSON over HTTP (`--http-listen`):

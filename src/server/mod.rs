@@ -10,9 +10,9 @@
 //! backends: what only memory has (eviction, snapshots) and what only Redis
 //! has (notices, health).
 
-pub mod shared;
+pub mod file_health;
+pub mod replicas;
 pub mod signal;
-pub mod state;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -194,20 +194,20 @@ pub async fn run(
         if let Err(e) = shared.store.warm_up(Duration::from_secs(2)).await {
             tracing::warn!(error = %e, store = %shared.store.url(), "counter store not reachable at start; decisions will retry");
         }
-        shared::resync(&limiter, &app.hub).await;
-        tokio::spawn(shared::follow(
+        replicas::resync(&limiter, &app.hub).await;
+        tokio::spawn(replicas::follow(
             limiter.clone(),
             app.hub.clone(),
             stopping.clone(),
         ));
-        tokio::spawn(shared::watch_health(
+        tokio::spawn(replicas::watch_health(
             limiter.clone(),
             health.clone(),
-            shared::HealthCheck::for_timeout(shared.store.timeout()),
+            replicas::HealthCheck::for_timeout(shared.store.timeout()),
             stopping.clone(),
         ));
     }
-    tokio::spawn(state::watch_health(
+    tokio::spawn(file_health::watch_health(
         limiter.clone(),
         health.clone(),
         stopping.clone(),

@@ -8,6 +8,7 @@
 //! wiring does, for what one backend has and the other has not (snapshots
 //! and eviction for memory, notices and health for Redis).
 
+mod error;
 pub mod memory;
 pub mod redis;
 
@@ -18,7 +19,7 @@ use crate::plans::SlotRegistry;
 use memory::MemoryStore;
 use redis::{Counter, RedisStore, SharedCounters};
 
-pub use redis::StoreError;
+pub use error::StoreError;
 
 /// The counters of a limiter: in this process, or shared through Redis.
 #[derive(Debug)]
@@ -109,7 +110,7 @@ impl Counters {
     }
 
     /// Tells the other replicas that `account` is watched here, for a while
-    /// (see [`redis::shared::MARKER_TTL`]); nothing to do in memory. A
+    /// (see [`redis::runtime::MARKER_TTL`]); nothing to do in memory. A
     /// failure only costs updates from other replicas, so it is logged, not
     /// returned.
     pub async fn mark_watched(&self, account: &str) {
@@ -117,7 +118,7 @@ impl Counters {
             return;
         };
         let marker = RedisStore::marker(account);
-        if let Err(e) = shared.store.mark(&marker, redis::shared::MARKER_TTL).await {
+        if let Err(e) = shared.store.mark(&marker, redis::runtime::MARKER_TTL).await {
             tracing::debug!(error = %e, "watch marker not set; updates from other replicas may be missed");
         }
     }
@@ -127,7 +128,7 @@ impl Counters {
     pub fn mark_every(&self) -> Option<std::time::Duration> {
         match self {
             Self::Memory(_) => None,
-            Self::Redis(_) => Some(redis::shared::MARKER_TTL / 3),
+            Self::Redis(_) => Some(redis::runtime::MARKER_TTL / 3),
         }
     }
 

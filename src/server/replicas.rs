@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::limiter::Limiter;
-use crate::storage::redis::shared::{self, CHANGED, CONSUMED, Change, Notice, RESYNC_EVERY};
+use crate::storage::redis::runtime::{self, CHANGED, CONSUMED, Change, Notice, RESYNC_EVERY};
 use crate::storage::redis::{Failure, SharedCounters};
 use crate::watch::{Cause, Hub};
 
@@ -95,7 +95,7 @@ async fn handle(
     channel: &str,
     payload: &str,
 ) {
-    match shared::parse(channel, payload) {
+    match runtime::parse(channel, payload) {
         Some(Notice::Consumed {
             replica,
             subject,
