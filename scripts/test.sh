@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 source scripts/tools.sh
 grpcurl -version
 "$TOLLGATE_TOOLS/envoy" --version | sed -n 's/.*version: /envoy /p'
-"$TOLLGATE_TOOLS/traefik" version | head -1
+"$TOLLGATE_TOOLS/traefik" version | sed -n 1p   # sed reads it all: head would SIGPIPE traefik (exit 141 under pipefail)
 # Debian packages (umoci assembles the container image in tests/image.rs),
 # with one apt-get update for all of them, installed without
 # starting their services: the tests start their own redis-server, nginx and
