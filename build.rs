@@ -23,6 +23,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Three to five headers: a B-tree is one allocation and no hashing,
         // and grpcurl prints them in order.
         .btree_map(".tollgate.v1.Decision.headers")
-        .compile_fds(fds)?;
+        // `prost::Name` on every message: its full name, for the JSON
+        // mapping's descriptor lookups and the admin HTTP table.
+        .compile_fds_with_config(fds, {
+            let mut config = prost_build::Config::new();
+            config.enable_type_names();
+            config
+        })?;
     Ok(())
 }

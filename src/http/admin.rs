@@ -19,7 +19,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use axum::routing::any;
-use prost::Message;
+use prost::{Message, Name};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Status};
@@ -94,8 +94,7 @@ const METHODS: &[AdminMethod] = &[
         path: "set-plan",
         get: false,
         call: |s, p, h, b| {
-            let names = ("SetPlanRequest", "SetPlanResponse");
-            Box::pin(call(s, p, h, b, names, |a, r| async move {
+            Box::pin(call(s, p, h, b, |a, r| async move {
                 Admin::set_plan(&*a, r).await
             }))
         },
@@ -104,8 +103,7 @@ const METHODS: &[AdminMethod] = &[
         path: "get-subject",
         get: false,
         call: |s, p, h, b| {
-            let names = ("GetSubjectRequest", "SubjectState");
-            Box::pin(call(s, p, h, b, names, |a, r| async move {
+            Box::pin(call(s, p, h, b, |a, r| async move {
                 Admin::get_subject(&*a, r).await
             }))
         },
@@ -114,8 +112,7 @@ const METHODS: &[AdminMethod] = &[
         path: "set-override",
         get: false,
         call: |s, p, h, b| {
-            let names = ("Override", "Override");
-            Box::pin(call(s, p, h, b, names, |a, r| async move {
+            Box::pin(call(s, p, h, b, |a, r| async move {
                 Admin::set_override(&*a, r).await
             }))
         },
@@ -124,8 +121,7 @@ const METHODS: &[AdminMethod] = &[
         path: "remove-override",
         get: false,
         call: |s, p, h, b| {
-            let names = ("RemoveOverrideRequest", "RemoveOverrideResponse");
-            Box::pin(call(s, p, h, b, names, |a, r| async move {
+            Box::pin(call(s, p, h, b, |a, r| async move {
                 Admin::remove_override(&*a, r).await
             }))
         },
@@ -134,8 +130,7 @@ const METHODS: &[AdminMethod] = &[
         path: "reset-usage",
         get: false,
         call: |s, p, h, b| {
-            let names = ("ResetUsageRequest", "ResetUsageResponse");
-            Box::pin(call(s, p, h, b, names, |a, r| async move {
+            Box::pin(call(s, p, h, b, |a, r| async move {
                 Admin::reset_usage(&*a, r).await
             }))
         },
@@ -144,8 +139,7 @@ const METHODS: &[AdminMethod] = &[
         path: "list-plans",
         get: true,
         call: |s, p, h, b| {
-            let names = ("ListPlansRequest", "ListPlansResponse");
-            Box::pin(call(s, p, h, b, names, |a, r| async move {
+            Box::pin(call(s, p, h, b, |a, r| async move {
                 Admin::list_plans(&*a, r).await
             }))
         },
@@ -154,8 +148,7 @@ const METHODS: &[AdminMethod] = &[
         path: "reload-config",
         get: false,
         call: |s, p, h, b| {
-            let names = ("ReloadConfigRequest", "ReloadConfigResponse");
-            Box::pin(call(s, p, h, b, names, |a, r| async move {
+            Box::pin(call(s, p, h, b, |a, r| async move {
                 Admin::reload_config(&*a, r).await
             }))
         },
@@ -176,19 +169,19 @@ impl AdminMethod {
     }
 }
 
-/// Decodes the body as `tollgate.v1.<names.0>`, checks the token, calls `f`
-/// and answers `tollgate.v1.<names.1>` or the error table's status.
+/// Decodes the body as the method's request message (its JSON mapping found
+/// by the message's full name, `prost::Name`), checks the token, calls `f`
+/// and answers its response message or the error table's status.
 async fn call<Req, Resp, F, Fut>(
     State(s): State<Services>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
-    names: (&str, &str),
     f: F,
 ) -> Response
 where
-    Req: Message + Default,
-    Resp: Message,
+    Req: Message + Default + Name,
+    Resp: Message + Name,
     F: FnOnce(Arc<AdminService>, Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
@@ -201,16 +194,13 @@ where
         let mut probe = Request::from_parts(metadata.clone(), Default::default(), ());
         probe.extensions_mut().insert(connect_info(peer));
         s.admin_auth.check(probe)?;
-        let message: Req = json::decode(&format!("tollgate.v1.{}", names.0), &body)?;
+        let message: Req = json::decode(&body)?;
         let mut request = Request::from_parts(metadata, Default::default(), message);
         request.extensions_mut().insert(connect_info(peer));
         f(s.admin.clone(), request).await
     };
     match answer.await {
-        Ok(r) => super::json_response(
-            StatusCode::OK,
-            json::encode(&format!("tollgate.v1.{}", names.1), r.get_ref()),
-        ),
+        Ok(r) => super::json_response(StatusCode::OK, json::encode(r.get_ref())),
         Err(e) => error(&e),
     }
 }

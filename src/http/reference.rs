@@ -24,16 +24,13 @@ use crate::proto::envoy::service::ratelimit::v3 as pb;
 use pb::rate_limit_response::Code;
 use pb::rate_limit_service_server::RateLimitService;
 
-const REQUEST: &str = "envoy.service.ratelimit.v3.RateLimitRequest";
-const RESPONSE: &str = "envoy.service.ratelimit.v3.RateLimitResponse";
-
 /// `/json`.
 pub async fn json(State(s): State<Services>, body: Body) -> Response {
     let body = match read_body(body).await {
         Ok(b) => b,
         Err(response) => return response,
     };
-    let request: pb::RateLimitRequest = match json::decode(REQUEST, &body) {
+    let request: pb::RateLimitRequest = match json::decode(&body) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e.message(), "/json: not a RateLimitRequest");
@@ -52,7 +49,7 @@ pub async fn json(State(s): State<Services>, body: Body) -> Response {
         Code::OverLimit => StatusCode::TOO_MANY_REQUESTS,
         Code::Ok => StatusCode::OK,
     };
-    super::json_response(status, json::encode(RESPONSE, &response))
+    super::json_response(status, json::encode(&response))
 }
 
 /// `/healthcheck`.

@@ -15,9 +15,6 @@ use crate::engine::Mode;
 use crate::proto::tollgate::v1 as pb;
 use crate::sink::Door;
 
-/// The message names, for [`json`].
-pub(super) const LIMIT_REQUEST: &str = "tollgate.v1.LimitRequest";
-
 /// `POST /v1/check`: `CheckLimit`.
 pub async fn check(s: State<Services>, body: Body) -> Response {
     decide(s, body, Mode::Check).await
@@ -47,7 +44,7 @@ async fn decide(State(s): State<Services>, body: Body, mode: Mode) -> Response {
 async fn call_service(s: &Services, body: &[u8], mode: Mode) -> Result<pb::Decision, Status> {
     let request = match json::decision::decode_limit_request(body) {
         Some(request) => request,
-        None => json::decode::<pb::LimitRequest>(LIMIT_REQUEST, body)?,
+        None => json::decode::<pb::LimitRequest>(body)?,
     };
     let decision = s
         .rate_limiter

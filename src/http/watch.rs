@@ -28,8 +28,6 @@ use pb::rate_limiter_server::RateLimiter;
 /// How often an idle stream carries a keep-alive comment.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
-const UPDATE: &str = "tollgate.v1.QuotaUpdate";
-
 /// `GET /v1/watch`.
 pub async fn watch(
     State(s): State<Services>,
@@ -77,7 +75,7 @@ fn event(update: Result<pb::QuotaUpdate, Status>) -> Event {
                 .unwrap_or(pb::quota_update::Cause::Unspecified)
                 .as_str_name()
                 .to_ascii_lowercase();
-            let data = String::from_utf8(json::encode(UPDATE, &u)).expect("JSON is UTF-8");
+            let data = String::from_utf8(json::encode(&u)).expect("JSON is UTF-8");
             Event::default().event(cause).data(data)
         }
         Err(e) => Event::default().event("error").data(

@@ -13,7 +13,7 @@ pub mod decision;
 
 use std::sync::LazyLock;
 
-use prost::Message;
+use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use tonic::Status;
 
@@ -23,15 +23,16 @@ static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
     DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("build.rs writes a complete descriptor set")
 });
 
-/// The descriptor of the message `name` (`tollgate.v1.LimitRequest`).
-fn descriptor(name: &str) -> MessageDescriptor {
-    POOL.get_message_by_name(name)
+/// The descriptor of message `M`, by its full name (`prost::Name`).
+fn descriptor<M: Name>() -> MessageDescriptor {
+    let name = M::full_name();
+    POOL.get_message_by_name(&name)
         .unwrap_or_else(|| panic!("{name} is in the descriptor set"))
 }
 
-/// Reads `body` as the JSON of message `name`; an empty body is the empty
+/// Reads `body` as the JSON of message `M`; an empty body is the empty
 /// message. A bad body is `INVALID_ARGUMENT` saying where.
-pub fn decode<M: Message + Default>(name: &str, body: &[u8]) -> Result<M, Status> {
+pub fn decode<M: Message + Default + Name>(body: &[u8]) -> Result<M, Status> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
@@ -40,7 +41,7 @@ pub fn decode<M: Message + Default>(name: &str, body: &[u8]) -> Result<M, Status
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut track = serde_path_to_error::Track::new();
     let message = DynamicMessage::deserialize(
-        descriptor(name),
+        descriptor::<M>(),
         serde_path_to_error::Deserializer::new(&mut de, &mut track),
     )
     .and_then(|m| de.end().map(|()| m))
@@ -58,9 +59,9 @@ pub fn decode<M: Message + Default>(name: &str, body: &[u8]) -> Result<M, Status
         .map_err(|e| Status::invalid_argument(format!("body: {e}")))
 }
 
-/// `message`, of type `name`, as JSON.
-pub fn encode<M: Message>(name: &str, message: &M) -> Vec<u8> {
-    let dynamic = DynamicMessage::decode(descriptor(name), message.encode_to_vec().as_slice())
+/// `message` as JSON.
+pub fn encode<M: Message + Name>(message: &M) -> Vec<u8> {
+    let dynamic = DynamicMessage::decode(descriptor::<M>(), message.encode_to_vec().as_slice())
         .expect("a message decodes as its own type");
     serde_json::to_vec(&dynamic).expect("a message serializes to JSON")
 }
@@ -85,8 +86,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let json: serde_json::Value =
-            serde_json::from_slice(&encode("tollgate.v1.Decision", &d)).expect("json");
+        let json: serde_json::Value = serde_json::from_slice(&encode(&d)).expect("json");
         assert_eq!(
             json,
             serde_json::json!({
@@ -99,29 +99,18 @@ mod tests {
 
     #[test]
     fn reads_either_name_and_refuses_unknown_fields() {
-        let r: pb::LimitRequest = decode(
-            "tollgate.v1.LimitRequest",
-            br#"{"subject":"k","cost":{"tokens":"5"},"attributes":{"method":"GET"}}"#,
-        )
-        .expect("valid");
+        let r: pb::LimitRequest =
+            decode(br#"{"subject":"k","cost":{"tokens":"5"},"attributes":{"method":"GET"}}"#)
+                .expect("valid");
         assert_eq!(r.cost["tokens"], 5);
-        let s: pb::SetPlanRequest = decode(
-            "tollgate.v1.SetPlanRequest",
-            br#"{"account":"a","plan":"pro"}"#,
-        )
-        .expect("valid");
+        let s: pb::SetPlanRequest = decode(br#"{"account":"a","plan":"pro"}"#).expect("valid");
         assert_eq!(s.plan, "pro");
-        let o: pb::Override = decode(
-            "tollgate.v1.Override",
-            br#"{"account":"a","expires_at":"2030-01-01T00:00:00Z"}"#,
-        )
-        .expect("original field names are accepted");
+        let o: pb::Override = decode(br#"{"account":"a","expires_at":"2030-01-01T00:00:00Z"}"#)
+            .expect("original field names are accepted");
         assert_eq!(o.expires_at.map(|t| t.seconds), Some(1_893_456_000));
-        let err = decode::<pb::LimitRequest>("tollgate.v1.LimitRequest", br#"{"subjct":"k"}"#)
-            .expect_err("unknown field");
+        let err = decode::<pb::LimitRequest>(br#"{"subjct":"k"}"#).expect_err("unknown field");
         assert!(err.message().contains("subjct"), "{}", err.message());
-        let empty: pb::ListPlansRequest =
-            decode("tollgate.v1.ListPlansRequest", b"").expect("empty body");
+        let empty: pb::ListPlansRequest = decode(b"").expect("empty body");
         assert_eq!(empty, pb::ListPlansRequest::default());
     }
 }

@@ -154,7 +154,7 @@ impl SharedCounters {
                         Failure::Open => "admitted uncounted",
                         Failure::Closed => "answered UNAVAILABLE",
                     };
-                    tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, failed = self.failures(), also_failed = held, "the counter store failed a decision: {answer} (logged at most once every {:?})", self.failed.every());
+                    tracing::warn!(error = %e, store = %self.store.url(), policy = ?self.failure, failed = self.failures(), also_failed = held, "counter store unavailable: the counter store failed a decision, {answer} (logged at most once every {:?})", self.failed.every());
                 }
                 let Some(counters) = open else {
                     return Err(e);
