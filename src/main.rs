@@ -167,6 +167,7 @@ fn options(serve: &Serve, rules: RuleSource) -> anyhow::Result<Options> {
         envoy_rules: Some(Arc::new(rules)),
         envoy: serve.envoy.options(),
         limits: serve.limits(),
+        consumers: Vec::new(),
     })
 }
 

@@ -5,7 +5,8 @@
 //! `/v1`, forward auth, and Envoy's rule and plan domains ([`Door`]). The
 //! consumers are the metrics ([`Metrics`]) and the quota hub behind
 //! `WatchQuota` ([`Hub`]); a new one implements [`Consumer`] and is added in
-//! [`Sink::new`]'s caller, in one place. A consumer that has nothing to do
+//! one place, [`Sink::serving`] (or, from outside, the server's
+//! `Options::consumers`). A consumer that has nothing to do
 //! returns at once: the hub with no watchers is one atomic load.
 
 use std::fmt;
@@ -70,7 +71,7 @@ pub enum What<'a> {
 }
 
 /// What sees every decision.
-pub trait Consumer: Send + Sync {
+pub trait Consumer: Send + Sync + fmt::Debug {
     /// Called once per finished decision, on the decision's own task: return
     /// quickly, and hand anything slow to a task of its own.
     fn decided(&self, decided: &Decided<'_>);
@@ -114,9 +115,11 @@ impl Sink {
         }
     }
 
-    /// The sink of a server: metrics, then the quota hub.
-    pub fn serving(metrics: Arc<Metrics>, hub: Arc<Hub>) -> Self {
-        Self::new(vec![metrics, hub])
+    /// The sink of a server: metrics, the quota hub, then `more`.
+    pub fn serving(metrics: Arc<Metrics>, hub: Arc<Hub>, more: &[Arc<dyn Consumer>]) -> Self {
+        let mut consumers: Vec<Arc<dyn Consumer>> = vec![metrics, hub];
+        consumers.extend(more.iter().cloned());
+        Self::new(consumers)
     }
 
     /// Hands `decided` to every consumer.

@@ -94,6 +94,9 @@ pub struct Options {
     pub persist: Option<Persistence>,
     /// The caps and timeouts of every listener.
     pub limits: Limits,
+    /// More consumers of every decision, after the metrics and the hub
+    /// ([`crate::sink`]).
+    pub consumers: Vec<Arc<dyn crate::sink::Consumer>>,
 }
 
 /// Why the server did not run.
@@ -155,6 +158,7 @@ impl Default for Options {
             envoy: envoy::Options::default(),
             persist: None,
             limits: Limits::default(),
+            consumers: Vec::new(),
         }
     }
 }
@@ -330,7 +334,7 @@ impl App {
         let rules = Arc::new(rule_source.reloader());
         let metrics = Arc::new(Metrics::new());
         // Every decision, whichever door it came through, goes here.
-        let sink = Sink::serving(metrics.clone(), hub.clone());
+        let sink = Sink::serving(metrics.clone(), hub.clone(), &options.consumers);
         Self {
             rate_limiter: Arc::new(RateLimiterService::new(
                 limiter.clone(),

@@ -115,6 +115,22 @@ impl TestServer {
         .await
     }
 
+    /// Serves `yaml` and the Envoy rule files of `envoy_dir` with `options`.
+    pub async fn start_envoy_opts(
+        yaml: &str,
+        envoy_dir: &std::path::Path,
+        options: tollgate::server::Options,
+    ) -> Self {
+        Self::start_full(
+            yaml,
+            MemoryStore::new(100_000),
+            options,
+            true,
+            Some(envoy_dir),
+        )
+        .await
+    }
+
     async fn start_full(
         yaml: &str,
         store: MemoryStore,
