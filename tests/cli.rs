@@ -36,14 +36,23 @@ fn check_names_file_line_and_field() {
     let dir = std::env::temp_dir().join(format!("tollgate-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("bad.yaml");
-    std::fs::write(&file, "plans:\n  free:\n    limits:\n      - { rate: 30 per min }\n      - { rate: 5/minute, colour: red }\n").expect("write");
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg(&file)
-        .output()
-        .expect("runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Writes `text` to the file and checks it: the exit status and stderr.
+    let check = |text: &str| {
+        std::fs::write(&file, text).expect("write");
+        let out = Command::new(BIN)
+            .arg("check")
+            .arg(&file)
+            .output()
+            .expect("runs");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, stderr) = check(
+        "plans:\n  free:\n    limits:\n      - { rate: 30 per min }\n      - { rate: 5/minute, colour: red }\n",
+    );
+    assert!(!status.success());
     // Unknown keys are errors, not ignored, and they hide nothing: the bad
     // rate before it is reported too, one line per problem, in file order.
     assert!(
@@ -60,17 +69,9 @@ fn check_names_file_line_and_field() {
         "{stderr}"
     );
     // Block style, several unknown keys, one nested under another.
-    std::fs::write(
-        &file,
+    let (_, stderr) = check(
         "plans:\n  free:\n    shade: blue\n    limits:\n      - rate: 5/minute\n        colour:\n          hue: red\n      - rate: 30 per min\n",
-    )
-    .expect("write");
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg(&file)
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
         stderr.contains("bad.yaml:3: plans.free.shade: unknown field `shade`"),
         "{stderr}"
@@ -84,22 +85,12 @@ fn check_names_file_line_and_field() {
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 3, "{stderr}");
-    std::fs::write(
-        &file,
-        "plans:\n  free:\n    limits:\n      - { rate: 30 per min }\n",
-    )
-    .expect("write");
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg(&file)
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, stderr) = check("plans:\n  free:\n    limits:\n      - { rate: 30 per min }\n");
     assert!(
         stderr.contains(r#"bad.yaml:4: plans.free.limits[0].rate: expected "<amount>/<window>""#),
         "{stderr}"
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(status.code(), Some(1));
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -87,72 +87,36 @@ type Handler = fn(
     Body,
 ) -> Pin<Box<dyn Future<Output = Response> + Send>>;
 
+/// One row of [`METHODS`]: the path, whether `GET` reaches it, and the
+/// trait method it calls (its messages inferred from it).
+macro_rules! method {
+    ($path:literal, get: $get:literal, $rpc:ident) => {
+        AdminMethod {
+            path: $path,
+            get: $get,
+            call: |s, p, h, b| {
+                Box::pin(call(
+                    s,
+                    p,
+                    h,
+                    b,
+                    |a, r| async move { Admin::$rpc(&*a, r).await },
+                ))
+            },
+        }
+    };
+}
+
 /// Every admin method, once: the routes, the `Allow` header and the
 /// not-found message are read from here.
 const METHODS: &[AdminMethod] = &[
-    AdminMethod {
-        path: "set-plan",
-        get: false,
-        call: |s, p, h, b| {
-            Box::pin(call(s, p, h, b, |a, r| async move {
-                Admin::set_plan(&*a, r).await
-            }))
-        },
-    },
-    AdminMethod {
-        path: "get-subject",
-        get: false,
-        call: |s, p, h, b| {
-            Box::pin(call(s, p, h, b, |a, r| async move {
-                Admin::get_subject(&*a, r).await
-            }))
-        },
-    },
-    AdminMethod {
-        path: "set-override",
-        get: false,
-        call: |s, p, h, b| {
-            Box::pin(call(s, p, h, b, |a, r| async move {
-                Admin::set_override(&*a, r).await
-            }))
-        },
-    },
-    AdminMethod {
-        path: "remove-override",
-        get: false,
-        call: |s, p, h, b| {
-            Box::pin(call(s, p, h, b, |a, r| async move {
-                Admin::remove_override(&*a, r).await
-            }))
-        },
-    },
-    AdminMethod {
-        path: "reset-usage",
-        get: false,
-        call: |s, p, h, b| {
-            Box::pin(call(s, p, h, b, |a, r| async move {
-                Admin::reset_usage(&*a, r).await
-            }))
-        },
-    },
-    AdminMethod {
-        path: "list-plans",
-        get: true,
-        call: |s, p, h, b| {
-            Box::pin(call(s, p, h, b, |a, r| async move {
-                Admin::list_plans(&*a, r).await
-            }))
-        },
-    },
-    AdminMethod {
-        path: "reload-config",
-        get: false,
-        call: |s, p, h, b| {
-            Box::pin(call(s, p, h, b, |a, r| async move {
-                Admin::reload_config(&*a, r).await
-            }))
-        },
-    },
+    method!("set-plan", get: false, set_plan),
+    method!("get-subject", get: false, get_subject),
+    method!("set-override", get: false, set_override),
+    method!("remove-override", get: false, remove_override),
+    method!("reset-usage", get: false, reset_usage),
+    method!("list-plans", get: true, list_plans),
+    method!("reload-config", get: false, reload_config),
 ];
 
 impl AdminMethod {

@@ -12,7 +12,7 @@
 //! protobuf JSON ([`json`]) into the generated message, calls the very
 //! service gRPC calls (in process, through its tonic trait), and maps the
 //! `tonic::Status` it may end in to an HTTP status in one table
-//! ([`status_of`]). So the limiter, the validation and the error table are
+//! ([`crate::status::http_status`]). So the limiter, the validation and the error table are
 //! the ones gRPC uses; only the last step differs.
 //!
 //! Input is bounded before any of it runs: a body of at most [`MAX_BODY`]
@@ -226,13 +226,14 @@ fn head_len<B>(request: &hyper::Request<B>) -> usize {
         + target
 }
 
-/// The HTTP status of a gRPC code ([`crate::status::http_status`]).
-pub use crate::status::http_status as status_of;
-
-/// A failed call's answer: [`status_of`] its code, and a body
+/// A failed call's answer: the HTTP status of its code (the error table), and a body
 /// `{"code": <gRPC code>, "message": "…", "details": []}` (grpc-gateway's).
 pub fn error(status: &Status) -> Response {
-    error_with(status_of(status.code()), status.code(), status.message())
+    error_with(
+        crate::status::http_status(status.code()),
+        status.code(),
+        status.message(),
+    )
 }
 
 /// An error body with an explicit HTTP status, for what gRPC has no code
@@ -304,7 +305,7 @@ mod tests {
             (Code::Internal, 500),
             (Code::Unknown, 500),
         ] {
-            assert_eq!(status_of(code).as_u16(), http, "{code:?}");
+            assert_eq!(crate::status::http_status(code).as_u16(), http, "{code:?}");
         }
     }
 

@@ -244,7 +244,7 @@ impl Persistence {
                         .transpose()?
                         .flatten()
                     {
-                        restored.counters += restore_legacy_snapshot(store, &saved, now, slots);
+                        restore_legacy_snapshot(store, &saved, now, slots);
                     }
                 }
                 self.read_into(store, reader, Kind::Journal, now, slots, &mut restored)?;
@@ -259,7 +259,7 @@ impl Persistence {
                     .flatten()
                 {
                     legacy_rows = true;
-                    restored.counters += restore_legacy_snapshot(store, &saved, now, slots);
+                    restore_legacy_snapshot(store, &saved, now, slots);
                     restored.from = legacy.map(|l| l.path().to_owned());
                 }
             }
@@ -305,7 +305,7 @@ impl Persistence {
                         return Err(Error::damaged(&path, 0, "rows after its end"));
                     }
                     rows += 1;
-                    restored.counters += usize::from(store.restore(row, now, slots));
+                    store.restore(row, now, slots);
                 }
                 Next::End(n) if n == rows => ended = true,
                 Next::End(n) => {
@@ -567,20 +567,13 @@ impl Error {
 
 /// The previous version's snapshot (kept in the state file): its rows,
 /// unchecked, as far as they read.
-fn restore_legacy_snapshot(
-    store: &MemoryStore,
-    saved: &[u8],
-    now: Nanos,
-    slots: &SlotRegistry,
-) -> usize {
+fn restore_legacy_snapshot(store: &MemoryStore, saved: &[u8], now: Nanos, slots: &SlotRegistry) {
     let Some(mut rest) = saved.strip_prefix(file::LEGACY_MAGIC.as_slice()) else {
-        return 0;
+        return;
     };
-    let mut restored = 0;
     while let Some(row) = record::take(&mut rest) {
-        restored += usize::from(store.restore(row, now, slots));
+        store.restore(row, now, slots);
     }
-    restored
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

@@ -105,14 +105,7 @@ impl TestServer {
             envoy,
             ..Default::default()
         };
-        Self::start_full(
-            yaml,
-            MemoryStore::new(100_000),
-            options,
-            true,
-            Some(envoy_dir),
-        )
-        .await
+        Self::start_envoy_opts(yaml, envoy_dir, options).await
     }
 
     /// Serves `yaml` and the Envoy rule files of `envoy_dir` with `options`.

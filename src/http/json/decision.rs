@@ -25,14 +25,8 @@ use crate::proto::tollgate::v1 as pb;
 pub fn encode_decision(d: &pb::Decision) -> Vec<u8> {
     let mut out = String::with_capacity(256 + 256 * d.limits.len());
     let mut o = Object::open(&mut out);
-    if let Some(verdict) = pb::Verdict::try_from(d.verdict)
-        .ok()
-        .filter(|v| *v != pb::Verdict::Unspecified)
-    {
-        o.string("verdict", verdict.as_str_name());
-    } else if d.verdict != 0 {
-        o.raw("verdict", &d.verdict.to_string());
-    }
+    let verdict = pb::Verdict::try_from(d.verdict).ok();
+    o.enumeration("verdict", d.verdict, verdict.map(|v| v.as_str_name()));
     o.text("plan", &d.plan);
     o.text("class", &d.class);
     if !d.limits.is_empty() {
@@ -82,14 +76,8 @@ fn limit_status(out: &mut String, l: &pb::LimitStatus) {
         o.raw("unlimited", "true");
     }
     o.text("class", &l.class);
-    if let Some(a) = pb::Algorithm::try_from(l.algorithm)
-        .ok()
-        .filter(|a| *a != pb::Algorithm::Unspecified)
-    {
-        o.string("algorithm", a.as_str_name());
-    } else if l.algorithm != 0 {
-        o.raw("algorithm", &l.algorithm.to_string());
-    }
+    let algorithm = pb::Algorithm::try_from(l.algorithm).ok();
+    o.enumeration("algorithm", l.algorithm, algorithm.map(|a| a.as_str_name()));
     o.close();
 }
 
@@ -124,6 +112,16 @@ impl<'a> Object<'a> {
     fn string(&mut self, key: &str, value: &str) {
         self.key(key);
         escape(self.out, value);
+    }
+
+    /// An enum field: its value's name, or its number when it has none;
+    /// left out at 0 (a proto3 default).
+    fn enumeration(&mut self, key: &str, number: i32, name: Option<&str>) {
+        match name {
+            _ if number == 0 => {}
+            Some(name) => self.string(key, name),
+            None => self.raw(key, &number.to_string()),
+        }
     }
 
     fn raw(&mut self, key: &str, value: &str) {
