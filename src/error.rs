@@ -37,7 +37,7 @@ pub enum Error {
     Store(#[from] StoreError),
     /// An admin change could not be stored.
     #[error(transparent)]
-    State(#[from] crate::state::Error),
+    State(#[from] crate::state::StateError),
     /// A reload did not happen.
     #[error(transparent)]
     Reload(#[from] ReloadError),

@@ -27,7 +27,7 @@ pub fn code_of(e: &Error) -> Code {
         Error::NotFound { .. } => Code::NotFound,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
         Error::Refused(_) => Code::Unknown,
-        Error::Store(e) | Error::State(state::Error::Shared(e)) => store_code(e),
+        Error::Store(e) | Error::State(state::StateError::Shared(e)) => store_code(e),
         Error::State(_) => Code::Internal,
         Error::Reload(ReloadError::NoFile) => Code::FailedPrecondition,
         Error::Reload(ReloadError::Invalid(_)) => Code::InvalidArgument,
@@ -104,7 +104,7 @@ pub fn verdict_status(verdict: crate::limiter::Verdict) -> Option<StatusCode> {
 /// details belong in the log only.
 fn message_of(e: &Error) -> String {
     match e {
-        Error::Store(e) | Error::State(state::Error::Shared(e)) => store_message(e),
+        Error::Store(e) | Error::State(state::StateError::Shared(e)) => store_message(e),
         Error::State(_) => "the change could not be stored; see the server log".to_owned(),
         e => e.to_string(),
     }

@@ -122,16 +122,7 @@ fn limit() -> impl Strategy<Value = Limit> {
     )
         .prop_map(|(algorithm, window_ms, amount, changed)| Limit {
             algorithm,
-            // The ring's buckets are a sixth of its window: in nanoseconds in
-            // the engine, in whole milliseconds (rounded up) in the script,
-            // so the two agree only on windows of a multiple of 6 ms. The
-            // rest is a known mismatch, pinned (ignored) by
-            // `a_burst_ceiling_over_a_second_answers_alike` below.
-            window_ms: if algorithm == Algorithm::SlidingRing {
-                window_ms.next_multiple_of(6)
-            } else {
-                window_ms
-            },
+            window_ms,
             amount,
             changed,
         })
@@ -483,18 +474,12 @@ fn a_cost_past_a_sliding_window_is_too_large_in_redis_too() {
     }
 }
 
-/// A known mismatch, left for a decision (see the report on the branch
-/// `lua-differential`): the sliding ring (a burst ceiling) splits its window
-/// into six buckets of `ceil(window / 6)`, in nanoseconds in the engine
-/// (166.666667 ms for a second) and in whole milliseconds in the script
-/// (167 ms). On any window that is not a multiple of 6 ms, such as a
-/// second, 5 s or 10 s, the two stores' buckets start at different times:
-/// they answer different `free_at` and `wait`, and near a bucket's edge
-/// one admits what the other refuses. Three such windows at once, so the
-/// answers differ whatever the time (by chance each may round alike). Run
-/// with `cargo test --test lua_differential -- --ignored`.
+/// The sliding ring (a burst ceiling) splits its window into six buckets
+/// of a sixth of the window in whole milliseconds, in both stores: on a
+/// window that is not a multiple of 6 ms (a second, 5 s, 10 s) they must
+/// still start every bucket at the same instant, or near a bucket's edge
+/// one would admit what the other refuses. Three such windows at once.
 #[test]
-#[ignore = "known mismatch: ring buckets are ceil(window / 6) in ns in Rust, in ms in Lua"]
 fn a_burst_ceiling_over_a_second_answers_alike() {
     let harness = Harness::start();
     let case = Case {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tollgate::engine::{Algorithm, CounterKey, CounterStore, Engine, Item, Mode, Rate};
-use tollgate::persist::{Error, Fault, Persistence, STEPS, Step};
+use tollgate::persist::{Fault, PersistError, Persistence, STEPS, Step};
 use tollgate::plans::SlotRegistry;
 use tollgate::storage::memory::MemoryStore;
 
@@ -48,16 +48,16 @@ impl Process {
         }
     }
 
-    fn restore(&self) -> Result<tollgate::persist::Restored, Error> {
+    fn restore(&self) -> Result<tollgate::persist::Restored, PersistError> {
         self.persist
             .restore(self.engine.store(), None, T0, &self.slots)
     }
 
-    fn flush(&self) -> Result<u64, Error> {
+    fn flush(&self) -> Result<u64, PersistError> {
         self.persist.flush(self.engine.store(), T0, &self.slots)
     }
 
-    fn save(&self) -> Result<(), Error> {
+    fn save(&self) -> Result<(), PersistError> {
         self.persist
             .save(self.engine.store(), T0, &self.slots)
             .map(drop)
@@ -224,7 +224,7 @@ fn a_rewrite_crashed_at_any_step_loses_nothing_flushed_before() {
         crash_now.store(true, Ordering::SeqCst);
         let rewrote = p.flush();
         assert!(
-            matches!(rewrote, Err(Error::Crashed(s)) if s == step),
+            matches!(rewrote, Err(PersistError::Crashed(s)) if s == step),
             "{rewrote:?}"
         );
         drop(p);
@@ -310,7 +310,7 @@ fn a_torn_tail_is_cut_and_named_and_damage_stops_the_start() {
     std::fs::write(&journal, &changed).expect("write");
     assert!(matches!(
         Process::new(&state, true, None).restore(),
-        Err(Error::Damaged { offset: 0, .. })
+        Err(PersistError::Damaged { offset: 0, .. })
     ));
 }
 
@@ -328,7 +328,7 @@ fn a_damaged_snapshot_stops_the_start() {
         std::fs::write(&snapshot, bad).expect("write");
         assert!(matches!(
             Process::new(&state, false, None).restore(),
-            Err(Error::Damaged { .. })
+            Err(PersistError::Damaged { .. })
         ));
     }
     std::fs::write(&snapshot, &whole).expect("write");

@@ -232,7 +232,7 @@ impl AdminService {
             self.limiter.slots(),
         )
         .map_err(|e| match e {
-            overrides::Error::TooLarge { .. } => Error::invalid("amount", e.to_string()),
+            overrides::OverrideError::TooLarge { .. } => Error::invalid("amount", e.to_string()),
             e => Error::invalid("limit", e.to_string()),
         })?;
         let stored = o.clone();

@@ -1,5 +1,5 @@
 //! `tollgate.v1.RateLimiter` as served: `CheckLimit`, `Consume` and
-//! `Record` answer with [`Answer`], the decision encoded straight from the
+//! `Record` answer with [`WireDecision`], the decision encoded straight from the
 //! domain type; every other method goes to the generated server.
 
 use std::convert::Infallible;
@@ -12,7 +12,7 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use super::RateLimiterService;
-use super::wire::Answer;
+use super::wire::WireDecision;
 use crate::engine::Mode;
 use crate::proto::LeanCodec;
 use crate::proto::tollgate::v1 as pb;
@@ -73,7 +73,7 @@ where
             mode,
         };
         Box::pin(async move {
-            let mut grpc = Grpc::new(LeanCodec::<Answer, pb::LimitRequest>::default());
+            let mut grpc = Grpc::new(LeanCodec::<WireDecision, pb::LimitRequest>::default());
             Ok(grpc.unary(method, request).await)
         })
     }
@@ -82,8 +82,8 @@ where
 // === impl Decide ===
 
 impl UnaryService<pb::LimitRequest> for Decide {
-    type Response = Answer;
-    type Future = BoxFuture<Response<Answer>, Status>;
+    type Response = WireDecision;
+    type Future = BoxFuture<Response<WireDecision>, Status>;
 
     fn call(&mut self, request: Request<pb::LimitRequest>) -> Self::Future {
         let (service, mode) = (self.service.clone(), self.mode);
@@ -92,7 +92,7 @@ impl UnaryService<pb::LimitRequest> for Decide {
             let decision = service
                 .decide_request(Door::Unary, mode, request.get_ref(), deadline)
                 .await?;
-            Ok(Response::new(Answer::new(decision)))
+            Ok(Response::new(WireDecision::new(decision)))
         })
     }
 }

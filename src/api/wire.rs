@@ -4,7 +4,7 @@
 //! Building `pb::Decision` copies every limit's name, unit and class into
 //! new strings and every time into a message, only to encode and drop them:
 //! callgrind put that at ~5,000 instructions of a three-limit `Consume`,
-//! and prost's encode of the result at ~2,400 more. [`Answer`] writes the
+//! and prost's encode of the result at ~2,400 more. [`WireDecision`] writes the
 //! same fields, in the same order, with the same defaults left out, from
 //! the decision as it is (a test checks the bytes are prost's).
 
@@ -20,11 +20,11 @@ use crate::limiter::{Decision, LimitStatus};
 
 /// A decision as `tollgate.v1.Decision` on the wire (encode only).
 #[derive(Debug)]
-pub struct Answer(Decision);
+pub struct WireDecision(Decision);
 
-// === impl Answer ===
+// === impl WireDecision ===
 
-impl Answer {
+impl WireDecision {
     /// `decision`, its headers in the order the map field sends them: by
     /// name (the limiter names each header once).
     pub fn new(mut decision: Decision) -> Self {
@@ -33,7 +33,7 @@ impl Answer {
     }
 }
 
-impl prost::Message for Answer {
+impl prost::Message for WireDecision {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         let d = &self.0;
         put_varint(1, convert::verdict(d.verdict) as u64, buf);
@@ -208,7 +208,7 @@ mod tests {
     #[tokio::test]
     async fn answers_encode_as_the_generated_decision_does() {
         for d in crate::limiter::samples::every_kind().await {
-            let ours = Answer::new(d.clone());
+            let ours = WireDecision::new(d.clone());
             let bytes = ours.encode_to_vec();
             assert_eq!(bytes.len(), ours.encoded_len(), "{d:?}");
             assert_eq!(bytes, convert::decision(d).encode_to_vec());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum ConfigError {
     /// The file could not be read.
     #[error("{}: cannot read: {error}", path.display())]
     Read {

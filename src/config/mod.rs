@@ -19,7 +19,7 @@ pub mod reload;
 use std::path::Path;
 
 pub(crate) use burst::{burst_ceiling, burst_extra};
-pub use error::{Error, Problem};
+pub use error::{ConfigError, Problem};
 pub(crate) use rate::{check_amount, parse_rate, parse_window};
 
 use crate::plans::{Catalog, SlotRegistry};
@@ -31,8 +31,8 @@ pub const DEFAULT: &str = include_str!("../../examples/saas.yaml");
 pub const DEFAULT_NAME: &str = "examples/saas.yaml (built in)";
 
 /// Reads and compiles the file at `path`.
-pub fn load(path: &Path, slots: &SlotRegistry) -> Result<Catalog, Error> {
-    let text = std::fs::read_to_string(path).map_err(|error| Error::Read {
+pub fn load(path: &Path, slots: &SlotRegistry) -> Result<Catalog, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
         error,
     })?;
@@ -41,18 +41,18 @@ pub fn load(path: &Path, slots: &SlotRegistry) -> Result<Catalog, Error> {
 
 /// Compiles `text`; `file` names it in errors. Every problem is reported:
 /// unknown keys, and then what compiling the rest finds.
-pub fn parse(file: &str, text: &str, slots: &SlotRegistry) -> Result<Catalog, Error> {
+pub fn parse(file: &str, text: &str, slots: &SlotRegistry) -> Result<Catalog, ConfigError> {
     let (raw, mut problems) = deserialize_all::<raw::RawConfig>(file, text);
     let Some(raw) = raw else {
-        return Err(Error::Invalid(problems));
+        return Err(ConfigError::Invalid(problems));
     };
     match compile::compile(file, raw, slots) {
         Ok(catalog) if problems.is_empty() => Ok(catalog),
-        Ok(_) => Err(Error::Invalid(problems)),
+        Ok(_) => Err(ConfigError::Invalid(problems)),
         Err(more) => {
             problems.extend(more);
             problems.sort_by_key(|p| p.line);
-            Err(Error::Invalid(problems))
+            Err(ConfigError::Invalid(problems))
         }
     }
 }

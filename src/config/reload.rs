@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Error;
+use super::ConfigError;
 
 /// What a reload installed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,11 +41,11 @@ pub enum ReloadError {
     NoFile,
     /// The file is invalid; the running configuration stays.
     #[error(transparent)]
-    Invalid(#[from] Error),
+    Invalid(#[from] ConfigError),
 }
 
 /// Loads and installs from a path; what was installed.
-type Install = dyn Fn(&Path) -> Result<Reloaded, Error> + Send + Sync;
+type Install = dyn Fn(&Path) -> Result<Reloaded, ConfigError> + Send + Sync;
 
 /// Re-reads one source (a file or a directory) into the running server.
 pub struct Reloader {
@@ -78,7 +78,7 @@ impl Reloader {
         (what, kept): (&'static str, &'static str),
         path: Option<PathBuf>,
         fingerprint: fn(&Path) -> Option<Vec<u8>>,
-        install: impl Fn(&Path) -> Result<Reloaded, Error> + Send + Sync + 'static,
+        install: impl Fn(&Path) -> Result<Reloaded, ConfigError> + Send + Sync + 'static,
     ) -> Self {
         Self {
             what,

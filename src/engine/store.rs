@@ -19,18 +19,20 @@ pub struct CounterKey<'a> {
     pub slot: u32,
 }
 
-/// The stored state of one counter. Its meaning depends on the algorithm
-/// (see `algorithm`); all zeroes is the state of a counter never used.
+/// The stored state of one counter: four words, as stores keep and journal
+/// them. Each algorithm reads and writes them only through its own typed
+/// view (a fixed window's index and count, a sliding window's two counts,
+/// GCRA's arrival time, the ring's seven buckets; see `algorithm`); all
+/// zeroes is the state of a counter never used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct State {
-    /// Window index (windows) or theoretical arrival time (GCRA).
+    /// The first word.
     pub a: u64,
-    /// Count in the current window (windows) or the amount the GCRA state was
-    /// computed under, to rescale it when the limit changes.
+    /// The second word.
     pub b: u64,
-    /// Count in the previous window (sliding window).
+    /// The third word.
     pub c: u64,
-    /// Only the sliding ring uses a fourth word (see its module).
+    /// The fourth word (only the ring's).
     pub d: u64,
 }
 

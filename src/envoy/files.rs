@@ -5,13 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::Error;
+use crate::config::ConfigError;
 
 /// The rule files of `dir`, in name order: every file whose name does not
 /// start with a dot, as the reference loads its runtime directory (editors'
 /// swap files and ConfigMaps' `..data` links start with one).
-pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let read = std::fs::read_dir(dir).map_err(|error| Error::Read {
+pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let read = std::fs::read_dir(dir).map_err(|error| ConfigError::Read {
         path: dir.to_owned(),
         error,
     })?;
@@ -29,11 +29,11 @@ pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 
 /// Every rule file of `dir` as (name, text), in name order; the name is the
 /// path as problems should show it.
-pub(super) fn read(dir: &Path) -> Result<Vec<(String, String)>, Error> {
+pub(super) fn read(dir: &Path) -> Result<Vec<(String, String)>, ConfigError> {
     let files = rule_files(dir)?;
     let mut texts = Vec::with_capacity(files.len());
     for path in files {
-        let text = std::fs::read_to_string(&path).map_err(|error| Error::Read {
+        let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read {
             path: path.clone(),
             error,
         })?;

@@ -13,7 +13,7 @@ use super::compile::Compiler;
 use super::files;
 use super::raw::{RawDescriptor, RawFile};
 use super::rules::{KeyRules, Level, Node, RuleSet};
-use crate::config::{self, Error};
+use crate::config::{self, ConfigError};
 use crate::plans::SlotRegistry;
 use crate::plans::glob::Glob;
 
@@ -27,7 +27,7 @@ impl RuleSet {
         dir: &std::path::Path,
         merge: bool,
         slots: &SlotRegistry,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ConfigError> {
         Self::parse(&files::read(dir)?, merge, slots)
     }
 
@@ -36,7 +36,7 @@ impl RuleSet {
         files: &[(String, String)],
         merge: bool,
         slots: &SlotRegistry,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ConfigError> {
         let mut set = Self::empty(slots);
         let mut problems = Vec::new();
         for (file, text) in files {
@@ -54,7 +54,7 @@ impl RuleSet {
         if problems.is_empty() {
             Ok(set)
         } else {
-            Err(Error::Invalid(problems))
+            Err(ConfigError::Invalid(problems))
         }
     }
 

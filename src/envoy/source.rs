@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::rules::RuleSet;
-use crate::config::Error;
+use crate::config::ConfigError;
 use crate::config::reload::{Reloaded, Reloader};
 use crate::plans::SlotRegistry;
 
@@ -27,7 +27,7 @@ impl RuleSource {
         dir: Option<PathBuf>,
         merge: bool,
         slots: Arc<SlotRegistry>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ConfigError> {
         let rules = match &dir {
             Some(d) => RuleSet::load_dir(d, merge, &slots)?,
             None => RuleSet::empty(&slots),

@@ -26,14 +26,14 @@ use crate::plans::{
     Catalog, Limit, LimitKind, Plan, Resolver, SlotRegistry, matcher::split_method, path,
 };
 use crate::state::RuntimeState;
-use crate::storage::{Consumer, Counters, StoreError};
+use crate::storage::{Counters, Notify, StoreError};
 pub use decision::{Decision, LimitStatus, Pressure, Quota, Request, Verdict};
 use route::cost_of;
 
 /// The decision path over one set of counters.
 pub struct Limiter {
     counters: Counters,
-    catalog: ArcSwap<Snapshot>,
+    catalog: ArcSwap<Installed>,
     generation: AtomicU64,
     resolver: Resolver,
     state: Arc<RuntimeState>,
@@ -43,7 +43,7 @@ pub struct Limiter {
 
 /// A catalog and the generation number it was installed under.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct Installed {
     /// The catalog.
     pub catalog: Arc<Catalog>,
     /// Increases with every installed catalog.
@@ -60,7 +60,7 @@ enum Early {
 
 /// A decision under way: what `begin` resolved, for `conclude`.
 struct Begun<'r> {
-    snapshot: Arc<Snapshot>,
+    snapshot: Arc<Installed>,
     plan: Arc<Plan>,
     class: Option<usize>,
     account: &'r str,
@@ -102,7 +102,7 @@ impl Limiter {
         }
         Self {
             counters,
-            catalog: ArcSwap::from_pointee(Snapshot {
+            catalog: ArcSwap::from_pointee(Installed {
                 catalog: Arc::new(catalog),
                 generation: 0,
             }),
@@ -147,7 +147,7 @@ impl Limiter {
     /// Installs a new catalog; the next decision uses it.
     pub fn replace_catalog(&self, catalog: Catalog) {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.catalog.store(Arc::new(Snapshot {
+        self.catalog.store(Arc::new(Installed {
             catalog: Arc::new(catalog),
             generation,
         }));
@@ -168,7 +168,7 @@ impl Limiter {
             begun.account,
             |l| cost_of(request.cost, &l.unit, mode),
         );
-        let consumer = Consumer {
+        let notify = Notify {
             subject: request.subject,
             account: begun.account,
         };
@@ -178,7 +178,7 @@ impl Limiter {
                 begun.run_mode,
                 begun.account,
                 &items,
-                Some(consumer),
+                Some(notify),
                 &self.slots,
                 begun.now,
                 request.deadline,
@@ -189,18 +189,18 @@ impl Limiter {
 
     /// Runs one decision's items (all of hash tag `tag`) on the counters by
     /// `deadline`; returns the time it was decided at and the outcome.
-    /// `consumer` is for watchers on other replicas.
+    /// `notify` is for watchers on other replicas.
     pub async fn run(
         &self,
         mode: Mode,
         tag: &str,
         items: &[Item<'_>],
-        consumer: Option<Consumer<'_>>,
+        notify: Option<Notify<'_>>,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(Nanos, Outcome), StoreError> {
         let now = self.clock.now();
         self.counters
-            .run(mode, tag, items, consumer, &self.slots, now, deadline)
+            .run(mode, tag, items, notify, &self.slots, now, deadline)
             .await
     }
 

@@ -20,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::Error;
+use super::PersistError;
 use super::record;
 use crate::storage::memory::Row;
 
@@ -108,13 +108,16 @@ impl Reader {
     /// Opens the file at `path`, of `kind`, and reads its epoch; `None`
     /// when there is no file. A file of the previous format reads with
     /// epoch 0 ([`Reader::legacy`]).
-    pub(super) fn open(path: &Path, kind: Kind) -> Result<Option<(Self, u64)>, Error> {
+    pub(super) fn open(path: &Path, kind: Kind) -> Result<Option<(Self, u64)>, PersistError> {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(path, e)),
+            Err(e) => return Err(PersistError::io(path, e)),
         };
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| PersistError::io(path, e))?
+            .len();
         let mut reader = Self {
             path: path.to_owned(),
             file: BufReader::with_capacity(256 << 10, file),
@@ -123,7 +126,7 @@ impl Reader {
             buf: Vec::new(),
             legacy: false,
         };
-        let damaged = |reason: &str| Err(Error::damaged(path, 0, reason));
+        let damaged = |reason: &str| Err(PersistError::damaged(path, 0, reason));
         let mut magic = [0; 4];
         if reader.exact(&mut magic).is_err() {
             return damaged("shorter than its header");
@@ -163,7 +166,7 @@ impl Reader {
     }
 
     /// The next record.
-    pub(super) fn next(&mut self) -> Result<Next<'_>, Error> {
+    pub(super) fn next(&mut self) -> Result<Next<'_>, PersistError> {
         if self.offset == self.len {
             return Ok(Next::Eof);
         }
@@ -180,7 +183,7 @@ impl Reader {
         let end = at + (FRAME + len) as u64;
         if len > MAX_PAYLOAD {
             // No write, whole or torn, leaves a length no writer writes.
-            return Err(Error::damaged(
+            return Err(PersistError::damaged(
                 &self.path,
                 at,
                 "a record's length is impossible",
@@ -205,12 +208,12 @@ impl Reader {
             let count = count.try_into().map(u64::from_le_bytes);
             return match count {
                 Ok(n) => Ok(Next::End(n)),
-                Err(_) => Err(Error::damaged(&self.path, at, "a bad end record")),
+                Err(_) => Err(PersistError::damaged(&self.path, at, "a bad end record")),
             };
         }
         match record::decode(&self.buf) {
             Some(row) => Ok(Next::Row(row)),
-            None => Err(Error::damaged(
+            None => Err(PersistError::damaged(
                 &self.path,
                 at,
                 "a record checks but is not a counter",
@@ -221,14 +224,14 @@ impl Reader {
     /// A bad record from `at` to `end`: the torn tail when it is the last
     /// thing in the file or only zeros follow it (blocks a crash left
     /// unwritten), damage when anything else follows it.
-    fn bad(&mut self, at: u64, end: u64, reason: &str) -> Result<Next<'_>, Error> {
+    fn bad(&mut self, at: u64, end: u64, reason: &str) -> Result<Next<'_>, PersistError> {
         let mut rest = Vec::new();
         let zeros = end >= self.len
             || (self.file.read_to_end(&mut rest).is_ok() && rest.iter().all(|b| *b == 0));
         if zeros {
             Ok(Next::Torn(at))
         } else {
-            Err(Error::damaged(
+            Err(PersistError::damaged(
                 &self.path,
                 at,
                 &format!("{reason}, and records follow it"),
@@ -238,12 +241,12 @@ impl Reader {
 
     /// A row of the previous format: no framing, so the first that does not
     /// parse ends the file (as that format's reader did).
-    fn next_legacy(&mut self) -> Result<Next<'_>, Error> {
+    fn next_legacy(&mut self) -> Result<Next<'_>, PersistError> {
         if self.buf.is_empty() {
             let mut all = Vec::new();
             self.file
                 .read_to_end(&mut all)
-                .map_err(|e| Error::io(&self.path, e))?;
+                .map_err(|e| PersistError::io(&self.path, e))?;
             self.buf = all;
             self.offset = 4;
         }
@@ -277,8 +280,8 @@ impl Reader {
 impl Writer {
     /// A new file at `path` (replacing any) of `kind` and `epoch`; its
     /// header is buffered.
-    pub(super) fn create(path: &Path, kind: Kind, epoch: u64) -> Result<Self, Error> {
-        let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    pub(super) fn create(path: &Path, kind: Kind, epoch: u64) -> Result<Self, PersistError> {
+        let file = File::create(path).map_err(|e| PersistError::io(path, e))?;
         let mut header = Vec::with_capacity(HEADER as usize);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&[kind.byte(), 0, 0, 0]);
@@ -295,11 +298,11 @@ impl Writer {
     }
 
     /// The journal at `path`, `len` bytes long, to append to.
-    pub(super) fn append(path: &Path, len: u64) -> Result<Self, Error> {
+    pub(super) fn append(path: &Path, len: u64) -> Result<Self, PersistError> {
         let file = OpenOptions::new()
             .write(true)
             .open(path)
-            .map_err(|e| Error::io(path, e))?;
+            .map_err(|e| PersistError::io(path, e))?;
         let mut writer = Self {
             path: path.to_owned(),
             file,
@@ -345,40 +348,42 @@ impl Writer {
 
     /// Writes what is buffered. On failure, nothing of it counts: the next
     /// [`Writer::truncate`] cuts the file back to its last whole write.
-    pub(super) fn write(&mut self) -> Result<(), Error> {
+    pub(super) fn write(&mut self) -> Result<(), PersistError> {
         if self.buf.is_empty() {
             return Ok(());
         }
         self.file
             .write_all(&self.buf)
-            .map_err(|e| Error::io(&self.path, e))?;
+            .map_err(|e| PersistError::io(&self.path, e))?;
         self.len += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
     }
 
     /// Makes what was written durable.
-    pub(super) fn sync(&self) -> Result<(), Error> {
-        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    pub(super) fn sync(&self) -> Result<(), PersistError> {
+        self.file
+            .sync_data()
+            .map_err(|e| PersistError::io(&self.path, e))
     }
 
     /// Cuts the file back to `len` bytes (a length it had), and forgets the
     /// buffer.
-    pub(super) fn cut_to(&mut self, len: u64) -> Result<(), Error> {
+    pub(super) fn cut_to(&mut self, len: u64) -> Result<(), PersistError> {
         self.len = len.min(self.len);
         self.truncate()
     }
 
     /// Cuts the file back to its last whole write, and forgets the buffer.
-    pub(super) fn truncate(&mut self) -> Result<(), Error> {
+    pub(super) fn truncate(&mut self) -> Result<(), PersistError> {
         self.buf.clear();
         self.file
             .set_len(self.len)
-            .map_err(|e| Error::io(&self.path, e))?;
+            .map_err(|e| PersistError::io(&self.path, e))?;
         use std::io::Seek;
         self.file
             .seek(std::io::SeekFrom::Start(self.len))
-            .map_err(|e| Error::io(&self.path, e))?;
+            .map_err(|e| PersistError::io(&self.path, e))?;
         Ok(())
     }
 
@@ -394,14 +399,14 @@ impl Writer {
 }
 
 /// Makes a rename or removal in `path`'s directory durable.
-pub(super) fn sync_dir(path: &Path) -> Result<(), Error> {
+pub(super) fn sync_dir(path: &Path) -> Result<(), PersistError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+        .map_err(|e| PersistError::io(dir, e))
 }
 
 #[cfg(test)]
@@ -434,7 +439,7 @@ mod tests {
         path
     }
 
-    fn read_all(path: &Path, kind: Kind) -> Result<(Vec<u64>, Option<u64>), Error> {
+    fn read_all(path: &Path, kind: Kind) -> Result<(Vec<u64>, Option<u64>), PersistError> {
         let (mut r, epoch) = Reader::open(path, kind)?.expect("exists");
         assert_eq!(epoch, 7);
         let mut got = Vec::new();

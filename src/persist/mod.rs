@@ -116,7 +116,7 @@ pub type Faults = Arc<dyn Fn(Step) -> Option<Fault> + Send + Sync>;
 
 /// A counter file problem.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum PersistError {
     /// A file is not what was written: starting needs the operator.
     #[error(
         "counter file {} is damaged at byte {offset}: {reason}; move it aside to start without the counters it holds",
@@ -141,7 +141,7 @@ pub enum Error {
     /// The counters saved by the previous version (in the state file)
     /// could not be read.
     #[error(transparent)]
-    State(#[from] crate::state::Error),
+    State(#[from] crate::state::StateError),
     /// A test crashed the operation here ([`Faults`]).
     #[error("crashed at {0:?} (a test's fault)")]
     Crashed(Step),
@@ -223,7 +223,7 @@ impl Persistence {
         legacy: Option<&RuntimeState>,
         now: Nanos,
         slots: &SlotRegistry,
-    ) -> Result<Restored, Error> {
+    ) -> Result<Restored, PersistError> {
         let journal = Reader::open(&self.journal_path, Kind::Journal)?;
         let snapshot = Reader::open(&self.snapshot_path, Kind::Snapshot)?;
         let journal_epoch = journal.as_ref().map(|(_, e)| *e);
@@ -293,7 +293,7 @@ impl Persistence {
         now: Nanos,
         slots: &SlotRegistry,
         restored: &mut Restored,
-    ) -> Result<(), Error> {
+    ) -> Result<(), PersistError> {
         let path = reader.path().to_owned();
         let legacy = reader.legacy();
         restored.from = Some(path.clone());
@@ -302,7 +302,7 @@ impl Persistence {
             match reader.next()? {
                 Next::Row(row) => {
                     if ended {
-                        return Err(Error::damaged(&path, 0, "rows after its end"));
+                        return Err(PersistError::damaged(&path, 0, "rows after its end"));
                     }
                     rows += 1;
                     store.restore(row, now, slots);
@@ -310,18 +310,18 @@ impl Persistence {
                 Next::End(n) if n == rows => ended = true,
                 Next::End(n) => {
                     let reason = format!("its end counts {n} rows, it holds {rows}");
-                    return Err(Error::damaged(&path, 0, &reason));
+                    return Err(PersistError::damaged(&path, 0, &reason));
                 }
                 Next::Eof => break,
                 Next::Torn(at) if kind == Kind::Journal || legacy => {
                     restored.torn_at = Some(at);
                     break;
                 }
-                Next::Torn(at) => return Err(Error::damaged(&path, at, "cut short")),
+                Next::Torn(at) => return Err(PersistError::damaged(&path, at, "cut short")),
             }
         }
         if kind == Kind::Snapshot && !ended && !legacy {
-            return Err(Error::damaged(&path, 0, "it has no end record"));
+            return Err(PersistError::damaged(&path, 0, "it has no end record"));
         }
         Ok(())
     }
@@ -335,7 +335,7 @@ impl Persistence {
         store: &MemoryStore,
         now: Nanos,
         slots: &SlotRegistry,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, PersistError> {
         if self.every.is_none() {
             return Ok(0);
         }
@@ -358,7 +358,7 @@ impl Persistence {
         let appended = self.append(store, &mut open.writer, now, slots);
         match appended {
             Ok(()) => Ok(open.writer.len()),
-            Err(e @ Error::Crashed(_)) => Err(e),
+            Err(e @ PersistError::Crashed(_)) => Err(e),
             Err(e) => {
                 // The changes taken are still in the store: a rewrite finds
                 // them. Cut back to the last good length now, so nothing
@@ -376,7 +376,7 @@ impl Persistence {
         writer: &mut Writer,
         now: Nanos,
         slots: &SlotRegistry,
-    ) -> Result<(), Error> {
+    ) -> Result<(), PersistError> {
         let mut failed = None;
         for shard in 0..store.shard_count() {
             store.drain_changes(shard, now, slots, &mut |row| writer.push(&row));
@@ -399,7 +399,12 @@ impl Persistence {
     /// syncs it and renames it into place, then removes the snapshot it
     /// supersedes. Clears the store's change marks shard by shard as it
     /// writes them.
-    fn rewrite(&self, store: &MemoryStore, now: Nanos, slots: &SlotRegistry) -> Result<(), Error> {
+    fn rewrite(
+        &self,
+        store: &MemoryStore,
+        now: Nanos,
+        slots: &SlotRegistry,
+    ) -> Result<(), PersistError> {
         let epoch = *self.epoch.lock();
         let tmp = with_suffix(&self.journal_path, ".tmp");
         let written = self.write_new(&tmp, Kind::Journal, epoch, store, now, slots, true);
@@ -407,7 +412,7 @@ impl Persistence {
             Ok(w) => w,
             Err(e) => {
                 self.rewrite.store(true, Ordering::Release);
-                if !matches!(e, Error::Crashed(_)) {
+                if !matches!(e, PersistError::Crashed(_)) {
                     let _ = std::fs::remove_file(&tmp);
                 }
                 return Err(e);
@@ -431,7 +436,7 @@ impl Persistence {
         store: &MemoryStore,
         now: Nanos,
         slots: &SlotRegistry,
-    ) -> Result<Saved, Error> {
+    ) -> Result<Saved, PersistError> {
         if self.every.is_some() {
             self.flush(store, now, slots)?;
             return Ok(Saved {
@@ -447,7 +452,7 @@ impl Persistence {
         store: &MemoryStore,
         now: Nanos,
         slots: &SlotRegistry,
-    ) -> Result<Saved, Error> {
+    ) -> Result<Saved, PersistError> {
         let epoch = {
             let mut epoch = self.epoch.lock();
             *epoch += 1;
@@ -457,7 +462,7 @@ impl Persistence {
         let writer = match self.write_new(&tmp, Kind::Snapshot, epoch, store, now, slots, false) {
             Ok(w) => w,
             Err(e) => {
-                if !matches!(e, Error::Crashed(_)) {
+                if !matches!(e, PersistError::Crashed(_)) {
                     let _ = std::fs::remove_file(&tmp);
                 }
                 return Err(e);
@@ -481,7 +486,7 @@ impl Persistence {
         now: Nanos,
         slots: &SlotRegistry,
         clear: bool,
-    ) -> Result<Writer, Error> {
+    ) -> Result<Writer, PersistError> {
         let mut writer = Writer::create(path, kind, epoch)?;
         for shard in 0..store.shard_count() {
             let mut failed = None;
@@ -508,26 +513,26 @@ impl Persistence {
 
     /// Renames the synced file `tmp` over `path`, makes that durable, then
     /// removes `superseded`.
-    fn replace(&self, tmp: &Path, path: &Path, superseded: &[&Path]) -> Result<(), Error> {
+    fn replace(&self, tmp: &Path, path: &Path, superseded: &[&Path]) -> Result<(), PersistError> {
         self.step(Step::Synced)?;
-        std::fs::rename(tmp, path).map_err(|e| Error::io(path, e))?;
+        std::fs::rename(tmp, path).map_err(|e| PersistError::io(path, e))?;
         self.step(Step::Renamed)?;
         file::sync_dir(path)?;
         for old in superseded {
             match std::fs::remove_file(old) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(old, e)),
+                Err(e) => return Err(PersistError::io(old, e)),
             }
         }
         file::sync_dir(path)?;
         self.step(Step::Removed)
     }
 
-    fn step(&self, step: Step) -> Result<(), Error> {
+    fn step(&self, step: Step) -> Result<(), PersistError> {
         match self.faults.as_ref().and_then(|f| f(step)) {
-            Some(Fault::Crash) => Err(Error::Crashed(step)),
-            Some(Fault::Fail) => Err(Error::io(
+            Some(Fault::Crash) => Err(PersistError::Crashed(step)),
+            Some(Fault::Fail) => Err(PersistError::io(
                 &self.journal_path,
                 std::io::Error::other(format!("failed at {step:?} (a test's fault)")),
             )),
@@ -546,9 +551,9 @@ impl std::fmt::Debug for Persistence {
     }
 }
 
-// === impl Error ===
+// === impl PersistError ===
 
-impl Error {
+impl PersistError {
     fn io(path: &Path, error: std::io::Error) -> Self {
         Self::Io {
             path: path.to_owned(),

@@ -59,7 +59,7 @@ pub struct Custom {
 
 /// Why an override cannot apply to a plan.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
+pub enum OverrideError {
     /// The plan has no limit of that name and the override defines none.
     #[error(
         "plan {plan:?} has no limit named {limit:?} (it has: {known}); give rate to add a custom one"
@@ -114,7 +114,7 @@ pub fn apply(
     now: Nanos,
     class_names: &[Arc<str>],
     slots: &SlotRegistry,
-) -> Result<(Plan, Option<Nanos>), Error> {
+) -> Result<(Plan, Option<Nanos>), OverrideError> {
     let mut limits = plan.limits.clone();
     let mut valid_until: Option<Nanos> = None;
     for o in overrides.iter().filter(|o| o.active(now)) {
@@ -124,14 +124,14 @@ pub fn apply(
         let found = limits.iter().position(|l| *l.name == *o.limit);
         let changed = match (&o.change, found) {
             (Change::Custom(c), _) => custom(&o.limit, c, class_names, slots)?,
-            (Change::Amount(0), _) => return Err(Error::ZeroAmount),
+            (Change::Amount(0), _) => return Err(OverrideError::ZeroAmount),
             (Change::Amount(n), Some(i)) => with_amount(&limits[i], *n)?,
             (Change::Unlimited, Some(i)) => Limit {
                 kind: LimitKind::Unlimited,
                 ..(*limits[i]).clone()
             },
             (_, None) => {
-                return Err(Error::UnknownLimit {
+                return Err(OverrideError::UnknownLimit {
                     plan: plan.name.to_string(),
                     limit: o.limit.clone(),
                     known: limits
@@ -157,8 +157,8 @@ pub fn apply(
     Ok((plan, valid_until))
 }
 
-fn with_amount(limit: &Limit, amount: u64) -> Result<Limit, Error> {
-    let too_large = |max: u64| Error::TooLarge {
+fn with_amount(limit: &Limit, amount: u64) -> Result<Limit, OverrideError> {
+    let too_large = |max: u64| OverrideError::TooLarge {
         limit: limit.name.to_string(),
         amount,
         max,
@@ -173,7 +173,7 @@ fn with_amount(limit: &Limit, amount: u64) -> Result<Limit, Error> {
         burst,
     } = &limit.kind
     else {
-        return Err(Error::NoRate {
+        return Err(OverrideError::NoRate {
             limit: limit.name.to_string(),
         });
     };
@@ -208,7 +208,7 @@ fn custom(
     c: &Custom,
     class_names: &[Arc<str>],
     slots: &SlotRegistry,
-) -> Result<Limit, Error> {
+) -> Result<Limit, OverrideError> {
     let class = match &c.class {
         None => None,
         Some(name) => Some(
@@ -216,17 +216,17 @@ fn custom(
                 .iter()
                 .find(|n| ***n == **name)
                 .cloned()
-                .ok_or_else(|| Error::UnknownClass(name.clone()))?,
+                .ok_or_else(|| OverrideError::UnknownClass(name.clone()))?,
         ),
     };
     if c.amount > MAX_AMOUNT {
-        return Err(Error::TooLarge {
+        return Err(OverrideError::TooLarge {
             limit: name.to_owned(),
             amount: c.amount,
             max: MAX_AMOUNT,
         });
     }
-    let rate = Rate::new(c.amount, c.window).ok_or(Error::ZeroAmount)?;
+    let rate = Rate::new(c.amount, c.window).ok_or(OverrideError::ZeroAmount)?;
     let identity = counter_identity(c.per, c.class.as_deref(), &c.unit, c.window, c.algorithm);
     let name = if name.is_empty() {
         default_name(c.class.as_deref(), &c.unit, Some(c.window), c.per)
@@ -341,11 +341,11 @@ mod tests {
         // Past the burst ring's 32 bits: refused, not a panic in clamp.
         assert!(matches!(
             apply(5_000_000_000),
-            Err(Error::TooLarge { max, .. }) if max == u64::from(u32::MAX)
+            Err(OverrideError::TooLarge { max, .. }) if max == u64::from(u32::MAX)
         ));
         assert!(matches!(
             apply(u64::MAX),
-            Err(Error::TooLarge {
+            Err(OverrideError::TooLarge {
                 max: MAX_AMOUNT,
                 ..
             })

@@ -101,10 +101,10 @@ pub struct Options {
 
 /// Why the server did not run.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum ServeError {
     /// The counters could not be restored (a damaged file).
     #[error(transparent)]
-    Counters(#[from] crate::persist::Error),
+    Counters(#[from] crate::persist::PersistError),
     /// gRPC serving failed.
     #[error(transparent)]
     Serve(#[from] tonic::transport::Error),
@@ -171,7 +171,7 @@ pub async fn run(
     limiter: Arc<Limiter>,
     mut options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
+) -> Result<(), ServeError> {
     let persist = match options.persist.take() {
         Some(p) => Some(restore(&limiter, p).await?),
         None => None,
@@ -291,7 +291,7 @@ pub async fn run(
     if let Some(persist) = persist {
         save(&limiter, persist).await;
     }
-    result.map_err(Error::from)
+    result.map_err(ServeError::from)
 }
 
 // === impl App ===
@@ -489,7 +489,10 @@ async fn set_serving(health: &HealthReporter, serving: bool) {
 
 /// Restores the counters into the memory store from the files `persist`
 /// names, on the blocking pool; a damaged file stops the start.
-async fn restore(limiter: &Arc<Limiter>, persist: Persistence) -> Result<Arc<Persistence>, Error> {
+async fn restore(
+    limiter: &Arc<Limiter>,
+    persist: Persistence,
+) -> Result<Arc<Persistence>, ServeError> {
     let persist = Arc::new(persist);
     if limiter.counters().memory().is_none() {
         return Ok(persist);

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, Once};
 
 use redb::{Database, DatabaseError, StorageBackend};
 
-use super::Error;
+use super::StateError;
 
 /// Opens the database again, on the same file or backend.
 type Opener = Box<dyn Fn() -> Result<Database, DatabaseError> + Send + Sync>;
@@ -51,7 +51,7 @@ thread_local! {
 
 impl StateFile {
     /// Opens (or creates) the file at `path`.
-    pub(super) fn open(path: &Path) -> Result<Self, Error> {
+    pub(super) fn open(path: &Path) -> Result<Self, StateError> {
         let owned = path.to_owned();
         // redb caches up to 1 GiB by default; the state file is written far
         // more than it is read, so a small cache keeps the server's memory
@@ -63,7 +63,7 @@ impl StateFile {
     }
 
     /// A database on `backend`, re-opened on the same backend.
-    pub(super) fn on_backend(path: &Path, backend: SharedBackend) -> Result<Self, Error> {
+    pub(super) fn on_backend(path: &Path, backend: SharedBackend) -> Result<Self, StateError> {
         Self::with(
             path,
             Box::new(move || {
@@ -74,7 +74,7 @@ impl StateFile {
         )
     }
 
-    fn with(path: &Path, open: Opener) -> Result<Self, Error> {
+    fn with(path: &Path, open: Opener) -> Result<Self, StateError> {
         let db = guarded(path, || open().map_err(redb::Error::from))?;
         Ok(Self {
             path: path.to_owned(),
@@ -105,7 +105,7 @@ impl StateFile {
     pub(super) fn first<T>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, redb::Error>,
-    ) -> Result<T, Error> {
+    ) -> Result<T, StateError> {
         let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
         let db = self.reopened(&mut slot)?;
         guarded(&self.path, || f(db))
@@ -116,7 +116,7 @@ impl StateFile {
     pub(super) fn write<T>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, redb::Error>,
-    ) -> Result<T, Error> {
+    ) -> Result<T, StateError> {
         let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
         let result = self
             .reopened(&mut slot)
@@ -142,7 +142,7 @@ impl StateFile {
         result
     }
 
-    fn reopened<'a>(&self, slot: &'a mut Option<Database>) -> Result<&'a Database, Error> {
+    fn reopened<'a>(&self, slot: &'a mut Option<Database>) -> Result<&'a Database, StateError> {
         if slot.is_none() {
             *slot = Some(guarded(&self.path, || {
                 (self.open)().map_err(redb::Error::from)
@@ -186,8 +186,8 @@ impl StorageBackend for SharedBackend {
     }
 }
 
-/// Runs `f`, a call into redb: its errors and panics become [`Error`]s.
-fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, redb::Error>) -> Result<T, Error> {
+/// Runs `f`, a call into redb: its errors and panics become [`StateError`]s.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, redb::Error>) -> Result<T, StateError> {
     static HOOK: Once = Once::new();
     // The payload becomes the error; printing it too would say "panicked"
     // over a clean error (and break JSON logs).
@@ -205,7 +205,7 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, redb::Error>) -> Result
     match outcome {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(classify(path, e)),
-        Err(payload) => Err(Error::Damaged {
+        Err(payload) => Err(StateError::Damaged {
             path: path.to_owned(),
             reason: panic_message(payload.as_ref()),
         }),
@@ -221,7 +221,7 @@ fn close(path: &Path, db: Database) {
 }
 
 /// Damage (the file is not what redb wrote) or another failure.
-fn classify(path: &Path, e: redb::Error) -> Error {
+fn classify(path: &Path, e: redb::Error) -> StateError {
     use std::io::ErrorKind;
     // tollgate never changes its tables, so a table error means the file
     // changed under redb; so does data that does not parse.
@@ -238,16 +238,16 @@ fn classify(path: &Path, e: redb::Error) -> Error {
         _ => true,
     };
     if matches!(e, redb::Error::DatabaseAlreadyOpen) {
-        Error::Locked {
+        StateError::Locked {
             path: path.to_owned(),
         }
     } else if damaged {
-        Error::Damaged {
+        StateError::Damaged {
             path: path.to_owned(),
             reason: e.to_string(),
         }
     } else {
-        Error::File {
+        StateError::File {
             path: path.to_owned(),
             error: e,
         }
@@ -341,7 +341,7 @@ mod tests {
         disk.full.store(true, Ordering::SeqCst);
         for _ in 0..2 {
             let e = state.set_assignment("b", Some("pro")).await;
-            assert!(matches!(e, Err(Error::File { .. })), "{e:?}");
+            assert!(matches!(e, Err(StateError::File { .. })), "{e:?}");
         }
         assert!(!*health.borrow());
         assert_eq!(state.failures(), 2);
@@ -394,7 +394,7 @@ mod tests {
             // Whatever the damage: an error, or a state that keeps working
             // (or fails cleanly) through a write and a close.
             match RuntimeState::on_backend(path, copy) {
-                Err(Error::Damaged { reason, .. }) => {
+                Err(StateError::Damaged { reason, .. }) => {
                     assert!(!reason.is_empty());
                     damaged += 1;
                 }

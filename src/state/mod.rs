@@ -48,7 +48,7 @@ enum Backend {
 
 /// A state problem.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum StateError {
     /// The state file is not a database redb can read (truncated, bytes
     /// changed): starting needs the operator.
     #[error(
@@ -86,10 +86,10 @@ pub enum Error {
 
 impl RuntimeState {
     /// Opens (or creates) the state file at `path` and loads it; a damaged
-    /// file is [`Error::Damaged`].
-    pub fn open(path: &Path) -> Result<Self, Error> {
+    /// file is [`StateError::Damaged`].
+    pub fn open(path: &Path) -> Result<Self, StateError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::File {
+            std::fs::create_dir_all(dir).map_err(|e| StateError::File {
                 path: path.to_owned(),
                 error: redb::Error::Io(e),
             })?;
@@ -106,14 +106,14 @@ impl RuntimeState {
 
     /// State on a redb `backend` (re-opened on the same one after a failed
     /// write), named `path` in errors: for tests that make storage fail.
-    pub fn on_backend(path: &Path, backend: impl redb::StorageBackend) -> Result<Self, Error> {
+    pub fn on_backend(path: &Path, backend: impl redb::StorageBackend) -> Result<Self, StateError> {
         Self::on_file(StateFile::on_backend(
             path,
             SharedBackend(Arc::new(backend)),
         )?)
     }
 
-    fn on_file(file: StateFile) -> Result<Self, Error> {
+    fn on_file(file: StateFile) -> Result<Self, StateError> {
         let maps = file.first(load)?;
         Ok(Self::new(Backend::File(Arc::new(file)), maps))
     }
@@ -185,7 +185,7 @@ impl RuntimeState {
         &self,
         account: &str,
         plan: Option<&str>,
-    ) -> Result<Option<String>, Error> {
+    ) -> Result<Option<String>, StateError> {
         let _guard = self.write.lock().await;
         match &self.backend {
             Backend::File(_) => {
@@ -208,7 +208,7 @@ impl RuntimeState {
     }
 
     /// Adds or replaces (by limit name) an override of `account`.
-    pub async fn set_override(&self, account: &str, o: Override) -> Result<(), Error> {
+    pub async fn set_override(&self, account: &str, o: Override) -> Result<(), StateError> {
         let _guard = self.write.lock().await;
         if let Backend::Shared { store, replica } = &self.backend {
             store.set_override(account, &o, replica).await?;
@@ -220,7 +220,7 @@ impl RuntimeState {
     }
 
     /// Removes the override of `account` on `limit`; whether there was one.
-    pub async fn remove_override(&self, account: &str, limit: &str) -> Result<bool, Error> {
+    pub async fn remove_override(&self, account: &str, limit: &str) -> Result<bool, StateError> {
         let _guard = self.write.lock().await;
         let shared_had = match &self.backend {
             Backend::Shared { store, replica } => {
@@ -241,7 +241,7 @@ impl RuntimeState {
     /// The counters the previous version saved in the state file (a
     /// graceful stop's snapshot), if any; `crate::persist` reads them once,
     /// then [`RuntimeState::drop_legacy_counters`]. Blocks: before serving.
-    pub fn legacy_counters(&self) -> Result<Option<Vec<u8>>, Error> {
+    pub fn legacy_counters(&self) -> Result<Option<Vec<u8>>, StateError> {
         let Backend::File(file) = &self.backend else {
             return Ok(None);
         };
@@ -258,7 +258,7 @@ impl RuntimeState {
 
     /// Removes the previous version's counters from the state file, once
     /// their successor is durable. Blocks: before serving.
-    pub fn drop_legacy_counters(&self) -> Result<(), Error> {
+    pub fn drop_legacy_counters(&self) -> Result<(), StateError> {
         let Backend::File(file) = &self.backend else {
             return Ok(());
         };
@@ -273,7 +273,11 @@ impl RuntimeState {
     /// Stores `list` as the overrides of `account` in the state file, or
     /// re-reads them from Redis (where the change is already stored), then
     /// applies them.
-    async fn put_overrides(&self, account: &str, mut list: Vec<Override>) -> Result<(), Error> {
+    async fn put_overrides(
+        &self,
+        account: &str,
+        mut list: Vec<Override>,
+    ) -> Result<(), StateError> {
         match &self.backend {
             Backend::File(_) => {
                 let bytes = serde_json::to_vec(&list).expect("overrides serialize");
@@ -308,7 +312,7 @@ impl RuntimeState {
     async fn commit(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
-    ) -> Result<(), Error> {
+    ) -> Result<(), StateError> {
         let Backend::File(file) = &self.backend else {
             return Ok(());
         };

@@ -30,10 +30,10 @@ pub enum Counters {
     Redis(Box<SharedCounters>),
 }
 
-/// Who consumed, so watchers elsewhere hear of it (Redis only: the script
+/// Whom to notify of a consumption, so watchers elsewhere hear of it (Redis only: the script
 /// publishes when some replica watches the account).
 #[derive(Debug, Clone, Copy)]
-pub struct Consumer<'a> {
+pub struct Notify<'a> {
     /// The subject counted.
     pub subject: &'a str,
     /// Its account (never empty).
@@ -54,7 +54,7 @@ impl Counters {
         mode: Mode,
         tag: &str,
         items: &[Item<'_>],
-        consumer: Option<Consumer<'_>>,
+        notify: Option<Notify<'_>>,
         slots: &SlotRegistry,
         now: Nanos,
         deadline: Option<tokio::time::Instant>,
@@ -79,7 +79,7 @@ impl Counters {
                             cost: i.cost,
                         })
                         .collect();
-                    let notice = consumer.map(|c| shared.notice(c.subject, c.account));
+                    let notice = notify.map(|c| shared.notice(c.subject, c.account));
                     shared.run(mode, counters, notice, now, deadline).await
                 })
                 .await

@@ -1,18 +1,54 @@
 //! Fixed windows aligned to the Unix epoch, as envoyproxy/ratelimit counts:
 //! a per-minute window runs from :00 to :59 of each minute, for everyone.
 //!
-//! State: `a` = window index (`now / window`), `b` = units counted in it.
-//! A stored index other than the current one means an empty window.
+//! State: see [`Window`]. A stored index other than the current one means
+//! an empty window.
 
 use super::{Rate, Step};
 use crate::engine::{clock::Nanos, store::State};
+
+/// The fixed window's reading of a [`State`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    /// `now / window` when it was counted (`a`).
+    index: u64,
+    /// Units counted in it (`b`).
+    count: u64,
+}
+
+impl From<State> for Window {
+    fn from(s: State) -> Self {
+        Self {
+            index: s.a,
+            count: s.b,
+        }
+    }
+}
+
+impl From<Window> for State {
+    fn from(w: Window) -> Self {
+        Self {
+            a: w.index,
+            b: w.count,
+            ..Self::default()
+        }
+    }
+}
+
+impl Window {
+    /// The window `index`, empty unless this is it.
+    fn as_of(self, index: u64) -> Self {
+        let count = if self.index == index { self.count } else { 0 };
+        Self { index, count }
+    }
+}
 
 /// Evaluates `cost` against `state` at `now`.
 pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let index = now / rate.window;
     let start = index * rate.window;
     let end = start.saturating_add(rate.window);
-    let count = if state.a == index { state.b } else { 0 };
+    let count = Window::from(state).as_of(index).count;
     // An overflowing sum never fits; the state keeps the saturated count,
     // which is still past any amount.
     let sum = count.checked_add(cost);
@@ -27,11 +63,11 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     };
     Step {
         fits,
-        counted: State {
-            a: index,
-            b: after,
-            ..State::default()
-        },
+        counted: Window {
+            index,
+            count: after,
+        }
+        .into(),
         remaining: rate.amount.saturating_sub(count),
         remaining_after: rate.amount.saturating_sub(after),
         wait,
@@ -45,12 +81,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
 /// `state` as of `now`, a window that ended read as empty: the current
 /// window index and its count.
 pub fn at(state: State, window: Nanos, now: Nanos) -> State {
-    let index = now / window;
-    State {
-        a: index,
-        b: if state.a == index { state.b } else { 0 },
-        ..State::default()
-    }
+    Window::from(state).as_of(now / window).into()
 }
 
 #[cfg(test)]

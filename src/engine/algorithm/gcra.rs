@@ -8,8 +8,7 @@
 //! stays within `now + window`.
 //!
 //! Time is kept in units of `1 / amount` nanosecond, so every step is exact
-//! integer arithmetic with no rounding drift: `a` holds the TAT's whole
-//! nanoseconds and `c` the remainder, `b` the amount the TAT was computed for.
+//! integer arithmetic with no rounding drift (see [`Tat`]).
 //! When the amount changes (a plan change or an override), the debt carries
 //! over in units, not in time: an upgrade unblocks at once, and a downgrade
 //! never hands out fresh quota.
@@ -17,13 +16,61 @@
 use super::{Rate, Step, div, div_ceil, saturate};
 use crate::engine::{clock::Nanos, store::State};
 
+/// GCRA's reading of a [`State`]: the theoretical arrival time in units of
+/// `1 / amount` nanosecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tat {
+    /// Its whole nanoseconds (`a`).
+    at: Nanos,
+    /// The amount it was computed under, 0 for an unused counter (`b`).
+    amount: u64,
+    /// The fraction of a nanosecond past `at`, in `1 / amount` (`c`, below
+    /// `amount`).
+    remainder: u64,
+}
+
+impl From<State> for Tat {
+    fn from(s: State) -> Self {
+        Self {
+            at: s.a,
+            amount: s.b,
+            remainder: s.c,
+        }
+    }
+}
+
+impl From<Tat> for State {
+    fn from(t: Tat) -> Self {
+        Self {
+            a: t.at,
+            b: t.amount,
+            c: t.remainder,
+            d: 0,
+        }
+    }
+}
+
+impl Tat {
+    /// The debt at `now`, in units * window (`(TAT - now) * amount`).
+    fn debt(self, now: Nanos) -> u128 {
+        match self.at.checked_sub(now) {
+            // The remainder is below the amount, so a TAT before `now` owes
+            // nothing.
+            Some(ahead) if self.amount != 0 => {
+                u128::from(ahead) * u128::from(self.amount) + u128::from(self.remainder)
+            }
+            _ => 0,
+        }
+    }
+}
+
 /// Evaluates `cost` against `state` at `now`.
 pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let amount = u128::from(rate.amount);
     let w = u128::from(rate.window);
     // Debt in units * window: the same quantity under any amount. Everything
     // below is relative to `now`, so it stays small (and mostly 64-bit).
-    let debt = debt(state, now);
+    let debt = Tat::from(state).debt(now);
     let capacity = amount * w;
     let increment = u128::from(cost) * w;
     // Debt and increment are each below 2^128; their sum may not be, and an
@@ -47,12 +94,12 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let whole = div(debt_after, amount);
     Step {
         fits,
-        counted: State {
-            a: now.saturating_add(saturate(whole)),
-            b: rate.amount,
-            c: saturate(debt_after - whole * amount),
-            d: 0,
-        },
+        counted: Tat {
+            at: now.saturating_add(saturate(whole)),
+            amount: rate.amount,
+            remainder: saturate(debt_after - whole * amount),
+        }
+        .into(),
         remaining: remaining(debt),
         remaining_after: remaining(debt_after),
         wait,
@@ -65,21 +112,10 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
 /// `state` as of `now`: unchanged while it owes anything, else the state of
 /// an unused counter.
 pub fn at(state: State, now: Nanos) -> State {
-    if debt(state, now) > 0 {
+    if Tat::from(state).debt(now) > 0 {
         state
     } else {
         State::default()
-    }
-}
-
-/// The stored debt at `now`, in units * window (`(TAT - now) * amount`).
-fn debt(state: State, now: Nanos) -> u128 {
-    match state.a.checked_sub(now) {
-        // The remainder `c` is below `b`, so a TAT before `now` owes nothing.
-        Some(ahead) if state.b != 0 => {
-            u128::from(ahead) * u128::from(state.b) + u128::from(state.c)
-        }
-        _ => 0,
     }
 }
 

@@ -14,15 +14,24 @@
 //! (the configuration checks this).
 
 use super::{Rate, Step};
-use crate::engine::{clock::Nanos, store::State};
+use crate::engine::clock::{MILLISECOND, Nanos};
+use crate::engine::store::State;
 
 /// Buckets per window.
 pub const BUCKETS_PER_WINDOW: u64 = 6;
 const RING: usize = BUCKETS_PER_WINDOW as usize + 1;
 
+/// A bucket's width: a sixth of the window in whole milliseconds, rounded
+/// up (at least one). `consume.lua` computes the same on Redis's
+/// millisecond clock, so both stores put every instant in the same bucket:
+/// a one-second ring has buckets of 167 ms in either.
+pub fn width(window: Nanos) -> Nanos {
+    (window / MILLISECOND).max(1).div_ceil(BUCKETS_PER_WINDOW) * MILLISECOND
+}
+
 /// Evaluates `cost` against `state` at `now`.
 pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
-    let width = rate.window.div_ceil(BUCKETS_PER_WINDOW);
+    let width = width(rate.window);
     let index = now / width;
     let mut ring = unpack(state, index);
     let used: u64 = ring.iter().map(|&c| u64::from(c)).sum();
@@ -65,7 +74,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
 /// `state` as of `now`: the ring as of the current bucket, older buckets
 /// zeroed.
 pub fn at(state: State, window: Nanos, now: Nanos) -> State {
-    let index = now / window.div_ceil(BUCKETS_PER_WINDOW);
+    let index = now / width(window);
     pack(&unpack(state, index), index)
 }
 
@@ -143,6 +152,16 @@ mod tests {
             assert!(st.fits, "request {i}");
             s = st.counted;
         }
+    }
+
+    #[test]
+    fn buckets_are_whole_milliseconds_as_in_the_script() {
+        assert_eq!(width(60 * SEC), 10 * SEC);
+        assert_eq!(width(SEC), 167 * MILLISECOND);
+        assert_eq!(width(MILLISECOND / 2), MILLISECOND);
+        // An instant's bucket is its millisecond's: what Redis reads.
+        let now = T0 + 123_456_789;
+        assert_eq!(now / width(SEC), (now / MILLISECOND) / 167);
     }
 
     #[test]

@@ -7,11 +7,61 @@
 //! bursty traffic at the end of a window can see up to twice the amount in a
 //! trailing span, as with every two-counter approximation.
 //!
-//! State: `a` = current window index, `b` = count in it, `c` = count in the
-//! window before it.
+//! State: see [`Windows`].
 
 use super::{Rate, Step, div, saturate};
 use crate::engine::{clock::Nanos, store::State};
+
+/// The sliding window's reading of a [`State`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Windows {
+    /// The current window's index, `now / window` (`a`).
+    index: u64,
+    /// Units counted in it (`b`).
+    current: u64,
+    /// Units counted in the window before it (`c`).
+    previous: u64,
+}
+
+impl From<State> for Windows {
+    fn from(s: State) -> Self {
+        Self {
+            index: s.a,
+            current: s.b,
+            previous: s.c,
+        }
+    }
+}
+
+impl From<Windows> for State {
+    fn from(w: Windows) -> Self {
+        Self {
+            a: w.index,
+            b: w.current,
+            c: w.previous,
+            d: 0,
+        }
+    }
+}
+
+impl Windows {
+    /// As of window `index`: the current window becomes the previous one
+    /// when `index` is the next, and older windows read as empty.
+    fn as_of(self, index: u64) -> Self {
+        let (previous, current) = if self.index == index {
+            (self.previous, self.current)
+        } else if self.index.checked_add(1) == Some(index) {
+            (self.current, 0)
+        } else {
+            (0, 0)
+        };
+        Self {
+            index,
+            current,
+            previous,
+        }
+    }
+}
 
 /// Evaluates `cost` against `state` at `now`.
 pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
@@ -19,13 +69,11 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let index = now / w;
     let start = index * w;
     let elapsed = now - start;
-    let (prev, cur) = if state.a == index {
-        (state.c, state.b)
-    } else if state.a.checked_add(1) == Some(index) {
-        (state.b, 0)
-    } else {
-        (0, 0)
-    };
+    let Windows {
+        current: cur,
+        previous: prev,
+        ..
+    } = Windows::from(state).as_of(index);
     let cap = u128::from(rate.amount) * u128::from(w);
     let weighted_prev = u128::from(prev) * u128::from(w - elapsed);
     let used = |cur: u64| weighted_prev + u128::from(cur) * u128::from(w);
@@ -52,12 +100,12 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     };
     Step {
         fits,
-        counted: State {
-            a: index,
-            b: after,
-            c: prev,
-            d: 0,
-        },
+        counted: Windows {
+            index,
+            current: after,
+            previous: prev,
+        }
+        .into(),
         remaining: remaining(cur),
         remaining_after: remaining(after),
         wait,
@@ -70,20 +118,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
 /// `state` as of `now`: the current window index, its count and the count
 /// of the window before it (older windows read as empty).
 pub fn at(state: State, window: Nanos, now: Nanos) -> State {
-    let index = now / window;
-    let (prev, cur) = if state.a == index {
-        (state.c, state.b)
-    } else if state.a.checked_add(1) == Some(index) {
-        (state.b, 0)
-    } else {
-        (0, 0)
-    };
-    State {
-        a: index,
-        b: cur,
-        c: prev,
-        d: 0,
-    }
+    Windows::from(state).as_of(now / window).into()
 }
 
 /// The wait until `cost` fits, given that it does not fit now and is not

@@ -28,8 +28,9 @@ use smallvec::SmallVec;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::millis::Millis;
 use super::{Counter, RedisStore, StoreError};
-use crate::engine::{Mode, Nanos, Outcome, clock::MILLISECOND};
+use crate::engine::{Mode, Nanos, Outcome};
 
 /// Script calls in flight at once: two keep the connection busy while the
 /// next call fills; more would split the queue into smaller calls, and a
@@ -60,7 +61,7 @@ pub(super) struct Job {
 #[derive(Debug, Clone, Copy)]
 struct Anchor {
     at: Instant,
-    redis_ms: u64,
+    redis: Millis,
 }
 
 type Reply = Result<(Nanos, Outcome), Arc<StoreError>>;
@@ -165,7 +166,7 @@ async fn send(
                 let (jobs, replies): (Vec<Job>, Vec<_>) = group.into_iter().unzip();
                 let sent = Instant::now();
                 let known = *anchor.lock();
-                let deadlines: Vec<u64> = jobs
+                let deadlines: Vec<Millis> = jobs
                     .iter()
                     .map(|j| redis_ms(known, j.deadline.min(sent + store.timeout)))
                     .collect();
@@ -176,7 +177,7 @@ async fn send(
                         let back = Instant::now();
                         *anchor.lock() = Some(Anchor {
                             at: sent + (back - sent) / 2,
-                            redis_ms: now / MILLISECOND,
+                            redis: Millis::floor(now),
                         });
                         round_trips.lock().observe(back - sent);
                         for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -212,14 +213,16 @@ impl RoundTrips {
 
 /// `deadline` in Redis's milliseconds, by `anchor`; 0 (no deadline) before
 /// the first reply has told Redis's clock.
-fn redis_ms(anchor: Option<Anchor>, deadline: Instant) -> u64 {
-    anchor.map_or(0, |a| {
+fn redis_ms(anchor: Option<Anchor>, deadline: Instant) -> Millis {
+    anchor.map_or(Millis::default(), |a| {
         let ahead = deadline.saturating_duration_since(a.at).as_millis();
         let behind = a.at.saturating_duration_since(deadline).as_millis();
-        (u128::from(a.redis_ms) + ahead)
-            .saturating_sub(behind)
-            .try_into()
-            .unwrap_or(u64::MAX)
+        Millis::new(
+            (u128::from(a.redis.get()) + ahead)
+                .saturating_sub(behind)
+                .try_into()
+                .unwrap_or(u64::MAX),
+        )
     })
 }
 

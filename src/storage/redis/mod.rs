@@ -18,6 +18,7 @@
 mod batch;
 mod conn;
 mod counters;
+mod millis;
 pub mod runtime;
 
 pub use batch::{ROUND_TRIP_BUCKETS, RoundTrips};
@@ -33,7 +34,8 @@ use conn::{Conn, Connection};
 use smallvec::SmallVec;
 
 use super::StoreError;
-use crate::engine::{Algorithm, ItemStatus, Mode, Nanos, Outcome, clock::MILLISECOND};
+use crate::engine::{Algorithm, ItemStatus, Mode, Nanos, Outcome};
+use millis::Millis;
 
 const SCRIPT: &str = include_str!("consume.lua");
 
@@ -153,10 +155,10 @@ impl RedisStore {
     async fn decide_all(
         &self,
         jobs: &[batch::Job],
-        deadlines: &[u64],
+        deadlines: &[Millis],
     ) -> Result<(Nanos, Outcomes), StoreError> {
         let mut call = self.script.prepare_invoke();
-        let mut counters: HashMap<(&str, Algorithm, u64, u64), usize> = HashMap::new();
+        let mut counters: HashMap<(&str, Algorithm, u64, Millis), usize> = HashMap::new();
         let mut specs = Vec::new();
         let mut decisions = Vec::with_capacity(jobs.len() * 8);
         for job in jobs {
@@ -167,7 +169,7 @@ impl RedisStore {
             });
             decisions.push(job.counters.len() as u64);
             for c in &job.counters {
-                let window = (c.window / MILLISECOND).max(1);
+                let window = Millis::window(c.window);
                 let next = counters.len() + 1;
                 let n = *counters
                     .entry((&c.key, c.algorithm, c.amount, window))
@@ -328,7 +330,7 @@ fn outcomes(reply: &[i64], jobs: &[batch::Job]) -> Result<(Nanos, Outcomes), Sto
             "unexpected reply from the decision script",
         ))));
     }
-    let ms = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(MILLISECOND);
+    let ms = |v: i64| Millis::from_reply(v).nanos();
     let now = ms(reply[0]);
     let mut rest = &reply[1..];
     let mut out = Vec::with_capacity(jobs.len());
@@ -374,7 +376,8 @@ pub fn imprecise_limits(catalog: &crate::plans::Catalog) -> Vec<String> {
         .flat_map(|p| p.limits.iter())
         .filter_map(|l| match &l.kind {
             crate::plans::LimitKind::Counted { rate, .. } => {
-                let product = u128::from(rate.amount()) * u128::from(rate.window() / MILLISECOND);
+                let product =
+                    u128::from(rate.amount()) * u128::from(Millis::window(rate.window()).get());
                 (product >= 1 << 53).then(|| l.name.to_string())
             }
             _ => None,
