@@ -1,7 +1,7 @@
 //! Fixed windows aligned to the Unix epoch, as envoyproxy/ratelimit counts:
 //! a per-minute window runs from :00 to :59 of each minute, for everyone.
 //!
-//! State: see [`Window`]. A stored index other than the current one means
+//! State: see `Window`. A stored index other than the current one means
 //! an empty window.
 
 use super::{Rate, Step};

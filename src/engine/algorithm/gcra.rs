@@ -8,7 +8,7 @@
 //! stays within `now + window`.
 //!
 //! Time is kept in units of `1 / amount` nanosecond, so every step is exact
-//! integer arithmetic with no rounding drift (see [`Tat`]).
+//! integer arithmetic with no rounding drift (see `Tat`).
 //! When the amount changes (a plan change or an override), the debt carries
 //! over in units, not in time: an upgrade unblocks at once, and a downgrade
 //! never hands out fresh quota.

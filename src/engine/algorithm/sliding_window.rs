@@ -7,7 +7,7 @@
 //! bursty traffic at the end of a window can see up to twice the amount in a
 //! trailing span, as with every two-counter approximation.
 //!
-//! State: see [`Windows`].
+//! State: see `Windows`.
 
 use super::{Rate, Step, div, saturate};
 use crate::engine::{clock::Nanos, store::State};
