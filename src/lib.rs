@@ -6,6 +6,8 @@
 //! listed above it, never one below, and no two modules import each other.
 //!
 //! - [`log_every`]: the one throttle for warnings that could repeat per call.
+//! - [`webhooks`]: signed webhook delivery (Standard Webhooks), bounded
+//!   queues and retries; knows nothing of the rest.
 //! - [`listen`]: one accept loop for every listener, with its caps and timeouts.
 //! - [`proto`]: generated code (`tollgate.v1`, Envoy's RLS v3), fenced.
 //! - [`engine`]: the algorithms and the all-or-nothing decision over a
@@ -39,6 +41,8 @@
 //!   following other replicas through Redis, shutdown.
 
 pub mod log_every;
+
+pub mod webhooks;
 
 pub mod listen;
 

@@ -35,6 +35,58 @@ pub struct RawConfig {
     /// How resources are normalized before classes are matched.
     #[serde(default)]
     pub paths: Option<RawPaths>,
+    /// Threshold events: the default thresholds and the webhooks.
+    #[serde(default)]
+    pub events: Option<RawEvents>,
+}
+
+/// `events:` at the top of the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    /// Usage shares announced for every limit that names none.
+    #[serde(default)]
+    pub thresholds: Option<Spanned<Vec<Spanned<RawPercent>>>>,
+    /// Receivers of the events.
+    #[serde(default)]
+    pub webhooks: Vec<Spanned<RawWebhook>>,
+}
+
+/// `events:` of a plan.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlanEvents {
+    /// Usage shares announced for the plan's limits that name none.
+    #[serde(default)]
+    pub thresholds: Option<Spanned<Vec<Spanned<RawPercent>>>>,
+}
+
+/// One of `events.webhooks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// `http://` or `https://`.
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    /// `whsec_` and a base64 key.
+    #[serde(default)]
+    pub secret: Option<Spanned<String>>,
+    /// Only these thresholds.
+    #[serde(default)]
+    pub thresholds: Option<Vec<Spanned<RawPercent>>>,
+    /// Only events of these plans.
+    #[serde(default)]
+    pub plans: Option<Vec<Spanned<String>>>,
+}
+
+/// A percentage as written: `80%` or a number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawPercent {
+    /// `80`.
+    Number(f64),
+    /// `80%`.
+    Text(String),
 }
 
 /// `paths:`: what happens to a path that cannot be normalized safely.
@@ -165,6 +217,9 @@ pub struct RawPlan {
     /// For people.
     #[serde(default)]
     pub description: Option<String>,
+    /// The thresholds of this plan's limits.
+    #[serde(default)]
+    pub events: Option<RawPlanEvents>,
 }
 
 /// One limit, deny or unlimited entry of a plan.
@@ -204,6 +259,9 @@ pub struct RawLimit {
     /// `subject` (default) or `account`.
     #[serde(default)]
     pub per: Option<Spanned<String>>,
+    /// Usage shares whose crossing is announced, e.g. `[80%, 100%]`.
+    #[serde(default)]
+    pub thresholds: Option<Spanned<Vec<Spanned<RawPercent>>>>,
 }
 
 /// `burst:` as written: a percentage string or a number of units.

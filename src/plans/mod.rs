@@ -6,6 +6,7 @@
 //! Catalogs are swapped whole on reload; counters outlive them because a
 //! limit's counter identity ([`SlotRegistry`]) does not name the plan.
 
+pub mod events;
 pub mod glob;
 pub mod matcher;
 pub mod overrides;
@@ -49,6 +50,8 @@ pub struct Catalog {
     pub forward_auth: Option<ForwardAuth>,
     /// What happens to a resource that cannot be normalized safely.
     pub unsafe_paths: UnsafePaths,
+    /// Where threshold events go.
+    pub events: events::Events,
 }
 
 /// `http.forward_auth`: which incoming header carries each part of a
@@ -113,6 +116,9 @@ pub struct Plan {
     pub limits: Vec<Arc<Limit>>,
     /// Per class index + 1 (0 = no class): what applies to such a request.
     pub routes: Vec<Route>,
+    /// The thresholds of a limit that names none (the plan's or the file's),
+    /// for limits an override adds.
+    pub thresholds: events::Thresholds,
 }
 
 /// What applies to a request of one class under one plan.
@@ -141,6 +147,9 @@ pub struct Limit {
     pub kind: LimitKind,
     /// The most one request may cost, if limited.
     pub max_cost: Option<u64>,
+    /// The usage shares whose crossing is announced (`events`); empty for
+    /// none.
+    pub thresholds: events::Thresholds,
 }
 
 /// How a limit counts.
@@ -241,6 +250,7 @@ impl Plan {
         extends: Option<String>,
         limits: Vec<Arc<Limit>>,
         class_names: &[Arc<str>],
+        thresholds: events::Thresholds,
     ) -> Self {
         let routes = (0..=class_names.len())
             .map(|route| {
@@ -266,6 +276,7 @@ impl Plan {
             extends,
             limits,
             routes,
+            thresholds,
         }
     }
 

@@ -123,7 +123,7 @@ pub fn apply(
         }
         let found = limits.iter().position(|l| *l.name == *o.limit);
         let changed = match (&o.change, found) {
-            (Change::Custom(c), _) => custom(&o.limit, c, class_names, slots)?,
+            (Change::Custom(c), _) => custom(&o.limit, c, class_names, slots, &plan.thresholds)?,
             (Change::Amount(0), _) => return Err(OverrideError::ZeroAmount),
             (Change::Amount(n), Some(i)) => with_amount(&limits[i], *n)?,
             (Change::Unlimited, Some(i)) => Limit {
@@ -153,6 +153,7 @@ pub fn apply(
         plan.extends.clone(),
         limits,
         class_names,
+        plan.thresholds.clone(),
     );
     Ok((plan, valid_until))
 }
@@ -208,6 +209,7 @@ fn custom(
     c: &Custom,
     class_names: &[Arc<str>],
     slots: &SlotRegistry,
+    thresholds: &super::events::Thresholds,
 ) -> Result<Limit, OverrideError> {
     let class = match &c.class {
         None => None,
@@ -246,6 +248,7 @@ fn custom(
             burst: None,
         },
         max_cost: None,
+        thresholds: thresholds.clone(),
     })
 }
 

@@ -8,6 +8,7 @@ use super::entry::{Entry, EntryKind};
 use crate::config::burst::Extra;
 use crate::config::raw::RawPlan;
 use crate::engine::{Algorithm, Nanos, Rate};
+use crate::plans::events::Thresholds;
 use crate::plans::{Limit, LimitKind, Plan, SlotRegistry, counter_identity, default_name};
 
 /// The plan `name` with its resolved `entries`.
@@ -16,11 +17,12 @@ pub(super) fn plan(
     raw: &RawPlan,
     entries: &[Entry],
     class_names: &[Arc<str>],
+    thresholds: Thresholds,
     slots: &SlotRegistry,
 ) -> Plan {
     let limits: Vec<Arc<Limit>> = entries
         .iter()
-        .map(|e| Arc::new(limit(e, class_names, slots)))
+        .map(|e| Arc::new(limit(e, class_names, &thresholds, slots)))
         .collect();
     Plan::new(
         name,
@@ -28,10 +30,16 @@ pub(super) fn plan(
         raw.extends.as_ref().map(|e| e.value.clone()),
         limits,
         class_names,
+        thresholds,
     )
 }
 
-fn limit(e: &Entry, class_names: &[Arc<str>], slots: &SlotRegistry) -> Limit {
+fn limit(
+    e: &Entry,
+    class_names: &[Arc<str>],
+    thresholds: &Thresholds,
+    slots: &SlotRegistry,
+) -> Limit {
     // Share the catalog's class name rather than allocate one per limit.
     let class = e.class.as_ref().map(|c| {
         class_names
@@ -65,6 +73,7 @@ fn limit(e: &Entry, class_names: &[Arc<str>], slots: &SlotRegistry) -> Limit {
         window,
         kind,
         max_cost: e.max_cost,
+        thresholds: e.thresholds.clone().unwrap_or_else(|| thresholds.clone()),
     }
 }
 

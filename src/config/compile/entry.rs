@@ -17,6 +17,7 @@ use crate::config::rate::{parse_rate, parse_window};
 use crate::config::raw::{Burst, RawClass, RawLimit, RawPlan};
 use crate::engine::{Algorithm, Nanos};
 use crate::plans::Per;
+use crate::plans::events::Thresholds;
 
 /// A plan entry before inheritance is applied.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub(super) struct Entry {
     pub(super) per: Per,
     pub(super) kind: EntryKind,
     pub(super) max_cost: Option<u64>,
+    /// `thresholds:` of its own, if any.
+    pub(super) thresholds: Option<Thresholds>,
 }
 
 /// What an entry does to its class and unit.
@@ -112,6 +115,10 @@ fn entry(
     let kind = kind(p, field, line, raw, class.is_some(), algorithm)?;
     check_fields_fit(p, field, line, raw, &kind);
     let max_cost = max_cost(p, field, raw);
+    let thresholds = raw
+        .thresholds
+        .as_ref()
+        .and_then(|t| super::events::thresholds(p, &format!("{field}.thresholds"), t));
     (p.list.len() == before).then(|| Entry {
         name: raw.name.as_ref().map(|n| n.value.clone()),
         class,
@@ -119,6 +126,7 @@ fn entry(
         per,
         kind,
         max_cost,
+        thresholds,
     })
 }
 

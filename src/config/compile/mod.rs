@@ -11,6 +11,7 @@
 mod build;
 mod entry;
 mod envoy_domains;
+mod events;
 mod forward_auth;
 mod inherit;
 mod problems;
@@ -24,6 +25,7 @@ use self::entry::Entry;
 use self::problems::Problems;
 use super::error::Problem;
 use super::raw::{RawClass, RawConfig, RawPaths};
+use crate::plans::events::Thresholds;
 use crate::plans::matcher::split_method;
 use crate::plans::path::normalize;
 use crate::plans::{Catalog, HeaderStyle, Matcher, Plan, SlotRegistry, UnsafePaths};
@@ -44,7 +46,8 @@ pub(super) fn compile(
     let headers = headers(&mut p, raw.headers.as_ref());
     let unsafe_paths = unsafe_paths(&mut p, raw.paths.as_ref());
     let (classes, class_names) = classes(&mut p, &raw.classes, unsafe_paths);
-    let plans = plans(&mut p, &raw, &class_names, slots);
+    let (thresholds, events) = events::events(&mut p, raw.events.as_ref(), &raw.plans.value);
+    let plans = plans(&mut p, &raw, &class_names, &thresholds, slots);
     let default_plan = default_plan(&mut p, &raw, &plans);
     let assignments = assignments(&mut p, &raw.assignments, &plans);
     match default_plan {
@@ -58,6 +61,7 @@ pub(super) fn compile(
             envoy_domains,
             forward_auth,
             unsafe_paths,
+            events,
         }),
         _ => {
             p.list.sort_by_key(|problem| problem.line);
@@ -156,6 +160,7 @@ fn plans(
     p: &mut Problems<'_>,
     raw: &RawConfig,
     class_names: &[Arc<str>],
+    global: &Thresholds,
     slots: &SlotRegistry,
 ) -> BTreeMap<String, Arc<Plan>> {
     let plans = &raw.plans.value;
@@ -174,10 +179,21 @@ fn plans(
             "needs at least one plan".into(),
         );
     }
+    let defaults: BTreeMap<&str, Thresholds> = plans
+        .keys()
+        .map(|name| (name.as_str(), events::plan_thresholds(p, raw, name, global)))
+        .collect();
     inherit::resolve_all(p, plans, &own)
         .iter()
         .map(|(name, entries)| {
-            let plan = build::plan(name, &plans[name].value, entries, class_names, slots);
+            let plan = build::plan(
+                name,
+                &plans[name].value,
+                entries,
+                class_names,
+                defaults[name.as_str()].clone(),
+                slots,
+            );
             (name.clone(), Arc::new(plan))
         })
         .collect()
