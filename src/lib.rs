@@ -30,6 +30,8 @@
 //! - [`watch`]: the quota hub behind `WatchQuota`: a snapshot, then changes.
 //! - [`sink`]: where every door hands each finished decision, once; the
 //!   metrics and the hub consume it.
+//! - [`insight`]: a consumer of the sink: the top limited subjects (a
+//!   fixed-size sketch) and threshold events, to watchers and webhooks.
 //! - [`status`]: the one error table: each [`error::Error`] to its gRPC
 //!   code, each code to its HTTP status.
 //! - [`api`] and [`envoy`]: the services, side by side and independent:
@@ -69,6 +71,8 @@ pub mod metrics;
 pub mod watch;
 
 pub mod sink;
+
+pub mod insight;
 
 pub mod status;
 

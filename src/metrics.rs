@@ -38,6 +38,25 @@ pub struct Metrics {
     store_uncertain: Counter<u64, AtomicU64>,
     store_refusing: Gauge,
     state_failures: Counter<u64, AtomicU64>,
+    refusals: Family<RefusalLabels, Counter>,
+    webhooks: Family<WebhookLabels, Counter>,
+}
+
+/// Labels of a refusal: the plan, class and limit that refused, all from
+/// the configuration (never the subject).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The plan's name.
+    pub plan: Label,
+    /// The class's name, or empty.
+    pub class: Label,
+    /// The limit that refused (the most constraining denied one).
+    pub limit: Label,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WebhookLabels {
+    result: &'static str,
 }
 
 /// Labels of a decision.
@@ -121,6 +140,9 @@ pub struct Gauges {
     pub store_round_trips: Option<crate::storage::redis::RoundTrips>,
     /// Writes of the state file that failed since start.
     pub state_failures: u64,
+    /// Webhook events delivered, attempts failed, events dropped (queue
+    /// full) and abandoned (out of attempts) since start.
+    pub webhooks: [u64; 4],
 }
 
 // === impl Metrics ===
@@ -173,8 +195,22 @@ impl Metrics {
             "Writes of the state file that failed (admin changes, counter snapshots)",
             state_failures.clone(),
         );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Requests refused (Consume, Envoy, forward auth) by plan, class and the limit that refused",
+            refusals.clone(),
+        );
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_events",
+            "Threshold events sent to webhooks, by result: delivered, failed_attempt, dropped (queue full), abandoned (out of attempts)",
+            webhooks.clone(),
+        );
         Self {
             registry,
+            refusals,
+            webhooks,
             decisions,
             reloads,
             watchers,
@@ -191,6 +227,11 @@ impl Metrics {
     /// Counts one decision.
     pub fn decision(&self, labels: &DecisionLabels, took: Duration) {
         self.decisions.count(labels, took.as_secs_f64());
+    }
+
+    /// Counts one refusal.
+    pub fn refusal(&self, labels: &RefusalLabels) {
+        self.refusals.get_or_create(labels).inc();
     }
 
     /// The text exposition, with `gauges` read now.
@@ -212,6 +253,11 @@ impl Metrics {
         let seen = self.state_failures.get();
         self.state_failures
             .inc_by(gauges.state_failures.saturating_sub(seen));
+        let results = ["delivered", "failed_attempt", "dropped", "abandoned"];
+        for (result, n) in results.into_iter().zip(gauges.webhooks) {
+            let c = self.webhooks.get_or_create(&WebhookLabels { result });
+            c.inc_by(n.saturating_sub(c.get()));
+        }
         for (result, n) in [("ok", gauges.reloads.0), ("failed", gauges.reloads.1)] {
             let c = self.reloads.get_or_create(&ResultLabels { result });
             c.inc_by(n.saturating_sub(c.get()));

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::engine::Mode;
 use crate::limiter::{Decision, Request, Verdict};
-use crate::metrics::{DecisionLabels, Label, Metrics};
+use crate::metrics::{DecisionLabels, Label, Metrics, RefusalLabels};
 use crate::watch::Hub;
 
 /// Where a decision came in.
@@ -154,7 +154,19 @@ impl Consumer for Metrics {
             }
         };
         let labels = match d.what {
-            What::Plan { decision, .. } => DecisionLabels::of(rpc, decision),
+            What::Plan { decision, .. } => {
+                if d.mode != Mode::Check
+                    && decision.verdict == Verdict::RateLimited
+                    && let Some(refused) = decision.limits.iter().find(|l| l.denied)
+                {
+                    self.refusal(&RefusalLabels {
+                        plan: Label(decision.plan.clone()),
+                        class: decision.class.clone().map_or_else(Label::empty, Label),
+                        limit: Label(refused.limit.name.clone()),
+                    });
+                }
+                DecisionLabels::of(rpc, decision)
+            }
             What::Rules { over_limit, .. } => DecisionLabels {
                 rpc,
                 verdict: DecisionLabels::verdict(if over_limit {

@@ -558,8 +558,8 @@ mod tests {
     use super::*;
     use http::HeaderValue;
     use hyper::{Response, body::Incoming, server::conn::http1::Builder, service::service_fn};
-    use std::time::Instant;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::time::Instant;
     use tokio::net::TcpListener;
     use tokio::sync::mpsc::{UnboundedReceiver as Rx, UnboundedSender, unbounded_channel};
     use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};

@@ -6,13 +6,21 @@
 //! when; never the token.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::config::reload::{ReloadError, Reloader};
 use crate::error::Error;
+use crate::insight::Insight;
+use crate::insight::events::Event;
+use crate::insight::top::{By, Filter, Horizon, Row};
 use crate::limiter::{Limiter, account_of};
 use crate::plans::overrides::{self, Change, Override};
 use crate::proto::tollgate::v1 as pb;
@@ -26,7 +34,15 @@ pub struct AdminService {
     hub: Arc<Hub>,
     config: Arc<Reloader>,
     rules: Arc<Reloader>,
+    insight: Arc<Insight>,
+    stopping: CancellationToken,
 }
+
+/// The stream of `WatchEvents`.
+pub type QuotaEvents = Pin<Box<dyn Stream<Item = Result<pb::QuotaEvent, Status>> + Send>>;
+
+/// The most rows `TopSubjects` answers.
+pub const MAX_TOP: u32 = 1000;
 
 /// An override's change in words, for the log: `amount 1000`, `unlimited`,
 /// `custom 50 per 1h`.
@@ -59,18 +75,85 @@ impl AdminService {
     /// The service over `limiter`, keeping changes in its runtime state.
     /// `ReloadConfig` re-reads the configuration file (`config`) and Envoy's
     /// rule files (`rules`).
+    /// `insight` answers `TopSubjects` and `WatchEvents`, whose streams end
+    /// when `stopping` is cancelled.
     pub fn new(
         limiter: Arc<Limiter>,
         hub: Arc<Hub>,
         config: Arc<Reloader>,
         rules: Arc<Reloader>,
+        insight: Arc<Insight>,
+        stopping: CancellationToken,
     ) -> Self {
         Self {
             limiter,
             hub,
             config,
             rules,
+            insight,
+            stopping,
         }
+    }
+
+    /// The top subjects, as asked.
+    pub fn top(&self, r: &pb::TopSubjectsRequest) -> Result<pb::TopSubjectsResponse, Error> {
+        let window = pb::TopWindow::try_from(r.window)
+            .map_err(|_| Error::invalid("window", "expected MINUTE, HOUR or DAY"))?;
+        let by = pb::TopBy::try_from(r.by)
+            .map_err(|_| Error::invalid("by", "expected REFUSALS or CONSUMPTION"))?;
+        let (window, horizon) = match window {
+            pb::TopWindow::Minute => (window, Horizon::Minute),
+            pb::TopWindow::Day => (window, Horizon::Day),
+            _ => (pb::TopWindow::Hour, Horizon::Hour),
+        };
+        let (by, ranking) = match by {
+            pb::TopBy::Consumption => (by, By::Consumption),
+            _ => (pb::TopBy::Refusals, By::Refusals),
+        };
+        let count = match r.count {
+            0 => 10,
+            n if n > MAX_TOP => {
+                return Err(Error::invalid(
+                    "count",
+                    format!("at most {MAX_TOP}, got {n}"),
+                ));
+            }
+            n => n,
+        };
+        let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        let filter = Filter {
+            plan: some(&r.plan),
+            class: some(&r.class),
+            limit: some(&r.limit),
+        };
+        let now = self.insight.now();
+        let top = &self.insight.top;
+        Ok(pb::TopSubjectsResponse {
+            subjects: top
+                .top(now, horizon, ranking, &filter, count as usize)
+                .into_iter()
+                .map(top_row)
+                .collect(),
+            error_bound: top.error_bound(now, horizon, ranking),
+            window: window as i32,
+            by: by as i32,
+        })
+    }
+
+    /// Threshold events from now on, of `r.account` and `r.plan` when set.
+    pub fn events(&self, r: pb::WatchEventsRequest) -> QuotaEvents {
+        let stopping = self.stopping.clone().cancelled_owned();
+        let events =
+            BroadcastStream::new(self.insight.events.subscribe()).filter_map(move |e| match e {
+                Ok(e) => ((r.account.is_empty() || e.account == r.account)
+                    && (r.plan.is_empty() || e.plan == r.plan))
+                    .then(|| Ok(quota_event(&e))),
+                Err(lagged) => {
+                    tracing::warn!(%lagged, "a WatchEvents stream fell behind and skipped events");
+                    None
+                }
+            });
+        Box::pin(futures_util::StreamExt::take_until(events, stopping))
     }
 
     /// Stores a change with `store`, then applies it: the account's cached
@@ -411,6 +494,53 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
         let peer = peer(&request);
         Ok(Response::new(self.reload(peer).await.map_err(failed)?))
+    }
+
+    async fn top_subjects(
+        &self,
+        request: Request<pb::TopSubjectsRequest>,
+    ) -> Result<Response<pb::TopSubjectsResponse>, Status> {
+        Ok(Response::new(self.top(request.get_ref()).map_err(failed)?))
+    }
+
+    type WatchEventsStream = QuotaEvents;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Ok(Response::new(self.events(request.into_inner())))
+    }
+}
+
+fn top_row(r: Row) -> pb::TopSubject {
+    pb::TopSubject {
+        subject: r.subject,
+        account: r.account,
+        plan: r.plan,
+        refused: r.refused,
+        admitted: r.admitted,
+        cost: r.cost,
+        error: r.error,
+        top_limit: r.top_limit.unwrap_or_default(),
+        last_seen: Some(convert::timestamp(r.last_seen)),
+    }
+}
+
+/// An event as `WatchEvents` sends it.
+pub fn quota_event(e: &Event) -> pb::QuotaEvent {
+    pb::QuotaEvent {
+        id: e.id.clone(),
+        subject: e.subject.clone(),
+        account: e.account.clone(),
+        plan: e.plan.clone(),
+        limit: e.limit.clone(),
+        unit: e.unit.clone(),
+        threshold: e.threshold.to_string(),
+        used: e.used,
+        amount: e.amount,
+        window_reset: Some(convert::timestamp(e.window_reset)),
+        time: Some(convert::timestamp(e.time)),
     }
 }
 

@@ -18,7 +18,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use axum::routing::any;
+use axum::routing::{any, get};
 use prost::{Message, Name};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::server::TcpConnectInfo;
@@ -31,7 +31,10 @@ use pb::admin_server::Admin;
 
 /// The admin routes, to nest under `/v1/admin`.
 pub(super) fn routes() -> Router<Services> {
-    Router::new().route("/{method}", any(dispatch))
+    Router::new()
+        .route("/top", get(super::insight::top))
+        .route("/events", get(super::insight::events))
+        .route("/{method}", any(dispatch))
 }
 
 /// `/v1/admin/<method>`: the gRPC method's name in any spelling
@@ -117,6 +120,7 @@ const METHODS: &[AdminMethod] = &[
     method!("reset-usage", get: false, reset_usage),
     method!("list-plans", get: true, list_plans),
     method!("reload-config", get: false, reload_config),
+    method!("top-subjects", get: false, top_subjects),
 ];
 
 impl AdminMethod {
@@ -154,10 +158,7 @@ where
         Err(response) => return response,
     };
     let answer = async {
-        let metadata = metadata(&headers)?;
-        let mut probe = Request::from_parts(metadata.clone(), Default::default(), ());
-        probe.extensions_mut().insert(connect_info(peer));
-        s.admin_auth.check(probe)?;
+        let metadata = authorize(&s, peer, &headers)?;
         let message: Req = json::decode(&body)?;
         let mut request = Request::from_parts(metadata, Default::default(), message);
         request.extensions_mut().insert(connect_info(peer));
@@ -167,6 +168,20 @@ where
         Ok(r) => super::json_response(StatusCode::OK, json::encode(r.get_ref())),
         Err(e) => error(&e),
     }
+}
+
+/// Checks the request's token as the gRPC interceptor does; the metadata
+/// it read, for the call.
+pub(super) fn authorize(
+    s: &Services,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<MetadataMap, Status> {
+    let metadata = metadata(headers)?;
+    let mut probe = Request::from_parts(metadata.clone(), Default::default(), ());
+    probe.extensions_mut().insert(connect_info(peer));
+    s.admin_auth.check(probe)?;
+    Ok(metadata)
 }
 
 /// The gRPC metadata the interceptor reads: the `Authorization` header.

@@ -22,6 +22,7 @@
 pub mod admin;
 mod deadline;
 pub mod forward_auth;
+mod insight;
 pub mod json;
 pub mod reference;
 pub mod v1;

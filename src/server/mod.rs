@@ -33,6 +33,8 @@ use crate::api::auth::AdminAuth;
 use crate::config::reload::{Reloaded, Reloader, file_bytes};
 use crate::envoy::{self, EnvoyService, RuleSource};
 use crate::http;
+use crate::insight::Insight;
+use crate::insight::top::DEFAULT_CAPACITY;
 use crate::limiter::Limiter;
 use crate::listen::{Limits, Listener};
 use crate::metrics::{self, Gauges, Metrics};
@@ -40,7 +42,7 @@ use crate::persist::Persistence;
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::proto::tollgate::v1::admin_server::AdminServer;
 use crate::proto::{self, tollgate::v1::rate_limiter_server::RateLimiterServer};
-use crate::sink::Sink;
+use crate::sink::{Consumer, Sink};
 use crate::storage::memory::MemoryStore;
 use crate::watch::{Cause, Hub};
 
@@ -124,6 +126,7 @@ pub struct Tls {
 /// What the services share, built once.
 struct App {
     limiter: Arc<Limiter>,
+    insight: Arc<Insight>,
     hub: Arc<Hub>,
     config: Arc<Reloader>,
     rules: Arc<Reloader>,
@@ -298,6 +301,8 @@ pub async fn run(
 
 impl App {
     fn new(limiter: Arc<Limiter>, options: &Options, stopping: CancellationToken) -> Self {
+        let insight = Arc::new(Insight::new(limiter.clone(), DEFAULT_CAPACITY));
+        insight.events.configure(&limiter.catalog().events.webhooks);
         let hub = Hub::new(
             limiter.clone(),
             options.watch_interval,
@@ -309,9 +314,10 @@ impl App {
             options.config_path.clone(),
             file_bytes,
             {
-                let (limiter, hub) = (limiter.clone(), hub.clone());
+                let (limiter, hub, insight) = (limiter.clone(), hub.clone(), insight.clone());
                 move |path| {
                     let catalog = crate::config::load(path, limiter.slots())?;
+                    insight.events.configure(&catalog.events.webhooks);
                     let done = Reloaded {
                         path: path.to_owned(),
                         plans: catalog.plans.len(),
@@ -333,20 +339,24 @@ impl App {
         };
         let rules = Arc::new(rule_source.reloader());
         let metrics = Arc::new(Metrics::new());
+        let mut consumers: Vec<Arc<dyn Consumer>> = vec![insight.clone()];
+        consumers.extend(options.consumers.iter().cloned());
         // Every decision, whichever door it came through, goes here.
-        let sink = Sink::serving(metrics.clone(), hub.clone(), &options.consumers);
+        let sink = Sink::serving(metrics.clone(), hub.clone(), &consumers);
         Self {
             rate_limiter: Arc::new(RateLimiterService::new(
                 limiter.clone(),
                 hub.clone(),
                 sink.clone(),
-                stopping,
+                stopping.clone(),
             )),
             admin: Arc::new(AdminService::new(
                 limiter.clone(),
                 hub.clone(),
                 config.clone(),
                 rules.clone(),
+                insight.clone(),
+                stopping,
             )),
             admin_auth: AdminAuth::new(options.admin_token.clone()),
             envoy: Arc::new(EnvoyService::new(
@@ -360,6 +370,7 @@ impl App {
             hub,
             limiter,
             metrics,
+            insight,
         }
     }
 
@@ -416,11 +427,12 @@ impl App {
 
     /// What the metrics endpoint reads at scrape time.
     fn gauges(&self) -> Arc<dyn Fn() -> Gauges + Send + Sync> {
-        let (limiter, hub, config, rules) = (
+        let (limiter, hub, config, rules, insight) = (
             self.limiter.clone(),
             self.hub.clone(),
             self.config.clone(),
             self.rules.clone(),
+            self.insight.clone(),
         );
         Arc::new(move || {
             let memory = limiter.counters().memory();
@@ -433,6 +445,7 @@ impl App {
                 }),
                 evictions: memory.map_or(0, |m| m.evictions()),
                 reloads: (ok + rok, failed + rfailed),
+                webhooks: insight.events.webhook_stats(),
                 store_failures: limiter.counters().shared().map_or(0, |s| s.failures()),
                 store_uncertain: limiter.counters().shared().map_or(0, |s| s.uncertain()),
                 store_refusing: limiter

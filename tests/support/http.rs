@@ -115,20 +115,21 @@ pub struct Events {
 #[derive(Debug)]
 pub struct Event {
     pub name: String,
+    pub id: String,
     pub data: String,
     pub comments: Vec<String>,
 }
 
 impl Events {
     pub async fn open(addr: SocketAddr, path: &str) -> Self {
-        let response = open(
-            addr,
-            "GET",
-            path,
-            &[("accept", "text/event-stream")],
-            Bytes::new(),
-        )
-        .await;
+        Self::open_with(addr, path, &[]).await
+    }
+
+    /// As [`Events::open`], with more request headers.
+    pub async fn open_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
+        let mut all = vec![("accept", "text/event-stream")];
+        all.extend_from_slice(headers);
+        let response = open(addr, "GET", path, &all, Bytes::new()).await;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         Self {
@@ -148,12 +149,15 @@ impl Events {
                     let block: String = self.buf.drain(..end + 2).collect();
                     let mut event = Event {
                         name: String::new(),
+                        id: String::new(),
                         data: String::new(),
                         comments: Vec::new(),
                     };
                     for line in block.lines() {
                         if let Some(v) = line.strip_prefix("event:") {
                             event.name = v.trim().to_owned();
+                        } else if let Some(v) = line.strip_prefix("id:") {
+                            event.id = v.trim().to_owned();
                         } else if let Some(v) = line.strip_prefix("data:") {
                             event.data.push_str(v.trim_start());
                         } else if let Some(v) = line.strip_prefix(':') {
