@@ -62,10 +62,14 @@ fn start_one(redis: &RedisServer, dir: &std::path::Path) -> Served {
 }
 
 fn replicas(n: usize) -> Replicas {
+    replicas_with(n, CONFIG)
+}
+
+fn replicas_with(n: usize, config: &str) -> Replicas {
     let redis = RedisServer::start();
     let dir = support::process::temp_dir(&format!("replicas-{}", redis.port));
     std::fs::create_dir_all(dir.join("rules")).expect("dir");
-    std::fs::write(dir.join("tollgate.yaml"), CONFIG).expect("config");
+    std::fs::write(dir.join("tollgate.yaml"), config).expect("config");
     std::fs::write(dir.join("rules/edge.yaml"), RULES).expect("rules");
     let served = (0..n).map(|_| start_one(&redis, &dir)).collect();
     Replicas { redis, dir, served }
@@ -134,6 +138,66 @@ async fn three_replicas_admit_exactly_the_limit_for_every_algorithm() {
             "{class}: 90 calls over 3 replicas against 30/day"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_announce_each_threshold_crossing_once() {
+    let config = CONFIG.replace("plans:\n", "events: { thresholds: [50%, 100%] }\nplans:\n");
+    let r = replicas_with(3, &config);
+    let mut streams = Vec::new();
+    let mut clients = Vec::new();
+    for s in &r.served {
+        clients.push(client(s).await);
+        let mut a = admin(s).await;
+        streams.push(
+            a.watch_events(with_token(pb::WatchEventsRequest::default(), ADMIN_TOKEN))
+                .await
+                .expect("watch")
+                .into_inner(),
+        );
+    }
+    // A fixed window and a token bucket (30/day: nothing refills meanwhile),
+    // each driven past 100% from all three replicas at once.
+    for class in ["fixed", "bucket"] {
+        assert_eq!(
+            spread(&clients, &req("key_1", &format!("/{class}")), 45).await,
+            30
+        );
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (replica, mut stream) in streams.into_iter().enumerate() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(e)) = stream.message().await {
+                let _ = tx.send((replica, e));
+            }
+        });
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let (_, e) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("four events in time")
+            .expect("streams open");
+        seen.push((e.limit, e.threshold, e.used));
+    }
+    // Nothing more comes from any replica.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .is_err(),
+        "a crossing announced twice: {seen:?}"
+    );
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("bucket".to_owned(), "100%".to_owned(), 30),
+            ("bucket".to_owned(), "50%".to_owned(), 15),
+            ("fixed".to_owned(), "100%".to_owned(), 30),
+            ("fixed".to_owned(), "50%".to_owned(), 15),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,10 @@
 //! bucket refilling, a sliding window's weight), a second crossing in the
 //! same window is suppressed by the event's id: it is derived from the
 //! subject, limit, threshold and window, so every replica names the same
-//! crossing alike, and a receiver can drop a repeat by id.
+//! crossing alike. Each replica remembers the ids it announced until their
+//! window ends; with Redis, a crossing is announced by the replica that
+//! claims its id there first (`SET NX`, one round trip per crossing, never
+//! on the decision's own task), so three replicas send one event.
 //!
 //! Events go to `Admin.WatchEvents` streams and the SSE route (a broadcast
 //! channel: a reader that falls behind skips what it missed, and is told so)
@@ -29,7 +32,9 @@ use tokio::sync::broadcast;
 use crate::engine::{Mode, Nanos};
 use crate::limiter::route::cost_of;
 use crate::limiter::{Decision, Request, account_of};
+use crate::log_every::LogEvery;
 use crate::plans::events::{Threshold, Webhook};
+use crate::storage::redis::RedisStore;
 use crate::webhooks::{Endpoint, Policy, Webhooks};
 
 /// One threshold crossed.
@@ -65,7 +70,10 @@ pub struct Events {
     watchers: broadcast::Sender<Arc<Event>>,
     /// Crossings already announced, by id, until their window ends.
     seen: Cache<u128, Duration>,
-    webhooks: ArcSwap<Option<Delivery>>,
+    webhooks: Arc<ArcSwap<Option<Delivery>>>,
+    /// Shared by replicas: where a crossing is claimed before it is
+    /// announced.
+    shared: Option<RedisStore>,
 }
 
 /// The webhooks of the installed configuration and their delivery.
@@ -83,15 +91,17 @@ const REMEMBERED: u64 = 1 << 20;
 // === impl Events ===
 
 impl Events {
-    /// No webhooks yet; see [`Events::configure`].
-    pub fn new() -> Self {
+    /// No webhooks yet (see [`Events::configure`]); crossings claimed in
+    /// `shared`, when replicas share one.
+    pub fn new(shared: Option<RedisStore>) -> Self {
         Self {
             watchers: broadcast::channel(BACKLOG).0,
             seen: Cache::builder()
                 .max_capacity(REMEMBERED)
                 .expire_after(UntilWindowEnds)
                 .build(),
-            webhooks: ArcSwap::from_pointee(None),
+            webhooks: Arc::new(ArcSwap::from_pointee(None)),
+            shared,
         }
     }
 
@@ -191,7 +201,7 @@ impl Events {
                     if !entry.is_fresh() {
                         continue;
                     }
-                    self.emit(Event {
+                    let event = Event {
                         id: format!("evt_{key:032x}"),
                         subject: request.subject.to_owned(),
                         account: account.to_owned(),
@@ -203,35 +213,63 @@ impl Events {
                         amount,
                         window_reset: status.reset_at,
                         time: now,
-                    });
+                    };
+                    self.announce(event, Duration::from_nanos(ends));
                 }
             }
         }
     }
 
-    fn emit(&self, event: Event) {
-        let event = Arc::new(event);
-        if let Some(d) = self.webhooks.load().as_ref() {
-            let to: Vec<usize> = d
-                .config
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| wanted(w, &event))
-                .map(|(i, _)| i)
-                .collect();
-            if !to.is_empty() {
-                d.webhooks.send(&event.id, body(&event).into(), Some(&to));
+    /// Announces `event`, once its id is claimed when replicas share Redis
+    /// (for `ttl`, the rest of its window).
+    fn announce(&self, event: Event, ttl: Duration) {
+        let Some(shared) = self.shared.clone() else {
+            emit(&self.watchers, &self.webhooks, event);
+            return;
+        };
+        let (watchers, webhooks) = (self.watchers.clone(), self.webhooks.clone());
+        tokio::spawn(async move {
+            match shared
+                .claim(&format!("tollgate:event:{}", event.id), ttl)
+                .await
+            {
+                Ok(true) => emit(&watchers, &webhooks, event),
+                Ok(false) => {}
+                Err(e) => {
+                    // Better twice than never: a receiver drops a repeat by id.
+                    if let Some(held) = CLAIM_FAILED.ready() {
+                        tracing::warn!(error = %e, held, "threshold event not claimed in Redis; announced anyway");
+                    }
+                    emit(&watchers, &webhooks, event);
+                }
             }
-        }
-        // No watcher is not an error.
-        let _ = self.watchers.send(event);
+        });
     }
 }
 
-impl Default for Events {
-    fn default() -> Self {
-        Self::new()
+static CLAIM_FAILED: LogEvery = LogEvery::new(Duration::from_secs(10));
+
+/// Hands `event` to the webhooks that want it and to the watchers.
+fn emit(
+    watchers: &broadcast::Sender<Arc<Event>>,
+    webhooks: &ArcSwap<Option<Delivery>>,
+    event: Event,
+) {
+    let event = Arc::new(event);
+    if let Some(d) = webhooks.load().as_ref() {
+        let to: Vec<usize> = d
+            .config
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| wanted(w, &event))
+            .map(|(i, _)| i)
+            .collect();
+        if !to.is_empty() {
+            d.webhooks.send(&event.id, body(&event).into(), Some(&to));
+        }
     }
+    // No watcher is not an error.
+    let _ = watchers.send(event);
 }
 
 impl std::fmt::Debug for Events {

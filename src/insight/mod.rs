@@ -28,9 +28,10 @@ impl Insight {
     /// Insight over `limiter`'s decisions (its clock), with a top-subjects
     /// sketch of `capacity` counters per slice.
     pub fn new(limiter: Arc<Limiter>, capacity: usize) -> Self {
+        let shared = limiter.counters().shared().map(|s| s.store.clone());
         Self {
             top: top::TopSubjects::new(capacity),
-            events: events::Events::new(),
+            events: events::Events::new(shared),
             limiter,
         }
     }

@@ -245,6 +245,19 @@ impl RedisStore {
         self.query::<()>(cmd).await
     }
 
+    /// Sets `key` for `ttl` unless it exists; whether this call set it. The
+    /// first of several replicas to claim a key wins.
+    pub async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let set: Option<String> = self.query(cmd).await?;
+        Ok(set.is_some())
+    }
+
     /// Connects and loads the decision script now, waiting at most
     /// `within`, so the first decisions do not pay for either (they have
     /// only the store timeout). A failure is not fatal: decisions retry.
