@@ -41,7 +41,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
-use crate::engine::Nanos;
+use crate::engine::{Algorithm, Nanos};
 use crate::error::Error;
 use crate::limiter::{Limiter, Quota, account_of};
 
@@ -331,8 +331,25 @@ impl Hub {
     fn next_timer(&self, topic: &Topic, now: Nanos) -> (Nanos, Cause) {
         let current = topic.tx.borrow().clone();
         let resets = current.quota.limits.iter().filter_map(|l| {
-            let used = !l.unlimited() && l.remaining < l.amount();
-            (used && l.reset_at > now).then_some(l.reset_at)
+            let (amount, window) = (l.amount(), l.window());
+            if l.unlimited() || l.remaining >= amount {
+                return None;
+            }
+            let at = match l.algorithm() {
+                // A window's end gives everything back at once.
+                Some(Algorithm::FixedWindow) => l.reset_at,
+                // The others refill as they go: a refill is news only to a
+                // subject that has nothing left, when it can go again (a
+                // bucket's next unit; the others' window).
+                _ if l.remaining > 0 => return None,
+                Some(Algorithm::TokenBucket) => {
+                    let rest = u128::from(amount - 1) * u128::from(window) / u128::from(amount);
+                    l.reset_at
+                        .saturating_sub(u64::try_from(rest).unwrap_or(u64::MAX))
+                }
+                _ => l.reset_at,
+            };
+            (at > now).then_some(at)
         });
         let expiries = self
             .limiter

@@ -385,3 +385,49 @@ async fn watchers_past_the_cap_are_refused_and_their_slots_return() {
     assert_eq!(cause(&next(&mut a).await), Cause::Snapshot);
     s.stop().await;
 }
+
+/// A token bucket refills as it goes: a watcher hears of a refill only when
+/// the subject had nothing left, when the next unit is back; partial
+/// refills of a bucket in use send nothing.
+#[tokio::test]
+async fn a_token_bucket_in_use_stays_quiet_until_it_is_exhausted() {
+    let s = TestServer::start(
+        "plans:\n  free: { limits: [ { rate: 3/3s, algorithm: token_bucket } ] }\n",
+    )
+    .await;
+    let mut stream = s
+        .client
+        .clone()
+        .watch_quota(watch("key_1"))
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(cause(&next(&mut stream).await), Cause::Snapshot);
+    s.consume(req("key_1", "/x")).await;
+    let used = next(&mut stream).await;
+    assert_eq!(
+        (cause(&used), used.limits[0].remaining),
+        (Cause::Consumption, Some(2))
+    );
+    // The bucket is full again in a second: not worth an update.
+    let quiet = tokio::time::timeout(Duration::from_millis(2500), stream.next()).await;
+    assert!(
+        quiet.is_err(),
+        "an update about a partial refill: {quiet:?}"
+    );
+    // Exhausted, then a unit comes back a second later: that is news.
+    assert_eq!(s.consume_n(&req("key_1", "/x"), 3).await, 2);
+    let empty = loop {
+        let u = next(&mut stream).await;
+        if u.limits[0].remaining == Some(0) {
+            break u;
+        }
+    };
+    assert_eq!(cause(&empty), Cause::Consumption);
+    s.advance(Duration::from_secs(1));
+    let back = next(&mut stream).await;
+    assert_eq!(
+        (cause(&back), back.limits[0].remaining),
+        (Cause::WindowReset, Some(1))
+    );
+}
