@@ -52,6 +52,9 @@ pub struct RefusalLabels {
     pub class: Label,
     /// The limit that refused (the most constraining denied one).
     pub limit: Label,
+    /// `true` for a shadow limit, which would have refused (the request
+    /// went through).
+    pub shadow: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -155,15 +155,26 @@ impl Consumer for Metrics {
         };
         let labels = match d.what {
             What::Plan { decision, .. } => {
-                if d.mode != Mode::Check
-                    && decision.verdict == Verdict::RateLimited
-                    && let Some(refused) = decision.limits.iter().find(|l| l.denied)
-                {
-                    self.refusal(&RefusalLabels {
-                        plan: Label(decision.plan.clone()),
-                        class: decision.class.clone().map_or_else(Label::empty, Label),
-                        limit: Label(refused.limit.name.clone()),
-                    });
+                if d.mode != Mode::Check {
+                    let enforced = (decision.verdict == Verdict::RateLimited)
+                        .then(|| decision.limits.iter().find(|l| l.denied))
+                        .flatten();
+                    let shadow = decision
+                        .limits
+                        .iter()
+                        .filter(|l| l.limit.shadow && l.denied);
+                    for refused in enforced.into_iter().chain(shadow) {
+                        self.refusal(&RefusalLabels {
+                            plan: Label(decision.plan.clone()),
+                            class: decision.class.clone().map_or_else(Label::empty, Label),
+                            limit: Label(refused.limit.name.clone()),
+                            shadow: if refused.limit.shadow {
+                                "true"
+                            } else {
+                                "false"
+                            },
+                        });
+                    }
                 }
                 DecisionLabels::of(rpc, decision)
             }

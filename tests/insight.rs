@@ -378,13 +378,129 @@ async fn the_top_limited_subjects_are_listed_without_a_metric_per_subject() {
     // Prometheus: refusals by plan, class and limit, never by subject.
     let text = scrape(metrics_addr).await;
     assert!(
-        text.contains(r#"tollgate_refusals_total{plan="free",class="",limit="per-minute"} 7"#),
+        text.contains(
+            r#"tollgate_refusals_total{plan="free",class="",limit="per-minute",shadow="false"} 7"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains(r#"tollgate_refusals_total{plan="pro",class="search",limit="pro-search"} 1"#),
+        text.contains(r#"tollgate_refusals_total{plan="pro",class="search",limit="pro-search",shadow="false"} 1"#),
         "{text}"
     );
     assert!(!text.contains("heavy"), "a subject leaked into a label");
+    s.stop().await;
+}
+
+const SHADOW: &str = r#"
+events:
+  thresholds: [100%]
+plans:
+  free:
+    limits:
+      - { name: per-minute, rate: 10/minute }
+      - { name: tighter, rate: 3/minute, shadow: true }
+  trial:
+    shadow: true
+    limits:
+      - { name: trial-minute, rate: 2/minute, max_cost: 1 }
+default_plan: free
+assignments: { trying: trial }
+"#;
+
+fn shadow_status(d: &pb::Decision, name: &str) -> (bool, bool, Option<u64>) {
+    let l = d.limits.iter().find(|l| l.name == name).expect("the limit");
+    (l.shadow, l.would_deny, l.remaining)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_limit_is_counted_and_reported_but_never_refuses() {
+    let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics_addr = metrics.local_addr().expect("addr");
+    let options = tollgate::server::Options {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        metrics: Some(metrics),
+        ..Default::default()
+    };
+    let s = TestServer::start_opts(SHADOW, MemoryStore::new(10_000), options).await;
+    let mut admin = s.admin().await;
+    let mut events = admin
+        .watch_events(authed(pb::WatchEventsRequest::default()))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut decisions = Vec::new();
+    for _ in 0..5 {
+        decisions.push(s.consume(req("alice", "/a")).await);
+    }
+    // All five admitted; the shadow limit counted the first three, as
+    // enforced it would have, and would have refused the last two.
+    assert!(decisions.iter().all(|d| verdict(d) == pb::Verdict::Allowed));
+    assert_eq!(
+        shadow_status(&decisions[2], "tighter"),
+        (true, false, Some(0))
+    );
+    assert_eq!(
+        shadow_status(&decisions[3], "tighter"),
+        (true, true, Some(0))
+    );
+    assert_eq!(
+        shadow_status(&decisions[4], "tighter"),
+        (true, true, Some(0))
+    );
+    assert_eq!(
+        shadow_status(&decisions[4], "per-minute"),
+        (false, false, Some(5))
+    );
+    // The caller is held to the enforced limit only.
+    assert_eq!(header(&decisions[4], "X-RateLimit-Limit"), Some("10"));
+    assert_eq!(header(&decisions[4], "X-RateLimit-Remaining"), Some("5"));
+
+    // Its crossing of 100% is an event, marked.
+    let e = next_event(&mut events).await;
+    assert_eq!(
+        (e.limit.as_str(), e.threshold.as_str(), e.used, e.shadow),
+        ("tighter", "100%", 3, true)
+    );
+
+    // A shadow plan refuses nothing, not even a cost over its max_cost.
+    for _ in 0..3 {
+        let d = s.consume(req("trying", "/a")).await;
+        assert_eq!(verdict(&d), pb::Verdict::Allowed, "{d:?}");
+    }
+    let big = s
+        .consume(with_cost(req("trying", "/a"), &[("requests", 5)]))
+        .await;
+    assert_eq!(verdict(&big), pb::Verdict::Allowed, "{big:?}");
+    assert_eq!(shadow_status(&big, "trial-minute"), (true, true, Some(0)));
+
+    // In the top list and the metrics, as refusals of the shadow limit.
+    let top = admin
+        .top_subjects(authed(pb::TopSubjectsRequest {
+            window: pb::TopWindow::Minute as i32,
+            ..Default::default()
+        }))
+        .await
+        .expect("top")
+        .into_inner();
+    let rows: Vec<(&str, u64, &str)> = top
+        .subjects
+        .iter()
+        .map(|r| (r.subject.as_str(), r.refused, r.top_limit.as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [("alice", 2, "tighter"), ("trying", 2, "trial-minute")]
+    );
+    let text = scrape(metrics_addr).await;
+    assert!(
+        text.contains(
+            r#"tollgate_refusals_total{plan="free",class="",limit="tighter",shadow="true"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"verdict="rate_limited""#),
+        "nothing was refused: {text}"
+    );
     s.stop().await;
 }

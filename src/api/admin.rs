@@ -541,6 +541,7 @@ pub fn quota_event(e: &Event) -> pb::QuotaEvent {
         amount: e.amount,
         window_reset: Some(convert::timestamp(e.window_reset)),
         time: Some(convert::timestamp(e.time)),
+        shadow: e.shadow,
     }
 }
 

@@ -91,6 +91,8 @@ pub fn limit_status(l: &LimitStatus) -> pb::LimitStatus {
         unlimited,
         class: l.limit.class.as_deref().unwrap_or_default().to_owned(),
         algorithm: l.algorithm().map_or(pb::Algorithm::Unspecified, algorithm) as i32,
+        shadow: l.limit.shadow,
+        would_deny: l.limit.shadow && l.denied,
     }
 }
 

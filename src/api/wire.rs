@@ -111,6 +111,8 @@ fn put_limit(l: &LimitStatus, buf: &mut impl BufMut) {
     put_varint(7, u64::from(unlimited), buf);
     put_str(8, l.limit.class.as_deref().unwrap_or_default(), buf);
     put_varint(9, algorithm(l), buf);
+    put_varint(10, u64::from(l.limit.shadow), buf);
+    put_varint(11, u64::from(l.limit.shadow && l.denied), buf);
 }
 
 fn limit_len(l: &LimitStatus) -> usize {
@@ -136,6 +138,8 @@ fn limit_len(l: &LimitStatus) -> usize {
         + varint_len(7, u64::from(unlimited))
         + str_len(8, l.limit.class.as_deref().unwrap_or_default())
         + varint_len(9, algorithm(l))
+        + varint_len(10, u64::from(l.limit.shadow))
+        + varint_len(11, u64::from(l.limit.shadow && l.denied))
 }
 
 fn algorithm(l: &LimitStatus) -> u64 {

@@ -220,6 +220,9 @@ pub struct RawPlan {
     /// The thresholds of this plan's limits.
     #[serde(default)]
     pub events: Option<RawPlanEvents>,
+    /// Every limit of the plan tried, not enforced.
+    #[serde(default)]
+    pub shadow: Option<Spanned<bool>>,
 }
 
 /// One limit, deny or unlimited entry of a plan.
@@ -262,6 +265,9 @@ pub struct RawLimit {
     /// Usage shares whose crossing is announced, e.g. `[80%, 100%]`.
     #[serde(default)]
     pub thresholds: Option<Spanned<Vec<Spanned<RawPercent>>>>,
+    /// Tried, not enforced: counted as if enforced, never refusing.
+    #[serde(default)]
+    pub shadow: Option<Spanned<bool>>,
 }
 
 /// `burst:` as written: a percentage string or a number of units.

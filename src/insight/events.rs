@@ -63,6 +63,8 @@ pub struct Event {
     pub window_reset: Nanos,
     /// When it crossed.
     pub time: Nanos,
+    /// The limit is tried, not enforced.
+    pub shadow: bool,
 }
 
 /// Where events go: watchers and webhooks.
@@ -177,6 +179,10 @@ impl Events {
             let Some(counted) = limit.counted() else {
                 continue;
             };
+            // A shadow limit that would have refused counted nothing.
+            if status.denied && mode == Mode::Consume {
+                continue;
+            }
             let amount = counted.rate.amount();
             let cost = cost_of(request.cost, &limit.unit, mode);
             if cost == 0 {
@@ -213,6 +219,7 @@ impl Events {
                         amount,
                         window_reset: status.reset_at,
                         time: now,
+                        shadow: limit.shadow,
                     };
                     self.announce(event, Duration::from_nanos(ends));
                 }
@@ -321,6 +328,7 @@ pub fn body(e: &Event) -> Vec<u8> {
             "amount": e.amount,
             "window_reset": rfc3339(e.window_reset),
             "time": rfc3339(e.time),
+            "shadow": e.shadow,
         }
     }))
     .expect("JSON of strings and numbers")

@@ -72,6 +72,24 @@ impl Consumer for Insight {
                     .map(|l| &*l.limit.name),
             },
         );
+        // A shadow limit's refusal of a request that went through: a
+        // refusal too, in the refusals ranking only.
+        if let Some(shadow) = decision.limits.iter().find(|l| l.limit.shadow && l.denied)
+            && decision.counted
+        {
+            self.top.observe(
+                now,
+                &top::Seen {
+                    subject: request.subject,
+                    account: account_of(request.subject, request.account),
+                    plan: &decision.plan,
+                    class: decision.class.as_deref(),
+                    admitted: false,
+                    cost: 0,
+                    refused_by: Some(&shadow.limit.name),
+                },
+            );
+        }
         self.events.decided(d.mode, request, decision, now);
     }
 }

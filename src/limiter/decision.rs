@@ -145,11 +145,12 @@ impl LimitStatus {
         self.limit.counted().is_none()
     }
 
-    /// Denied before admitted, the longest wait first; then the smallest
+    /// Enforced before shadow, denied before admitted, the longest wait first; then the smallest
     /// share of the limit left; unlimited last; then the longer window.
     pub(super) fn most_constraining(&self, other: &Self) -> Ordering {
         self.unlimited()
             .cmp(&other.unlimited())
+            .then_with(|| self.limit.shadow.cmp(&other.limit.shadow))
             .then_with(|| self.pressure().cmp(&other.pressure()))
             .then_with(|| other.window().cmp(&self.window()))
     }

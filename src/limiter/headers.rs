@@ -16,7 +16,12 @@ use crate::plans::HeaderStyle;
 /// The headers for `decision` made at `now`.
 pub fn build(style: HeaderStyle, decision: &Decision, now: Nanos) -> Vec<(&'static str, String)> {
     let mut headers = Vec::new();
-    let counted: Vec<_> = decision.limits.iter().filter(|l| !l.unlimited()).collect();
+    // What the caller is held to: never a shadow limit.
+    let counted: Vec<_> = decision
+        .limits
+        .iter()
+        .filter(|l| !l.unlimited() && !l.limit.shadow)
+        .collect();
     let Some(first) = counted.first() else {
         return headers;
     };

@@ -162,29 +162,110 @@ impl Limiter {
             Err(Early::Decided(decision)) => return Ok(*decision),
             Err(Early::Refused(e)) => return Err(e),
         };
-        let items = route::items(
-            &begun.plan.route(begun.class).limits,
-            request.subject,
-            begun.account,
-            |l| cost_of(request.cost, &l.unit, mode),
-        );
-        let notify = Notify {
-            subject: request.subject,
-            account: begun.account,
+        let route = begun.plan.route(begun.class);
+        let cost = |l: &Limit| cost_of(request.cost, &l.unit, mode);
+        let (now, outcome) = if route.shadow {
+            self.shadowed(&begun, request, &route.limits, cost).await?
+        } else {
+            let items = route::items(&route.limits, request.subject, begun.account, cost);
+            self.counters
+                .run(
+                    begun.run_mode,
+                    begun.account,
+                    &items,
+                    Some(Notify {
+                        subject: request.subject,
+                        account: begun.account,
+                    }),
+                    &self.slots,
+                    begun.now,
+                    request.deadline,
+                )
+                .await?
         };
-        let (now, outcome) = self
+        Ok(self.conclude(&begun, request, now, &outcome))
+    }
+
+    /// A decision whose limits include shadow ones: the enforced limits
+    /// decide, all or nothing, as always; then the shadow limits are tried
+    /// in the same mode when the enforced ones counted (all or nothing among
+    /// themselves, as if enforced), and only checked when they did not. The
+    /// outcome is the enforced one, with every limit's status in order.
+    async fn shadowed(
+        &self,
+        begun: &Begun<'_>,
+        request: &Request<'_>,
+        limits: &[Arc<Limit>],
+        cost: impl Fn(&Limit) -> u64,
+    ) -> Result<(Nanos, Outcome), StoreError> {
+        let (shadow, enforced): (Vec<Arc<Limit>>, Vec<Arc<Limit>>) =
+            limits.iter().cloned().partition(|l| l.shadow);
+        let items = route::items(&enforced, request.subject, begun.account, &cost);
+        let (now, held) = if items.is_empty() {
+            let held = Outcome {
+                fits: true,
+                counted: begun.run_mode != Mode::Check,
+                items: Default::default(),
+            };
+            (begun.now, held)
+        } else {
+            let notify = Notify {
+                subject: request.subject,
+                account: begun.account,
+            };
+            self.counters
+                .run(
+                    begun.run_mode,
+                    begun.account,
+                    &items,
+                    Some(notify),
+                    &self.slots,
+                    begun.now,
+                    request.deadline,
+                )
+                .await?
+        };
+        let mode = if held.counted {
+            begun.run_mode
+        } else {
+            Mode::Check
+        };
+        let items = route::items(&shadow, request.subject, begun.account, &cost);
+        let (_, tried) = self
             .counters
             .run(
-                begun.run_mode,
+                mode,
                 begun.account,
                 &items,
-                Some(notify),
+                None,
                 &self.slots,
                 begun.now,
                 request.deadline,
             )
             .await?;
-        Ok(self.conclude(&begun, request, now, &outcome))
+        // Every limit's statuses, in the order of `limits`.
+        let (mut held_items, mut tried_items) = (held.items.iter(), tried.items.iter());
+        let mut merged = SmallVec::new();
+        for limit in limits {
+            let Some(counted) = limit.counted() else {
+                continue;
+            };
+            let from = if limit.shadow {
+                &mut tried_items
+            } else {
+                &mut held_items
+            };
+            let n = 1 + usize::from(counted.burst.is_some());
+            merged.extend(from.take(n).copied());
+        }
+        Ok((
+            now,
+            Outcome {
+                fits: held.fits,
+                counted: held.counted,
+                items: merged,
+            },
+        ))
     }
 
     /// Runs one decision's items (all of hash tag `tag`) on the counters by
@@ -230,6 +311,7 @@ impl Limiter {
                 route
                     .limits
                     .iter()
+                    .filter(|l| !l.shadow)
                     .find_map(|l| over_max_cost(l, request, mode))
             })
             .flatten();

@@ -84,7 +84,8 @@ pub fn statuses<'l>(
         let status = match limit.counted() {
             Some(counted) => {
                 let s = merged_status(counted, &mut from_engine);
-                if s.too_large && too_large.is_none() {
+                // A shadow limit never refuses, not even a cost too large.
+                if s.too_large && too_large.is_none() && !limit.shadow {
                     too_large = Some(&**limit);
                 }
                 let denied = !s.fits;

@@ -128,6 +128,8 @@ pub struct Route {
     pub deny: Option<Arc<str>>,
     /// Limits that apply, class-wide ones and the class's own.
     pub limits: Vec<Arc<Limit>>,
+    /// Whether any of them is a shadow limit (decided apart).
+    pub shadow: bool,
 }
 
 /// One limit of a plan.
@@ -150,6 +152,8 @@ pub struct Limit {
     /// The usage shares whose crossing is announced (`events`); empty for
     /// none.
     pub thresholds: events::Thresholds,
+    /// Tried, not enforced: counted as if enforced, never refusing.
+    pub shadow: bool,
 }
 
 /// How a limit counts.
@@ -263,8 +267,13 @@ impl Plan {
                         _ => continue,
                     }
                     match &limit.kind {
+                        // A shadow plan refuses nothing, its denies neither.
+                        LimitKind::Deny(_) if limit.shadow => {}
                         LimitKind::Deny(message) => r.deny = Some(message.clone()),
-                        _ => r.limits.push(limit.clone()),
+                        _ => {
+                            r.shadow |= limit.shadow && limit.counted().is_some();
+                            r.limits.push(limit.clone());
+                        }
                     }
                 }
                 r

@@ -249,6 +249,7 @@ fn custom(
         },
         max_cost: None,
         thresholds: thresholds.clone(),
+        shadow: false,
     })
 }
 

@@ -22,7 +22,11 @@ pub(super) fn plan(
 ) -> Plan {
     let limits: Vec<Arc<Limit>> = entries
         .iter()
-        .map(|e| Arc::new(limit(e, class_names, &thresholds, slots)))
+        .map(|e| {
+            let mut limit = limit(e, class_names, &thresholds, slots);
+            limit.shadow |= raw.shadow.as_ref().is_some_and(|s| s.value);
+            Arc::new(limit)
+        })
         .collect();
     Plan::new(
         name,
@@ -74,6 +78,7 @@ fn limit(
         kind,
         max_cost: e.max_cost,
         thresholds: e.thresholds.clone().unwrap_or_else(|| thresholds.clone()),
+        shadow: e.shadow,
     }
 }
 
@@ -86,7 +91,11 @@ fn counted(
     burst: Option<Extra>,
     slots: &SlotRegistry,
 ) -> LimitKind {
-    let identity = counter_identity(e.per, e.class.as_deref(), &e.unit, window, algorithm);
+    let mut identity = counter_identity(e.per, e.class.as_deref(), &e.unit, window, algorithm);
+    if e.shadow {
+        // Tried beside the enforced limit of the same window: its own count.
+        identity.push_str("|shadow");
+    }
     let rate = Rate::new(amount, window).expect("amount and window checked nonzero");
     let burst = burst.map(|b| {
         let cap = Rate::new(b.ceiling(amount), window).expect("a ceiling is at least its amount");
@@ -105,6 +114,15 @@ fn counted(
 /// The name of a limit configured without one: from its class, unit, window
 /// and per, so it reads the same in every answer and header.
 fn generated_name(e: &Entry, window: Nanos) -> String {
+    let name = generated(e, window);
+    if e.shadow {
+        format!("shadow:{name}")
+    } else {
+        name
+    }
+}
+
+fn generated(e: &Entry, window: Nanos) -> String {
     match &e.kind {
         EntryKind::Deny(_) => {
             let class_part = e

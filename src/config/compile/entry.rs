@@ -31,6 +31,8 @@ pub(super) struct Entry {
     pub(super) max_cost: Option<u64>,
     /// `thresholds:` of its own, if any.
     pub(super) thresholds: Option<Thresholds>,
+    /// `shadow: true`.
+    pub(super) shadow: bool,
 }
 
 /// What an entry does to its class and unit.
@@ -127,6 +129,7 @@ fn entry(
         kind,
         max_cost,
         thresholds,
+        shadow: raw.shadow.as_ref().is_some_and(|s| s.value),
     })
 }
 
@@ -350,6 +353,7 @@ impl Entry {
     /// same class) within one plan.
     fn same_identity(&self, other: &Self) -> bool {
         self.class == other.class
+            && self.shadow == other.shadow
             && match (&self.kind, &other.kind) {
                 (EntryKind::Deny(_), EntryKind::Deny(_)) => true,
                 (EntryKind::Counted { window: wa, .. }, EntryKind::Counted { window: wb, .. }) => {

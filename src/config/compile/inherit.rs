@@ -102,7 +102,8 @@ fn resolve(
 
 /// Whether `own` replaces the inherited `inherited`.
 fn replaces(own: &Entry, inherited: &Entry) -> bool {
-    if own.class != inherited.class {
+    // A shadow limit is tried beside the enforced one, never instead.
+    if own.class != inherited.class || own.shadow != inherited.shadow {
         return false;
     }
     match (&own.kind, &inherited.kind) {

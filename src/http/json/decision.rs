@@ -78,6 +78,12 @@ fn limit_status(out: &mut String, l: &pb::LimitStatus) {
     o.text("class", &l.class);
     let algorithm = pb::Algorithm::try_from(l.algorithm).ok();
     o.enumeration("algorithm", l.algorithm, algorithm.map(|a| a.as_str_name()));
+    if l.shadow {
+        o.raw("shadow", "true");
+    }
+    if l.would_deny {
+        o.raw("wouldDeny", "true");
+    }
     o.close();
 }
 
@@ -323,12 +329,14 @@ mod tests {
                 any::<bool>(),
                 text(),
                 0i32..5,
+                any::<bool>(),
+                any::<bool>(),
             ),
         )
             .prop_map(
                 |(
                     (name, unit, limit, remaining),
-                    (window, reset_at, unlimited, class, algorithm),
+                    (window, reset_at, unlimited, class, algorithm, shadow, would_deny),
                 )| {
                     pb::LimitStatus {
                         name,
@@ -340,6 +348,8 @@ mod tests {
                         unlimited,
                         class,
                         algorithm,
+                        shadow,
+                        would_deny,
                     }
                 },
             )
