@@ -98,6 +98,10 @@ pub(crate) struct Serve {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "N", default_value_t = tollgate::watch::DEFAULT_MAX_WATCHERS)]
     pub(crate) max_watchers: usize,
+    /// Counters per slice of the top limited subjects (Admin.TopSubjects):
+    /// 1024 hold 12.7 MB; 0 turns the list off.
+    #[arg(long, value_name = "N", default_value_t = tollgate::insight::top::DEFAULT_CAPACITY)]
+    pub(crate) top_subjects: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (`:9090` means every
     /// interface).
     #[arg(long, env = "PROMETHEUS_ADDR", value_name = "ADDR", value_parser = parse_addr)]

@@ -28,6 +28,10 @@ pub enum Error {
     /// flag that raises it. Retry later.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A feature this server was started without; the message names the
+    /// flag that turns it on.
+    #[error("{0}")]
+    Off(&'static str),
     /// A request envoyproxy/ratelimit refuses with a plain error, answered
     /// word for word as it does (gRPC `UNKNOWN`).
     #[error("{0}")]

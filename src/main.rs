@@ -163,6 +163,7 @@ fn options(serve: &Serve, rules: RuleSource) -> anyhow::Result<Options> {
         admin_token,
         watch_interval: serve.watch_interval,
         max_watchers: serve.max_watchers,
+        top_subjects: serve.top_subjects,
         drain: serve.drain_timeout,
         envoy_rules: Some(Arc::new(rules)),
         envoy: serve.envoy.options(),

@@ -26,6 +26,7 @@ pub fn code_of(e: &Error) -> Code {
         Error::Invalid { .. } => Code::InvalidArgument,
         Error::NotFound { .. } => Code::NotFound,
         Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        Error::Off(_) => Code::FailedPrecondition,
         Error::Refused(_) => Code::Unknown,
         Error::Store(e) | Error::State(state::StateError::Shared(e)) => store_code(e),
         Error::State(_) => Code::Internal,

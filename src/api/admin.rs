@@ -127,7 +127,9 @@ impl AdminService {
             limit: some(&r.limit),
         };
         let now = self.insight.now();
-        let top = &self.insight.top;
+        let Some(top) = &self.insight.top else {
+            return Err(Error::Off("the top list is off (--top-subjects 0)"));
+        };
         Ok(pb::TopSubjectsResponse {
             subjects: top
                 .top(now, horizon, ranking, &filter, count as usize)

@@ -10,15 +10,15 @@ pub mod top;
 
 use std::sync::Arc;
 
-use crate::engine::Mode;
-use crate::limiter::{Limiter, account_of};
+use crate::engine::{Mode, Nanos};
+use crate::limiter::{Decision, Limiter, Request, account_of};
 use crate::sink::{Consumer, Decided, What};
 
 /// The top subjects and the threshold events of one server.
 #[derive(Debug)]
 pub struct Insight {
-    /// The heavy hitters, by refusals and by consumption.
-    pub top: top::TopSubjects,
+    /// The heavy hitters, by refusals and by consumption; `None` when off.
+    pub top: Option<top::TopSubjects>,
     /// Threshold events and their delivery.
     pub events: events::Events,
     limiter: Arc<Limiter>,
@@ -26,11 +26,11 @@ pub struct Insight {
 
 impl Insight {
     /// Insight over `limiter`'s decisions (its clock), with a top-subjects
-    /// sketch of `capacity` counters per slice.
+    /// sketch of `capacity` counters per slice (none when 0).
     pub fn new(limiter: Arc<Limiter>, capacity: usize) -> Self {
         let shared = limiter.counters().shared().map(|s| s.store.clone());
         Self {
-            top: top::TopSubjects::new(capacity),
+            top: (capacity > 0).then(|| top::TopSubjects::new(capacity)),
             events: events::Events::new(shared),
             limiter,
         }
@@ -52,44 +52,50 @@ impl Consumer for Insight {
             return;
         }
         let now = self.limiter.now();
-        let cost = match request.cost.values().sum::<u64>() {
-            0 => 1,
-            n => n,
-        };
-        self.top.observe(
+        if let Some(top) = &self.top {
+            observe(top, now, request, decision);
+        }
+    }
+}
+
+/// Feeds the sketch one decision: an admission or a refusal, and a shadow
+/// limit's refusal of a request that went through as a refusal too (in the
+/// refusals ranking only).
+fn observe(top: &top::TopSubjects, now: Nanos, request: &Request<'_>, decision: &Decision) {
+    let cost = match request.cost.values().sum::<u64>() {
+        0 => 1,
+        n => n,
+    };
+    top.observe(
+        now,
+        &top::Seen {
+            subject: request.subject,
+            account: account_of(request.subject, request.account),
+            plan: &decision.plan,
+            class: decision.class.as_deref(),
+            admitted: decision.counted,
+            cost: if decision.counted { cost } else { 0 },
+            refused_by: decision
+                .limits
+                .iter()
+                .find(|l| l.denied)
+                .map(|l| &*l.limit.name),
+        },
+    );
+    if let Some(shadow) = decision.limits.iter().find(|l| l.limit.shadow && l.denied)
+        && decision.counted
+    {
+        top.observe(
             now,
             &top::Seen {
                 subject: request.subject,
                 account: account_of(request.subject, request.account),
                 plan: &decision.plan,
                 class: decision.class.as_deref(),
-                admitted: decision.counted,
-                cost: if decision.counted { cost } else { 0 },
-                refused_by: decision
-                    .limits
-                    .iter()
-                    .find(|l| l.denied)
-                    .map(|l| &*l.limit.name),
+                admitted: false,
+                cost: 0,
+                refused_by: Some(&shadow.limit.name),
             },
         );
-        // A shadow limit's refusal of a request that went through: a
-        // refusal too, in the refusals ranking only.
-        if let Some(shadow) = decision.limits.iter().find(|l| l.limit.shadow && l.denied)
-            && decision.counted
-        {
-            self.top.observe(
-                now,
-                &top::Seen {
-                    subject: request.subject,
-                    account: account_of(request.subject, request.account),
-                    plan: &decision.plan,
-                    class: decision.class.as_deref(),
-                    admitted: false,
-                    cost: 0,
-                    refused_by: Some(&shadow.limit.name),
-                },
-            );
-        }
-        self.events.decided(d.mode, request, decision, now);
     }
 }

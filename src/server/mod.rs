@@ -81,6 +81,8 @@ pub struct Options {
     /// The most `WatchQuota` streams open at once; more are refused with
     /// `RESOURCE_EXHAUSTED`.
     pub max_watchers: usize,
+    /// Counters per slice of the top limited subjects; 0: no list.
+    pub top_subjects: usize,
     /// The longest graceful shutdown waits for in-flight calls.
     pub drain: Duration,
     /// Serve gRPC over TLS (and require client certificates when it says so).
@@ -155,6 +157,7 @@ impl Default for Options {
             admin_token: None,
             watch_interval: crate::watch::DEFAULT_INTERVAL,
             max_watchers: crate::watch::DEFAULT_MAX_WATCHERS,
+            top_subjects: DEFAULT_CAPACITY,
             drain: Duration::from_secs(10),
             tls: None,
             envoy_rules: None,
@@ -301,7 +304,7 @@ pub async fn run(
 
 impl App {
     fn new(limiter: Arc<Limiter>, options: &Options, stopping: CancellationToken) -> Self {
-        let insight = Arc::new(Insight::new(limiter.clone(), DEFAULT_CAPACITY));
+        let insight = Arc::new(Insight::new(limiter.clone(), options.top_subjects));
         insight.events.configure(&limiter.catalog().events.webhooks);
         let hub = Hub::new(
             limiter.clone(),
