@@ -55,6 +55,7 @@ impl Consumer for Insight {
         if let Some(top) = &self.top {
             observe(top, now, request, decision);
         }
+        self.events.decided(d.mode, request, decision, now);
     }
 }
 
