@@ -294,4 +294,70 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn names_each_bad_threshold_and_webhook_by_line_and_field() {
+        let yaml = "events:
+  thresholds: [80%, 150%]
+  webhooks:
+    - url: ftp://example.com/hook
+      secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+    - url: http://example.com/hook
+      secret: not-a-secret
+    - url: http://example.com/hook
+    - url: http://example.com/hook
+      secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+      plans: [gold]
+      thresholds: [0%]
+plans:
+  free:
+    events: { thresholds: [eighty] }
+    limits:
+      - { rate: 10/minute, thresholds: [100.5%] }
+";
+        let out = problems(yaml);
+        for expected in [
+            "t.yaml:2: events.thresholds[1]: must be a percentage from 1% to 100%",
+            "t.yaml:4: events.webhooks[0].url: invalid webhook url",
+            "t.yaml:7: events.webhooks[1].secret: it must start with `whsec_`",
+            "t.yaml:8: events.webhooks[2].secret: is required",
+            "t.yaml:11: events.webhooks[3].plans[0]: no plan named \"gold\"",
+            "t.yaml:12: events.webhooks[3].thresholds[0]: must be a percentage",
+            "t.yaml:15: plans.free.events.thresholds[0]: must be a percentage",
+            "t.yaml:17: plans.free.limits[0].thresholds[0]: must be a percentage",
+        ] {
+            assert!(out.contains(expected), "{expected}\nin:\n{out}");
+        }
+    }
+
+    #[test]
+    fn a_limit_inherits_thresholds_from_its_plan_its_parent_or_the_file() {
+        let yaml = "events: { thresholds: [100%] }
+plans:
+  free:
+    events: { thresholds: [50%] }
+    limits: [ { name: a, rate: 10/minute }, { name: b, rate: 10/hour, thresholds: [] } ]
+  pro: { extends: free, limits: [ { name: c, rate: 5/second } ] }
+  solo: { limits: [ { name: d, rate: 10/minute } ] }
+default_plan: free
+";
+        let catalog =
+            crate::config::parse("t.yaml", yaml, &SlotRegistry::default()).expect("valid");
+        let of = |plan: &str, limit: &str| {
+            let l = catalog.plans[plan]
+                .limits
+                .iter()
+                .find(|l| &*l.name == limit)
+                .expect("limit");
+            l.thresholds
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of("free", "a"), ["50%"]);
+        assert!(of("free", "b").is_empty());
+        assert_eq!(of("pro", "a"), ["50%"]);
+        assert_eq!(of("pro", "c"), ["50%"]);
+        assert_eq!(of("solo", "d"), ["100%"]);
+    }
 }
