@@ -6,7 +6,8 @@
 //! consumers are the metrics ([`Metrics`]) and the quota hub behind
 //! `WatchQuota` ([`Hub`]); a new one implements [`Consumer`] and is added in
 //! one place, [`Sink::serving`] (or, from outside, the server's
-//! `Options::consumers`). A consumer that has nothing to do
+//! `Options::consumers`, as the server adds its quota insight: the top
+//! limited subjects and threshold events). A consumer that has nothing to do
 //! returns at once: the hub with no watchers is one atomic load.
 
 use std::fmt;
