@@ -340,6 +340,20 @@ async fn the_top_limited_subjects_are_listed_without_a_metric_per_subject() {
     let json = reply.json();
     assert_eq!(json["subjects"][0]["subject"], "acme-key", "{json}");
     assert_eq!(json["subjects"].as_array().map(Vec::len), Some(1), "{json}");
+    // The admin table's POST spelling answers the same.
+    let posted = support::http::send(
+        http,
+        "POST",
+        "/v1/admin/top-subjects",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        r#"{"window":"MINUTE","limit":"pro-search"}"#.to_owned(),
+    )
+    .await;
+    assert_eq!(posted.status, 200, "{}", posted.body);
+    assert_eq!(posted.json()["subjects"], json["subjects"]);
     // Without it, refused; a bad window named.
     assert_eq!(get(http, "/v1/admin/top", &[]).await.status, 401);
     let bad = get(
