@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::insight::Insight;
 use crate::insight::events::Event;
 use crate::insight::top::{By, Filter, Horizon, Row};
+use crate::insight::usage::{Granularity, UsageRow};
 use crate::limiter::{Limiter, account_of};
 use crate::plans::overrides::{self, Change, Override};
 use crate::proto::tollgate::v1 as pb;
@@ -37,6 +38,9 @@ pub struct AdminService {
     insight: Arc<Insight>,
     stopping: CancellationToken,
 }
+
+/// The stream of `ExportUsage`.
+pub type UsageRows = Pin<Box<dyn Stream<Item = Result<pb::UsageRow, Status>> + Send>>;
 
 /// The stream of `WatchEvents`.
 pub type QuotaEvents = Pin<Box<dyn Stream<Item = Result<pb::QuotaEvent, Status>> + Send>>;
@@ -140,6 +144,36 @@ impl AdminService {
             window: window as i32,
             by: by as i32,
         })
+    }
+
+    /// The usage rows asked for, in order of period, account, subject, unit.
+    pub fn usage(&self, r: &pb::ExportUsageRequest) -> Result<Vec<pb::UsageRow>, Error> {
+        let granularity = match pb::Granularity::try_from(r.granularity) {
+            Ok(pb::Granularity::Hour) => Granularity::Hour,
+            Ok(pb::Granularity::Month) => Granularity::Month,
+            Ok(_) => Granularity::Day,
+            Err(_) => return Err(Error::invalid("granularity", "expected HOUR, DAY or MONTH")),
+        };
+        let from = r
+            .from
+            .as_ref()
+            .ok_or_else(|| Error::invalid("from", "required: the start of the first period"))
+            .and_then(|t| convert::time_of("from", t))?;
+        let to = match &r.to {
+            Some(t) => convert::time_of("to", t)?,
+            // Up to now, the current period included.
+            None => self.insight.now().saturating_add(1),
+        };
+        if from > to {
+            return Err(Error::invalid("from", "after to"));
+        }
+        let account = (!r.account.is_empty()).then_some(r.account.as_str());
+        let rows = self
+            .insight
+            .usage
+            .export(from, to, granularity, account)
+            .map_err(|e| Error::invalid("from", e.to_string()))?;
+        Ok(rows.into_iter().map(usage_row).collect())
     }
 
     /// Threshold events from now on, of `r.account` and `r.plan` when set.
@@ -505,6 +539,18 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(self.top(request.get_ref()).map_err(failed)?))
     }
 
+    type ExportUsageStream = UsageRows;
+
+    async fn export_usage(
+        &self,
+        request: Request<pb::ExportUsageRequest>,
+    ) -> Result<Response<Self::ExportUsageStream>, Status> {
+        let rows = self.usage(request.get_ref()).map_err(failed)?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            rows.into_iter().map(Ok),
+        ))))
+    }
+
     type WatchEventsStream = QuotaEvents;
 
     async fn watch_events(
@@ -526,6 +572,24 @@ fn top_row(r: Row) -> pb::TopSubject {
         error: r.error,
         top_limit: r.top_limit.unwrap_or_default(),
         last_seen: Some(convert::timestamp(r.last_seen)),
+    }
+}
+
+/// A usage row as `ExportUsage` sends it.
+pub fn usage_row(r: UsageRow) -> pb::UsageRow {
+    pb::UsageRow {
+        period_start: Some(convert::timestamp(r.period_start)),
+        granularity: match r.granularity {
+            Granularity::Hour => pb::Granularity::Hour,
+            Granularity::Day => pb::Granularity::Day,
+            Granularity::Month => pb::Granularity::Month,
+        } as i32,
+        account: r.account,
+        subject: r.subject,
+        unit: r.unit,
+        admitted: r.admitted,
+        recorded: r.recorded,
+        refused: r.refused,
     }
 }
 

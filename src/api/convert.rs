@@ -149,7 +149,13 @@ pub fn timestamp(n: Nanos) -> prost_types::Timestamp {
 
 /// A timestamp as received; before the epoch or unreadable is invalid.
 pub fn nanos_of(t: &prost_types::Timestamp) -> Result<Nanos, Error> {
-    let bad = || Error::invalid("expires_at", "not a valid time after 1970");
+    time_of("expires_at", t)
+}
+
+/// The timestamp of `field` as received; before the epoch or unreadable is
+/// invalid, naming the field.
+pub fn time_of(field: &'static str, t: &prost_types::Timestamp) -> Result<Nanos, Error> {
+    let bad = || Error::invalid(field, "not a valid time after 1970");
     let secs = u64::try_from(t.seconds).map_err(|_| bad())?;
     let nanos = u64::try_from(t.nanos).map_err(|_| bad())?;
     secs.checked_mul(1_000_000_000)

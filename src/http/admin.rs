@@ -34,6 +34,7 @@ pub(super) fn routes() -> Router<Services> {
     Router::new()
         .route("/top", get(super::insight::top))
         .route("/events", get(super::insight::events))
+        .route("/usage", get(super::insight::usage))
         .route("/{method}", any(dispatch))
 }
 

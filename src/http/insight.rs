@@ -5,6 +5,10 @@
 //! - `GET /v1/admin/events[?account=…][&plan=…]`: `Admin.WatchEvents` as
 //!   Server-Sent Events, one `threshold` event per crossing, its `id` the
 //!   event's, its data the `QuotaEvent` in protobuf JSON on one line.
+//! - `GET /v1/admin/usage?from=…[&to=…][&granularity=hour|day|month][&account=…][&format=csv|json|ndjson]`:
+//!   `Admin.ExportUsage`; `from` and `to` are RFC 3339 times or dates
+//!   (`2027-01-01`, midnight UTC). CSV has a header row; JSON is an array of
+//!   `UsageRow`s in protobuf JSON, NDJSON one per line.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -112,6 +116,144 @@ pub(super) async fn events(
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// `GET /v1/admin/usage`.
+pub(super) async fn usage(
+    State(s): State<Services>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: QueryResult,
+) -> Response {
+    let answer = (|| {
+        authorize(&s, peer, &headers)?;
+        let mut query = parameters(query, &["from", "to", "granularity", "account", "format"])?;
+        let mut take = |k: &str| query.remove(k).unwrap_or_default();
+        let granularity = match take("granularity").to_ascii_lowercase().as_str() {
+            "hour" => pb::Granularity::Hour,
+            "" | "day" => pb::Granularity::Day,
+            "month" => pb::Granularity::Month,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "granularity: expected hour, day or month, got {other:?}"
+                )));
+            }
+        };
+        let format = match take("format").to_ascii_lowercase().as_str() {
+            "" | "json" => Format::Json,
+            "ndjson" => Format::Ndjson,
+            "csv" => Format::Csv,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "format: expected csv, json or ndjson, got {other:?}"
+                )));
+            }
+        };
+        let from = match take("from") {
+            f if f.is_empty() => {
+                return Err(Status::invalid_argument(
+                    "from: required: the start of the first period (e.g. 2027-01-01)",
+                ));
+            }
+            f => Some(time("from", &f)?),
+        };
+        let to = match take("to") {
+            t if t.is_empty() => None,
+            t => Some(time("to", &t)?),
+        };
+        let request = pb::ExportUsageRequest {
+            from,
+            to,
+            granularity: granularity as i32,
+            account: take("account"),
+        };
+        let rows = s.admin.usage(&request).map_err(Status::from)?;
+        Ok((format, rows))
+    })();
+    let (format, rows) = match answer {
+        Ok(a) => a,
+        Err(e) => return error(&e),
+    };
+    let (content_type, body) = match format {
+        Format::Json => {
+            let mut out = b"[".to_vec();
+            for (i, r) in rows.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(json::encode(r));
+            }
+            out.push(b']');
+            ("application/json", out)
+        }
+        Format::Ndjson => {
+            let mut out = Vec::new();
+            for r in &rows {
+                out.extend(json::encode(r));
+                out.push(b'\n');
+            }
+            ("application/x-ndjson", out)
+        }
+        Format::Csv => ("text/csv; charset=utf-8", csv(&rows).into_bytes()),
+    };
+    axum::response::Response::builder()
+        .status(StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, content_type)
+        .body(axum::body::Body::from(body))
+        .unwrap_or_else(|_| error(&Status::internal("response")))
+}
+
+/// How `/v1/admin/usage` writes its rows.
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Csv,
+    Json,
+    Ndjson,
+}
+
+/// A time given as RFC 3339 or as a date (midnight UTC), for `field`.
+fn time(field: &str, text: &str) -> Result<prost_types::Timestamp, Status> {
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_owned()
+    };
+    humantime::parse_rfc3339_weak(&full)
+        .map(prost_types::Timestamp::from)
+        .map_err(|e| {
+            Status::invalid_argument(format!(
+                "{field}: expected an RFC 3339 time or a date (2027-01-01), got {text:?} ({e})"
+            ))
+        })
+}
+
+/// The rows as CSV (RFC 4180), a header first.
+fn csv(rows: &[pb::UsageRow]) -> String {
+    let mut out =
+        String::from("period_start,granularity,account,subject,unit,admitted,recorded,refused\r\n");
+    for r in rows {
+        let start = r.period_start.unwrap_or_default().to_string();
+        let granularity = pb::Granularity::try_from(r.granularity)
+            .map_or("", |g| g.as_str_name())
+            .trim_start_matches("GRANULARITY_")
+            .to_ascii_lowercase();
+        let fields = [&start, &granularity, &r.account, &r.subject, &r.unit];
+        for f in fields {
+            out.push_str(&quoted(f));
+            out.push(',');
+        }
+        out.push_str(&format!("{},{},{}\r\n", r.admitted, r.recorded, r.refused));
+    }
+    out
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn quoted(field: &str) -> std::borrow::Cow<'_, str> {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\"")).into()
+    } else {
+        field.into()
+    }
 }
 
 /// The query's parameters, refusing any not in `known`.

@@ -1,16 +1,22 @@
-//! Quota insight: who is being limited, and who is about to be.
+//! Quota insight: who is being limited, who is about to be, and what each
+//! account used.
 //!
 //! [`Insight`] consumes every decision from the sink: it feeds the top
-//! subjects sketch ([`top`], behind `Admin.TopSubjects`) and looks for
+//! subjects sketch ([`top`], behind `Admin.TopSubjects`), looks for
 //! threshold crossings ([`events`], behind `Admin.WatchEvents` and the
-//! webhooks). Both cost a few hundred nanoseconds a decision and never wait.
+//! webhooks) and adds to the usage rollups ([`usage`], behind
+//! `Admin.ExportUsage`). Each costs a few hundred nanoseconds a decision and
+//! never waits.
 
 pub mod events;
 pub mod top;
+pub mod usage;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::{Mode, Nanos};
+use crate::limiter::route::cost_of;
 use crate::limiter::{Decision, Limiter, Request, account_of};
 use crate::sink::{Consumer, Decided, What};
 
@@ -21,6 +27,10 @@ pub struct Insight {
     pub top: Option<top::TopSubjects>,
     /// Threshold events and their delivery.
     pub events: events::Events,
+    /// What each account and subject used, per hour and day.
+    pub usage: usage::Usage,
+    /// Decisions added to the usage since start, to save only what changed.
+    added: AtomicU64,
     limiter: Arc<Limiter>,
 }
 
@@ -32,8 +42,16 @@ impl Insight {
         Self {
             top: (capacity > 0).then(|| top::TopSubjects::new(capacity)),
             events: events::Events::new(shared),
+            usage: usage::Usage::new(usage::Retention::default()),
+            added: AtomicU64::new(0),
             limiter,
         }
+    }
+
+    /// How many decisions the usage has taken since start: unchanged means
+    /// nothing to save.
+    pub fn usage_changes(&self) -> u64 {
+        self.added.load(Ordering::Relaxed)
     }
 
     /// The time decisions are made at.
@@ -56,8 +74,59 @@ impl Consumer for Insight {
             observe(top, now, request, decision);
         }
         self.events.decided(d.mode, request, decision, now);
+        self.add_usage(d.mode, request, decision, now);
     }
 }
+
+impl Insight {
+    /// Adds a decision to the usage: an admitted Consume's units, a Record's
+    /// units, or a refused Consume (one, in the unit of the limit that
+    /// refused).
+    fn add_usage(&self, mode: Mode, request: &Request<'_>, decision: &Decision, now: Nanos) {
+        let account = account_of(request.subject, request.account);
+        let add = |unit: &str, n: u64, refused: u64| {
+            let (admitted, recorded) = match mode {
+                Mode::Record => (0, n),
+                _ => (n, 0),
+            };
+            self.usage.add(
+                now,
+                &usage::Used {
+                    account,
+                    subject: request.subject,
+                    unit,
+                    admitted,
+                    recorded,
+                    refused,
+                },
+            );
+        };
+        if decision.counted {
+            for (unit, &n) in request.cost {
+                if n > 0 {
+                    add(unit, n, 0);
+                }
+            }
+            if !request.cost.contains_key(REQUESTS) {
+                let n = cost_of(request.cost, REQUESTS, mode);
+                if n > 0 {
+                    add(REQUESTS, n, 0);
+                }
+            }
+        } else {
+            let unit = decision
+                .limits
+                .iter()
+                .find(|l| l.denied)
+                .map_or(REQUESTS, |l| &l.limit.unit);
+            add(unit, 0, 1);
+        }
+        self.added.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The unit counted when a request names no cost.
+const REQUESTS: &str = "requests";
 
 /// Feeds the sketch one decision: an admission or a refusal, and a shadow
 /// limit's refusal of a request that went through as a refusal too (in the

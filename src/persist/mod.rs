@@ -55,6 +55,7 @@ const WRITE_AT: usize = 1 << 20;
 pub struct Persistence {
     journal_path: PathBuf,
     snapshot_path: PathBuf,
+    usage_path: PathBuf,
     /// Flush every this long; `None`: only at a graceful stop, as a
     /// snapshot.
     every: Option<Duration>,
@@ -182,6 +183,7 @@ impl Persistence {
         Self {
             journal_path: with(".journal"),
             snapshot_path: with(".counters"),
+            usage_path: with(".usage"),
             every: every.filter(|e| !e.is_zero()),
             journal: Mutex::new(None),
             epoch: Mutex::new(0),
@@ -209,6 +211,35 @@ impl Persistence {
     /// The snapshot's path.
     pub fn snapshot_path(&self) -> &Path {
         &self.snapshot_path
+    }
+
+    /// The usage rollups' path (`Admin.ExportUsage`).
+    pub fn usage_path(&self) -> &Path {
+        &self.usage_path
+    }
+
+    /// Writes the usage rollups' bytes (their own format, checksummed) in
+    /// place of the last ones: to a temporary file, synced, renamed over,
+    /// the directory synced. A crash leaves the old file or the new one.
+    pub fn save_usage(&self, bytes: &[u8]) -> Result<(), PersistError> {
+        use std::io::Write;
+        let tmp = with_suffix(&self.usage_path, ".tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(|e| PersistError::io(&tmp, e))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| PersistError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &self.usage_path)
+            .map_err(|e| PersistError::io(&self.usage_path, e))?;
+        file::sync_dir(&self.usage_path)
+    }
+
+    /// The usage rollups' bytes as last saved; `None` when there are none.
+    pub fn load_usage(&self) -> Result<Option<Vec<u8>>, PersistError> {
+        match std::fs::read(&self.usage_path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(PersistError::io(&self.usage_path, e)),
+        }
     }
 
     /// Restores the counters into `store` (empty, not yet tracking changes)

@@ -196,6 +196,9 @@ pub async fn run(
     );
     let stopping = CancellationToken::new();
     let app = App::new(limiter.clone(), &options, stopping.clone());
+    if let Some(persist) = &persist {
+        restore_usage(&app.insight, persist);
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     set_serving(&health, true).await;
 
@@ -225,6 +228,11 @@ pub async fn run(
     let background = [
         tokio::spawn(journal(limiter.clone(), persist.clone(), stopping.clone())),
         tokio::spawn(reclaim(limiter.clone(), stopping.clone())),
+        tokio::spawn(rollups(
+            app.insight.clone(),
+            persist.clone(),
+            stopping.clone(),
+        )),
         tokio::spawn(app.config.clone().watch(stopping.clone())),
         tokio::spawn(app.rules.clone().watch(stopping.clone())),
     ];
@@ -295,10 +303,94 @@ pub async fn run(
         task.abort();
     }
     if let Some(persist) = persist {
+        save_usage(app.insight.clone(), persist.clone()).await;
         save(&limiter, persist).await;
     }
     result.map_err(ServeError::from)
 }
+
+/// Loads the usage rollups saved beside the state file, before serving. A
+/// damaged file is logged and left for a person; the rollups start empty.
+fn restore_usage(insight: &Insight, persist: &Persistence) {
+    match persist.load_usage() {
+        Ok(None) => {}
+        Ok(Some(bytes)) => match insight.usage.restore(&bytes) {
+            Ok(rows) => {
+                tracing::info!(rows, file = %persist.usage_path().display(), "usage restored")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, file = %persist.usage_path().display(), "usage not restored: the file is damaged; it is left as it is and overwritten at the next save")
+            }
+        },
+        Err(e) => tracing::error!(error = %e, "usage not restored"),
+    }
+}
+
+/// Writes the usage rollups if they changed since `last`; the changes
+/// written.
+async fn save_usage(insight: Arc<Insight>, persist: Arc<Persistence>) -> Option<u64> {
+    let changes = insight.usage_changes();
+    let saved = tokio::task::spawn_blocking(move || {
+        let bytes = insight.usage.snapshot();
+        persist.save_usage(&bytes).map(|()| bytes.len())
+    })
+    .await;
+    match saved {
+        Ok(Ok(bytes)) => {
+            tracing::trace!(bytes, "usage saved");
+            Some(changes)
+        }
+        Ok(Err(e)) => {
+            if let Some(held) = USAGE_NOT_SAVED.ready() {
+                tracing::warn!(error = %e, held, "usage not saved; a crash would lose usage since the last good write");
+            }
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+static USAGE_NOT_SAVED: crate::log_every::LogEvery =
+    crate::log_every::LogEvery::new(Duration::from_secs(60));
+
+/// Keeps the usage rollups: drops what is past their retention every
+/// minute, and saves them beside the state file every journal interval
+/// when they changed (at a graceful stop too), so a crash loses at most an
+/// interval of usage, as of counters.
+async fn rollups(
+    insight: Arc<Insight>,
+    persist: Option<Arc<Persistence>>,
+    stopping: CancellationToken,
+) {
+    let every = persist
+        .as_ref()
+        .and_then(|p| p.every())
+        .unwrap_or(PRUNE_EVERY)
+        .min(PRUNE_EVERY);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut saved, mut pruned) = (0, tokio::time::Instant::now());
+    insight.usage.prune(insight.now());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stopping.cancelled() => return,
+        }
+        if pruned.elapsed() >= PRUNE_EVERY {
+            insight.usage.prune(insight.now());
+            pruned = tokio::time::Instant::now();
+        }
+        if let Some(persist) = persist.as_ref().filter(|p| p.every().is_some())
+            && insight.usage_changes() != saved
+            && let Some(changes) = save_usage(insight.clone(), persist.clone()).await
+        {
+            saved = changes;
+        }
+    }
+}
+
+/// How often usage past its retention is dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 // === impl App ===
 
