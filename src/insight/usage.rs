@@ -1167,7 +1167,8 @@ mod tests {
         let (kept, oldest) = (Duration::from_secs(7 * 86_400), now - 7 * DAY);
         let err = usage.export(now - 8 * DAY, now, Granularity::Hour, None);
         assert_eq!(err, Err(UsageError::HourlyRetention { kept, oldest }));
-        let text = format!("hourly usage is kept for 168 h: oldest period {oldest} ns");
+        let at = humantime::format_rfc3339(std::time::UNIX_EPOCH + Duration::from_nanos(oldest));
+        let text = format!("hourly usage is kept for 168 hours: the oldest period starts at {at}");
         assert_eq!(err.expect_err("too old").to_string(), text);
         let rows = usage
             .export(oldest, now, Granularity::Hour, Some("acme"))
