@@ -86,7 +86,8 @@ pub(super) fn plan_answer(d: &limiter::Decision, now: Nanos) -> Answer {
     } else {
         Code::OverLimit
     };
-    let shown = d.limits.iter().find(|l| !l.unlimited());
+    // What the caller is held to: never a shadow limit.
+    let shown = d.limits.iter().find(|l| !l.unlimited() && !l.limit.shadow);
     let mut answer = match shown {
         Some(l) => {
             let until = match d.retry_after {

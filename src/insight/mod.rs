@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::{Mode, Nanos};
 use crate::limiter::route::cost_of;
-use crate::limiter::{Decision, Limiter, Request, account_of};
+use crate::limiter::{Decision, Limiter, Request, Verdict, account_of};
 use crate::sink::{Consumer, Decided, What};
 
 /// The top subjects and the threshold events of one server.
@@ -101,7 +101,9 @@ impl Insight {
                 },
             );
         };
-        if decision.counted {
+        // Admitted, counted or not (a store failing open admits without
+        // counting): billed as admitted.
+        if admitted(decision) {
             for (unit, &n) in request.cost {
                 if n > 0 {
                     add(unit, n, 0);
@@ -125,6 +127,12 @@ impl Insight {
     }
 }
 
+/// Whether the request went through: counted, or admitted by a store that
+/// failed open.
+fn admitted(decision: &Decision) -> bool {
+    decision.counted || decision.verdict == Verdict::Allowed
+}
+
 /// The unit counted when a request names no cost.
 const REQUESTS: &str = "requests";
 
@@ -143,8 +151,8 @@ fn observe(top: &top::TopSubjects, now: Nanos, request: &Request<'_>, decision: 
             account: account_of(request.subject, request.account),
             plan: &decision.plan,
             class: decision.class.as_deref(),
-            admitted: decision.counted,
-            cost: if decision.counted { cost } else { 0 },
+            admitted: admitted(decision),
+            cost: if admitted(decision) { cost } else { 0 },
             refused_by: decision
                 .limits
                 .iter()
@@ -153,7 +161,7 @@ fn observe(top: &top::TopSubjects, now: Nanos, request: &Request<'_>, decision: 
         },
     );
     if let Some(shadow) = decision.limits.iter().find(|l| l.limit.shadow && l.denied)
-        && decision.counted
+        && admitted(decision)
     {
         top.observe(
             now,

@@ -41,6 +41,10 @@ pub struct Limiter {
     clock: Arc<dyn Clock>,
 }
 
+/// Warns, now and then, that shadow limits could not be tried.
+static SHADOW_FAILED: crate::log_every::LogEvery =
+    crate::log_every::LogEvery::new(std::time::Duration::from_secs(10));
+
 /// A catalog and the generation number it was installed under.
 #[derive(Debug)]
 pub struct Installed {
@@ -231,7 +235,7 @@ impl Limiter {
             Mode::Check
         };
         let items = route::items(&shadow, request.subject, begun.account, &cost);
-        let (_, tried) = self
+        let tried = match self
             .counters
             .run(
                 mode,
@@ -242,7 +246,32 @@ impl Limiter {
                 begun.now,
                 request.deadline,
             )
-            .await?;
+            .await
+        {
+            Ok((_, tried)) => tried,
+            // The enforced limits decided (and may have counted): a shadow
+            // limit never fails the request. Its status reads as unknown
+            // (fits, untouched).
+            Err(e) => {
+                if let Some(held) = SHADOW_FAILED.ready() {
+                    tracing::warn!(error = %e, held, "shadow limits not tried: the counter store failed");
+                }
+                Outcome {
+                    fits: true,
+                    counted: false,
+                    items: items
+                        .iter()
+                        .map(|i| crate::engine::ItemStatus {
+                            fits: true,
+                            too_large: false,
+                            remaining: i.rate.amount(),
+                            free_at: begun.now,
+                            wait: 0,
+                        })
+                        .collect(),
+                }
+            }
+        };
         // Every limit's statuses, in the order of `limits`.
         let (mut held_items, mut tried_items) = (held.items.iter(), tried.items.iter());
         let mut merged = SmallVec::new();

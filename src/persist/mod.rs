@@ -56,6 +56,8 @@ pub struct Persistence {
     journal_path: PathBuf,
     snapshot_path: PathBuf,
     usage_path: PathBuf,
+    /// One usage save at a time: the last one started is the last written.
+    usage_lock: Mutex<()>,
     /// Flush every this long; `None`: only at a graceful stop, as a
     /// snapshot.
     every: Option<Duration>,
@@ -184,6 +186,7 @@ impl Persistence {
             journal_path: with(".journal"),
             snapshot_path: with(".counters"),
             usage_path: with(".usage"),
+            usage_lock: Mutex::new(()),
             every: every.filter(|e| !e.is_zero()),
             journal: Mutex::new(None),
             epoch: Mutex::new(0),
@@ -218,19 +221,24 @@ impl Persistence {
         &self.usage_path
     }
 
-    /// Writes the usage rollups' bytes (their own format, checksummed) in
-    /// place of the last ones: to a temporary file, synced, renamed over,
-    /// the directory synced. A crash leaves the old file or the new one.
-    pub fn save_usage(&self, bytes: &[u8]) -> Result<(), PersistError> {
+    /// Writes the usage rollups' bytes (their own format, checksummed, from
+    /// `snapshot`, taken while no other save runs, so the newest snapshot is
+    /// the last written) in place of the last ones: to a temporary file,
+    /// synced, renamed over, the directory synced. A crash leaves the old
+    /// file or the new one. The size written.
+    pub fn save_usage(&self, snapshot: impl FnOnce() -> Vec<u8>) -> Result<usize, PersistError> {
         use std::io::Write;
+        let _one = self.usage_lock.lock();
+        let bytes = snapshot();
         let tmp = with_suffix(&self.usage_path, ".tmp");
         let mut file = std::fs::File::create(&tmp).map_err(|e| PersistError::io(&tmp, e))?;
-        file.write_all(bytes)
+        file.write_all(&bytes)
             .and_then(|()| file.sync_all())
             .map_err(|e| PersistError::io(&tmp, e))?;
         std::fs::rename(&tmp, &self.usage_path)
             .map_err(|e| PersistError::io(&self.usage_path, e))?;
-        file::sync_dir(&self.usage_path)
+        file::sync_dir(&self.usage_path)?;
+        Ok(bytes.len())
     }
 
     /// The usage rollups' bytes as last saved; `None` when there are none.

@@ -115,9 +115,12 @@ impl FromStr for Threshold {
         {
             return Err(bad());
         }
-        let whole: u16 = whole.parse().map_err(|_| bad())?;
-        let part: u16 = format!("{part:0<2}").parse().map_err(|_| bad())?;
-        Self::from_basis_points(whole * 100 + part).ok_or_else(bad)
+        let whole: u32 = whole.parse().map_err(|_| bad())?;
+        let part: u32 = format!("{part:0<2}").parse().map_err(|_| bad())?;
+        u16::try_from(whole * 100 + part)
+            .ok()
+            .and_then(Self::from_basis_points)
+            .ok_or_else(bad)
     }
 }
 
@@ -136,7 +139,9 @@ mod tests {
             let t: Threshold = text.parse().expect(text);
             assert_eq!(t.to_string(), shown);
         }
-        for bad in ["0%", "0.5%", "101%", "-5%", "80.123%", "%", "eighty", "1e2"] {
+        for bad in [
+            "0%", "0.5%", "101%", "700%", "999.99%", "-5%", "80.123%", "%", "eighty", "1e2",
+        ] {
             assert!(bad.parse::<Threshold>().is_err(), "{bad}");
         }
     }

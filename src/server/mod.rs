@@ -330,11 +330,8 @@ fn restore_usage(insight: &Insight, persist: &Persistence) {
 /// written.
 async fn save_usage(insight: Arc<Insight>, persist: Arc<Persistence>) -> Option<u64> {
     let changes = insight.usage_changes();
-    let saved = tokio::task::spawn_blocking(move || {
-        let bytes = insight.usage.snapshot();
-        persist.save_usage(&bytes).map(|()| bytes.len())
-    })
-    .await;
+    let saved =
+        tokio::task::spawn_blocking(move || persist.save_usage(|| insight.usage.snapshot())).await;
     match saved {
         Ok(Ok(bytes)) => {
             tracing::trace!(bytes, "usage saved");

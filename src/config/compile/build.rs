@@ -23,9 +23,11 @@ pub(super) fn plan(
     let limits: Vec<Arc<Limit>> = entries
         .iter()
         .map(|e| {
-            let mut limit = limit(e, class_names, &thresholds, slots);
-            limit.shadow |= raw.shadow.as_ref().is_some_and(|s| s.value);
-            Arc::new(limit)
+            // A shadow plan's limits count apart from the same limits of
+            // enforced plans, as a shadow limit does.
+            let mut e = e.clone();
+            e.shadow |= raw.shadow.as_ref().is_some_and(|s| s.value);
+            Arc::new(limit(&e, class_names, &thresholds, slots))
         })
         .collect();
     Plan::new(
