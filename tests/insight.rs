@@ -417,8 +417,14 @@ plans:
     shadow: true
     limits:
       - { name: trial-minute, rate: 2/minute, max_cost: 1 }
+  pro:
+    limits:
+      - { name: pro-minute, rate: 5/minute }
+  pro-next:
+    shadow: true
+    extends: pro
 default_plan: free
-assignments: { trying: trial }
+assignments: { trying: trial, mover: pro-next }
 "#;
 
 fn shadow_status(d: &pb::Decision, name: &str) -> (bool, bool, Option<u64>) {
@@ -486,6 +492,27 @@ async fn a_shadow_limit_is_counted_and_reported_but_never_refuses() {
         .await;
     assert_eq!(verdict(&big), pb::Verdict::Allowed, "{big:?}");
     assert_eq!(shadow_status(&big, "trial-minute"), (true, true, Some(0)));
+
+    // A shadow plan's limits count apart from the enforced plan's same
+    // limits: trying pro-next three times leaves pro's count alone.
+    for _ in 0..3 {
+        let d = s.consume(req("mover", "/a")).await;
+        assert!(shadow_status(&d, "pro-minute").0, "{d:?}");
+    }
+    admin
+        .set_plan(authed(pb::SetPlanRequest {
+            account: "mover".into(),
+            plan: "pro".into(),
+            clear: false,
+        }))
+        .await
+        .expect("set plan");
+    let d = s.consume(req("mover", "/a")).await;
+    assert_eq!(
+        shadow_status(&d, "pro-minute"),
+        (false, false, Some(4)),
+        "{d:?}"
+    );
 
     // In the top list and the metrics, as refusals of the shadow limit.
     let top = admin
