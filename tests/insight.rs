@@ -545,3 +545,34 @@ async fn a_shadow_limit_is_counted_and_reported_but_never_refuses() {
     );
     s.stop().await;
 }
+
+/// Envoy is held to the enforced limits only: a plan of shadow limits
+/// answers OK with no limit shown, however far past them it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_never_sees_a_shadow_limit() {
+    use tollgate::proto::envoy::service::ratelimit::v3 as rls;
+    let yaml = "envoy: { domains: { api: { subject: key } } }\nplans:\n  trial: { shadow: true, limits: [ { rate: 2/minute } ] }\n";
+    let s = TestServer::start(yaml).await;
+    let mut envoy = rls::rate_limit_service_client::RateLimitServiceClient::connect(format!(
+        "http://{}",
+        s.addr
+    ))
+    .await
+    .expect("connect");
+    for _ in 0..3 {
+        let r = envoy
+            .should_rate_limit(support::envoy::request("api", &[&[("key", "k")]]))
+            .await
+            .expect("envoy")
+            .into_inner();
+        assert_eq!(
+            r.overall_code,
+            rls::rate_limit_response::Code::Ok as i32,
+            "{r:?}"
+        );
+        let status = &r.statuses[0];
+        assert_eq!(status.current_limit, None, "{r:?}");
+        assert_eq!(status.limit_remaining, u32::MAX, "{r:?}");
+    }
+    s.stop().await;
+}
