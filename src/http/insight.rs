@@ -15,14 +15,14 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::response::sse::Event;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
 use super::admin::authorize;
-use super::watch::HEARTBEAT;
+use super::watch::sse;
 use super::{Services, error, json};
 use crate::proto::tollgate::v1 as pb;
 
@@ -100,7 +100,7 @@ pub(super) async fn events(
         Ok(r) => r,
         Err(e) => return error(&e),
     };
-    let events = s.admin.events(request).map(|e| {
+    sse(s.admin.events(request).map(|e| {
         Ok::<_, Infallible>(match e {
             Ok(e) => Event::default()
                 .event("threshold")
@@ -108,14 +108,7 @@ pub(super) async fn events(
                 .data(String::from_utf8(json::encode(&e)).expect("JSON is UTF-8")),
             Err(e) => Event::default().event("error").data(e.message()),
         })
-    });
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(HEARTBEAT))
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    }))
 }
 
 /// `GET /v1/admin/usage`.

@@ -55,7 +55,14 @@ pub async fn watch(
         Ok(r) => r.into_inner(),
         Err(e) => return error(&e),
     };
-    let events = updates.map(|u| Ok::<_, Infallible>(event(u)));
+    sse(updates.map(|u| Ok::<_, Infallible>(event(u))))
+}
+
+/// `events` as a Server-Sent Events response: a keep-alive comment every
+/// [`HEARTBEAT`], and no buffering by a proxy in front.
+pub(super) fn sse(
+    events: impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(HEARTBEAT))
         .into_response();

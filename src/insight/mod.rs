@@ -140,40 +140,34 @@ const REQUESTS: &str = "requests";
 /// limit's refusal of a request that went through as a refusal too (in the
 /// refusals ranking only).
 fn observe(top: &top::TopSubjects, now: Nanos, request: &Request<'_>, decision: &Decision) {
+    let admitted = admitted(decision);
     let cost = match request.cost.values().sum::<u64>() {
         0 => 1,
         n => n,
     };
-    top.observe(
-        now,
-        &top::Seen {
-            subject: request.subject,
-            account: account_of(request.subject, request.account),
-            plan: &decision.plan,
-            class: decision.class.as_deref(),
-            admitted: admitted(decision),
-            cost: if admitted(decision) { cost } else { 0 },
-            refused_by: decision
-                .limits
-                .iter()
-                .find(|l| l.denied)
-                .map(|l| &*l.limit.name),
-        },
-    );
+    let seen = top::Seen {
+        subject: request.subject,
+        account: account_of(request.subject, request.account),
+        plan: &decision.plan,
+        class: decision.class.as_deref(),
+        admitted,
+        cost: if admitted { cost } else { 0 },
+        refused_by: decision
+            .limits
+            .iter()
+            .find(|l| l.denied)
+            .map(|l| &*l.limit.name),
+    };
+    top.observe(now, &seen);
     if let Some(shadow) = decision.limits.iter().find(|l| l.limit.shadow && l.denied)
-        && admitted(decision)
+        && admitted
     {
-        top.observe(
-            now,
-            &top::Seen {
-                subject: request.subject,
-                account: account_of(request.subject, request.account),
-                plan: &decision.plan,
-                class: decision.class.as_deref(),
-                admitted: false,
-                cost: 0,
-                refused_by: Some(&shadow.limit.name),
-            },
-        );
+        let refused = top::Seen {
+            admitted: false,
+            cost: 0,
+            refused_by: Some(&shadow.limit.name),
+            ..seen
+        };
+        top.observe(now, &refused);
     }
 }
