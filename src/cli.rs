@@ -102,6 +102,13 @@ pub(crate) struct Serve {
     /// 1024 hold 12.7 MB; 0 turns the list off.
     #[arg(long, value_name = "N", default_value_t = tollgate::insight::top::DEFAULT_CAPACITY)]
     pub(crate) top_subjects: usize,
+    /// Export a span per decision, over OTLP/gRPC, to this collector (e.g.
+    /// http://otel-collector:4317). OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT set it too; OTEL_TRACES_SAMPLER_ARG is the
+    /// ratio of requests without a sampled traceparent that are traced
+    /// (default 1). Unset: no traces, and nothing spent on them.
+    #[arg(long, value_name = "URL")]
+    pub(crate) otlp_endpoint: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics (`:9090` means every
     /// interface).
     #[arg(long, env = "PROMETHEUS_ADDR", value_name = "ADDR", value_parser = parse_addr)]

@@ -8,6 +8,8 @@
 //! - [`log_every`]: the one throttle for warnings that could repeat per call.
 //! - [`webhooks`]: signed webhook delivery (Standard Webhooks), bounded
 //!   queues and retries; knows nothing of the rest.
+//! - [`otel`]: OpenTelemetry traces over OTLP: the exporter, a request's
+//!   W3C parent, one span per decision; knows nothing of the rest.
 //! - [`listen`]: one accept loop for every listener, with its caps and timeouts.
 //! - [`proto`]: generated code (`tollgate.v1`, Envoy's RLS v3), fenced.
 //! - [`engine`]: the algorithms and the all-or-nothing decision over a
@@ -45,6 +47,8 @@
 pub mod log_every;
 
 pub mod webhooks;
+
+pub mod otel;
 
 pub mod listen;
 

@@ -13,6 +13,7 @@ use tollgate::config;
 use tollgate::engine::SystemClock;
 use tollgate::envoy::{RuleSet, RuleSource};
 use tollgate::limiter::Limiter;
+use tollgate::otel::Traces;
 use tollgate::persist::Persistence;
 use tollgate::plans::SlotRegistry;
 use tollgate::server::{Options, Tls};
@@ -95,22 +96,36 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         serve.envoy.envoy_merge_domains,
         slots.clone(),
     )?;
-    let options = options(&serve, rules)?;
+    let mut options = options(&serve, rules)?;
+    let traced = tollgate::otel::Settings::from_env(serve.otlp_endpoint.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
         // Everything is validated and opened before any port is bound.
-        let limiter = Arc::new(limiter(&serve, catalog, slots).await?);
+        let mut limiter = limiter(&serve, catalog, slots).await?;
+        // The exporter's connection lives on this runtime.
+        let traces = traced.map(Traces::start).transpose()?.map(Arc::new);
+        if let Some(traces) = &traces {
+            let settings = traces.settings();
+            tracing::info!(endpoint = %settings.endpoint, ratio = settings.ratio, "exporting a span per decision over OTLP");
+            options.consumers.push(traces.clone());
+            limiter = limiter.timing_the_store();
+        }
         let (listener, options) = bind(&serve, options).await?;
-        tollgate::server::run(
+        let served = tollgate::server::run(
             listener,
-            limiter,
+            Arc::new(limiter),
             options,
             tollgate::server::signal::shutdown(),
         )
-        .await?;
+        .await;
+        if let Some(traces) = traces {
+            // The last batch, while the runtime still runs its connection.
+            tokio::task::spawn_blocking(move || traces.shutdown()).await?;
+        }
+        served?;
         tracing::info!("stopped");
         Ok(())
     })

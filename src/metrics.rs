@@ -76,22 +76,11 @@ pub struct DecisionLabels {
 }
 
 impl DecisionLabels {
-    /// The `verdict` label of `verdict`.
-    pub fn verdict(verdict: crate::limiter::Verdict) -> &'static str {
-        use crate::limiter::Verdict;
-        match verdict {
-            Verdict::Allowed => "allowed",
-            Verdict::RateLimited => "rate_limited",
-            Verdict::NotInPlan => "not_in_plan",
-            Verdict::TooLarge => "too_large",
-        }
-    }
-
     /// The labels of `decision`, made through `rpc`.
     pub fn of(rpc: &'static str, decision: &crate::limiter::Decision) -> Self {
         Self {
             rpc,
-            verdict: Self::verdict(decision.verdict),
+            verdict: decision.verdict.name(),
             plan: Label(decision.plan.clone()),
             class: decision.class.clone().map_or_else(Label::empty, Label),
         }

@@ -3,8 +3,11 @@
 //!
 //! The doors are unary gRPC, the `Decide` stream, `ConsumeBatch`, HTTP
 //! `/v1`, forward auth, and Envoy's rule and plan domains ([`Door`]). The
-//! consumers are the metrics ([`Metrics`]) and the quota hub behind
-//! `WatchQuota` ([`Hub`]); a new one implements [`Consumer`] and is added in
+//! consumers are the metrics ([`Metrics`]), the quota hub behind
+//! `WatchQuota` ([`Hub`]) and, when on, the OpenTelemetry traces
+//! ([`Traces`]: a span per decision, under the request's `traceparent`,
+//! which the doors read only when a consumer wants it: [`Sink::parent`]); a
+//! new one implements [`Consumer`] and is added in
 //! one place, [`Sink::serving`] (or, from outside, the server's
 //! `Options::consumers`, as the server adds its quota insight: the top
 //! limited subjects and threshold events). A consumer that has nothing to do
@@ -12,11 +15,14 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::KeyValue;
 
 use crate::engine::Mode;
 use crate::limiter::{Decision, Request, Verdict};
 use crate::metrics::{DecisionLabels, Label, Metrics, RefusalLabels};
+use crate::otel::{DecisionSpan, Parent, Traces};
 use crate::watch::Hub;
 
 /// Where a decision came in.
@@ -47,6 +53,9 @@ pub struct Decided<'a> {
     pub mode: Mode,
     /// How long it took, from the request converted to the decision made.
     pub took: Duration,
+    /// The trace the request belongs to ([`Parent::NONE`] unless a consumer
+    /// wants it and the request sent one).
+    pub parent: &'a Parent,
     /// What was asked and what was decided.
     pub what: What<'a>,
 }
@@ -76,12 +85,19 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     /// Called once per finished decision, on the decision's own task: return
     /// quickly, and hand anything slow to a task of its own.
     fn decided(&self, decided: &Decided<'_>);
+
+    /// Whether it reads [`Decided::parent`]; if none does, the doors never
+    /// look for a `traceparent`.
+    fn wants_parent(&self) -> bool {
+        false
+    }
 }
 
 /// Hands each decision to every consumer.
 #[derive(Clone)]
 pub struct Sink {
     consumers: Arc<[Arc<dyn Consumer>]>,
+    traced: bool,
 }
 
 // === impl Door ===
@@ -111,8 +127,21 @@ impl Door {
 impl Sink {
     /// A sink handing every decision to `consumers`, in order.
     pub fn new(consumers: Vec<Arc<dyn Consumer>>) -> Self {
+        let traced = consumers.iter().any(|c| c.wants_parent());
         Self {
             consumers: consumers.into(),
+            traced,
+        }
+    }
+
+    /// The trace a request with `headers` (HTTP headers, or gRPC metadata as
+    /// headers) belongs to, if a consumer wants it; else [`Parent::NONE`],
+    /// without reading them.
+    pub fn parent(&self, headers: &http::HeaderMap) -> Parent {
+        if self.traced {
+            Parent::from_headers(headers)
+        } else {
+            Parent::NONE
         }
     }
 
@@ -148,11 +177,7 @@ impl Consumer for Metrics {
         let rpc = if d.door.is_envoy() {
             "should_rate_limit"
         } else {
-            match d.mode {
-                Mode::Check => "check",
-                Mode::Consume => "consume",
-                Mode::Record => "record",
-            }
+            d.mode.name()
         };
         let labels = match d.what {
             What::Plan { decision, .. } => {
@@ -181,11 +206,12 @@ impl Consumer for Metrics {
             }
             What::Rules { over_limit, .. } => DecisionLabels {
                 rpc,
-                verdict: DecisionLabels::verdict(if over_limit {
+                verdict: if over_limit {
                     Verdict::RateLimited
                 } else {
                     Verdict::Allowed
-                }),
+                }
+                .name(),
                 plan: Label::empty(),
                 class: Label::empty(),
             },
@@ -204,4 +230,80 @@ impl Consumer for Hub {
             self.consumed(request.subject, request.account);
         }
     }
+}
+
+/// A span per decision: where it came in, the plan, class and verdict, the
+/// limit that decided (the most constraining one), and the store's time.
+impl Consumer for Traces {
+    fn decided(&self, d: &Decided<'_>) {
+        let end = SystemTime::now();
+        let refused = match d.what {
+            What::Plan { decision, .. } => decision.verdict != Verdict::Allowed,
+            What::Rules { over_limit, .. } => over_limit,
+        };
+        let attributes = || {
+            let mut attributes = vec![
+                KeyValue::new("tollgate.door", d.door.name()),
+                KeyValue::new("tollgate.mode", d.mode.name()),
+            ];
+            match d.what {
+                What::Plan { request, decision } => {
+                    attributes.extend([
+                        KeyValue::new("tollgate.subject", request.subject.to_owned()),
+                        KeyValue::new("tollgate.plan", decision.plan.to_string()),
+                        KeyValue::new("tollgate.verdict", decision.verdict.name()),
+                    ]);
+                    if let Some(class) = &decision.class {
+                        attributes.push(KeyValue::new("tollgate.class", class.to_string()));
+                    }
+                    if !request.account.is_empty() {
+                        attributes.push(KeyValue::new(
+                            "tollgate.account",
+                            request.account.to_owned(),
+                        ));
+                    }
+                    if let Some(first) = decision.limits.first() {
+                        attributes.extend([
+                            KeyValue::new("tollgate.limit", first.limit.name.to_string()),
+                            KeyValue::new("tollgate.remaining", saturating_i64(first.remaining)),
+                        ]);
+                    }
+                    if !decision.reason.is_empty() {
+                        attributes.push(KeyValue::new("tollgate.reason", decision.reason.clone()));
+                    }
+                    if let Some(store) = decision.store_time {
+                        attributes.push(KeyValue::new(
+                            "tollgate.store_us",
+                            saturating_i64(store.as_micros().try_into().unwrap_or(u64::MAX)),
+                        ));
+                    }
+                }
+                What::Rules { domain, over_limit } => attributes.extend([
+                    KeyValue::new("tollgate.domain", domain.to_owned()),
+                    KeyValue::new(
+                        "tollgate.verdict",
+                        if over_limit { "over_limit" } else { "ok" },
+                    ),
+                ]),
+            }
+            attributes
+        };
+        self.record(
+            d.parent,
+            &DecisionSpan {
+                start: end.checked_sub(d.took).unwrap_or(end),
+                end,
+                refused,
+                attributes: &attributes,
+            },
+        );
+    }
+
+    fn wants_parent(&self) -> bool {
+        true
+    }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

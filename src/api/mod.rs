@@ -21,6 +21,7 @@ use tracing::{Span, field::Empty, instrument};
 use crate::engine::Mode;
 use crate::error::Error;
 use crate::limiter::{Decision, Limiter};
+use crate::otel::Parent;
 use crate::proto::tollgate::v1 as pb;
 use crate::sink::{Decided, Door, Sink, What};
 use crate::watch::{Hub, QuotaStream};
@@ -33,6 +34,16 @@ pub struct RateLimiterService {
     hub: Arc<Hub>,
     sink: Sink,
     stopping: CancellationToken,
+}
+
+/// What a call brings besides its message: when its caller stops waiting
+/// (its `grpc-timeout`), and the trace it belongs to (its `traceparent`).
+#[derive(Debug, Clone, Default)]
+pub struct Call {
+    /// A decision not made by then counts nothing.
+    pub deadline: Option<tokio::time::Instant>,
+    /// The span a decision's span is a child of.
+    pub parent: Parent,
 }
 
 /// A `WatchQuota` stream: the hub's updates as `tollgate.v1.QuotaUpdate`s.
@@ -64,6 +75,23 @@ impl RateLimiterService {
         }
     }
 
+    /// What a gRPC call with `metadata` brings besides its message.
+    pub fn call(&self, metadata: &tonic::metadata::MetadataMap) -> Call {
+        Call {
+            deadline: crate::status::deadline(metadata),
+            parent: self.sink.parent(metadata.as_ref()),
+        }
+    }
+
+    /// What an HTTP request with `headers` brings besides its body (no
+    /// deadline: HTTP has none).
+    pub fn http_call(&self, headers: &http::HeaderMap) -> Call {
+        Call {
+            deadline: None,
+            parent: self.sink.parent(headers),
+        }
+    }
+
     /// Decides `request` for `door`: the one path of every `tollgate.v1`
     /// decision, whichever door it came through, and the one place that
     /// hands it to the sink.
@@ -73,9 +101,9 @@ impl RateLimiterService {
         door: Door,
         mode: Mode,
         request: &pb::LimitRequest,
-        deadline: Option<tokio::time::Instant>,
+        call: &Call,
     ) -> Result<Decision, Error> {
-        let domain = convert::limit_request(request, deadline)?;
+        let domain = convert::limit_request(request, call.deadline)?;
         let span = Span::current();
         span.record("subject", domain.subject);
         let started = Instant::now();
@@ -84,6 +112,7 @@ impl RateLimiterService {
             door,
             mode,
             took: started.elapsed(),
+            parent: &call.parent,
             what: What::Plan {
                 request: &domain,
                 decision: &decision,
@@ -102,9 +131,9 @@ impl RateLimiterService {
         door: Door,
         mode: Mode,
         request: &pb::LimitRequest,
-        deadline: Option<tokio::time::Instant>,
+        call: &Call,
     ) -> Result<pb::Decision, Error> {
-        self.decide_request(door, mode, request, deadline)
+        self.decide_request(door, mode, request, call)
             .await
             .map(convert::decision)
     }
@@ -117,9 +146,9 @@ impl RateLimiterService {
         mode: Mode,
         request: Request<pb::LimitRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        let deadline = crate::status::deadline(request.metadata());
+        let call = self.call(request.metadata());
         Ok(Response::new(
-            self.decide_message(Door::Unary, mode, &request.into_inner(), deadline)
+            self.decide_message(Door::Unary, mode, &request.into_inner(), &call)
                 .await?,
         ))
     }
@@ -183,9 +212,9 @@ impl RateLimiter for RateLimiterService {
         &self,
         request: Request<Streaming<pb::DecideRequest>>,
     ) -> Result<Response<Self::DecideStream>, Status> {
-        let deadline = crate::status::deadline(request.metadata());
+        let call = self.call(request.metadata());
         Ok(Response::new(
-            self.decide_stream(request.into_inner(), deadline),
+            self.decide_stream(request.into_inner(), call),
         ))
     }
 
@@ -193,9 +222,9 @@ impl RateLimiter for RateLimiterService {
         &self,
         request: Request<pb::ConsumeBatchRequest>,
     ) -> Result<Response<pb::ConsumeBatchResponse>, Status> {
-        let deadline = crate::status::deadline(request.metadata());
+        let call = self.call(request.metadata());
         Ok(Response::new(
-            self.batch(request.into_inner(), deadline).await?,
+            self.batch(request.into_inner(), &call).await?,
         ))
     }
 }

@@ -14,6 +14,7 @@
 //! queue, the client waits on HTTP/2 flow control like any other.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -21,7 +22,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::RateLimiterService;
+use super::{Call, RateLimiterService};
 use crate::engine::Mode;
 use crate::error::Error;
 use crate::proto::tollgate::v1 as pb;
@@ -43,13 +44,14 @@ pub type DecideStream = Pin<Box<dyn Stream<Item = Result<pb::DecideResponse, Sta
 // === impl RateLimiterService ===
 
 impl RateLimiterService {
-    /// Answers every message of `inbound`, in order, each by `deadline`
-    /// (the stream's own `grpc-timeout`), until it or the server ends.
+    /// Answers every message of `inbound`, in order, each by the stream's
+    /// own deadline and under its trace (`call`), until it or the server ends.
     pub(super) fn decide_stream(
         &self,
         mut inbound: Streaming<pb::DecideRequest>,
-        deadline: Option<tokio::time::Instant>,
+        call: Call,
     ) -> DecideStream {
+        let call = Arc::new(call);
         let (tx, rx) = mpsc::channel(QUEUED);
         let stopping = self.stopping.clone();
         tokio::spawn(async move {
@@ -72,7 +74,7 @@ impl RateLimiterService {
         let this = self.clone();
         let answers = ReceiverStream::new(rx)
             .map(move |message| {
-                let this = this.clone();
+                let (this, call) = (this.clone(), call.clone());
                 async move {
                     let message = message?;
                     Ok(this
@@ -81,7 +83,7 @@ impl RateLimiterService {
                             message.id,
                             mode(message.mode),
                             message.request.as_ref(),
-                            deadline,
+                            &call,
                         )
                         .await)
                 }
@@ -95,7 +97,7 @@ impl RateLimiterService {
     pub(super) async fn batch(
         &self,
         batch: pb::ConsumeBatchRequest,
-        deadline: Option<tokio::time::Instant>,
+        call: &Call,
     ) -> Result<pb::ConsumeBatchResponse, Error> {
         if batch.requests.len() > MAX_BATCH {
             return Err(Error::invalid(
@@ -114,7 +116,7 @@ impl RateLimiterService {
                     i as u64,
                     Ok(Mode::Consume),
                     Some(request),
-                    deadline,
+                    call,
                 )
                 .await,
             );
@@ -129,12 +131,12 @@ impl RateLimiterService {
         id: u64,
         mode: Result<Mode, Error>,
         request: Option<&pb::LimitRequest>,
-        deadline: Option<tokio::time::Instant>,
+        call: &Call,
     ) -> pb::DecideResponse {
         let decided = match (mode, request) {
             (Err(e), _) => Err(e),
             (Ok(_), None) => Err(Error::invalid("request", "required")),
-            (Ok(mode), Some(request)) => self.decide_message(door, mode, request, deadline).await,
+            (Ok(mode), Some(request)) => self.decide_message(door, mode, request, call).await,
         };
         match decided {
             Ok(decision) => pb::DecideResponse {

@@ -88,9 +88,9 @@ impl UnaryService<pb::LimitRequest> for Decide {
     fn call(&mut self, request: Request<pb::LimitRequest>) -> Self::Future {
         let (service, mode) = (self.service.clone(), self.mode);
         Box::pin(async move {
-            let deadline = crate::status::deadline(request.metadata());
+            let call = service.call(request.metadata());
             let decision = service
-                .decide_request(Door::Unary, mode, request.get_ref(), deadline)
+                .decide_request(Door::Unary, mode, request.get_ref(), &call)
                 .await?;
             Ok(Response::new(WireDecision::new(decision)))
         })

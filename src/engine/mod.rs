@@ -43,6 +43,17 @@ pub enum Mode {
     Record,
 }
 
+impl Mode {
+    /// Its name in logs, labels and spans.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Check => "check",
+            Self::Consume => "consume",
+            Self::Record => "record",
+        }
+    }
+}
+
 /// One counter of a decision.
 #[derive(Debug, Clone, Copy)]
 pub struct Item<'a> {

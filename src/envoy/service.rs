@@ -19,6 +19,7 @@ use crate::engine::{Algorithm, CounterKey, Item, Mode, Rate, clock::SECOND};
 use crate::error::Error;
 use crate::limiter::route::{self, Items};
 use crate::limiter::{self, Limiter, Pressure};
+use crate::otel::Parent;
 use crate::plans::{Counted, EnvoyDomain};
 use crate::proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor,
@@ -58,6 +59,7 @@ impl EnvoyService {
         &self,
         r: &pb::RateLimitRequest,
         deadline: Option<Deadline>,
+        parent: &Parent,
     ) -> Result<pb::RateLimitResponse, Error> {
         // The reference's errors, word for word (a plain error in Go's gRPC
         // is UNKNOWN).
@@ -73,7 +75,7 @@ impl EnvoyService {
         let catalog = self.limiter.catalog();
         if let Some(domain) = catalog.envoy_domains.get(&r.domain) {
             // Each descriptor is a plan decision, counted in the metrics as one.
-            let answers = self.plan_domain(domain, r, deadline).await?;
+            let answers = self.plan_domain(domain, r, deadline, parent).await?;
             return Ok(self.overall(r, answers));
         }
         let started = Instant::now();
@@ -84,6 +86,7 @@ impl EnvoyService {
             door: Door::EnvoyRules,
             mode: if counts { Mode::Consume } else { Mode::Check },
             took: started.elapsed(),
+            parent,
             what: What::Rules {
                 domain: &r.domain,
                 over_limit: response.overall_code == Code::OverLimit as i32,
@@ -301,6 +304,7 @@ impl EnvoyService {
         domain: &EnvoyDomain,
         r: &pb::RateLimitRequest,
         deadline: Option<Deadline>,
+        parent: &Parent,
     ) -> Result<Vec<Answer>, Error> {
         let mut answers = Vec::with_capacity(r.descriptors.len());
         for (i, d) in r.descriptors.iter().enumerate() {
@@ -334,6 +338,7 @@ impl EnvoyService {
                 door: Door::EnvoyPlans,
                 mode,
                 took: started.elapsed(),
+                parent,
                 what: What::Plan {
                     request: &request,
                     decision: &decision,
@@ -427,8 +432,9 @@ impl pb::rate_limit_service_server::RateLimitService for EnvoyService {
         request: Request<pb::RateLimitRequest>,
     ) -> Result<Response<pb::RateLimitResponse>, Status> {
         let deadline = crate::status::deadline(request.metadata());
+        let parent = self.sink.parent(request.metadata().as_ref());
         let r = request.into_inner();
-        let response = self.answer(&r, deadline).await?;
+        let response = self.answer(&r, deadline, &parent).await?;
         tracing::debug!(domain = %r.domain, descriptors = r.descriptors.len(), overall = response.overall_code, "should_rate_limit");
         Ok(Response::new(response))
     }

@@ -111,7 +111,12 @@ pub async fn forward_auth(
     };
     let decided = s
         .rate_limiter
-        .decide_request(Door::ForwardAuth, Mode::Consume, &request, None)
+        .decide_request(
+            Door::ForwardAuth,
+            Mode::Consume,
+            &request,
+            &s.rate_limiter.http_call(&headers),
+        )
         .await;
     match decided {
         Ok(d) => answer(&d, denials),

@@ -10,7 +10,6 @@
 //! `/healthcheck` (any method): 200 `OK` while the gRPC health service
 //! reports the server SERVING, else 500 with an empty body.
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +24,8 @@ use pb::rate_limit_response::Code;
 use pb::rate_limit_service_server::RateLimitService;
 
 /// `/json`.
-pub async fn json(State(s): State<Services>, body: Body) -> Response {
+pub async fn json(State(s): State<Services>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
     let body = match read_body(body).await {
         Ok(b) => b,
         Err(response) => return response,
@@ -37,7 +37,14 @@ pub async fn json(State(s): State<Services>, body: Body) -> Response {
             return bad_request();
         }
     };
-    let response = match s.envoy.should_rate_limit(Request::new(request)).await {
+    // The headers as the call's metadata: a `traceparent` among them is
+    // the span's parent, as over gRPC.
+    let request = Request::from_parts(
+        tonic::metadata::MetadataMap::from_headers(parts.headers),
+        tonic::Extensions::default(),
+        request,
+    );
+    let response = match s.envoy.should_rate_limit(request).await {
         Ok(r) => r.into_inner(),
         Err(e) => {
             tracing::debug!(code = ?e.code(), error = %e.message(), "/json: call failed");

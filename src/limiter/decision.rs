@@ -44,6 +44,18 @@ pub enum Verdict {
     TooLarge,
 }
 
+impl Verdict {
+    /// Its name in labels and spans.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::RateLimited => "rate_limited",
+            Self::NotInPlan => "not_in_plan",
+            Self::TooLarge => "too_large",
+        }
+    }
+}
+
 /// The answer to a request.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -63,6 +75,9 @@ pub struct Decision {
     pub headers: Vec<(&'static str, String)>,
     /// Why it was refused.
     pub reason: String,
+    /// The time spent in the counter store, when the limiter times it
+    /// (traces are on).
+    pub store_time: Option<std::time::Duration>,
 }
 
 /// One limit's state in a decision: the limit as configured, and what this
@@ -118,6 +133,7 @@ impl Decision {
             retry_after: None,
             headers: Vec::new(),
             reason: String::new(),
+            store_time: None,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Limiter {
     state: Arc<RuntimeState>,
     slots: Arc<SlotRegistry>,
     clock: Arc<dyn Clock>,
+    /// Whether decisions say how long the store took (for traces).
+    timed: bool,
 }
 
 /// Warns, now and then, that shadow limits could not be tried.
@@ -115,7 +117,15 @@ impl Limiter {
             state,
             slots,
             clock,
+            timed: false,
         }
+    }
+
+    /// This limiter, with every decision saying how long its counter store
+    /// took ([`Decision::store_time`]); off, the clock is not read for it.
+    pub fn timing_the_store(mut self) -> Self {
+        self.timed = true;
+        self
     }
 
     /// The counters.
@@ -168,6 +178,7 @@ impl Limiter {
         };
         let route = begun.plan.route(begun.class);
         let cost = |l: &Limit| cost_of(request.cost, &l.unit, mode);
+        let stored = self.timed.then(std::time::Instant::now);
         let (now, outcome) = if route.shadow {
             self.shadowed(&begun, request, &route.limits, cost).await?
         } else {
@@ -187,7 +198,9 @@ impl Limiter {
                 )
                 .await?
         };
-        Ok(self.conclude(&begun, request, now, &outcome))
+        let mut decision = self.conclude(&begun, request, now, &outcome);
+        decision.store_time = stored.map(|at| at.elapsed());
+        Ok(decision)
     }
 
     /// A decision whose limits include shadow ones: the enforced limits
