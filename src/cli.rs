@@ -115,7 +115,8 @@ pub(crate) struct Serve {
     pub(crate) metrics_listen: Option<SocketAddr>,
     /// How often counters that changed are written to the state file's
     /// journal: what a crash (kill -9, OOM) can lose at most. 0 writes them
-    /// only at a graceful stop. Unused with --store (Redis keeps them).
+    /// only at a graceful stop. With --store (Redis keeps counters), how
+    /// often usage rollups are added to Redis.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub(crate) journal_interval: Duration,
     /// The longest a graceful shutdown waits for in-flight calls.

@@ -184,6 +184,7 @@ fn options(serve: &Serve, rules: RuleSource) -> anyhow::Result<Options> {
         envoy: serve.envoy.options(),
         limits: serve.limits(),
         consumers: Vec::new(),
+        usage_flush: serve.journal_interval,
     })
 }
 

@@ -156,3 +156,71 @@ async fn starts_while_redis_is_down_and_counts_once_it_is_up() {
     let d = c.consume(req()).await.expect("consume").into_inner();
     assert!(remaining(&d).is_some_and(|r| r < 1000));
 }
+
+/// A usage batch whose answer is lost (Redis paused past the timeout, then
+/// running the script late) is retried under the same id and added once:
+/// the shared rollups sum exactly what was added, however the flushes went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_batch_retried_after_a_lost_answer_is_added_once() {
+    use tollgate::insight::rollups::Rollups;
+    use tollgate::insight::usage::{Granularity, Retention, Used};
+    use tollgate::storage::redis::RedisStore;
+
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url(), Duration::from_millis(300))
+        .await
+        .expect("connect");
+    let rollups = Rollups::shared(Retention::default(), store, "replica-a".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    let add = |subject: &str, admitted: u64| {
+        rollups.add(
+            now,
+            &Used {
+                account: "acme",
+                subject,
+                unit: "tokens",
+                admitted,
+                recorded: 0,
+                refused: 0,
+            },
+        )
+    };
+    add("k1", 5);
+    redis.pause();
+    assert!(rollups.flush().await.is_err(), "Redis paused: a timeout");
+    redis.resume();
+    // Redis ran the late script meanwhile; this retry adds nothing twice,
+    // and what came since goes in a batch of its own.
+    add("k2", 7);
+    until("a flush after Redis is back", async || {
+        rollups.flush().await.is_ok()
+    })
+    .await;
+    add("k1", 1);
+    let day = now / 86_400_000_000_000 * 86_400_000_000_000;
+    let rows = rollups
+        .export(day, now + 1, Granularity::Day, Some("acme"))
+        .await
+        .expect("export");
+    let of = |subject: &str| {
+        rows.iter()
+            .filter(|r| r.subject == subject)
+            .map(|r| r.admitted)
+            .sum::<u64>()
+    };
+    assert_eq!((of("k1"), of("k2")), (6, 7), "{rows:?}");
+    // Hours agree with days.
+    let hours = rollups
+        .export(
+            now / 3_600_000_000_000 * 3_600_000_000_000,
+            now + 1,
+            Granularity::Hour,
+            None,
+        )
+        .await
+        .expect("export");
+    assert_eq!(hours.iter().map(|r| r.admitted).sum::<u64>(), 13);
+}

@@ -200,6 +200,112 @@ async fn three_replicas_announce_each_threshold_crossing_once() {
     );
 }
 
+/// Every row of today's and yesterday's usage (UTC days), exported by `s`.
+async fn usage_today(s: &Served) -> Vec<pb::UsageRow> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    let mut stream = admin(s)
+        .await
+        .export_usage(with_token(
+            pb::ExportUsageRequest {
+                from: Some(prost_types::Timestamp {
+                    // Yesterday too: a test running over midnight UTC.
+                    seconds: (now.as_secs() / 86_400 * 86_400 - 86_400) as i64,
+                    nanos: 0,
+                }),
+                granularity: pb::Granularity::Day as i32,
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .expect("export")
+        .into_inner();
+    let mut rows = Vec::new();
+    while let Some(r) = stream.message().await.expect("row") {
+        rows.push(r);
+    }
+    rows
+}
+
+/// `(admitted requests, refused requests, recorded tokens)` of `rows`.
+fn sums(rows: &[pb::UsageRow]) -> (u64, u64, u64) {
+    let of = |unit: &str, f: fn(&pb::UsageRow) -> u64| {
+        rows.iter().filter(|r| r.unit == unit).map(f).sum::<u64>()
+    };
+    (
+        of("requests", |r| r.admitted),
+        of("requests", |r| r.refused),
+        of("tokens", |r| r.recorded),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_usage_and_the_export_sums_exactly() {
+    let mut r = replicas(3);
+    let mut clients = Vec::new();
+    for s in &r.served {
+        clients.push(client(s).await);
+    }
+    // 64 clients at once, spread over the replicas: each 3 Consumes of one
+    // of 4 keys (48 asked of each, 30 a day admitted) and one Record of
+    // tokens.
+    let mut tasks = Vec::new();
+    for i in 0..64u64 {
+        let mut c = clients[i as usize % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut allowed, mut refused) = (0, 0);
+            for _ in 0..3 {
+                let d = c
+                    .consume(req(&format!("key_{}", i % 4), "/fixed"))
+                    .await
+                    .expect("consume")
+                    .into_inner();
+                if d.verdict == pb::Verdict::Allowed as i32 {
+                    allowed += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            let mut record = req(&format!("key_{}", i % 4), "/fixed");
+            record.cost.insert("tokens".into(), i + 1);
+            c.record(record).await.expect("record");
+            (allowed, refused, i + 1)
+        }));
+    }
+    let mut expected = (0, 0, 0);
+    for t in tasks {
+        let (a, x, k) = t.await.expect("task");
+        expected = (expected.0 + a, expected.1 + x, expected.2 + k);
+    }
+    assert_eq!(expected.0 + expected.1, 192);
+    assert!(expected.1 > 0, "the keys went past 30");
+
+    // The other replicas add theirs within a flush interval (1 s): an
+    // export from the first soon sums all three, exactly.
+    let first = r.served.remove(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = sums(&usage_today(&first).await);
+    while seen != expected {
+        assert!(
+            seen.0 <= expected.0 && seen.1 <= expected.1 && seen.2 <= expected.2,
+            "more than was admitted: {seen:?} > {expected:?}"
+        );
+        assert!(Instant::now() < deadline, "{seen:?} != {expected:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = sums(&usage_today(&first).await);
+    }
+    // Stopping the others adds nothing twice, and every replica answers
+    // the same sums.
+    for s in r.served.drain(..) {
+        assert!(stop(s, Duration::from_secs(30)).success());
+    }
+    assert_eq!(sums(&usage_today(&first).await), expected);
+    let late = start_one(&r.redis, &r.dir);
+    assert_eq!(sums(&usage_today(&late).await), expected);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_rule_files_count_in_the_same_store() {
     use support::envoy::{Code, RateLimitServiceClient, request};

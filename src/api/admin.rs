@@ -20,6 +20,7 @@ use crate::config::reload::{ReloadError, Reloader};
 use crate::error::Error;
 use crate::insight::Insight;
 use crate::insight::events::Event;
+use crate::insight::rollups::RollupError;
 use crate::insight::top::{By, Filter, Horizon, Row};
 use crate::insight::usage::{Granularity, UsageRow};
 use crate::limiter::{Limiter, account_of};
@@ -147,7 +148,7 @@ impl AdminService {
     }
 
     /// The usage rows asked for, in order of period, account, subject, unit.
-    pub fn usage(&self, r: &pb::ExportUsageRequest) -> Result<Vec<pb::UsageRow>, Error> {
+    pub async fn usage(&self, r: &pb::ExportUsageRequest) -> Result<Vec<pb::UsageRow>, Error> {
         let granularity = match pb::Granularity::try_from(r.granularity) {
             Ok(pb::Granularity::Hour) => Granularity::Hour,
             Ok(pb::Granularity::Month) => Granularity::Month,
@@ -172,7 +173,11 @@ impl AdminService {
             .insight
             .usage
             .export(from, to, granularity, account)
-            .map_err(|e| Error::invalid("from", e.to_string()))?;
+            .await
+            .map_err(|e| match e {
+                RollupError::Range(e) => Error::invalid("from", e.to_string()),
+                RollupError::Store(e) => Error::Store(e),
+            })?;
         Ok(rows.into_iter().map(usage_row).collect())
     }
 
@@ -545,7 +550,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ExportUsageRequest>,
     ) -> Result<Response<Self::ExportUsageStream>, Status> {
-        let rows = self.usage(request.get_ref()).map_err(failed)?;
+        let rows = self.usage(request.get_ref()).await.map_err(failed)?;
         Ok(Response::new(Box::pin(tokio_stream::iter(
             rows.into_iter().map(Ok),
         ))))

@@ -160,9 +160,17 @@ pub(super) async fn usage(
             granularity: granularity as i32,
             account: take("account"),
         };
-        let rows = s.admin.usage(&request).map_err(Status::from)?;
-        Ok((format, rows))
+        Ok((format, request))
     })();
+    let answer = match answer {
+        Ok((format, request)) => s
+            .admin
+            .usage(&request)
+            .await
+            .map(|rows| (format, rows))
+            .map_err(Status::from),
+        Err(e) => Err(e),
+    };
     let (format, rows) = match answer {
         Ok(a) => a,
         Err(e) => return error(&e),

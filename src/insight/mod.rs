@@ -9,6 +9,7 @@
 //! never waits.
 
 pub mod events;
+pub mod rollups;
 pub mod top;
 pub mod usage;
 
@@ -28,7 +29,7 @@ pub struct Insight {
     /// Threshold events and their delivery.
     pub events: events::Events,
     /// What each account and subject used, per hour and day.
-    pub usage: usage::Usage,
+    pub usage: rollups::Rollups,
     /// Decisions added to the usage since start, to save only what changed.
     added: AtomicU64,
     limiter: Arc<Limiter>,
@@ -38,11 +39,16 @@ impl Insight {
     /// Insight over `limiter`'s decisions (its clock), with a top-subjects
     /// sketch of `capacity` counters per slice (none when 0).
     pub fn new(limiter: Arc<Limiter>, capacity: usize) -> Self {
-        let shared = limiter.counters().shared().map(|s| s.store.clone());
+        let shared = limiter.counters().shared();
+        let retention = usage::Retention::default();
+        let usage = match shared {
+            Some(s) => rollups::Rollups::shared(retention, s.store.clone(), s.replica.clone()),
+            None => rollups::Rollups::local(retention),
+        };
         Self {
             top: (capacity > 0).then(|| top::TopSubjects::new(capacity)),
-            events: events::Events::new(shared),
-            usage: usage::Usage::new(usage::Retention::default()),
+            events: events::Events::new(shared.map(|s| s.store.clone())),
+            usage,
             added: AtomicU64::new(0),
             limiter,
         }

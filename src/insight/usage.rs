@@ -589,18 +589,10 @@ impl Usage {
         granularity: Granularity,
         account: Option<&str>,
     ) -> Result<Vec<UsageRow>, UsageError> {
-        let [lo, hi] = [from, to].map(|t| first_period(granularity, t));
-        let k = usize::from(granularity != Granularity::Hour);
-        if lo >= hi {
+        let Some([lo, hi]) = self.periods(from, to, granularity)? else {
             return Ok(Vec::new());
-        }
-        if lo < u64::from(self.floors()[k]) {
-            let (kept, oldest) = (self.kept[k], self.oldest(granularity));
-            return Err(match k {
-                0 => UsageError::HourlyRetention { kept, oldest },
-                _ => UsageError::DailyRetention { kept, oldest },
-            });
-        }
+        };
+        let k = usize::from(granularity != Granularity::Hour);
         let shards = match account {
             Some(a) => {
                 let i = shard_of(self.hasher.hash_one(a));
@@ -632,6 +624,58 @@ impl Usage {
         }
         out.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
         Ok(out)
+    }
+
+    /// The periods an export of `[from, to)` at `granularity` reads: hour
+    /// indices for hours, day indices for days and months (`None`: none). A
+    /// range reaching below the retention floor is refused.
+    pub fn periods(
+        &self,
+        from: Nanos,
+        to: Nanos,
+        granularity: Granularity,
+    ) -> Result<Option<[u64; 2]>, UsageError> {
+        let [lo, hi] = [from, to].map(|t| first_period(granularity, t));
+        let k = usize::from(granularity != Granularity::Hour);
+        if lo >= hi {
+            return Ok(None);
+        }
+        if lo < u64::from(self.floors()[k]) {
+            let (kept, oldest) = (self.kept[k], self.oldest(granularity));
+            return Err(match k {
+                0 => UsageError::HourlyRetention { kept, oldest },
+                _ => UsageError::DailyRetention { kept, oldest },
+            });
+        }
+        Ok(Some([lo, hi]))
+    }
+
+    /// Takes every row out, leaving the rollup empty (its floors kept): each
+    /// series' hour rows and day rows, as rows of [`Granularity::Hour`] and
+    /// [`Granularity::Day`]. Every add made before the call is in them, each
+    /// wholly; an add made during it is either in them or left in the rollup.
+    pub fn drain(&self) -> Vec<UsageRow> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let taken = {
+                let mut guard = shard.lock();
+                let taken = std::mem::take(&mut *guard);
+                guard.epoch = taken.epoch + 1;
+                taken
+            };
+            for s in &taken.series {
+                for (t, g) in s.tables.iter().zip([Granularity::Hour, Granularity::Day]) {
+                    export_series(&mut out, taken.key(s), t, g, [0, u64::MAX]);
+                }
+            }
+        }
+        out
+    }
+
+    /// How long hour rows (`Granularity::Hour`) or day rows (the others)
+    /// are kept.
+    pub fn kept(&self, granularity: Granularity) -> Duration {
+        self.kept[usize::from(granularity != Granularity::Hour)]
     }
 
     /// Raises the retention floors for `now` and drops the rows below them (call once a minute).
@@ -994,6 +1038,18 @@ mod tests {
                 let all = |u: &Usage| u.export(usage.oldest(g), u64::MAX, g, None);
                 prop_assert_eq!(all(&copy), all(&usage));
             }
+            // A drain takes exactly the held hour and day rows, and leaves none.
+            let mut expected = Vec::new();
+            for g in [Granularity::Hour, Granularity::Day] {
+                expected.extend(usage.export(usage.oldest(g), u64::MAX, g, None).unwrap_or_default());
+            }
+            let mut drained = usage.drain();
+            let order = |r: &UsageRow| (r.granularity as u8, r.period_start, r.account.clone(), r.subject.clone(), r.unit.clone());
+            drained.sort_by_key(order);
+            expected.sort_by_key(order);
+            prop_assert_eq!(drained, expected);
+            prop_assert_eq!(usage.rows(), 0);
+            prop_assert_eq!(usage.export(usage.oldest(Granularity::Day), u64::MAX, Granularity::Day, None), Ok(Vec::new()));
         }
     }
 

@@ -101,6 +101,10 @@ pub struct Options {
     /// More consumers of every decision, after the metrics and the hub
     /// ([`crate::sink`]).
     pub consumers: Vec<Arc<dyn crate::sink::Consumer>>,
+    /// With counters in Redis: how often this replica adds its usage to the
+    /// rollups shared there (what a crash can lose); zero: only at a
+    /// graceful stop and before an export.
+    pub usage_flush: Duration,
 }
 
 /// Why the server did not run.
@@ -165,6 +169,7 @@ impl Default for Options {
             persist: None,
             limits: Limits::default(),
             consumers: Vec::new(),
+            usage_flush: Duration::from_secs(1),
         }
     }
 }
@@ -231,6 +236,7 @@ pub async fn run(
         tokio::spawn(rollups(
             app.insight.clone(),
             persist.clone(),
+            options.usage_flush,
             stopping.clone(),
         )),
         tokio::spawn(app.config.clone().watch(stopping.clone())),
@@ -306,6 +312,7 @@ pub async fn run(
         save_usage(app.insight.clone(), persist.clone()).await;
         save(&limiter, persist).await;
     }
+    flush_usage(&app.insight).await;
     result.map_err(ServeError::from)
 }
 
@@ -314,7 +321,7 @@ pub async fn run(
 fn restore_usage(insight: &Insight, persist: &Persistence) {
     match persist.load_usage() {
         Ok(None) => {}
-        Ok(Some(bytes)) => match insight.usage.restore(&bytes) {
+        Ok(Some(bytes)) => match insight.usage.table().restore(&bytes) {
             Ok(rows) => {
                 tracing::info!(rows, file = %persist.usage_path().display(), "usage restored")
             }
@@ -330,8 +337,10 @@ fn restore_usage(insight: &Insight, persist: &Persistence) {
 /// written.
 async fn save_usage(insight: Arc<Insight>, persist: Arc<Persistence>) -> Option<u64> {
     let changes = insight.usage_changes();
-    let saved =
-        tokio::task::spawn_blocking(move || persist.save_usage(|| insight.usage.snapshot())).await;
+    let saved = tokio::task::spawn_blocking(move || {
+        persist.save_usage(|| insight.usage.table().snapshot())
+    })
+    .await;
     match saved {
         Ok(Ok(bytes)) => {
             tracing::trace!(bytes, "usage saved");
@@ -351,19 +360,24 @@ static USAGE_NOT_SAVED: crate::log_every::LogEvery =
     crate::log_every::LogEvery::new(Duration::from_secs(60));
 
 /// Keeps the usage rollups: drops what is past their retention every
-/// minute, and saves them beside the state file every journal interval
-/// when they changed (at a graceful stop too), so a crash loses at most an
-/// interval of usage, as of counters.
+/// minute; in memory, saves them beside the state file every journal
+/// interval when they changed (at a graceful stop too), so a crash loses at
+/// most an interval of usage, as of counters; shared through Redis, adds
+/// this replica's usage there every `flush` (and at a graceful stop).
 async fn rollups(
     insight: Arc<Insight>,
     persist: Option<Arc<Persistence>>,
+    flush: Duration,
     stopping: CancellationToken,
 ) {
-    let every = persist
-        .as_ref()
-        .and_then(|p| p.every())
-        .unwrap_or(PRUNE_EVERY)
-        .min(PRUNE_EVERY);
+    let shared = insight.usage.is_shared() && !flush.is_zero();
+    let every = match (&persist, shared) {
+        (_, true) => Some(flush),
+        (Some(p), false) => p.every(),
+        (None, false) => None,
+    }
+    .unwrap_or(PRUNE_EVERY)
+    .min(PRUNE_EVERY);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut saved, mut pruned) = (0, tokio::time::Instant::now());
@@ -377,6 +391,9 @@ async fn rollups(
             insight.usage.prune(insight.now());
             pruned = tokio::time::Instant::now();
         }
+        if shared {
+            flush_usage(&insight).await;
+        }
         if let Some(persist) = persist.as_ref().filter(|p| p.every().is_some())
             && insight.usage_changes() != saved
             && let Some(changes) = save_usage(insight.clone(), persist.clone()).await
@@ -385,6 +402,19 @@ async fn rollups(
         }
     }
 }
+
+/// Adds this replica's usage to the rollups shared through Redis (nothing
+/// when they are not); a failure keeps it for the next try.
+async fn flush_usage(insight: &Insight) {
+    if let Err(e) = insight.usage.flush().await
+        && let Some(held) = USAGE_NOT_FLUSHED.ready()
+    {
+        tracing::warn!(error = %e, held, "usage not added to Redis yet; kept for the next try");
+    }
+}
+
+static USAGE_NOT_FLUSHED: crate::log_every::LogEvery =
+    crate::log_every::LogEvery::new(Duration::from_secs(60));
 
 /// How often usage past its retention is dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);

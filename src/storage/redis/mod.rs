@@ -20,6 +20,7 @@ mod conn;
 mod counters;
 mod millis;
 pub mod runtime;
+pub mod usage;
 
 pub use batch::{ROUND_TRIP_BUCKETS, RoundTrips};
 pub use counters::{Failure, SharedCounters};

@@ -1,0 +1,203 @@
+//! The usage rollups of a server, where they are kept: in memory, saved
+//! beside the state file ([`Usage::snapshot`]); or, when counters live in
+//! Redis, shared there by every replica.
+//!
+//! Shared, each replica adds to its own [`Usage`] as a buffer, and every
+//! flush interval ([`Rollups::flush`]) drains it into batches that Redis
+//! adds once, however often one is retried (`usage.lua`): a batch that
+//! failed (Redis down, a timeout whose answer was lost) is retried under
+//! the same id before anything newer, so nothing is lost and nothing is
+//! counted twice. An export flushes this replica's buffer, then reads the
+//! sums of all replicas from Redis; what the others have not flushed yet
+//! (at most a flush interval of theirs) is not in it, and a crashed
+//! replica loses at most that, as a crash loses counters.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::usage::{Granularity, Retention, Usage, UsageError, UsageRow, Used};
+use crate::engine::Nanos;
+use crate::storage::StoreError;
+use crate::storage::redis::RedisStore;
+use crate::storage::redis::usage::{Counts, GROUPS_AT_ONCE, Table};
+
+const HOUR: Nanos = 3_600_000_000_000;
+const DAY: Nanos = 24 * HOUR;
+
+/// Usage rollups, in memory or shared through Redis.
+#[derive(Debug)]
+pub struct Rollups {
+    /// In memory: all of it. Shared: what this replica has not flushed yet.
+    table: Usage,
+    shared: Option<Shared>,
+}
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RollupError {
+    /// A range the retention no longer holds.
+    #[error(transparent)]
+    Range(#[from] UsageError),
+    /// Redis did not answer.
+    #[error("usage is kept in Redis: {0}")]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: RedisStore,
+    /// This replica's name, unique per process start: batch ids.
+    replica: String,
+    /// Batches drained and not yet known to be added, oldest first, each
+    /// under the id it was first tried with. The lock makes flushes one at
+    /// a time.
+    pending: Mutex<(u64, VecDeque<Batch>)>,
+}
+
+#[derive(Debug)]
+struct Batch {
+    id: String,
+    rows: Vec<Counts>,
+}
+
+// === impl Rollups ===
+
+impl Rollups {
+    /// Rollups kept in this process.
+    pub fn local(retention: Retention) -> Self {
+        Self {
+            table: Usage::new(retention),
+            shared: None,
+        }
+    }
+
+    /// Rollups shared through `store` by replicas; `replica` names this one.
+    pub fn shared(retention: Retention, store: RedisStore, replica: String) -> Self {
+        Self {
+            table: Usage::new(retention),
+            shared: Some(Shared {
+                store,
+                replica,
+                pending: Mutex::new((0, VecDeque::new())),
+            }),
+        }
+    }
+
+    /// Whether they live in Redis (else in this process, saved beside the
+    /// state file).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The table in this process: all of the usage, or (shared) what is not
+    /// flushed yet.
+    pub fn table(&self) -> &Usage {
+        &self.table
+    }
+
+    /// Adds one decision's usage of one unit at `now`.
+    pub fn add(&self, now: Nanos, used: &Used<'_>) {
+        self.table.add(now, used);
+    }
+
+    /// Drops what is past the retention at `now` (Redis expires its own).
+    pub fn prune(&self, now: Nanos) {
+        self.table.prune(now);
+    }
+
+    /// Shared: adds this replica's buffer to Redis, and how many rows went;
+    /// in memory, nothing to do.
+    pub async fn flush(&self) -> Result<usize, StoreError> {
+        let Some(shared) = &self.shared else {
+            return Ok(0);
+        };
+        let mut pending = shared.pending.lock().await;
+        let (seq, batches) = &mut *pending;
+        let drained = self.table.drain();
+        let rows = drained.len();
+        let mut drained = drained.into_iter().map(counts).peekable();
+        while drained.peek().is_some() {
+            // A batch names at most GROUPS_AT_ONCE accounts and periods.
+            let rows: Vec<Counts> = drained.by_ref().take(GROUPS_AT_ONCE).collect();
+            *seq += 1;
+            let id = format!("{}:{seq}", shared.replica);
+            batches.push_back(Batch { id, rows });
+        }
+        let kept = [Granularity::Hour, Granularity::Day].map(|g| self.table.kept(g));
+        let expires = |table: Table, period: u64| {
+            let (len, kept) = match table {
+                Table::Hour => (HOUR, kept[0]),
+                Table::Day => (DAY, kept[1]),
+            };
+            (period + 1).saturating_mul(len / 1_000_000_000) + kept.as_secs()
+        };
+        while let Some(batch) = batches.front() {
+            shared
+                .store
+                .add_usage(&batch.id, &batch.rows, expires)
+                .await?;
+            batches.pop_front();
+        }
+        Ok(rows)
+    }
+
+    /// Rows whose period starts in `[from, to)`, at `granularity`, for
+    /// `account` (all when `None`), sorted by period, account, subject and
+    /// unit; see [`Usage::export`]. Shared, this replica flushes first and
+    /// the sums of every replica are read from Redis.
+    pub async fn export(
+        &self,
+        from: Nanos,
+        to: Nanos,
+        granularity: Granularity,
+        account: Option<&str>,
+    ) -> Result<Vec<UsageRow>, RollupError> {
+        let Some(shared) = &self.shared else {
+            return Ok(self.table.export(from, to, granularity, account)?);
+        };
+        let Some([lo, hi]) = self.table.periods(from, to, granularity)? else {
+            return Ok(Vec::new());
+        };
+        self.flush().await?;
+        let (table, len) = match granularity {
+            Granularity::Hour => (Table::Hour, HOUR),
+            Granularity::Day | Granularity::Month => (Table::Day, DAY),
+        };
+        let read = shared.store.read_usage(table, lo..hi, account).await?;
+        // Summed (months from days) and sorted as a local export is.
+        let sums = Usage::new(Retention {
+            hourly: Duration::MAX,
+            daily: Duration::MAX,
+        });
+        for c in &read {
+            let used = Used {
+                account: &c.account,
+                subject: &c.subject,
+                unit: &c.unit,
+                admitted: c.counts[0],
+                recorded: c.counts[1],
+                refused: c.counts[2],
+            };
+            sums.add(c.period * len, &used);
+        }
+        Ok(sums.export(from, to, granularity, account)?)
+    }
+}
+
+/// A drained row as Redis keeps it.
+fn counts(row: UsageRow) -> Counts {
+    let (table, len) = match row.granularity {
+        Granularity::Hour => (Table::Hour, HOUR),
+        _ => (Table::Day, DAY),
+    };
+    Counts {
+        table,
+        period: row.period_start / len,
+        account: row.account,
+        subject: row.subject,
+        unit: row.unit,
+        counts: [row.admitted, row.recorded, row.refused],
+    }
+}
