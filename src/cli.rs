@@ -102,6 +102,13 @@ pub(crate) struct Serve {
     /// 1024 hold 12.7 MB; 0 turns the list off.
     #[arg(long, value_name = "N", default_value_t = tollgate::insight::top::DEFAULT_CAPACITY)]
     pub(crate) top_subjects: usize,
+    /// How long hourly usage rollups are kept (Admin.ExportUsage). With
+    /// --usage-daily-retention 0 too, no usage is kept at all.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub(crate) usage_hourly_retention: Duration,
+    /// How long daily usage rollups are kept, hence months.
+    #[arg(long, value_name = "DURATION", default_value = "400d", value_parser = humantime::parse_duration)]
+    pub(crate) usage_daily_retention: Duration,
     /// Export a span per decision, over OTLP/gRPC, to this collector (e.g.
     /// http://otel-collector:4317). OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
     /// OTEL_EXPORTER_OTLP_ENDPOINT set it too; OTEL_TRACES_SAMPLER_ARG is the

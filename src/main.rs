@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tollgate::config;
 use tollgate::engine::SystemClock;
 use tollgate::envoy::{RuleSet, RuleSource};
+use tollgate::insight::usage::Retention;
 use tollgate::limiter::Limiter;
 use tollgate::otel::Traces;
 use tollgate::persist::Persistence;
@@ -185,6 +186,10 @@ fn options(serve: &Serve, rules: RuleSource) -> anyhow::Result<Options> {
         limits: serve.limits(),
         consumers: Vec::new(),
         usage_flush: serve.journal_interval,
+        usage_retention: match (serve.usage_hourly_retention, serve.usage_daily_retention) {
+            (std::time::Duration::ZERO, std::time::Duration::ZERO) => None,
+            (hourly, daily) => Some(Retention { hourly, daily }),
+        },
     })
 }
 

@@ -313,3 +313,73 @@ async fn rollups_survive_a_graceful_restart_and_a_kill_after_their_save() {
     assert_eq!(admitted_by(&served).await, 12, "after a kill -9");
     stop(served, Duration::from_secs(20));
 }
+
+/// `--usage-hourly-retention` bounds what an hourly export reaches; both
+/// retentions 0 turn the rollups off, and an export says which flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_is_set_by_flags_and_zero_turns_usage_off() {
+    let dir = support::process::temp_dir("usage-retention");
+    let config = dir.join("tollgate.yaml");
+    std::fs::write(&config, CONFIG).expect("config");
+    let config = config.to_str().expect("utf-8");
+    let hours_ago = |h: u64| {
+        Some(prost_types::Timestamp::from(
+            SystemTime::now() - Duration::from_secs(h * 3600),
+        ))
+    };
+    let export = async |served: &Served, from, granularity: pb::Granularity| {
+        let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", served.addr))
+            .await
+            .expect("connect");
+        admin
+            .export_usage(authed(pb::ExportUsageRequest {
+                from,
+                granularity: granularity as i32,
+                ..Default::default()
+            }))
+            .await
+            .map(drop)
+    };
+
+    let two_hours = serve_env(
+        &["--config", config, "--usage-hourly-retention", "2h"],
+        &[("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    support::process::until("hours older than 2 h are refused", async || {
+        export(&two_hours, hours_ago(5), pb::Granularity::Hour)
+            .await
+            .is_err_and(|e| {
+                e.code() == tonic::Code::InvalidArgument
+                    && e.message()
+                        .starts_with("from: hourly usage is kept for 2 hours")
+            })
+    })
+    .await;
+    export(&two_hours, hours_ago(1), pb::Granularity::Hour)
+        .await
+        .expect("within the retention");
+    export(&two_hours, hours_ago(5), pb::Granularity::Day)
+        .await
+        .expect("days are kept 400 days");
+
+    let off = serve_env(
+        &[
+            "--config",
+            config,
+            "--usage-hourly-retention",
+            "0",
+            "--usage-daily-retention",
+            "0",
+        ],
+        &[("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    let e = export(&off, hours_ago(1), pb::Granularity::Day)
+        .await
+        .expect_err("off");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        e.message().contains("--usage-daily-retention"),
+        "{}",
+        e.message()
+    );
+}

@@ -177,6 +177,9 @@ impl AdminService {
             .map_err(|e| match e {
                 RollupError::Range(e) => Error::invalid("from", e.to_string()),
                 RollupError::Store(e) => Error::Store(e),
+                RollupError::Off => Error::Off(
+                    "usage rollups are off: --usage-hourly-retention and --usage-daily-retention are 0",
+                ),
             })?;
         Ok(rows.into_iter().map(usage_row).collect())
     }

@@ -37,13 +37,18 @@ pub struct Insight {
 
 impl Insight {
     /// Insight over `limiter`'s decisions (its clock), with a top-subjects
-    /// sketch of `capacity` counters per slice (none when 0).
-    pub fn new(limiter: Arc<Limiter>, capacity: usize) -> Self {
+    /// sketch of `capacity` counters per slice (none when 0), and usage
+    /// rollups kept for `retention` (none when `None`).
+    pub fn new(
+        limiter: Arc<Limiter>,
+        capacity: usize,
+        retention: Option<usage::Retention>,
+    ) -> Self {
         let shared = limiter.counters().shared();
-        let retention = usage::Retention::default();
-        let usage = match shared {
-            Some(s) => rollups::Rollups::shared(retention, s.store.clone(), s.replica.clone()),
-            None => rollups::Rollups::local(retention),
+        let usage = match (retention, shared) {
+            (None, _) => rollups::Rollups::off(),
+            (Some(r), Some(s)) => rollups::Rollups::shared(r, s.store.clone(), s.replica.clone()),
+            (Some(r), None) => rollups::Rollups::local(r),
         };
         Self {
             top: (capacity > 0).then(|| top::TopSubjects::new(capacity)),
@@ -80,7 +85,9 @@ impl Consumer for Insight {
             observe(top, now, request, decision);
         }
         self.events.decided(d.mode, request, decision, now);
-        self.add_usage(d.mode, request, decision, now);
+        if self.usage.is_on() {
+            self.add_usage(d.mode, request, decision, now);
+        }
     }
 }
 

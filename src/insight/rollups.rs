@@ -1,6 +1,6 @@
 //! The usage rollups of a server, where they are kept: in memory, saved
 //! beside the state file ([`Usage::snapshot`]); or, when counters live in
-//! Redis, shared there by every replica.
+//! Redis, shared there by every replica; or nowhere, when turned off.
 //!
 //! Shared, each replica adds to its own [`Usage`] as a buffer, and every
 //! flush interval ([`Rollups::flush`]) drains it into batches that Redis
@@ -32,6 +32,8 @@ pub struct Rollups {
     /// In memory: all of it. Shared: what this replica has not flushed yet.
     table: Usage,
     shared: Option<Shared>,
+    /// Whether usage is kept at all.
+    on: bool,
 }
 
 /// Why an export failed.
@@ -43,6 +45,9 @@ pub enum RollupError {
     /// Redis did not answer.
     #[error("usage is kept in Redis: {0}")]
     Store(#[from] StoreError),
+    /// The server keeps no usage.
+    #[error("usage rollups are off: --usage-hourly-retention and --usage-daily-retention are 0")]
+    Off,
 }
 
 #[derive(Debug)]
@@ -70,7 +75,22 @@ impl Rollups {
         Self {
             table: Usage::new(retention),
             shared: None,
+            on: true,
         }
+    }
+
+    /// No rollups: adds are ignored and exports refused.
+    pub fn off() -> Self {
+        Self {
+            table: Usage::new(Retention::default()),
+            shared: None,
+            on: false,
+        }
+    }
+
+    /// Whether usage is kept at all.
+    pub fn is_on(&self) -> bool {
+        self.on
     }
 
     /// Rollups shared through `store` by replicas; `replica` names this one.
@@ -82,6 +102,7 @@ impl Rollups {
                 replica,
                 pending: Mutex::new((0, VecDeque::new())),
             }),
+            on: true,
         }
     }
 
@@ -99,7 +120,9 @@ impl Rollups {
 
     /// Adds one decision's usage of one unit at `now`.
     pub fn add(&self, now: Nanos, used: &Used<'_>) {
-        self.table.add(now, used);
+        if self.on {
+            self.table.add(now, used);
+        }
     }
 
     /// Drops what is past the retention at `now` (Redis expires its own).
@@ -154,6 +177,9 @@ impl Rollups {
         granularity: Granularity,
         account: Option<&str>,
     ) -> Result<Vec<UsageRow>, RollupError> {
+        if !self.on {
+            return Err(RollupError::Off);
+        }
         let Some(shared) = &self.shared else {
             return Ok(self.table.export(from, to, granularity, account)?);
         };

@@ -105,6 +105,8 @@ pub struct Options {
     /// rollups shared there (what a crash can lose); zero: only at a
     /// graceful stop and before an export.
     pub usage_flush: Duration,
+    /// How long usage rollups are kept; `None`: none are.
+    pub usage_retention: Option<crate::insight::usage::Retention>,
 }
 
 /// Why the server did not run.
@@ -170,6 +172,7 @@ impl Default for Options {
             limits: Limits::default(),
             consumers: Vec::new(),
             usage_flush: Duration::from_secs(1),
+            usage_retention: Some(Default::default()),
         }
     }
 }
@@ -319,6 +322,9 @@ pub async fn run(
 /// Loads the usage rollups saved beside the state file, before serving. A
 /// damaged file is logged and left for a person; the rollups start empty.
 fn restore_usage(insight: &Insight, persist: &Persistence) {
+    if !insight.usage.is_on() {
+        return;
+    }
     match persist.load_usage() {
         Ok(None) => {}
         Ok(Some(bytes)) => match insight.usage.table().restore(&bytes) {
@@ -336,6 +342,10 @@ fn restore_usage(insight: &Insight, persist: &Persistence) {
 /// Writes the usage rollups if they changed since `last`; the changes
 /// written.
 async fn save_usage(insight: Arc<Insight>, persist: Arc<Persistence>) -> Option<u64> {
+    if !insight.usage.is_on() {
+        // Off: a file saved when it was on is kept as it is.
+        return None;
+    }
     let changes = insight.usage_changes();
     let saved = tokio::task::spawn_blocking(move || {
         persist.save_usage(|| insight.usage.table().snapshot())
@@ -423,7 +433,11 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl App {
     fn new(limiter: Arc<Limiter>, options: &Options, stopping: CancellationToken) -> Self {
-        let insight = Arc::new(Insight::new(limiter.clone(), options.top_subjects));
+        let insight = Arc::new(Insight::new(
+            limiter.clone(),
+            options.top_subjects,
+            options.usage_retention,
+        ));
         insight.events.configure(&limiter.catalog().events.webhooks);
         let hub = Hub::new(
             limiter.clone(),
