@@ -61,10 +61,14 @@ pub enum OtelError {
     },
 }
 
-/// The trace a request belongs to: its W3C `traceparent` (and
-/// `tracestate`), when it sent a valid one.
+/// The trace a request belongs to, from its W3C `traceparent` (and
+/// `tracestate`) when it sent a valid one, and whether its decision's span
+/// is sampled.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Parent(Option<SpanContext>);
+pub struct Parent {
+    context: Option<SpanContext>,
+    sampled: bool,
+}
 
 /// A running exporter and the tracer decisions record their spans with.
 /// Dropping it stops nothing; call [`Traces::shutdown`] to export what is
@@ -134,23 +138,37 @@ impl Settings {
 // === impl Parent ===
 
 impl Parent {
-    /// No parent: the span, if sampled, starts a trace.
-    pub const NONE: Self = Self(None);
+    /// No parent, and no span.
+    pub const NONE: Self = Self {
+        context: None,
+        sampled: false,
+    };
 
-    /// The W3C trace context in `headers` (gRPC metadata are headers too);
-    /// none when absent or malformed.
+    /// The W3C trace context in `headers` (gRPC metadata are headers too),
+    /// sampled as its flags say; none when absent or malformed.
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
         if !headers.contains_key("traceparent") {
             return Self::NONE;
         }
         let context = TraceContextPropagator::new().extract(&Headers(headers));
         let span = context.span().span_context().clone();
-        Self(span.is_valid().then_some(span))
+        if !span.is_valid() {
+            return Self::NONE;
+        }
+        Self {
+            sampled: span.is_sampled(),
+            context: Some(span),
+        }
     }
 
     /// Its span context, when there is one.
     pub fn span_context(&self) -> Option<&SpanContext> {
-        self.0.as_ref()
+        self.context.as_ref()
+    }
+
+    /// Whether the decision's span is recorded.
+    pub fn is_sampled(&self) -> bool {
+        self.sampled
     }
 }
 
@@ -182,9 +200,9 @@ impl Traces {
             })?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                settings.ratio,
-            ))))
+            // Sampled already ([`Traces::parent`]): only sampled spans are
+            // started.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(Resource::builder().with_service_name(SERVICE_NAME).build())
             .build();
         let tracer = provider.tracer(SERVICE_NAME);
@@ -200,10 +218,25 @@ impl Traces {
         &self.settings
     }
 
-    /// Records one span named `decision` (kind server) under `parent`. Its
-    /// attributes are built only if the sampler keeps it.
+    /// The trace of a request with `headers`, sampled as its parent is;
+    /// one without a parent is sampled with the configured probability.
+    /// Sampling here, before the decision, leaves an unsampled decision
+    /// nothing more to pay for its span.
+    pub fn parent(&self, headers: &http::HeaderMap) -> Parent {
+        let mut parent = Parent::from_headers(headers);
+        if parent.context.is_none() {
+            parent.sampled = fastrand::f64() < self.settings.ratio;
+        }
+        parent
+    }
+
+    /// Records one span named `decision` (kind server) under `parent`, if
+    /// it is sampled.
     pub fn record(&self, parent: &Parent, span: &DecisionSpan<'_>) {
-        let context = match &parent.0 {
+        if !parent.sampled {
+            return;
+        }
+        let context = match &parent.context {
             Some(remote) => Context::new().with_remote_span_context(remote.clone()),
             None => Context::new(),
         };
@@ -307,7 +340,7 @@ mod tests {
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         assert_eq!(span.span_id().to_string(), "00f067aa0ba902b7");
-        assert!(span.is_sampled() && span.is_remote());
+        assert!(span.is_sampled() && span.is_remote() && parent.is_sampled());
         headers.insert(
             "traceparent",
             "00-zz-00f067aa0ba902b7-01".parse().expect("valid"),

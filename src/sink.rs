@@ -86,10 +86,10 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     /// quickly, and hand anything slow to a task of its own.
     fn decided(&self, decided: &Decided<'_>);
 
-    /// Whether it reads [`Decided::parent`]; if none does, the doors never
-    /// look for a `traceparent`.
-    fn wants_parent(&self) -> bool {
-        false
+    /// Itself, if it is the traces: they read [`Decided::parent`], which
+    /// the doors look for only when there are traces.
+    fn traces(&self) -> Option<&Traces> {
+        None
     }
 }
 
@@ -97,7 +97,8 @@ pub trait Consumer: Send + Sync + fmt::Debug {
 #[derive(Clone)]
 pub struct Sink {
     consumers: Arc<[Arc<dyn Consumer>]>,
-    traced: bool,
+    /// The consumer that is the traces, if one is.
+    traces: Option<Arc<dyn Consumer>>,
 }
 
 // === impl Door ===
@@ -127,21 +128,20 @@ impl Door {
 impl Sink {
     /// A sink handing every decision to `consumers`, in order.
     pub fn new(consumers: Vec<Arc<dyn Consumer>>) -> Self {
-        let traced = consumers.iter().any(|c| c.wants_parent());
+        let traces = consumers.iter().find(|c| c.traces().is_some()).cloned();
         Self {
             consumers: consumers.into(),
-            traced,
+            traces,
         }
     }
 
     /// The trace a request with `headers` (HTTP headers, or gRPC metadata as
-    /// headers) belongs to, if a consumer wants it; else [`Parent::NONE`],
-    /// without reading them.
+    /// headers) belongs to, sampled or not, when there are traces; else
+    /// [`Parent::NONE`], without reading them.
     pub fn parent(&self, headers: &http::HeaderMap) -> Parent {
-        if self.traced {
-            Parent::from_headers(headers)
-        } else {
-            Parent::NONE
+        match self.traces.as_ref().and_then(|c| c.traces()) {
+            Some(traces) => traces.parent(headers),
+            None => Parent::NONE,
         }
     }
 
@@ -236,6 +236,9 @@ impl Consumer for Hub {
 /// limit that decided (the most constraining one), and the store's time.
 impl Consumer for Traces {
     fn decided(&self, d: &Decided<'_>) {
+        if !d.parent.is_sampled() {
+            return;
+        }
         let end = SystemTime::now();
         let refused = match d.what {
             What::Plan { decision, .. } => decision.verdict != Verdict::Allowed,
@@ -250,11 +253,11 @@ impl Consumer for Traces {
                 What::Plan { request, decision } => {
                     attributes.extend([
                         KeyValue::new("tollgate.subject", request.subject.to_owned()),
-                        KeyValue::new("tollgate.plan", decision.plan.to_string()),
+                        KeyValue::new("tollgate.plan", decision.plan.clone()),
                         KeyValue::new("tollgate.verdict", decision.verdict.name()),
                     ]);
                     if let Some(class) = &decision.class {
-                        attributes.push(KeyValue::new("tollgate.class", class.to_string()));
+                        attributes.push(KeyValue::new("tollgate.class", class.clone()));
                     }
                     if !request.account.is_empty() {
                         attributes.push(KeyValue::new(
@@ -264,7 +267,7 @@ impl Consumer for Traces {
                     }
                     if let Some(first) = decision.limits.first() {
                         attributes.extend([
-                            KeyValue::new("tollgate.limit", first.limit.name.to_string()),
+                            KeyValue::new("tollgate.limit", first.limit.name.clone()),
                             KeyValue::new("tollgate.remaining", saturating_i64(first.remaining)),
                         ]);
                     }
@@ -299,8 +302,8 @@ impl Consumer for Traces {
         );
     }
 
-    fn wants_parent(&self) -> bool {
-        true
+    fn traces(&self) -> Option<&Traces> {
+        Some(self)
     }
 }
 
