@@ -3,7 +3,9 @@
 # subjects, threshold events, usage rollups and traces (exported for real to
 # a counting OTLP collector, examples/otlp_sink.rs) all on, then all off,
 # alternating, each round a fresh server on CPU 0 and h2load on CPU 1.
-# Prints each path's calls/s per round and the median ratio on/off.
+# Prints each path's calls/s and the server's CPU time per call (user +
+# system, from /proc: steadier than calls/s on a shared machine) per round,
+# and the median ratios on/off.
 #   scripts/load-insight.sh [calls] [rounds]
 # RATIO sets OTEL_TRACES_SAMPLER_ARG for "on" (default 1: every decision).
 set -euo pipefail
@@ -53,6 +55,7 @@ serve() { # on|off: starts tollgate on CPU 0, sets $pid and $addr
     pid=$!
     addr="$(addr_of "$work/$1.log")"
 }
+cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; } # clock ticks
 h2() { # path, body: calls/s
     taskset -c 1 h2load -n "$calls" -c "$conns" -m "$streams" \
         -H 'content-type: application/grpc' -H 'te: trailers' -d "$2" \
@@ -68,9 +71,11 @@ for round in $(seq "$rounds"); do
         serve "$variant"
         for p in "${paths[@]}"; do
             IFS='|' read -r name path body <<< "$p"
+            t0="$(cpu)"
             rps="$(h2 "$path" "$work/$body")"
-            echo "$name|$variant|$rps" >> "$work/results"
-            printf 'round %s %-4s %-24s %s calls/s\n' "$round" "$variant" "$name" "$rps"
+            us="$(awk -v a="$t0" -v b="$(cpu)" -v n="$calls" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) * 1e6 / hz / n}')"
+            echo "$name|$variant|$rps|$us" >> "$work/results"
+            printf 'round %s %-4s %-24s %s calls/s, %s µs CPU a call\n' "$round" "$variant" "$name" "$rps" "$us"
         done
         kill "$pid"; wait "$pid" 2>/dev/null || true
         rm -f "$work"/state-*
@@ -83,9 +88,10 @@ python3 - "$work/results" <<'PY'
 import statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
-    name, variant, rps = line.strip().split("|")
-    runs.setdefault(name, {}).setdefault(variant, []).append(float(rps.replace("req/s", "")))
+    name, variant, rps, us = line.strip().split("|")
+    runs.setdefault(name, {}).setdefault(variant, []).append((float(rps), float(us)))
 for name, v in runs.items():
-    off, on = statistics.median(v["off"]), statistics.median(v["on"])
-    print(f"{name:26} off {off:>9.0f}  on {on:>9.0f}  on/off {on / off:.3f}")
+    m = {k: [statistics.median(x[i] for x in v[k]) for i in (0, 1)] for k in ("off", "on")}
+    print(f"{name:24} calls/s off {m['off'][0]:>7.0f} on {m['on'][0]:>7.0f} ({m['on'][0] / m['off'][0]:.3f}×)"
+          f"   CPU a call off {m['off'][1]:.2f} µs on {m['on'][1]:.2f} µs ({m['on'][1] / m['off'][1]:.3f}×)")
 PY
