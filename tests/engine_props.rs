@@ -224,3 +224,95 @@ proptest! {
         }
     }
 }
+
+/// Four algorithms, one window each, as reservations meet them.
+fn algorithms() -> impl Strategy<Value = Algorithm> {
+    prop_oneof![
+        Just(Algorithm::FixedWindow),
+        Just(Algorithm::SlidingWindow),
+        Just(Algorithm::TokenBucket),
+        Just(Algorithm::SlidingRing),
+    ]
+}
+
+/// (nanoseconds to advance, units) steps counted as they come, fitting or not.
+fn events() -> impl Strategy<Value = Vec<(u64, u64)>> {
+    prop::collection::vec((0..30 * SEC, 0..5u64), 0..12)
+}
+
+/// `state` after counting each event (Record: whether it fits or not), from `now`.
+fn counted(
+    algorithm: Algorithm,
+    rate: Rate,
+    mut state: State,
+    mut now: u64,
+    events: &[(u64, u64)],
+) -> (State, u64) {
+    for &(advance, units) in events {
+        now += advance;
+        state = algorithm.step(state, rate, now, units).counted;
+    }
+    (state, now)
+}
+
+proptest! {
+    // The bucket's over-refund needs a refill, then spending, then the
+    // refund: rare among random histories, so many cases.
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// A reservation of `estimate` settled for `actual` (a refund of the
+    /// difference, whenever it comes) leaves every window counter exactly as
+    /// if only `actual` had been counted, and a bucket owing at least that
+    /// much: never admitting more than its amount. Before the bucket refills
+    /// past what it owed before the reservation, exactly that much.
+    #[test]
+    fn a_refund_leaves_the_counter_as_if_only_the_actual_had_been_counted(
+        algorithm in algorithms(),
+        amount in 1..30u64,
+        window in prop_oneof![Just(SEC), Just(60 * SEC), Just(7 * SEC + 3)],
+        before in events(),
+        (estimate, actual) in (0..40u64).prop_flat_map(|e| (Just(e), 0..=e)),
+        between in events(),
+        gap in 0..30 * SEC,
+        after in events(),
+        probes in prop::collection::vec((0..40 * SEC, 1..10u64), 1..6),
+    ) {
+        let rate = Rate::new(amount, window).expect("nonzero");
+        let (start, t0) = counted(algorithm, rate, State::default(), T0, &before);
+        let reserved = algorithm.step(start, rate, t0, estimate).counted;
+        let only_actual = algorithm.step(start, rate, t0, actual).counted;
+        let (with, t1) = counted(algorithm, rate, reserved, t0, &between);
+        let t1 = t1 + gap;
+        let (without, _) = counted(algorithm, rate, only_actual, t0, &between);
+        let refunded = algorithm.refund(
+            with,
+            rate,
+            tollgate::engine::algorithm::Counted { units: estimate - actual, at: t0, after: reserved },
+            t1,
+        );
+        // Later events and probes see the same counter (windows) or one
+        // that admits no more (a bucket).
+        let (refunded, t2) = counted(algorithm, rate, refunded, t1, &after);
+        let (without, _) = counted(algorithm, rate, without, t1, &after);
+        let mut now = t2;
+        for &(advance, cost) in &probes {
+            now += advance;
+            let (a, b) = (algorithm.step(refunded, rate, now, cost), algorithm.step(without, rate, now, cost));
+            if algorithm == Algorithm::TokenBucket {
+                prop_assert!(a.remaining <= b.remaining, "a refund let a bucket admit more: {a:?} vs {b:?}");
+                prop_assert!(!a.fits || b.fits);
+            } else {
+                prop_assert_eq!((a.fits, a.remaining, a.wait), (b.fits, b.remaining, b.wait));
+            }
+        }
+        // The bucket's exact case: given back at once, or with nothing in
+        // between while it still owed what it owed before.
+        if algorithm == Algorithm::TokenBucket && between.is_empty() {
+            let owed_before = algorithm.step(start, rate, t0, 0).free_at;
+            if t1 <= owed_before.max(t0) {
+                let (a, b) = (algorithm.step(refunded, rate, t2, 0), algorithm.step(without, rate, t2, 0));
+                prop_assert_eq!(a.remaining, b.remaining);
+            }
+        }
+    }
+}

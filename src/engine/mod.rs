@@ -142,6 +142,25 @@ impl Algorithm {
             Self::SlidingRing => algorithm::sliding_ring::step(state, rate, now, cost),
         }
     }
+
+    /// `state` with `counted` given back at `now` (a reservation settled
+    /// for less, or released): as if those units had never been counted,
+    /// except for what the counter has already forgotten or refilled by
+    /// itself. See each algorithm's `refund`.
+    pub fn refund(
+        self,
+        state: State,
+        rate: Rate,
+        counted: algorithm::Counted,
+        now: Nanos,
+    ) -> State {
+        match self {
+            Self::FixedWindow => algorithm::fixed_window::refund(state, rate, counted, now),
+            Self::SlidingWindow => algorithm::sliding_window::refund(state, rate, counted, now),
+            Self::TokenBucket => algorithm::gcra::refund(state, rate, counted, now),
+            Self::SlidingRing => algorithm::sliding_ring::refund(state, rate, counted, now),
+        }
+    }
 }
 
 /// The one reading of an algorithm's name, for configuration files and

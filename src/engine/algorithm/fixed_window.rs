@@ -4,7 +4,7 @@
 //! State: see `Window`. A stored index other than the current one means
 //! an empty window.
 
-use super::{Rate, Step};
+use super::{Counted, Rate, Step};
 use crate::engine::{clock::Nanos, store::State};
 
 /// The fixed window's reading of a [`State`].
@@ -82,6 +82,22 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
 /// window index and its count.
 pub fn at(state: State, window: Nanos, now: Nanos) -> State {
     Window::from(state).as_of(now / window).into()
+}
+
+/// `state` with `counted` given back at `now`: taken off the count while
+/// the window they were counted in is the current one; once it has ended,
+/// its count is gone anyway and the refund changes nothing.
+pub fn refund(state: State, rate: Rate, counted: Counted, now: Nanos) -> State {
+    let index = now / rate.window;
+    if counted.at / rate.window != index {
+        return state;
+    }
+    let window = Window::from(state).as_of(index);
+    Window {
+        index,
+        count: window.count.saturating_sub(counted.units),
+    }
+    .into()
 }
 
 #[cfg(test)]

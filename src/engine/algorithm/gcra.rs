@@ -13,7 +13,7 @@
 //! over in units, not in time: an upgrade unblocks at once, and a downgrade
 //! never hands out fresh quota.
 
-use super::{Rate, Step, div, div_ceil, saturate};
+use super::{Counted, Rate, Step, div, div_ceil, saturate};
 use crate::engine::{clock::Nanos, store::State};
 
 /// GCRA's reading of a [`State`]: the theoretical arrival time in units of
@@ -109,6 +109,39 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     }
 }
 
+/// `state` with `counted` given back at `now`: the debt shrinks by the
+/// units the bucket still owes for them, `min(units, (TAT_after - now) *
+/// amount / window)`, where `TAT_after` is the bucket's TAT right after they
+/// were counted; what it has refilled since is not given back twice.
+///
+/// Why that much and no more: let `D` be the debt with the units counted
+/// less the debt had they never been. `D` starts at the units' cost; a
+/// later step at `t` leaves it unchanged while the bucket without them still
+/// owes, and otherwise makes it the debt with them at `t`, which is at least
+/// `(TAT_after - t) * amount` (a TAT never moves back). So `D` never falls
+/// below that bound, and giving back no more than it leaves the bucket owing
+/// at least what it would owe had the units never been counted: a refund
+/// never lets a bucket admit more than its amount. Given back before the
+/// bucket had refilled past its debt from before them, it is exact.
+pub fn refund(state: State, rate: Rate, counted: Counted, now: Nanos) -> State {
+    let tat = Tat::from(state);
+    // Debts in units * window, whatever amount each was kept under.
+    let cost = u128::from(counted.units) * u128::from(rate.window);
+    let owed = Tat::from(counted.after).debt(now).min(cost);
+    let debt = tat.debt(now).saturating_sub(owed);
+    if debt == 0 {
+        return State::default();
+    }
+    let amount = u128::from(tat.amount);
+    let whole = div(debt, amount);
+    Tat {
+        at: now.saturating_add(saturate(whole)),
+        amount: tat.amount,
+        remainder: saturate(debt - whole * amount),
+    }
+    .into()
+}
+
 /// `state` as of `now`: unchanged while it owes anything, else the state of
 /// an unused counter.
 pub fn at(state: State, now: Nanos) -> State {
@@ -185,5 +218,30 @@ mod tests {
         let down = step(s, rate(10), T0, 1);
         assert!(!down.fits);
         assert_eq!(down.wait, Some(66 * SEC));
+    }
+
+    #[test]
+    fn a_refund_never_gives_back_what_the_bucket_refilled_by_itself() {
+        let r = rate(5);
+        // Reserved 5 of an idle bucket, then a full minute passes: refilled.
+        let reserved = step(State::default(), r, T0, 5).counted;
+        let counted = Counted {
+            units: 5,
+            at: T0,
+            after: reserved,
+        };
+        // 5 consumed after the refill: the bucket is empty again.
+        let spent = step(reserved, r, T0 + MIN, 5).counted;
+        // Releasing the reservation now gives back nothing: those 5 refilled
+        // long ago, and the 5 just spent are owed.
+        let released = refund(spent, r, counted, T0 + MIN);
+        assert_eq!(step(released, r, T0 + MIN, 1).remaining, 0);
+        // Released half way through the refill: half of it is still owed.
+        let halfway = refund(reserved, r, counted, T0 + MIN / 2);
+        assert_eq!(step(halfway, r, T0 + MIN / 2, 1).remaining, 5);
+        // Released at once: all of it.
+        let at_once = refund(reserved, r, counted, T0);
+        assert_eq!(step(at_once, r, T0, 1).remaining, 5);
+        assert_eq!(at_once, State::default());
     }
 }

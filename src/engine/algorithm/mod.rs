@@ -52,6 +52,18 @@ pub struct Step {
     pub expires_at: Nanos,
 }
 
+/// Units a counter counted, as a refund needs them: how many, when, and
+/// the counter's state right after (see each algorithm's `refund`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    /// The units.
+    pub units: u64,
+    /// When they were counted.
+    pub at: Nanos,
+    /// The counter's state right after they were (`Step::counted`).
+    pub after: State,
+}
+
 // === impl Rate ===
 
 impl Rate {

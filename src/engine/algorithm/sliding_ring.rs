@@ -13,7 +13,7 @@
 //! which is compared with wrapping arithmetic. Amounts are at most `u32::MAX`
 //! (the configuration checks this).
 
-use super::{Rate, Step};
+use super::{Counted, Rate, Step};
 use crate::engine::clock::{MILLISECOND, Nanos};
 use crate::engine::store::State;
 
@@ -69,6 +69,22 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
         free_at_after: free(&ring),
         expires_at: (index + RING as u64) * width,
     }
+}
+
+/// `state` with `counted` given back at `now`: taken off the bucket they
+/// were counted in while it is one of the ring's seven; once it has left
+/// the ring, it weighs nothing and the refund changes nothing.
+pub fn refund(state: State, rate: Rate, counted: Counted, now: Nanos) -> State {
+    let width = width(rate.window);
+    let index = now / width;
+    let at = counted.at / width;
+    if index.checked_sub(at).is_none_or(|age| age >= RING as u64) {
+        return state;
+    }
+    let mut ring = unpack(state, index);
+    let bucket = &mut ring[slot(at)];
+    *bucket = bucket.saturating_sub(u32::try_from(counted.units).unwrap_or(u32::MAX));
+    pack(&ring, index)
 }
 
 /// `state` as of `now`: the ring as of the current bucket, older buckets

@@ -9,7 +9,7 @@
 //!
 //! State: see `Windows`.
 
-use super::{Rate, Step, div, saturate};
+use super::{Counted, Rate, Step, div, saturate};
 use crate::engine::{clock::Nanos, store::State};
 
 /// The sliding window's reading of a [`State`].
@@ -113,6 +113,21 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
         free_at_after: free(after),
         expires_at: start.saturating_add(2 * w),
     }
+}
+
+/// `state` with `counted` given back at `now`: taken off the current
+/// window's count when they were counted in it, off the previous one's when
+/// they were counted in that (it still weighs on the estimate); counted
+/// earlier, they weigh nothing any more and the refund changes nothing.
+pub fn refund(state: State, rate: Rate, counted: Counted, now: Nanos) -> State {
+    let index = now / rate.window;
+    let mut windows = Windows::from(state).as_of(index);
+    match index.checked_sub(counted.at / rate.window) {
+        Some(0) => windows.current = windows.current.saturating_sub(counted.units),
+        Some(1) => windows.previous = windows.previous.saturating_sub(counted.units),
+        _ => return state,
+    }
+    windows.into()
 }
 
 /// `state` as of `now`: the current window index, its count and the count
