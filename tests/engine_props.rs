@@ -279,7 +279,8 @@ proptest! {
     ) {
         let rate = Rate::new(amount, window).expect("nonzero");
         let (start, t0) = counted(algorithm, rate, State::default(), T0, &before);
-        let reserved = algorithm.step(start, rate, t0, estimate).counted;
+        let reserving = algorithm.step(start, rate, t0, estimate);
+        let reserved = reserving.counted;
         let only_actual = algorithm.step(start, rate, t0, actual).counted;
         let (with, t1) = counted(algorithm, rate, reserved, t0, &between);
         let t1 = t1 + gap;
@@ -287,7 +288,7 @@ proptest! {
         let refunded = algorithm.refund(
             with,
             rate,
-            tollgate::engine::algorithm::Counted { units: estimate - actual, at: t0, after: reserved },
+            tollgate::engine::algorithm::Counted { units: estimate - actual, at: t0, free_at: reserving.free_at_after },
             t1,
         );
         // Later events and probes see the same counter (windows) or one

@@ -53,15 +53,17 @@ pub struct Step {
 }
 
 /// Units a counter counted, as a refund needs them: how many, when, and
-/// the counter's state right after (see each algorithm's `refund`).
+/// when the counter was next fully free right after (`Step::free_at_after`,
+/// what both stores report as a counted item's `free_at`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counted {
     /// The units.
     pub units: u64,
     /// When they were counted.
     pub at: Nanos,
-    /// The counter's state right after they were (`Step::counted`).
-    pub after: State,
+    /// When the counter was next fully free right after they were: a
+    /// bucket's TAT, rounded up to the nanosecond.
+    pub free_at: Nanos,
 }
 
 // === impl Rate ===
