@@ -56,6 +56,26 @@ impl pb::rate_limiter_server::RateLimiter for Bare {
         });
         Ok(Response::new(Box::pin(answers)))
     }
+    async fn settle(
+        &self,
+        request: Request<pb::SettleRequest>,
+    ) -> Result<Response<pb::Settlement>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(pb::Settlement {
+            id: r.id,
+            actual: r.actual,
+            ..Default::default()
+        }))
+    }
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::Settlement>, Status> {
+        Ok(Response::new(pb::Settlement {
+            id: request.into_inner().id,
+            ..Default::default()
+        }))
+    }
     async fn consume_batch(
         &self,
         request: Request<pb::ConsumeBatchRequest>,

@@ -481,11 +481,15 @@ fn serve_help_says_what_each_flag_does() {
         "Unused with --store",
         "RUST_LOG",
         "at least 1024",
-        "--envoy-shadow-mode  ",
         "/v1/forward-auth",
         "HOST:PORT",
     ] {
         assert!(help.contains(said), "{said:?} missing from:\n{help}");
     }
     assert!(!help.contains("[<ENVOY_"), "{help}");
+    // A switch, taking no value.
+    assert!(
+        help.lines().any(|l| l.trim() == "--envoy-shadow-mode"),
+        "{help}"
+    );
 }

@@ -75,6 +75,19 @@ pub fn decision(d: Decision) -> pb::Decision {
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
         reason: d.reason,
+        reservation: d.reservation.map(|(id, expires_at)| pb::Reservation {
+            id: id.to_string(),
+            expires_at: Some(timestamp(expires_at)),
+        }),
+    }
+}
+
+/// A settlement as sent.
+pub fn settlement(s: crate::limiter::reservations::Settlement) -> pb::Settlement {
+    pb::Settlement {
+        id: s.id.to_string(),
+        estimate: s.estimate.into_iter().collect(),
+        actual: s.actual.into_iter().collect(),
     }
 }
 
@@ -158,6 +171,17 @@ pub fn time_of(field: &'static str, t: &prost_types::Timestamp) -> Result<Nanos,
     let bad = || Error::invalid(field, "not a valid time after 1970");
     let secs = u64::try_from(t.seconds).map_err(|_| bad())?;
     let nanos = u64::try_from(t.nanos).map_err(|_| bad())?;
+    secs.checked_mul(1_000_000_000)
+        .and_then(|s| s.checked_add(nanos))
+        .ok_or_else(bad)
+}
+
+/// A duration as nanoseconds; a negative or out-of-range one is refused
+/// naming `field`.
+pub fn duration_of(field: &'static str, d: &prost_types::Duration) -> Result<Nanos, Error> {
+    let bad = || Error::invalid(field, "not a valid non-negative duration");
+    let secs = u64::try_from(d.seconds).map_err(|_| bad())?;
+    let nanos = u64::try_from(d.nanos).map_err(|_| bad())?;
     secs.checked_mul(1_000_000_000)
         .and_then(|s| s.checked_add(nanos))
         .ok_or_else(bad)

@@ -75,6 +75,11 @@ impl RateLimiterService {
         }
     }
 
+    /// The limiter it decides with.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
     /// What a gRPC call with `metadata` brings besides its message.
     pub fn call(&self, metadata: &tonic::metadata::MetadataMap) -> Call {
         Call {
@@ -107,7 +112,20 @@ impl RateLimiterService {
         let span = Span::current();
         span.record("subject", domain.subject);
         let started = Instant::now();
-        let decision = self.limiter.decide(mode, &domain).await?;
+        let decision = match &request.reserve {
+            None => self.limiter.decide(mode, &domain).await?,
+            Some(_) if mode != Mode::Consume => {
+                return Err(Error::invalid("reserve", "only a Consume can reserve"));
+            }
+            Some(reserve) => {
+                let ttl = reserve
+                    .ttl
+                    .as_ref()
+                    .map(|t| convert::duration_of("reserve.ttl", t))
+                    .transpose()?;
+                self.limiter.reserve(&domain, ttl).await?
+            }
+        };
         self.sink.decided(&Decided {
             door,
             mode,
@@ -216,6 +234,24 @@ impl RateLimiter for RateLimiterService {
         Ok(Response::new(
             self.decide_stream(request.into_inner(), call),
         ))
+    }
+
+    async fn settle(
+        &self,
+        request: Request<pb::SettleRequest>,
+    ) -> Result<Response<pb::Settlement>, Status> {
+        let r = request.into_inner();
+        let settled = self.limiter.settle(&r.id, &r.actual).await?;
+        Ok(Response::new(convert::settlement(settled)))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::Settlement>, Status> {
+        let r = request.into_inner();
+        let released = self.limiter.release(&r.id).await?;
+        Ok(Response::new(convert::settlement(released)))
     }
 
     async fn consume_batch(

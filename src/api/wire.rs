@@ -54,6 +54,12 @@ impl prost::Message for WireDecision {
             put_str(2, v, buf);
         }
         put_str(7, &d.reason, buf);
+        if let Some((id, expires_at)) = &d.reservation {
+            encode_key(8, WireType::LengthDelimited, buf);
+            encode_varint(reservation_len(id, *expires_at) as u64, buf);
+            put_str(1, id, buf);
+            put_time(2, *expires_at, buf);
+        }
     }
 
     fn merge_field(
@@ -82,6 +88,9 @@ impl prost::Message for WireDecision {
                 .map(|(k, v)| delimited_len(6, entry_len(k, v)))
                 .sum::<usize>()
             + str_len(7, &d.reason)
+            + d.reservation
+                .as_ref()
+                .map_or(0, |(id, at)| delimited_len(8, reservation_len(id, *at)))
     }
 
     fn clear(&mut self) {
@@ -147,6 +156,11 @@ fn algorithm(l: &LimitStatus) -> u64 {
         crate::proto::tollgate::v1::Algorithm::Unspecified,
         convert::algorithm,
     ) as u64
+}
+
+/// `tollgate.v1.Reservation`: the id 1, the expiry 2 (always sent).
+fn reservation_len(id: &str, expires_at: Nanos) -> usize {
+    str_len(1, id) + delimited_len(2, time_len(expires_at))
 }
 
 /// A map entry: key 1, value 2, empty ones left out (as prost does).

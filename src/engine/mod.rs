@@ -253,6 +253,19 @@ impl<S: CounterStore> Engine<S> {
         });
         outcome
     }
+
+    /// Gives back at `now` what each item's `Counted` counted (see
+    /// [`Algorithm::refund`]); the items' costs are not read. The items'
+    /// keys must be distinct.
+    pub fn refund(&self, now: Nanos, items: &[(Item<'_>, algorithm::Counted)]) {
+        let keys: SmallVec<[CounterKey<'_>; 4]> = items.iter().map(|(i, _)| i.key).collect();
+        self.store.transact(&keys, now, &mut |states, _| {
+            for ((item, counted), state) in items.iter().zip(states.iter_mut()) {
+                *state = item.algorithm.refund(*state, item.rate, *counted, now);
+            }
+            true
+        });
+    }
 }
 
 #[cfg(test)]

@@ -219,6 +219,7 @@ fn limit_request(
         resource: path,
         cost,
         attributes: HashMap::from([("method".to_owned(), method.to_ascii_uppercase())]),
+        reserve: None,
     })
 }
 

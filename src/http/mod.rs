@@ -117,6 +117,8 @@ pub fn router(services: Services) -> Router {
         .route("/v1/check", post(v1::check))
         .route("/v1/consume", post(v1::consume))
         .route("/v1/record", post(v1::record))
+        .route("/v1/settle", post(v1::settle))
+        .route("/v1/release", post(v1::release))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/forward-auth", any(forward_auth::forward_auth))
         .nest("/v1/admin", admin::routes())

@@ -1,7 +1,8 @@
 //! `tollgate.v1.RateLimiter`'s unary calls as JSON: `POST /v1/check`,
 //! `/v1/consume`, `/v1/record` take a `LimitRequest` and answer the
 //! `Decision`, 200 whatever the verdict (the verdict is in the body), or
-//! the error table's status.
+//! the error table's status; `/v1/settle` and `/v1/release` take a
+//! `SettleRequest` or `ReleaseRequest` and answer the `Settlement`.
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -57,4 +58,38 @@ async fn call_service(
         .decide_request(Door::Http, mode, &request, call)
         .await?;
     Ok(convert::decision(decision))
+}
+
+/// `POST /v1/settle`: `Settle`.
+pub async fn settle(State(s): State<Services>, body: axum::body::Body) -> Response {
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let settled = async {
+        let r: pb::SettleRequest = json::decode(&body)?;
+        let limiter = s.rate_limiter.limiter();
+        Ok::<_, Status>(convert::settlement(limiter.settle(&r.id, &r.actual).await?))
+    };
+    match settled.await {
+        Ok(m) => super::json_response(StatusCode::OK, json::encode(&m)),
+        Err(e) => error(&e),
+    }
+}
+
+/// `POST /v1/release`: `Release`.
+pub async fn release(State(s): State<Services>, body: axum::body::Body) -> Response {
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let released = async {
+        let r: pb::ReleaseRequest = json::decode(&body)?;
+        let limiter = s.rate_limiter.limiter();
+        Ok::<_, Status>(convert::settlement(limiter.release(&r.id).await?))
+    };
+    match released.await {
+        Ok(m) => super::json_response(StatusCode::OK, json::encode(&m)),
+        Err(e) => error(&e),
+    }
 }

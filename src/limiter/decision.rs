@@ -78,6 +78,8 @@ pub struct Decision {
     /// The time spent in the counter store, when the limiter times it
     /// (traces are on).
     pub store_time: Option<std::time::Duration>,
+    /// The reservation an admitted `reserve` made: its id and expiry.
+    pub reservation: Option<(Arc<str>, Nanos)>,
 }
 
 /// One limit's state in a decision: the limit as configured, and what this
@@ -134,6 +136,7 @@ impl Decision {
             headers: Vec::new(),
             reason: String::new(),
             store_time: None,
+            reservation: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod decision;
 pub mod headers;
+pub mod reservations;
 pub mod route;
 #[cfg(test)]
 pub(crate) mod samples;
@@ -41,6 +42,8 @@ pub struct Limiter {
     clock: Arc<dyn Clock>,
     /// Whether decisions say how long the store took (for traces).
     timed: bool,
+    /// Consumes that counted an estimate, until settled.
+    reservations: reservations::Reservations,
 }
 
 /// Warns, now and then, that shadow limits could not be tried.
@@ -118,6 +121,7 @@ impl Limiter {
             slots,
             clock,
             timed: false,
+            reservations: Default::default(),
         }
     }
 
@@ -171,9 +175,19 @@ impl Limiter {
     /// Decides `request` in `mode`. A resource that cannot be normalized
     /// safely ([`path`]) is [`Error::Invalid`] naming it, and counts nothing.
     pub async fn decide(&self, mode: Mode, request: &Request<'_>) -> Result<Decision, Error> {
+        Ok(self.decide_holding(mode, request).await?.0)
+    }
+
+    /// [`Limiter::decide`], with the time it counted at and the engine's
+    /// outcome when it ran the counters.
+    async fn decide_holding<'r>(
+        &self,
+        mode: Mode,
+        request: &Request<'r>,
+    ) -> Result<(Decision, Option<(Begun<'r>, Nanos, Outcome)>), Error> {
         let begun = match self.begin(mode, request) {
             Ok(begun) => begun,
-            Err(Early::Decided(decision)) => return Ok(*decision),
+            Err(Early::Decided(decision)) => return Ok((*decision, None)),
             Err(Early::Refused(e)) => return Err(e),
         };
         let route = begun.plan.route(begun.class);
@@ -200,7 +214,150 @@ impl Limiter {
         };
         let mut decision = self.conclude(&begun, request, now, &outcome);
         decision.store_time = stored.map(|at| at.elapsed());
+        Ok((decision, Some((begun, now, outcome))))
+    }
+
+    /// A Consume that counts `request`'s cost as an estimate and, when
+    /// admitted, holds it as a reservation for `ttl` (the default when
+    /// `None`): [`Limiter::settle`] replaces it with the actual cost,
+    /// [`Limiter::release`] gives it all back, and unsettled it is settled at
+    /// its estimate when it expires.
+    pub async fn reserve(
+        &self,
+        request: &Request<'_>,
+        ttl: Option<Nanos>,
+    ) -> Result<Decision, Error> {
+        let ttl = reservations::Reservations::ttl(ttl)?;
+        if self.counters.shared().is_some() {
+            return Err(Error::invalid(
+                "reserve",
+                "reservations are not kept in Redis yet: this server counts there",
+            ));
+        }
+        let (mut decision, ran) = self.decide_holding(Mode::Consume, request).await?;
+        let Some((begun, now, outcome)) = ran.filter(|_| decision.counted) else {
+            return Ok(decision);
+        };
+        // Every enforced counter the estimate was counted against, with what
+        // a refund needs; the outcome lists them in the route's order.
+        let mut held = Vec::new();
+        let mut statuses = outcome.items.iter();
+        for limit in &begun.plan.route(begun.class).limits {
+            if limit.counted().is_none() {
+                continue;
+            }
+            let units = cost_of(request.cost, &limit.unit, Mode::Consume);
+            let scope = match limit.per {
+                crate::plans::Per::Subject => request.subject,
+                crate::plans::Per::Account => begun.account,
+            };
+            let items = route::items(std::slice::from_ref(limit), scope, scope, |_| units);
+            for item in items.iter() {
+                let Some(status) = statuses.next() else { break };
+                if limit.shadow || item.cost == 0 {
+                    continue;
+                }
+                held.push(reservations::Held {
+                    scope: item.key.scope.to_owned(),
+                    slot: item.key.slot,
+                    algorithm: item.algorithm,
+                    rate: item.rate,
+                    unit: limit.unit.clone(),
+                    counted: crate::engine::algorithm::Counted {
+                        units: item.cost,
+                        at: now,
+                        free_at: status.free_at,
+                    },
+                });
+            }
+        }
+        let expires_at = now.saturating_add(ttl);
+        let id = self.reservations.open(reservations::Reservation {
+            estimate: request.cost.clone(),
+            held,
+            expires_at,
+            settled: None,
+        });
+        decision.reservation = Some((id, expires_at));
         Ok(decision)
+    }
+
+    /// Settles reservation `id` for `actual` per unit (units not named at
+    /// their estimate): gives back what the estimate counted beyond the
+    /// actual, and counts the actual beyond the estimate.
+    pub async fn settle(
+        &self,
+        id: &str,
+        actual: &std::collections::HashMap<String, u64>,
+    ) -> Result<reservations::Settlement, Error> {
+        for (unit, &n) in actual {
+            crate::config::check_amount(n)
+                .map_err(|e| Error::invalid(format!("actual[{unit}]"), e))?;
+        }
+        self.close(id, Some(actual)).await
+    }
+
+    /// Gives reservation `id`'s whole estimate back.
+    pub async fn release(&self, id: &str) -> Result<reservations::Settlement, Error> {
+        self.close(id, None).await
+    }
+
+    async fn close(
+        &self,
+        id: &str,
+        actual: Option<&std::collections::HashMap<String, u64>>,
+    ) -> Result<reservations::Settlement, Error> {
+        Error::required("id", id)?;
+        let now = self.clock.now();
+        let (settlement, changes) = self.reservations.settle(id, actual, now)?;
+        let mut refunds = Vec::new();
+        let mut records = Vec::new();
+        for (held, change) in &changes {
+            let item = |cost| Item {
+                key: crate::engine::CounterKey {
+                    scope: &held.scope,
+                    slot: held.slot,
+                },
+                algorithm: held.algorithm,
+                rate: held.rate,
+                cost,
+            };
+            match *change {
+                reservations::Change::Refund(counted) => refunds.push((item(0), counted)),
+                reservations::Change::Record(units) => records.push(item(units)),
+            }
+        }
+        // Each counter on its own: a reservation's counters are distinct,
+        // but their scopes (hash tags) may differ.
+        for (item, counted) in &refunds {
+            self.counters
+                .refund(
+                    item.key.scope,
+                    std::slice::from_ref(&(*item, *counted)),
+                    now,
+                )
+                .await?;
+        }
+        for item in &records {
+            self.counters
+                .run(
+                    Mode::Record,
+                    item.key.scope,
+                    std::slice::from_ref(item),
+                    None,
+                    &self.slots,
+                    now,
+                    None,
+                )
+                .await?;
+        }
+        Ok(settlement)
+    }
+
+    /// Forgets the reservations expired by now (unsettled ones settled at
+    /// their estimate); how many.
+    pub fn expire_reservations(&self) -> usize {
+        self.reservations.expire(self.clock.now())
     }
 
     /// A decision whose limits include shadow ones: the enforced limits

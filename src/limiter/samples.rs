@@ -66,6 +66,20 @@ pub(crate) async fn every_kind() -> Vec<Decision> {
             decisions.push(limiter.decide(mode, &r).await.expect("decided"));
         }
     }
+    // A reservation, admitted and refused.
+    let r = Request {
+        subject: "r",
+        account: "",
+        resource: "/chat",
+        method: Some("POST"),
+        plan: None,
+        cost: &t10,
+        deadline: None,
+    };
+    for _ in 0..2 {
+        decisions.push(limiter.reserve(&r, None).await.expect("decided"));
+    }
+    assert!(decisions.iter().any(|d| d.reservation.is_some()));
     for v in [
         Verdict::Allowed,
         Verdict::RateLimited,

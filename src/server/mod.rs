@@ -46,7 +46,7 @@ use crate::sink::{Consumer, Sink};
 use crate::storage::memory::MemoryStore;
 use crate::watch::{Cause, Hub};
 
-/// How often expired counters are reclaimed in the background.
+/// How often expired counters and reservations are dropped in the background.
 const RECLAIM_EVERY: Duration = Duration::from_secs(10);
 
 /// How many bytes a gRPC client may send on one connection before tollgate
@@ -754,7 +754,8 @@ async fn journal(
     }
 }
 
-/// Drops expired counters now and then, so idle memory returns.
+/// Drops expired counters and reservations now and then, so idle memory
+/// returns.
 async fn reclaim(limiter: Arc<Limiter>, stopping: CancellationToken) {
     if limiter.counters().memory().is_none() {
         return;
@@ -767,17 +768,22 @@ async fn reclaim(limiter: Arc<Limiter>, stopping: CancellationToken) {
             () = stopping.cancelled() => return,
         }
         let limiter = limiter.clone();
-        let reclaimed = tokio::task::spawn_blocking(move || {
+        let (reclaimed, expired) = tokio::task::spawn_blocking(move || {
             use crate::engine::CounterStore;
-            limiter
+            let reclaimed = limiter
                 .counters()
                 .memory()
-                .map_or(0, |m| m.reclaim(limiter.now()))
+                .map_or(0, |m| m.reclaim(limiter.now()));
+            (reclaimed, limiter.expire_reservations())
         })
         .await
-        .unwrap_or(0);
-        if reclaimed > 0 {
-            tracing::trace!(reclaimed, "expired counters reclaimed");
+        .unwrap_or((0, 0));
+        if reclaimed > 0 || expired > 0 {
+            tracing::trace!(
+                reclaimed,
+                expired,
+                "expired counters and reservations forgotten"
+            );
         }
     }
 }

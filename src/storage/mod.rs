@@ -87,6 +87,28 @@ impl Counters {
         }
     }
 
+    /// Gives back at `now` what each item's `Counted` counted, all under
+    /// hash tag `tag` (a reservation settled for less, or released).
+    pub async fn refund(
+        &self,
+        tag: &str,
+        items: &[(Item<'_>, crate::engine::algorithm::Counted)],
+        now: Nanos,
+    ) -> Result<(), StoreError> {
+        let _ = tag;
+        match self {
+            Self::Memory(engine) => {
+                engine.refund(now, items);
+                Ok(())
+            }
+            // Not yet: the script gives nothing back, so a reservation is
+            // refused before it counts (`Limiter::reserve`).
+            Self::Redis(_) => Err(StoreError::Url(
+                "reservations are not kept in Redis yet".into(),
+            )),
+        }
+    }
+
     /// Forgets every counter of `scopes` (kept under hash tag `tag`); how
     /// many there were.
     pub async fn reset(

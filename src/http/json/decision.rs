@@ -52,6 +52,15 @@ pub fn encode_decision(d: &pb::Decision) -> Vec<u8> {
         h.close();
     }
     o.text("reason", &d.reason);
+    if let Some(r) = &d.reservation {
+        o.key("reservation");
+        let mut r_ = Object::open(o.out);
+        r_.text("id", &r.id);
+        if let Some(t) = &r.expires_at {
+            r_.string("expiresAt", &t.to_string());
+        }
+        r_.close();
+    }
     o.close();
     out.into_bytes()
 }
@@ -187,6 +196,7 @@ pub fn decode_limit_request(body: &[u8]) -> Option<pb::LimitRequest> {
             .map(|Entries(c)| c.into_iter().map(|(k, Uint64(v))| (k, v)).collect())
             .unwrap_or_default(),
         attributes: plain.attributes.map(|Entries(a)| a).unwrap_or_default(),
+        reserve: None,
     })
 }
 
@@ -362,16 +372,21 @@ mod tests {
             proptest::option::of(duration()),
             proptest::collection::btree_map(text(), text(), 0..4),
             text(),
+            proptest::option::of((text(), proptest::option::of(timestamp()))),
         )
             .prop_map(
-                |((verdict, plan, class), limits, retry_after, headers, reason)| pb::Decision {
-                    verdict,
-                    plan,
-                    class,
-                    limits,
-                    retry_after,
-                    headers,
-                    reason,
+                |((verdict, plan, class), limits, retry_after, headers, reason, reservation)| {
+                    pb::Decision {
+                        verdict,
+                        plan,
+                        class,
+                        limits,
+                        retry_after,
+                        headers,
+                        reason,
+                        reservation: reservation
+                            .map(|(id, expires_at)| pb::Reservation { id, expires_at }),
+                    }
                 },
             )
     }

@@ -1,0 +1,210 @@
+//! Reservations: a Consume that counts an estimate now and learns the
+//! actual cost later (an LLM call's tokens), settled, released or expired.
+//!
+//! A reservation remembers, for every counter its estimate was counted
+//! against, what a refund needs ([`Counted`]): the units, when, and when
+//! the counter was next free right after. Settling replaces the estimate
+//! with the actual cost: a smaller actual gives the difference back
+//! ([`crate::engine::Algorithm::refund`]: what is still counted in a live
+//! window, what a bucket still owes), a larger one counts the excess as a
+//! Record. A settled reservation is kept until its expiry so a retry with
+//! the same amounts gets the same answer; one never settled is settled at
+//! its estimate when it expires (nothing given back).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::engine::algorithm::Counted;
+use crate::engine::{Algorithm, Mode, Nanos, Rate};
+use crate::error::Error;
+
+use super::route::cost_of;
+
+/// How long a reservation is held when the request does not say: five
+/// minutes, longer than any LLM call a gateway waits for.
+pub const DEFAULT_TTL: Nanos = 5 * 60 * 1_000_000_000;
+/// The longest a reservation may be held: an hour.
+pub const MAX_TTL: Nanos = 60 * 60 * 1_000_000_000;
+
+/// The open (and recently settled) reservations of one limiter.
+#[derive(Debug, Default)]
+pub struct Reservations {
+    held: Mutex<HashMap<Arc<str>, Reservation>>,
+}
+
+/// One reservation.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    /// What was reserved, per unit, as the request named it.
+    pub estimate: HashMap<String, u64>,
+    /// Every counter the estimate was counted against.
+    pub held: Vec<Held>,
+    /// When it is settled at its estimate unless settled first.
+    pub expires_at: Nanos,
+    /// What it was settled for, once it was.
+    pub settled: Option<BTreeMap<String, u64>>,
+}
+
+/// One counter a reservation counted against.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// The counter's scope (the subject or the account).
+    pub scope: String,
+    /// Its identity.
+    pub slot: u32,
+    /// How it counts.
+    pub algorithm: Algorithm,
+    /// Its size.
+    pub rate: Rate,
+    /// The unit it counts.
+    pub unit: Arc<str>,
+    /// What the estimate counted there.
+    pub counted: Counted,
+}
+
+/// What settling does to one held counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Gives back units counted earlier.
+    Refund(Counted),
+    /// Counts units past the estimate, as a Record.
+    Record(u64),
+}
+
+/// A settled reservation, as answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// Its id.
+    pub id: Arc<str>,
+    /// What was reserved, per unit.
+    pub estimate: BTreeMap<String, u64>,
+    /// What was billed, per unit.
+    pub actual: BTreeMap<String, u64>,
+}
+
+// === impl Reservations ===
+
+impl Reservations {
+    /// The time to live a request asks for, or the default; past the
+    /// maximum, refused naming the field.
+    pub fn ttl(asked: Option<Nanos>) -> Result<Nanos, Error> {
+        match asked {
+            None | Some(0) => Ok(DEFAULT_TTL),
+            Some(t) if t > MAX_TTL => Err(Error::invalid(
+                "reserve.ttl",
+                format!(
+                    "at most {}s, got {:.3}s",
+                    MAX_TTL / 1_000_000_000,
+                    t as f64 / 1e9
+                ),
+            )),
+            Some(t) => Ok(t),
+        }
+    }
+
+    /// Holds `reservation` under a new id, returned.
+    pub fn open(&self, reservation: Reservation) -> Arc<str> {
+        let id: Arc<str> = format!("rsv_{:032x}", fastrand::u128(..)).into();
+        self.held.lock().insert(id.clone(), reservation);
+        id
+    }
+
+    /// Settles `id` at `now` for `actual` (units it does not name at their
+    /// estimate; all zero: released). Returns the settlement and the
+    /// changes to make to the counters, none when it was settled before for
+    /// the same amounts.
+    pub fn settle(
+        &self,
+        id: &str,
+        actual: Option<&HashMap<String, u64>>,
+        now: Nanos,
+    ) -> Result<(Settlement, Vec<(Held, Change)>), Error> {
+        let gone = || {
+            Error::not_found(
+                "id",
+                format!("no reservation {id}: it is unknown, or expired"),
+            )
+        };
+        let mut held = self.held.lock();
+        let (key, r) = match held.get_key_value(id) {
+            Some((key, r)) if r.expires_at > now => (key.clone(), r),
+            Some(_) => {
+                held.remove(id);
+                return Err(gone());
+            }
+            None => return Err(gone()),
+        };
+        // Every unit the estimate named or counted; then each at its actual
+        // (released: all 0; settled: as named, else at its estimate).
+        let mut estimate: BTreeMap<String, u64> =
+            r.estimate.iter().map(|(u, &n)| (u.clone(), n)).collect();
+        for h in &r.held {
+            estimate
+                .entry(h.unit.to_string())
+                .or_insert_with(|| cost_of(&r.estimate, &h.unit, Mode::Consume));
+        }
+        let mut billed = estimate.clone();
+        match actual {
+            None => billed.values_mut().for_each(|n| *n = 0),
+            Some(actual) => billed.extend(actual.iter().map(|(u, &n)| (u.clone(), n))),
+        }
+        let settlement = Settlement {
+            id: key.clone(),
+            estimate,
+            actual: billed,
+        };
+        match &r.settled {
+            Some(before) if *before == settlement.actual => return Ok((settlement, Vec::new())),
+            Some(before) => {
+                return Err(Error::invalid(
+                    "id",
+                    format!("{id} was settled already, for {before:?}"),
+                ));
+            }
+            None => {}
+        }
+        let changes = r
+            .held
+            .iter()
+            .filter_map(|h| {
+                let actual = settlement.actual.get(&*h.unit).copied().unwrap_or(0);
+                let counted = h.counted.units;
+                let change = match actual.cmp(&counted) {
+                    std::cmp::Ordering::Less => Change::Refund(Counted {
+                        units: counted - actual,
+                        ..h.counted
+                    }),
+                    std::cmp::Ordering::Greater => Change::Record(actual - counted),
+                    std::cmp::Ordering::Equal => return None,
+                };
+                Some((h.clone(), change))
+            })
+            .collect();
+        if let Some(r) = held.get_mut(&key) {
+            r.settled = Some(settlement.actual.clone());
+        }
+        Ok((settlement, changes))
+    }
+
+    /// Forgets what expired by `now`: those never settled are settled at
+    /// their estimate (nothing to give back); the settled ones no longer
+    /// answer retries. How many were forgotten.
+    pub fn expire(&self, now: Nanos) -> usize {
+        let mut held = self.held.lock();
+        let before = held.len();
+        held.retain(|_, r| r.expires_at > now);
+        before - held.len()
+    }
+
+    /// How many are held, open or settled.
+    pub fn len(&self) -> usize {
+        self.held.lock().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,270 @@
+//! Reserve, then settle: a Consume that counts an estimate, settled for the
+//! actual cost (the difference given back, or the excess counted), released,
+//! or expired; through the real server, on the manual clock.
+
+mod support;
+
+use std::collections::HashMap;
+
+use support::*;
+use tollgate::proto::tollgate::v1 as pb;
+
+const CONFIG: &str = r#"
+plans:
+  free:
+    limits:
+      - { name: tokens-minute, unit: tokens, rate: 5000/minute }
+      - { name: tokens-day, unit: tokens, rate: 100000/day, algorithm: token_bucket }
+      - { name: requests, rate: 100/minute }
+default_plan: free
+"#;
+
+fn reserve(subject: &str, tokens: u64, ttl_secs: Option<i64>) -> LimitRequest {
+    let mut r = with_cost(req(subject, "/v1/chat"), &[("tokens", tokens)]);
+    r.reserve = Some(pb::Reserve {
+        ttl: ttl_secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+    });
+    r
+}
+
+fn actual(tokens: u64) -> HashMap<String, u64> {
+    HashMap::from([("tokens".to_owned(), tokens)])
+}
+
+async fn left(s: &TestServer, subject: &str, limit: &str) -> u64 {
+    let d = s
+        .check(with_cost(req(subject, "/v1/chat"), &[("tokens", 0)]))
+        .await;
+    remaining(&d, limit)
+}
+
+#[tokio::test]
+async fn a_settlement_replaces_the_estimate_with_the_actual_cost() {
+    let s = TestServer::start(CONFIG).await;
+    let mut c = s.client.clone();
+    let d = s.consume(reserve("k", 1000, None)).await;
+    assert_eq!(verdict(&d), Verdict::Allowed);
+    let reservation = d.reservation.clone().expect("a reservation");
+    assert!(reservation.id.starts_with("rsv_"), "{reservation:?}");
+    let expires = reservation.expires_at.expect("an expiry");
+    assert_eq!(
+        expires.seconds as u64,
+        T0 / 1_000_000_000 + 300,
+        "the default: five minutes"
+    );
+    assert_eq!(
+        left(&s, "k", "tokens-minute").await,
+        4000,
+        "the estimate counts at once"
+    );
+
+    // Settled for less: the difference comes back to every limit.
+    let settled = c
+        .settle(pb::SettleRequest {
+            id: reservation.id.clone(),
+            actual: actual(300),
+        })
+        .await
+        .expect("settle")
+        .into_inner();
+    assert_eq!(settled.estimate["tokens"], 1000);
+    assert_eq!(settled.actual["tokens"], 300);
+    assert_eq!(
+        settled.actual["requests"], 1,
+        "units not named keep their estimate"
+    );
+    assert_eq!(left(&s, "k", "tokens-minute").await, 4700);
+    assert_eq!(left(&s, "k", "tokens-day").await, 99_700);
+    assert_eq!(left(&s, "k", "requests").await, 99);
+
+    // A retry with the same amounts answers the same and changes nothing;
+    // other amounts are refused naming the id.
+    let again = c
+        .settle(pb::SettleRequest {
+            id: reservation.id.clone(),
+            actual: actual(300),
+        })
+        .await
+        .expect("a retry")
+        .into_inner();
+    assert_eq!(again, settled);
+    assert_eq!(left(&s, "k", "tokens-minute").await, 4700);
+    let other = c
+        .settle(pb::SettleRequest {
+            id: reservation.id.clone(),
+            actual: actual(400),
+        })
+        .await
+        .expect_err("settled already");
+    assert_eq!(other.code(), tonic::Code::InvalidArgument);
+    assert!(
+        other.message().contains(&reservation.id),
+        "{}",
+        other.message()
+    );
+    let released = c
+        .release(pb::ReleaseRequest {
+            id: reservation.id.clone(),
+        })
+        .await
+        .expect_err("settled already");
+    assert_eq!(released.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_larger_actual_counts_the_excess_and_a_release_gives_all_back() {
+    let s = TestServer::start(CONFIG).await;
+    let mut c = s.client.clone();
+    let id = |d: &Decision| d.reservation.clone().expect("reserved").id;
+    let first = id(&s.consume(reserve("k", 1000, None)).await);
+    c.settle(pb::SettleRequest {
+        id: first,
+        actual: actual(4500),
+    })
+    .await
+    .expect("settle");
+    assert_eq!(
+        left(&s, "k", "tokens-minute").await,
+        500,
+        "the excess counts"
+    );
+    // 600 no longer fits: refused, and nothing is reserved.
+    let refused = s.consume(reserve("k", 600, None)).await;
+    assert_eq!(verdict(&refused), Verdict::RateLimited);
+    assert!(refused.reservation.is_none());
+    assert_eq!(left(&s, "k", "tokens-minute").await, 500);
+    // Reserved, then released: everything comes back.
+    let second = id(&s.consume(reserve("k", 500, None)).await);
+    assert_eq!(left(&s, "k", "tokens-minute").await, 0);
+    let released = c
+        .release(pb::ReleaseRequest { id: second.clone() })
+        .await
+        .expect("release")
+        .into_inner();
+    assert_eq!(released.actual["tokens"], 0);
+    assert_eq!(left(&s, "k", "tokens-minute").await, 500);
+    assert_eq!(
+        left(&s, "k", "requests").await,
+        99,
+        "the released request too"
+    );
+    // A release retried answers the same.
+    let again = c
+        .release(pb::ReleaseRequest { id: second })
+        .await
+        .expect("retried");
+    assert_eq!(again.into_inner(), released);
+}
+
+#[tokio::test]
+async fn an_unsettled_reservation_expires_at_its_estimate() {
+    let s = TestServer::start(CONFIG).await;
+    let mut c = s.client.clone();
+    let d = s.consume(reserve("k", 1000, Some(30))).await;
+    let id = d.reservation.expect("reserved").id;
+    s.advance(secs(31));
+    let gone = c
+        .settle(pb::SettleRequest {
+            id: id.clone(),
+            actual: actual(10),
+        })
+        .await
+        .expect_err("expired");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    assert!(gone.message().contains(&id), "{}", gone.message());
+    assert_eq!(
+        left(&s, "k", "tokens-minute").await,
+        4000,
+        "settled at its estimate"
+    );
+}
+
+#[tokio::test]
+async fn bad_reservations_are_refused_naming_the_field() {
+    let s = TestServer::start(CONFIG).await;
+    let mut c = s.client.clone();
+    let long = c
+        .consume(reserve("k", 10, Some(2 * 3600)))
+        .await
+        .expect_err("too long");
+    assert_eq!(long.code(), tonic::Code::InvalidArgument);
+    assert!(
+        long.message().starts_with("reserve.ttl:"),
+        "{}",
+        long.message()
+    );
+    let check = c
+        .check_limit(reserve("k", 10, None))
+        .await
+        .expect_err("only a Consume reserves");
+    assert!(
+        check.message().starts_with("reserve:"),
+        "{}",
+        check.message()
+    );
+    let unknown = c
+        .settle(pb::SettleRequest {
+            id: "rsv_nope".into(),
+            actual: actual(1),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert!(unknown.message().contains("rsv_nope"));
+    let empty = c
+        .release(pb::ReleaseRequest { id: String::new() })
+        .await
+        .expect_err("no id");
+    assert!(empty.message().starts_with("id:"), "{}", empty.message());
+    assert_eq!(
+        left(&s, "k", "tokens-minute").await,
+        5000,
+        "nothing counted"
+    );
+}
+
+#[tokio::test]
+async fn over_http_a_consume_reserves_and_settle_and_release_answer() {
+    let options = tollgate::server::Options {
+        http: Some(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        ),
+        ..Default::default()
+    };
+    let s = TestServer::start_opts(
+        CONFIG,
+        tollgate::storage::memory::MemoryStore::new(10_000),
+        options,
+    )
+    .await;
+    let http = s.http.expect("http");
+    let reply = support::http::post(
+        http,
+        "/v1/consume",
+        r#"{"subject":"h","resource":"/v1/chat","cost":{"tokens":"2000"},"reserve":{"ttl":"60s"}}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body = reply.json();
+    let id = body["reservation"]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    assert!(body["reservation"]["expiresAt"].is_string(), "{body}");
+    let settled = support::http::post(
+        http,
+        "/v1/settle",
+        &format!(r#"{{"id":"{id}","actual":{{"tokens":"500"}}}}"#),
+    )
+    .await;
+    assert_eq!(settled.status, 200, "{}", settled.body);
+    assert_eq!(settled.json()["actual"]["tokens"], "500");
+    assert_eq!(left(&s, "h", "tokens-minute").await, 4500);
+    let again = support::http::post(http, "/v1/release", &format!(r#"{{"id":"{id}"}}"#)).await;
+    assert_eq!(again.status, 400, "settled already: {}", again.body);
+    assert!(again.message().contains(&id));
+    let unknown = support::http::post(http, "/v1/release", r#"{"id":"rsv_x"}"#).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+}
