@@ -97,7 +97,7 @@ fn run(serve: Serve) -> anyhow::Result<()> {
         serve.envoy.envoy_merge_domains,
         slots.clone(),
     )?;
-    let mut options = options(&serve, rules)?;
+    let options = options(&serve, rules)?;
     let traced = tollgate::otel::Settings::from_env(serve.otlp_endpoint.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -106,7 +106,10 @@ fn run(serve: Serve) -> anyhow::Result<()> {
     runtime.block_on(async move {
         // Everything is validated and opened before any port is bound.
         let mut limiter = limiter(&serve, catalog, slots).await?;
-        // The exporter's connection lives on this runtime.
+        let (listener, mut options) = bind(&serve, options).await?;
+        // Started last (nothing can fail after it but serving): the
+        // exporter's connection lives on this runtime, and its provider
+        // blocks when dropped.
         let traces = traced.map(Traces::start).transpose()?.map(Arc::new);
         if let Some(traces) = &traces {
             let settings = traces.settings();
@@ -114,7 +117,6 @@ fn run(serve: Serve) -> anyhow::Result<()> {
             options.consumers.push(traces.clone());
             limiter = limiter.timing_the_store();
         }
-        let (listener, options) = bind(&serve, options).await?;
         let served = tollgate::server::run(
             listener,
             Arc::new(limiter),

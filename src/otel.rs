@@ -71,8 +71,9 @@ pub struct Parent {
 }
 
 /// A running exporter and the tracer decisions record their spans with.
-/// Dropping it stops nothing; call [`Traces::shutdown`] to export what is
-/// still queued.
+/// Call [`Traces::shutdown`] (off the async threads: it blocks) to export
+/// what is still queued; dropping the last handle shuts it down too, and
+/// blocks likewise.
 #[derive(Debug)]
 pub struct Traces {
     provider: SdkTracerProvider,
@@ -223,11 +224,20 @@ impl Traces {
     /// Sampling here, before the decision, leaves an unsampled decision
     /// nothing more to pay for its span.
     pub fn parent(&self, headers: &http::HeaderMap) -> Parent {
-        let mut parent = Parent::from_headers(headers);
-        if parent.context.is_none() {
-            parent.sampled = fastrand::f64() < self.settings.ratio;
+        self.again(&Parent::from_headers(headers))
+    }
+
+    /// The trace of one more decision of a call whose trace is `call`'s (a
+    /// message of a `Decide` stream): the call's parent's when it has one,
+    /// else sampled anew, so a long stream is sampled decision by decision.
+    pub fn again(&self, call: &Parent) -> Parent {
+        match call.context {
+            Some(_) => call.clone(),
+            None => Parent {
+                context: None,
+                sampled: fastrand::f64() < self.settings.ratio,
+            },
         }
-        parent
     }
 
     /// Records one span named `decision` (kind server) under `parent`, if

@@ -145,6 +145,15 @@ impl Sink {
         }
     }
 
+    /// The trace of one more decision of a call traced as `call` (a message
+    /// of a stream): see [`Traces::again`].
+    pub fn again(&self, call: &Parent) -> Parent {
+        match self.traces.as_ref().and_then(|c| c.traces()) {
+            Some(traces) => traces.again(call),
+            None => Parent::NONE,
+        }
+    }
+
     /// The sink of a server: metrics, the quota hub, then `more`.
     pub fn serving(metrics: Arc<Metrics>, hub: Arc<Hub>, more: &[Arc<dyn Consumer>]) -> Self {
         let mut consumers: Vec<Arc<dyn Consumer>> = vec![metrics, hub];

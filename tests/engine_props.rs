@@ -288,7 +288,7 @@ proptest! {
         let refunded = algorithm.refund(
             with,
             rate,
-            tollgate::engine::algorithm::Counted { units: estimate - actual, at: t0, free_at: reserving.free_at_after },
+            tollgate::engine::algorithm::Charged { units: estimate - actual, rate, at: t0, free_at: reserving.free_at_after },
             t1,
         );
         // Later events and probes see the same counter (windows) or one
@@ -316,4 +316,33 @@ proptest! {
             }
         }
     }
+}
+
+/// The reviewer's case: a bucket upgraded between the reservation and its
+/// release gives nothing back (its bound was computed under the old size),
+/// so it never admits more than had the reservation never been made.
+#[test]
+fn a_refund_under_another_size_gives_nothing_back() {
+    let minute = 60 * SEC;
+    let (small, large) = (
+        Rate::new(5, minute).expect("nonzero"),
+        Rate::new(100, minute).expect("nonzero"),
+    );
+    let bucket = Algorithm::TokenBucket;
+    let reserving = bucket.step(State::default(), small, T0, 5);
+    let later = T0 + 50 * SEC;
+    let spent = bucket.step(reserving.counted, large, later, 99).counted;
+    let charged = tollgate::engine::algorithm::Charged {
+        units: 5,
+        rate: small,
+        at: T0,
+        free_at: reserving.free_at_after,
+    };
+    let released = bucket.refund(spent, large, charged, later);
+    assert_eq!(released, spent);
+    let without = bucket.step(State::default(), large, later, 99).counted;
+    assert!(
+        bucket.step(released, large, later, 1).remaining
+            <= bucket.step(without, large, later, 1).remaining
+    );
 }

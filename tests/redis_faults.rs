@@ -157,11 +157,12 @@ async fn starts_while_redis_is_down_and_counts_once_it_is_up() {
     assert!(remaining(&d).is_some_and(|r| r < 1000));
 }
 
-/// A usage batch whose answer is lost (Redis paused past the timeout, then
-/// running the script late) is retried under the same id and added once:
-/// the shared rollups sum exactly what was added, however the flushes went.
+/// A flush that fails (Redis paused past the timeout) loses nothing: its
+/// batch is retried, and the shared rollups sum exactly what was added. A
+/// batch is added once however often it is sent: the same id twice (an
+/// answer lost after Redis ran it) adds nothing the second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_usage_batch_retried_after_a_lost_answer_is_added_once() {
+async fn a_usage_batch_is_retried_after_a_failed_flush_and_added_once() {
     use tollgate::insight::rollups::Rollups;
     use tollgate::insight::usage::{Granularity, Retention, Used};
     use tollgate::storage::redis::RedisStore;
@@ -188,6 +189,10 @@ async fn a_usage_batch_retried_after_a_lost_answer_is_added_once() {
             },
         )
     };
+    // A first batch loads the script, so the one sent while Redis is
+    // paused runs late rather than failing with NOSCRIPT.
+    add("k0", 1);
+    rollups.flush().await.expect("a first flush");
     add("k1", 5);
     redis.pause();
     assert!(rollups.flush().await.is_err(), "Redis paused: a timeout");
@@ -202,7 +207,7 @@ async fn a_usage_batch_retried_after_a_lost_answer_is_added_once() {
     add("k1", 1);
     let day = now / 86_400_000_000_000 * 86_400_000_000_000;
     let rows = rollups
-        .export(day, now + 1, Granularity::Day, Some("acme"))
+        .export(day, now + 1, Granularity::Day, Some("acme"), now)
         .await
         .expect("export");
     let of = |subject: &str| {
@@ -211,7 +216,7 @@ async fn a_usage_batch_retried_after_a_lost_answer_is_added_once() {
             .map(|r| r.admitted)
             .sum::<u64>()
     };
-    assert_eq!((of("k1"), of("k2")), (6, 7), "{rows:?}");
+    assert_eq!((of("k0"), of("k1"), of("k2")), (1, 6, 7), "{rows:?}");
     // Hours agree with days.
     let hours = rollups
         .export(
@@ -219,8 +224,45 @@ async fn a_usage_batch_retried_after_a_lost_answer_is_added_once() {
             now + 1,
             Granularity::Hour,
             None,
+            now,
         )
         .await
         .expect("export");
-    assert_eq!(hours.iter().map(|r| r.admitted).sum::<u64>(), 13);
+    assert_eq!(hours.iter().map(|r| r.admitted).sum::<u64>(), 14);
+
+    use tollgate::storage::redis::usage::{Counts, Table};
+    let store = RedisStore::connect(&redis.url(), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let batch = [Counts {
+        table: Table::Day,
+        period: now / 86_400_000_000_000,
+        account: "acme".into(),
+        subject: "k3".into(),
+        unit: "tokens".into(),
+        counts: [4, 0, 0],
+    }];
+    let far = |_, _| 4_000_000_000;
+    assert!(
+        store
+            .add_usage("replica-b:1", &batch, far)
+            .await
+            .expect("added")
+    );
+    assert!(
+        !store
+            .add_usage("replica-b:1", &batch, far)
+            .await
+            .expect("sent again")
+    );
+    let rows = rollups
+        .export(day, now + 1, Granularity::Day, Some("acme"), now)
+        .await
+        .expect("export");
+    let k3: u64 = rows
+        .iter()
+        .filter(|r| r.subject == "k3")
+        .map(|r| r.admitted)
+        .sum();
+    assert_eq!(k3, 4, "{rows:?}");
 }

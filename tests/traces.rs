@@ -38,7 +38,7 @@ plans:
   free:
     limits:
       - { name: per-minute, rate: 100/minute }
-      - { name: searches, class: search, rate: 1/minute }
+      - { name: searches, class: search, rate: 1/minute, algorithm: token_bucket }
 default_plan: free
 "#;
 
@@ -126,7 +126,8 @@ fn traceparent(span_id: &str, sampled: bool) -> String {
 
 fn start(collector: SocketAddr, env: &[(&str, &str)]) -> Served {
     let dir = temp_dir("traces");
-    let config = dir.join(format!("{}.yaml", std::process::id()));
+    // Each server its own file: the tests run at once.
+    let config = dir.join(format!("{}.yaml", collector.port()));
     std::fs::write(&config, CONFIG).expect("write the config");
     let mut vars = vec![("OTEL_BSP_SCHEDULE_DELAY", "50")];
     vars.extend_from_slice(env);
@@ -317,4 +318,49 @@ async fn a_bad_sampler_ratio_is_refused_at_start_naming_the_variable() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("OTEL_TRACES_SAMPLER_ARG"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_decide_stream_without_a_parent_is_sampled_message_by_message() {
+    let (at, mut spans) = collector().await;
+    let served = start(at, &[("OTEL_TRACES_SAMPLER_ARG", "0.5")]);
+    let mut client = served.client().await;
+    let messages = (0..200u64).map(|id| tollgate::proto::tollgate::v1::DecideRequest {
+        id,
+        mode: tollgate::proto::tollgate::v1::Mode::Check as i32,
+        request: Some(req("frank", "/items")),
+    });
+    let mut answers = client
+        .decide(tokio_stream::iter(messages))
+        .await
+        .expect("decide")
+        .into_inner();
+    let mut answered = 0;
+    while let Some(a) = answers.message().await.expect("an answer") {
+        assert!(a.decision.is_some(), "{a:?}");
+        answered += 1;
+        if answered == 200 {
+            break;
+        }
+    }
+    // A sampled call after them: its span comes after theirs.
+    client
+        .check_limit(with_parent(
+            req("frank", "/items"),
+            &traceparent("6666666666666666", true),
+        ))
+        .await
+        .expect("check");
+    let mut streamed = 0;
+    loop {
+        let (_, span) = next_span(&mut spans).await;
+        if hex(&span.parent_span_id) == "6666666666666666" {
+            break;
+        }
+        assert_eq!(attributes(&span)["tollgate.door"], "decide_stream");
+        streamed += 1;
+    }
+    // Half of 200, each on its own: neither none nor all (either is a
+    // chance of 2^-200 per message sampled apart).
+    assert!((40..=160).contains(&streamed), "{streamed} of 200 sampled");
 }

@@ -172,7 +172,7 @@ impl AdminService {
         let rows = self
             .insight
             .usage
-            .export(from, to, granularity, account)
+            .export(from, to, granularity, account, self.insight.now())
             .await
             .map_err(|e| match e {
                 RollupError::Range(e) => Error::invalid("from", e.to_string()),

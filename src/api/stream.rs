@@ -14,7 +14,6 @@
 //! queue, the client waits on HTTP/2 flow control like any other.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -51,7 +50,6 @@ impl RateLimiterService {
         mut inbound: Streaming<pb::DecideRequest>,
         call: Call,
     ) -> DecideStream {
-        let call = Arc::new(call);
         let (tx, rx) = mpsc::channel(QUEUED);
         let stopping = self.stopping.clone();
         tokio::spawn(async move {
@@ -74,7 +72,13 @@ impl RateLimiterService {
         let this = self.clone();
         let answers = ReceiverStream::new(rx)
             .map(move |message| {
-                let (this, call) = (this.clone(), call.clone());
+                // Each message is a decision of its own: sampled on its own
+                // when the stream has no parent.
+                let call = Call {
+                    deadline: call.deadline,
+                    parent: this.sink.again(&call.parent),
+                };
+                let this = this.clone();
                 async move {
                     let message = message?;
                     Ok(this

@@ -146,14 +146,18 @@ impl Algorithm {
     /// `state` with `counted` given back at `now` (a reservation settled
     /// for less, or released): as if those units had never been counted,
     /// except for what the counter has already forgotten or refilled by
-    /// itself. See each algorithm's `refund`.
+    /// itself; nothing when `rate` is not the one they were charged under.
+    /// See each algorithm's `refund`.
     pub fn refund(
         self,
         state: State,
         rate: Rate,
-        counted: algorithm::Counted,
+        counted: algorithm::Charged,
         now: Nanos,
     ) -> State {
+        if counted.rate != rate {
+            return state;
+        }
         match self {
             Self::FixedWindow => algorithm::fixed_window::refund(state, rate, counted, now),
             Self::SlidingWindow => algorithm::sliding_window::refund(state, rate, counted, now),
@@ -254,10 +258,10 @@ impl<S: CounterStore> Engine<S> {
         outcome
     }
 
-    /// Gives back at `now` what each item's `Counted` counted (see
+    /// Gives back at `now` what each item's `Charged` counted (see
     /// [`Algorithm::refund`]); the items' costs are not read. The items'
     /// keys must be distinct.
-    pub fn refund(&self, now: Nanos, items: &[(Item<'_>, algorithm::Counted)]) {
+    pub fn refund(&self, now: Nanos, items: &[(Item<'_>, algorithm::Charged)]) {
         let keys: SmallVec<[CounterKey<'_>; 4]> = items.iter().map(|(i, _)| i.key).collect();
         self.store.transact(&keys, now, &mut |states, _| {
             for ((item, counted), state) in items.iter().zip(states.iter_mut()) {

@@ -25,6 +25,8 @@ use crate::storage::redis::usage::{Counts, GROUPS_AT_ONCE, Table};
 
 const HOUR: Nanos = 3_600_000_000_000;
 const DAY: Nanos = 24 * HOUR;
+/// The latest expiry a usage key gets, in Unix seconds (the year 36,812).
+const MAX_EXPIRY: u64 = 1 << 40;
 
 /// Usage rollups, in memory or shared through Redis.
 #[derive(Debug)]
@@ -130,14 +132,37 @@ impl Rollups {
         self.table.prune(now);
     }
 
-    /// Shared: adds this replica's buffer to Redis, and how many rows went;
-    /// in memory, nothing to do.
+    /// Shared: adds this replica's buffer to Redis, and how many rows it
+    /// drained from the buffer; in memory, nothing to do.
     pub async fn flush(&self) -> Result<usize, StoreError> {
         let Some(shared) = &self.shared else {
             return Ok(0);
         };
         let mut pending = shared.pending.lock().await;
         let (seq, batches) = &mut *pending;
+        let kept = [Granularity::Hour, Granularity::Day].map(|g| self.table.kept(g));
+        let expires = |table: Table, period: u64| {
+            let (len, kept) = match table {
+                Table::Hour => (HOUR, kept[0]),
+                Table::Day => (DAY, kept[1]),
+            };
+            // Far past any retention a flag can ask for, and within what
+            // EXPIREAT takes.
+            (period + 1)
+                .saturating_mul(len / 1_000_000_000)
+                .saturating_add(kept.as_secs())
+                .min(MAX_EXPIRY)
+        };
+        // What failed before goes first, under the ids it was tried with
+        // (Redis may have added it already); until it is in, new usage
+        // waits in the table, where it merges, rather than piling up here.
+        while let Some(batch) = batches.front() {
+            shared
+                .store
+                .add_usage(&batch.id, &batch.rows, expires)
+                .await?;
+            batches.pop_front();
+        }
         let drained = self.table.drain();
         let rows = drained.len();
         let mut drained = drained.into_iter().map(counts).peekable();
@@ -148,14 +173,6 @@ impl Rollups {
             let id = format!("{}:{seq}", shared.replica);
             batches.push_back(Batch { id, rows });
         }
-        let kept = [Granularity::Hour, Granularity::Day].map(|g| self.table.kept(g));
-        let expires = |table: Table, period: u64| {
-            let (len, kept) = match table {
-                Table::Hour => (HOUR, kept[0]),
-                Table::Day => (DAY, kept[1]),
-            };
-            (period + 1).saturating_mul(len / 1_000_000_000) + kept.as_secs()
-        };
         while let Some(batch) = batches.front() {
             shared
                 .store
@@ -169,13 +186,15 @@ impl Rollups {
     /// Rows whose period starts in `[from, to)`, at `granularity`, for
     /// `account` (all when `None`), sorted by period, account, subject and
     /// unit; see [`Usage::export`]. Shared, this replica flushes first and
-    /// the sums of every replica are read from Redis.
+    /// the sums of every replica are read from Redis, up to the period of
+    /// `now` (none later holds anything).
     pub async fn export(
         &self,
         from: Nanos,
         to: Nanos,
         granularity: Granularity,
         account: Option<&str>,
+        now: Nanos,
     ) -> Result<Vec<UsageRow>, RollupError> {
         if !self.on {
             return Err(RollupError::Off);
@@ -191,6 +210,7 @@ impl Rollups {
             Granularity::Hour => (Table::Hour, HOUR),
             Granularity::Day | Granularity::Month => (Table::Day, DAY),
         };
+        let hi = hi.min(now / len + 1);
         let read = shared.store.read_usage(table, lo..hi, account).await?;
         // Summed (months from days) and sorted as a local export is.
         let sums = Usage::new(Retention {

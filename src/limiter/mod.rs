@@ -263,8 +263,9 @@ impl Limiter {
                     algorithm: item.algorithm,
                     rate: item.rate,
                     unit: limit.unit.clone(),
-                    counted: crate::engine::algorithm::Counted {
+                    counted: crate::engine::algorithm::Charged {
                         units: item.cost,
+                        rate: item.rate,
                         at: now,
                         free_at: status.free_at,
                     },

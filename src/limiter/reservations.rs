@@ -2,7 +2,7 @@
 //! actual cost later (an LLM call's tokens), settled, released or expired.
 //!
 //! A reservation remembers, for every counter its estimate was counted
-//! against, what a refund needs ([`Counted`]): the units, when, and when
+//! against, what a refund needs ([`Charged`]): the units, when, and when
 //! the counter was next free right after. Settling replaces the estimate
 //! with the actual cost: a smaller actual gives the difference back
 //! ([`crate::engine::Algorithm::refund`]: what is still counted in a live
@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::engine::algorithm::Counted;
+use crate::engine::algorithm::Charged;
 use crate::engine::{Algorithm, Mode, Nanos, Rate};
 use crate::error::Error;
 
@@ -61,14 +61,14 @@ pub struct Held {
     /// The unit it counts.
     pub unit: Arc<str>,
     /// What the estimate counted there.
-    pub counted: Counted,
+    pub counted: Charged,
 }
 
 /// What settling does to one held counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     /// Gives back units counted earlier.
-    Refund(Counted),
+    Refund(Charged),
     /// Counts units past the estimate, as a Record.
     Record(u64),
 }
@@ -172,7 +172,7 @@ impl Reservations {
                 let actual = settlement.actual.get(&*h.unit).copied().unwrap_or(0);
                 let counted = h.counted.units;
                 let change = match actual.cmp(&counted) {
-                    std::cmp::Ordering::Less => Change::Refund(Counted {
+                    std::cmp::Ordering::Less => Change::Refund(Charged {
                         units: counted - actual,
                         ..h.counted
                     }),

@@ -87,12 +87,12 @@ impl Counters {
         }
     }
 
-    /// Gives back at `now` what each item's `Counted` counted, all under
+    /// Gives back at `now` what each item's `Charged` counted, all under
     /// hash tag `tag` (a reservation settled for less, or released).
     pub async fn refund(
         &self,
         tag: &str,
-        items: &[(Item<'_>, crate::engine::algorithm::Counted)],
+        items: &[(Item<'_>, crate::engine::algorithm::Charged)],
         now: Nanos,
     ) -> Result<(), StoreError> {
         let _ = tag;

@@ -4,7 +4,7 @@
 //! State: see `Window`. A stored index other than the current one means
 //! an empty window.
 
-use super::{Counted, Rate, Step};
+use super::{Charged, Rate, Step};
 use crate::engine::{clock::Nanos, store::State};
 
 /// The fixed window's reading of a [`State`].
@@ -87,7 +87,7 @@ pub fn at(state: State, window: Nanos, now: Nanos) -> State {
 /// `state` with `counted` given back at `now`: taken off the count while
 /// the window they were counted in is the current one; once it has ended,
 /// its count is gone anyway and the refund changes nothing.
-pub fn refund(state: State, rate: Rate, counted: Counted, now: Nanos) -> State {
+pub fn refund(state: State, rate: Rate, counted: Charged, now: Nanos) -> State {
     let index = now / rate.window;
     if counted.at / rate.window != index {
         return state;

@@ -13,7 +13,7 @@
 //! over in units, not in time: an upgrade unblocks at once, and a downgrade
 //! never hands out fresh quota.
 
-use super::{Counted, Rate, Step, div, div_ceil, saturate};
+use super::{Charged, Rate, Step, div, div_ceil, saturate};
 use crate::engine::{clock::Nanos, store::State};
 
 /// GCRA's reading of a [`State`]: the theoretical arrival time in units of
@@ -124,7 +124,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
 /// never lets a bucket admit more than its amount (up to the rounding of
 /// `TAT_after` to the store's clock tick, below). Given back before the
 /// bucket had refilled past its debt from before them, it is exact.
-pub fn refund(state: State, rate: Rate, counted: Counted, now: Nanos) -> State {
+pub fn refund(state: State, rate: Rate, counted: Charged, now: Nanos) -> State {
     let tat = Tat::from(state);
     // In units * window. `free_at` is the TAT rounded up to the nanosecond
     // (the store's clock tick: a millisecond on Redis), so the bound may be
@@ -231,8 +231,9 @@ mod tests {
         // Reserved 5 of an idle bucket, then a full minute passes: refilled.
         let reserving = step(State::default(), r, T0, 5);
         let reserved = reserving.counted;
-        let counted = Counted {
+        let counted = Charged {
             units: 5,
+            rate: r,
             at: T0,
             free_at: reserving.free_at_after,
         };

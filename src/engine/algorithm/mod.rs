@@ -52,13 +52,18 @@ pub struct Step {
     pub expires_at: Nanos,
 }
 
-/// Units a counter counted, as a refund needs them: how many, when, and
-/// when the counter was next fully free right after (`Step::free_at_after`,
-/// what both stores report as a counted item's `free_at`).
+/// Units a counter was charged, as a refund needs them: how many, under
+/// what size, when, and when the counter was next fully free right after
+/// (`Step::free_at_after`, what both stores report as a counted item's
+/// `free_at`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counted {
+pub struct Charged {
     /// The units.
     pub units: u64,
+    /// The counter's size when they were charged: a refund under another
+    /// size (the plan changed meanwhile) gives nothing back, since the
+    /// bound it relies on no longer holds.
+    pub rate: Rate,
     /// When they were counted.
     pub at: Nanos,
     /// When the counter was next fully free right after they were: a

@@ -13,7 +13,7 @@
 //! which is compared with wrapping arithmetic. Amounts are at most `u32::MAX`
 //! (the configuration checks this).
 
-use super::{Counted, Rate, Step};
+use super::{Charged, Rate, Step};
 use crate::engine::clock::{MILLISECOND, Nanos};
 use crate::engine::store::State;
 
@@ -74,7 +74,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
 /// `state` with `counted` given back at `now`: taken off the bucket they
 /// were counted in while it is one of the ring's seven; once it has left
 /// the ring, it weighs nothing and the refund changes nothing.
-pub fn refund(state: State, rate: Rate, counted: Counted, now: Nanos) -> State {
+pub fn refund(state: State, rate: Rate, counted: Charged, now: Nanos) -> State {
     let width = width(rate.window);
     let index = now / width;
     let at = counted.at / width;

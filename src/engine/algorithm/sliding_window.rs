@@ -9,7 +9,7 @@
 //!
 //! State: see `Windows`.
 
-use super::{Counted, Rate, Step, div, saturate};
+use super::{Charged, Rate, Step, div, saturate};
 use crate::engine::{clock::Nanos, store::State};
 
 /// The sliding window's reading of a [`State`].
@@ -119,7 +119,7 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
 /// window's count when they were counted in it, off the previous one's when
 /// they were counted in that (it still weighs on the estimate); counted
 /// earlier, they weigh nothing any more and the refund changes nothing.
-pub fn refund(state: State, rate: Rate, counted: Counted, now: Nanos) -> State {
+pub fn refund(state: State, rate: Rate, counted: Charged, now: Nanos) -> State {
     let index = now / rate.window;
     let mut windows = Windows::from(state).as_of(index);
     match index.checked_sub(counted.at / rate.window) {
