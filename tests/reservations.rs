@@ -268,3 +268,48 @@ async fn over_http_a_consume_reserves_and_settle_and_release_answer() {
     let unknown = support::http::post(http, "/v1/release", r#"{"id":"rsv_x"}"#).await;
     assert_eq!(unknown.status, 404, "{}", unknown.body);
 }
+
+/// The README's flow with the seed-001 example, through grpcurl: reserve
+/// 4,000 tokens, then settle for 1,830; the other 2,170 are back.
+#[test]
+fn grpcurl_reserves_then_settles_with_the_bentoo_example() {
+    use support::process::{example, grpcurl, serve};
+    let config = example("bentoo-ai.yaml");
+    let s = serve(&["--config", &config]);
+    let addr = s.addr.as_str();
+    let reserved = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"subject":"key_1","resource":"/v1/chat","cost":{"tokens":"4000"},"reserve":{"ttl":"120s"}}"#,
+        addr,
+        "tollgate.v1.RateLimiter/Consume",
+    ]);
+    let reserved: serde_json::Value = serde_json::from_str(&reserved).expect("JSON");
+    assert_eq!(reserved["verdict"], "ALLOWED", "{reserved}");
+    let id = reserved["reservation"]["id"].as_str().expect("an id");
+    let settled = grpcurl(&[
+        "-plaintext",
+        "-d",
+        &format!(r#"{{"id":"{id}","actual":{{"tokens":"1830"}}}}"#),
+        addr,
+        "tollgate.v1.RateLimiter/Settle",
+    ]);
+    let settled: serde_json::Value = serde_json::from_str(&settled).expect("JSON");
+    assert_eq!(settled["estimate"]["tokens"], "4000", "{settled}");
+    assert_eq!(settled["actual"]["tokens"], "1830");
+    let check = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"subject":"key_1","resource":"/v1/chat","cost":{"tokens":"0"}}"#,
+        addr,
+        "tollgate.v1.RateLimiter/CheckLimit",
+    ]);
+    let check: serde_json::Value = serde_json::from_str(&check).expect("JSON");
+    let day = check["limits"]
+        .as_array()
+        .expect("limits")
+        .iter()
+        .find(|l| l["unit"] == "tokens" && l["limit"] == "200000")
+        .expect("the daily tokens limit");
+    assert_eq!(day["remaining"], "198170", "{check}");
+}
