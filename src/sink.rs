@@ -42,6 +42,8 @@ pub enum Door {
     EnvoyRules,
     /// One descriptor of Envoy's `ShouldRateLimit` in a plan domain.
     EnvoyPlans,
+    /// A reservation that expired unsettled, settled at its estimate.
+    Expiry,
 }
 
 /// One finished decision, as every consumer sees it.
@@ -69,6 +71,12 @@ pub enum What<'a> {
         request: &'a Request<'a>,
         /// The decision.
         decision: &'a Decision,
+    },
+    /// A reservation settled, released or expired: what it cost in the
+    /// end (its estimate was counted when it was made).
+    Settled {
+        /// The settlement.
+        settlement: &'a crate::limiter::reservations::Settlement,
     },
     /// A call in a domain of envoyproxy/ratelimit rules (no plan, no
     /// subject: descriptors).
@@ -114,6 +122,7 @@ impl Door {
             Self::ForwardAuth => "forward_auth",
             Self::EnvoyRules => "envoy_rules",
             Self::EnvoyPlans => "envoy_plans",
+            Self::Expiry => "expiry",
         }
     }
 
@@ -189,6 +198,8 @@ impl Consumer for Metrics {
             d.mode.name()
         };
         let labels = match d.what {
+            // Not a decision: its Consume was counted when it reserved.
+            What::Settled { .. } => return,
             What::Plan { decision, .. } => {
                 if d.mode != Mode::Check {
                     let enforced = (decision.verdict == Verdict::RateLimited)
@@ -232,11 +243,15 @@ impl Consumer for Metrics {
 /// Wakes the watchers of whatever a decision counted.
 impl Consumer for Hub {
     fn decided(&self, d: &Decided<'_>) {
-        if let What::Plan { request, decision } = d.what
-            && d.mode != Mode::Check
-            && decision.counted
-        {
-            self.consumed(request.subject, request.account);
+        match d.what {
+            What::Plan { request, decision } if d.mode != Mode::Check && decision.counted => {
+                self.consumed(request.subject, request.account);
+            }
+            // Given back or counted past the estimate.
+            What::Settled { settlement } => {
+                self.consumed(&settlement.subject, &settlement.account);
+            }
+            _ => {}
         }
     }
 }
@@ -252,6 +267,7 @@ impl Consumer for Traces {
         let refused = match d.what {
             What::Plan { decision, .. } => decision.verdict != Verdict::Allowed,
             What::Rules { over_limit, .. } => over_limit,
+            What::Settled { .. } => return,
         };
         let attributes = || {
             let mut attributes = vec![
@@ -290,6 +306,7 @@ impl Consumer for Traces {
                         ));
                     }
                 }
+                What::Settled { .. } => {}
                 What::Rules { domain, over_limit } => attributes.extend([
                     KeyValue::new("tollgate.domain", domain.to_owned()),
                     KeyValue::new(

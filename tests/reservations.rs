@@ -313,3 +313,117 @@ fn grpcurl_reserves_then_settles_with_the_bentoo_example() {
         .expect("the daily tokens limit");
     assert_eq!(day["remaining"], "198170", "{check}");
 }
+
+/// The usage export bills what a reservation cost in the end: a settled
+/// one its actual, a released one nothing, an expired one its estimate.
+#[tokio::test]
+async fn the_usage_export_bills_the_settled_actuals() {
+    let options = tollgate::server::Options {
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..Default::default()
+    };
+    let s = TestServer::start_opts(
+        CONFIG,
+        tollgate::storage::memory::MemoryStore::new(10_000),
+        options,
+    )
+    .await;
+    let mut c = s.client.clone();
+    let id = |d: &Decision| d.reservation.clone().expect("reserved").id;
+    let settled = id(&s.consume(reserve("settled", 1000, None)).await);
+    c.settle(pb::SettleRequest {
+        id: settled,
+        actual: actual(300),
+    })
+    .await
+    .expect("settle");
+    let released = id(&s.consume(reserve("released", 1000, None)).await);
+    c.release(pb::ReleaseRequest { id: released })
+        .await
+        .expect("release");
+    s.consume(reserve("expired", 700, Some(10))).await;
+    s.consume(reserve("open", 50, None)).await;
+    s.advance(secs(11));
+    // The server drops expired reservations every 10 s (wall clock): ask
+    // until the expired one is billed.
+    let billed = |rows: &[pb::UsageRow], subject: &str, unit: &str| -> u64 {
+        rows.iter()
+            .filter(|r| r.subject == subject && r.unit == unit)
+            .map(|r| r.admitted)
+            .sum()
+    };
+    let mut admin = s.admin().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut stream = admin
+            .export_usage(authed(pb::ExportUsageRequest {
+                from: Some(tollgate::api::convert::timestamp(
+                    T0 - 86_400 * 1_000_000_000,
+                )),
+                granularity: pb::Granularity::Day as i32,
+                ..Default::default()
+            }))
+            .await
+            .expect("export")
+            .into_inner();
+        let mut rows = Vec::new();
+        while let Some(r) = stream.message().await.expect("row") {
+            rows.push(r);
+        }
+        if billed(&rows, "expired", "tokens") > 0 {
+            assert_eq!(billed(&rows, "settled", "tokens"), 300, "{rows:?}");
+            assert_eq!(billed(&rows, "settled", "requests"), 1);
+            assert_eq!(billed(&rows, "released", "tokens"), 0);
+            assert_eq!(billed(&rows, "released", "requests"), 0);
+            assert_eq!(billed(&rows, "expired", "tokens"), 700);
+            assert_eq!(
+                billed(&rows, "open", "tokens"),
+                0,
+                "not billed until settled"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expiry was never billed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A watcher sees a settlement: what it gave back is in the next update.
+#[tokio::test]
+async fn a_watcher_sees_what_a_settlement_gives_back() {
+    let s = TestServer::start(CONFIG).await;
+    let mut c = s.client.clone();
+    let mut stream = c
+        .watch_quota(pb::WatchRequest {
+            subject: "w".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let snapshot = next_update(&mut stream).await;
+    assert_eq!(update_remaining(&snapshot, "tokens-minute"), Some(5000));
+    let id = s
+        .consume(reserve("w", 1000, None))
+        .await
+        .reservation
+        .expect("reserved")
+        .id;
+    let mut u = next_update(&mut stream).await;
+    while update_remaining(&u, "tokens-minute") != Some(4000) {
+        u = next_update(&mut stream).await;
+    }
+    c.settle(pb::SettleRequest {
+        id,
+        actual: actual(250),
+    })
+    .await
+    .expect("settle");
+    let mut u = next_update(&mut stream).await;
+    while update_remaining(&u, "tokens-minute") != Some(4750) {
+        u = next_update(&mut stream).await;
+    }
+}

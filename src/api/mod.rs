@@ -75,9 +75,46 @@ impl RateLimiterService {
         }
     }
 
-    /// The limiter it decides with.
-    pub fn limiter(&self) -> &Arc<Limiter> {
-        &self.limiter
+    /// Settles reservation `id` for `actual` (released when `None`), for
+    /// `door`, and hands the settlement to the sink.
+    pub async fn close(
+        &self,
+        door: Door,
+        id: &str,
+        actual: Option<&std::collections::HashMap<String, u64>>,
+    ) -> Result<crate::limiter::reservations::Settlement, Error> {
+        let started = Instant::now();
+        let settlement = match actual {
+            Some(actual) => self.limiter.settle(id, actual).await?,
+            None => self.limiter.release(id).await?,
+        };
+        self.settled(door, &settlement, started);
+        Ok(settlement)
+    }
+
+    /// Settles the reservations that expired unsettled, at their estimate.
+    pub fn expire_reservations(&self) -> usize {
+        let started = Instant::now();
+        let expired = self.limiter.expire_reservations();
+        for settlement in &expired {
+            self.settled(Door::Expiry, settlement, started);
+        }
+        expired.len()
+    }
+
+    fn settled(
+        &self,
+        door: Door,
+        settlement: &crate::limiter::reservations::Settlement,
+        started: Instant,
+    ) {
+        self.sink.decided(&Decided {
+            door,
+            mode: Mode::Consume,
+            took: started.elapsed(),
+            parent: &Parent::NONE,
+            what: What::Settled { settlement },
+        });
     }
 
     /// What a gRPC call with `metadata` brings besides its message.
@@ -241,7 +278,7 @@ impl RateLimiter for RateLimiterService {
         request: Request<pb::SettleRequest>,
     ) -> Result<Response<pb::Settlement>, Status> {
         let r = request.into_inner();
-        let settled = self.limiter.settle(&r.id, &r.actual).await?;
+        let settled = self.close(Door::Unary, &r.id, Some(&r.actual)).await?;
         Ok(Response::new(convert::settlement(settled)))
     }
 
@@ -250,7 +287,7 @@ impl RateLimiter for RateLimiterService {
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::Settlement>, Status> {
         let r = request.into_inner();
-        let released = self.limiter.release(&r.id).await?;
+        let released = self.close(Door::Unary, &r.id, None).await?;
         Ok(Response::new(convert::settlement(released)))
     }
 

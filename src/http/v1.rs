@@ -68,8 +68,8 @@ pub async fn settle(State(s): State<Services>, body: axum::body::Body) -> Respon
     };
     let settled = async {
         let r: pb::SettleRequest = json::decode(&body)?;
-        let limiter = s.rate_limiter.limiter();
-        Ok::<_, Status>(convert::settlement(limiter.settle(&r.id, &r.actual).await?))
+        let settled = s.rate_limiter.close(Door::Http, &r.id, Some(&r.actual));
+        Ok::<_, Status>(convert::settlement(settled.await?))
     };
     match settled.await {
         Ok(m) => super::json_response(StatusCode::OK, json::encode(&m)),
@@ -85,8 +85,8 @@ pub async fn release(State(s): State<Services>, body: axum::body::Body) -> Respo
     };
     let released = async {
         let r: pb::ReleaseRequest = json::decode(&body)?;
-        let limiter = s.rate_limiter.limiter();
-        Ok::<_, Status>(convert::settlement(limiter.release(&r.id).await?))
+        let released = s.rate_limiter.close(Door::Http, &r.id, None);
+        Ok::<_, Status>(convert::settlement(released.await?))
     };
     match released.await {
         Ok(m) => super::json_response(StatusCode::OK, json::encode(&m)),

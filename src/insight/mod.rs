@@ -73,10 +73,16 @@ impl Insight {
 
 impl Consumer for Insight {
     fn decided(&self, d: &Decided<'_>) {
-        // A check neither consumes nor refuses anything.
-        let What::Plan { request, decision } = d.what else {
-            return;
+        let (request, decision) = match d.what {
+            What::Plan { request, decision } => (request, decision),
+            // A reservation's cost in the end: what its usage bills.
+            What::Settled { settlement } => {
+                self.bill(settlement);
+                return;
+            }
+            What::Rules { .. } => return,
         };
+        // A check neither consumes nor refuses anything.
         if d.mode == Mode::Check {
             return;
         }
@@ -85,13 +91,36 @@ impl Consumer for Insight {
             observe(top, now, request, decision);
         }
         self.events.decided(d.mode, request, decision, now);
-        if self.usage.is_on() {
+        // A reservation is billed when it is settled, at what it cost.
+        if self.usage.is_on() && decision.reservation.is_none() {
             self.add_usage(d.mode, request, decision, now);
         }
     }
 }
 
 impl Insight {
+    /// Bills a settled reservation: what it cost, per unit, as admitted.
+    fn bill(&self, settlement: &crate::limiter::reservations::Settlement) {
+        if !self.usage.is_on() {
+            return;
+        }
+        let now = self.limiter.now();
+        for (unit, &n) in settlement.actual.iter().filter(|(_, n)| **n > 0) {
+            self.usage.add(
+                now,
+                &usage::Used {
+                    account: &settlement.account,
+                    subject: &settlement.subject,
+                    unit,
+                    admitted: n,
+                    recorded: 0,
+                    refused: 0,
+                },
+            );
+        }
+        self.added.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Adds a decision to the usage: an admitted Consume's units, a Record's
     /// units, or a refused Consume (one, in the unit of the limit that
     /// refused).

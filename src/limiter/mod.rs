@@ -274,6 +274,8 @@ impl Limiter {
         }
         let expires_at = now.saturating_add(ttl);
         let id = self.reservations.open(reservations::Reservation {
+            subject: request.subject.to_owned(),
+            account: begun.account.to_owned(),
             estimate: request.cost.clone(),
             held,
             expires_at,
@@ -355,9 +357,9 @@ impl Limiter {
         Ok(settlement)
     }
 
-    /// Forgets the reservations expired by now (unsettled ones settled at
-    /// their estimate); how many.
-    pub fn expire_reservations(&self) -> usize {
+    /// Forgets the reservations expired by now; those never settled are
+    /// settled at their estimate, and returned.
+    pub fn expire_reservations(&self) -> Vec<reservations::Settlement> {
         self.reservations.expire(self.clock.now())
     }
 

@@ -37,6 +37,10 @@ pub struct Reservations {
 /// One reservation.
 #[derive(Debug, Clone)]
 pub struct Reservation {
+    /// Who made it.
+    pub subject: String,
+    /// Whose plan it counted under (the subject when it names none).
+    pub account: String,
     /// What was reserved, per unit, as the request named it.
     pub estimate: HashMap<String, u64>,
     /// Every counter the estimate was counted against.
@@ -45,6 +49,21 @@ pub struct Reservation {
     pub expires_at: Nanos,
     /// What it was settled for, once it was.
     pub settled: Option<BTreeMap<String, u64>>,
+}
+
+impl Reservation {
+    /// Its estimate for every unit it named or counted (a request counts
+    /// one `requests` unless it says otherwise).
+    fn by_unit(&self) -> BTreeMap<String, u64> {
+        let mut units: BTreeMap<String, u64> =
+            self.estimate.iter().map(|(u, &n)| (u.clone(), n)).collect();
+        for h in &self.held {
+            units
+                .entry(h.unit.to_string())
+                .or_insert_with(|| cost_of(&self.estimate, &h.unit, Mode::Consume));
+        }
+        units
+    }
 }
 
 /// One counter a reservation counted against.
@@ -78,6 +97,10 @@ pub enum Change {
 pub struct Settlement {
     /// Its id.
     pub id: Arc<str>,
+    /// Who made it.
+    pub subject: String,
+    /// Whose plan it counted under.
+    pub account: String,
     /// What was reserved, per unit.
     pub estimate: BTreeMap<String, u64>,
     /// What was billed, per unit.
@@ -138,13 +161,7 @@ impl Reservations {
         };
         // Every unit the estimate named or counted; then each at its actual
         // (released: all 0; settled: as named, else at its estimate).
-        let mut estimate: BTreeMap<String, u64> =
-            r.estimate.iter().map(|(u, &n)| (u.clone(), n)).collect();
-        for h in &r.held {
-            estimate
-                .entry(h.unit.to_string())
-                .or_insert_with(|| cost_of(&r.estimate, &h.unit, Mode::Consume));
-        }
+        let estimate = r.by_unit();
         let mut billed = estimate.clone();
         match actual {
             None => billed.values_mut().for_each(|n| *n = 0),
@@ -152,6 +169,8 @@ impl Reservations {
         }
         let settlement = Settlement {
             id: key.clone(),
+            subject: r.subject.clone(),
+            account: r.account.clone(),
             estimate,
             actual: billed,
         };
@@ -189,13 +208,28 @@ impl Reservations {
     }
 
     /// Forgets what expired by `now`: those never settled are settled at
-    /// their estimate (nothing to give back); the settled ones no longer
-    /// answer retries. How many were forgotten.
-    pub fn expire(&self, now: Nanos) -> usize {
+    /// their estimate (nothing to give back), returned; the settled ones no
+    /// longer answer retries.
+    pub fn expire(&self, now: Nanos) -> Vec<Settlement> {
         let mut held = self.held.lock();
-        let before = held.len();
-        held.retain(|_, r| r.expires_at > now);
-        before - held.len()
+        let mut expired = Vec::new();
+        held.retain(|id, r| {
+            if r.expires_at > now {
+                return true;
+            }
+            if r.settled.is_none() {
+                let estimate = r.by_unit();
+                expired.push(Settlement {
+                    id: id.clone(),
+                    subject: std::mem::take(&mut r.subject),
+                    account: std::mem::take(&mut r.account),
+                    actual: estimate.clone(),
+                    estimate,
+                });
+            }
+            false
+        });
+        expired
     }
 
     /// How many are held, open or settled.

@@ -235,7 +235,11 @@ pub async fn run(
     ));
     let background = [
         tokio::spawn(journal(limiter.clone(), persist.clone(), stopping.clone())),
-        tokio::spawn(reclaim(limiter.clone(), stopping.clone())),
+        tokio::spawn(reclaim(
+            limiter.clone(),
+            app.rate_limiter.clone(),
+            stopping.clone(),
+        )),
         tokio::spawn(rollups(
             app.insight.clone(),
             persist.clone(),
@@ -756,7 +760,11 @@ async fn journal(
 
 /// Drops expired counters and reservations now and then, so idle memory
 /// returns.
-async fn reclaim(limiter: Arc<Limiter>, stopping: CancellationToken) {
+async fn reclaim(
+    limiter: Arc<Limiter>,
+    service: Arc<RateLimiterService>,
+    stopping: CancellationToken,
+) {
     if limiter.counters().memory().is_none() {
         return;
     }
@@ -768,13 +776,14 @@ async fn reclaim(limiter: Arc<Limiter>, stopping: CancellationToken) {
             () = stopping.cancelled() => return,
         }
         let limiter = limiter.clone();
+        let service = service.clone();
         let (reclaimed, expired) = tokio::task::spawn_blocking(move || {
             use crate::engine::CounterStore;
             let reclaimed = limiter
                 .counters()
                 .memory()
                 .map_or(0, |m| m.reclaim(limiter.now()));
-            (reclaimed, limiter.expire_reservations())
+            (reclaimed, service.expire_reservations())
         })
         .await
         .unwrap_or((0, 0));
