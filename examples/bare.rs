@@ -51,7 +51,7 @@ impl pb::rate_limiter_server::RateLimiter for Bare {
             m.map(|m| pb::DecideResponse {
                 id: m.id,
                 decision: Some(allowed()),
-                error: None,
+                ..Default::default()
             })
         });
         Ok(Response::new(Box::pin(answers)))
@@ -84,7 +84,7 @@ impl pb::rate_limiter_server::RateLimiter for Bare {
             .map(|id| pb::DecideResponse {
                 id,
                 decision: Some(allowed()),
-                error: None,
+                ..Default::default()
             })
             .collect();
         Ok(Response::new(pb::ConsumeBatchResponse { results }))

@@ -163,6 +163,7 @@ async fn stream(args: &Args, channels: &[Channel]) -> Result<(), Error> {
                 id,
                 mode: pb::Mode::Consume as i32,
                 request: Some(limit_request(format!("key_{}_{}", c, id % keys))),
+                ..Default::default()
             });
             let mut answers = client.decide(requests).await?.into_inner();
             while let Some(answer) = answers.next().await {

@@ -25,6 +25,7 @@ fn message(id: u64, mode: pb::Mode, request: Option<LimitRequest>) -> pb::Decide
         id,
         mode: mode as i32,
         request,
+        ..Default::default()
     }
 }
 

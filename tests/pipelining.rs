@@ -43,6 +43,7 @@ fn request(id: u64, subject: &str) -> pb::DecideRequest {
             subject: subject.into(),
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
 

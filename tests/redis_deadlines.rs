@@ -89,6 +89,7 @@ async fn queued_decisions_are_no_store_failure_and_admit_exactly_the_limit() {
                             id: stream * 10_000 + i,
                             mode: pb::Mode::Consume as i32,
                             request: Some(req("k")),
+                            ..Default::default()
                         }));
                     let mut answers = c.decide(messages).await.expect("opens").into_inner();
                     let (mut allowed, mut errors) = (0, Vec::new());

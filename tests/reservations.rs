@@ -427,3 +427,61 @@ async fn a_watcher_sees_what_a_settlement_gives_back() {
         u = next_update(&mut stream).await;
     }
 }
+
+/// On a `Decide` stream: a reserve, its settle and an unknown release, each
+/// answered by id, in order.
+#[tokio::test]
+async fn a_decide_stream_reserves_settles_and_releases() {
+    let s = TestServer::start(CONFIG).await;
+    let mut c = s.client.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = c
+        .decide(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("decide")
+        .into_inner();
+    tx.send(pb::DecideRequest {
+        id: 1,
+        mode: pb::Mode::Consume as i32,
+        request: Some(reserve("d", 1000, None)),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let reserved = answers.message().await.expect("answer").expect("open");
+    assert_eq!(reserved.id, 1);
+    let id = reserved
+        .decision
+        .and_then(|d| d.reservation)
+        .expect("reserved")
+        .id;
+    tx.send(pb::DecideRequest {
+        id: 2,
+        settle: Some(pb::SettleRequest {
+            id: id.clone(),
+            actual: actual(100),
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    tx.send(pb::DecideRequest {
+        id: 3,
+        release: Some(pb::ReleaseRequest {
+            id: "rsv_unknown".into(),
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let settled = answers.message().await.expect("answer").expect("open");
+    assert_eq!(settled.id, 2);
+    assert_eq!(settled.settlement.expect("settled").actual["tokens"], 100);
+    let unknown = answers.message().await.expect("answer").expect("open");
+    assert_eq!(unknown.id, 3);
+    assert_eq!(
+        unknown.error.expect("an error").code,
+        tonic::Code::NotFound as i32
+    );
+    assert_eq!(left(&s, "d", "tokens-minute").await, 4900);
+}

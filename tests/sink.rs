@@ -72,6 +72,7 @@ async fn every_door_hands_each_decision_to_every_consumer_once() {
         id: 1,
         mode: pb::Mode::Record as i32,
         request: Some(req("stream", "/a")),
+        ..Default::default()
     }]);
     let mut answers = c.decide(messages).await.expect("decide").into_inner();
     while let Some(a) = answers.message().await.expect("answer") {

@@ -329,6 +329,7 @@ async fn a_decide_stream_without_a_parent_is_sampled_message_by_message() {
         id,
         mode: tollgate::proto::tollgate::v1::Mode::Check as i32,
         request: Some(req("frank", "/items")),
+        ..Default::default()
     });
     let mut answers = client
         .decide(tokio_stream::iter(messages))

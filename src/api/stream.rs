@@ -21,7 +21,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::{Call, RateLimiterService};
+use super::{Call, RateLimiterService, convert};
 use crate::engine::Mode;
 use crate::error::Error;
 use crate::proto::tollgate::v1 as pb;
@@ -81,14 +81,19 @@ impl RateLimiterService {
                 let this = this.clone();
                 async move {
                     let message = message?;
+                    let asked = match (&message.request, &message.settle, &message.release) {
+                        (_, None, None) => {
+                            Asked::Decide(mode(message.mode), message.request.as_ref())
+                        }
+                        (None, Some(settle), None) => Asked::Settle(settle),
+                        (None, None, Some(release)) => Asked::Release(release),
+                        _ => Asked::Invalid(Error::invalid(
+                            "request",
+                            "request, settle and release exclude each other",
+                        )),
+                    };
                     Ok(this
-                        .answer(
-                            Door::DecideStream,
-                            message.id,
-                            mode(message.mode),
-                            message.request.as_ref(),
-                            &call,
-                        )
+                        .answer(Door::DecideStream, message.id, asked, &call)
                         .await)
                 }
             })
@@ -118,8 +123,7 @@ impl RateLimiterService {
                 self.answer(
                     Door::ConsumeBatch,
                     i as u64,
-                    Ok(Mode::Consume),
-                    Some(request),
+                    Asked::Decide(Ok(Mode::Consume), Some(request)),
                     call,
                 )
                 .await,
@@ -128,39 +132,56 @@ impl RateLimiterService {
         Ok(pb::ConsumeBatchResponse { results })
     }
 
-    /// One answer: the decision, or the error the unary call would give.
+    /// One answer: the decision (or settlement), or the error the unary
+    /// call would give.
     async fn answer(
         &self,
         door: Door,
         id: u64,
-        mode: Result<Mode, Error>,
-        request: Option<&pb::LimitRequest>,
+        asked: Asked<'_>,
         call: &Call,
     ) -> pb::DecideResponse {
-        let decided = match (mode, request) {
-            (Err(e), _) => Err(e),
-            (Ok(_), None) => Err(Error::invalid("request", "required")),
-            (Ok(mode), Some(request)) => self.decide_message(door, mode, request, call).await,
+        let mut response = pb::DecideResponse {
+            id,
+            ..Default::default()
         };
-        match decided {
-            Ok(decision) => pb::DecideResponse {
-                id,
-                decision: Some(decision),
-                error: None,
-            },
-            Err(e) => {
-                let status = Status::from(e);
-                pb::DecideResponse {
-                    id,
-                    decision: None,
-                    error: Some(pb::Error {
-                        code: status.code() as i32,
-                        message: status.message().to_owned(),
-                    }),
-                }
-            }
+        let answered = match asked {
+            Asked::Invalid(e) | Asked::Decide(Err(e), _) => Err(e),
+            Asked::Decide(Ok(_), None) => Err(Error::invalid("request", "required")),
+            Asked::Decide(Ok(mode), Some(request)) => self
+                .decide_message(door, mode, request, call)
+                .await
+                .map(|d| response.decision = Some(d)),
+            Asked::Settle(r) => self
+                .close(door, &r.id, Some(&r.actual))
+                .await
+                .map(|s| response.settlement = Some(convert::settlement(s))),
+            Asked::Release(r) => self
+                .close(door, &r.id, None)
+                .await
+                .map(|s| response.settlement = Some(convert::settlement(s))),
+        };
+        if let Err(e) = answered {
+            let status = Status::from(e);
+            response.error = Some(pb::Error {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            });
         }
+        response
     }
+}
+
+/// What one message of a stream (or one request of a batch) asks for.
+enum Asked<'a> {
+    /// A decision in a mode.
+    Decide(Result<Mode, Error>, Option<&'a pb::LimitRequest>),
+    /// A reservation settled.
+    Settle(&'a pb::SettleRequest),
+    /// A reservation released.
+    Release(&'a pb::ReleaseRequest),
+    /// A message that asks for several things at once.
+    Invalid(Error),
 }
 
 /// The mode a stream message asks for.
