@@ -485,3 +485,63 @@ async fn a_decide_stream_reserves_settles_and_releases() {
     );
     assert_eq!(left(&s, "d", "tokens-minute").await, 4900);
 }
+
+/// How long a reservation is held: asked for, else the shortest of its
+/// limits' `reservation_ttl`, else its plan's, else the file's; never past
+/// the file's `max_ttl`.
+#[tokio::test]
+async fn a_reservation_is_held_as_the_request_limit_plan_or_file_says() {
+    let yaml = r#"
+reservations: { ttl: 2m, max_ttl: 10m }
+classes:
+  quick: { match: ["/quick"] }
+plans:
+  free:
+    limits:
+      - { unit: tokens, rate: 5000/minute }
+      - { unit: tokens, class: quick, rate: 1000/minute, reservation_ttl: 30s }
+  pro:
+    reservations: { ttl: 3m }
+    limits:
+      - { unit: tokens, rate: 50000/minute }
+default_plan: free
+assignments: { acme: pro }
+"#;
+    let s = TestServer::start(yaml).await;
+    let t0 = (T0 / 1_000_000_000) as i64;
+    let expires = |d: Decision| {
+        d.reservation
+            .expect("reserved")
+            .expires_at
+            .expect("expiry")
+            .seconds
+            - t0
+    };
+    assert_eq!(
+        expires(s.consume(reserve("k", 10, None)).await),
+        120,
+        "the file's"
+    );
+    let quick = with_cost(req("k", "/quick"), &[("tokens", 10)]);
+    let mut quick = quick;
+    quick.reserve = Some(pb::Reserve { ttl: None });
+    assert_eq!(expires(s.consume(quick).await), 30, "the limit's");
+    let pro = of_account(reserve("k2", 10, None), "acme");
+    assert_eq!(expires(s.consume(pro).await), 180, "the plan's");
+    assert_eq!(
+        expires(s.consume(reserve("k", 10, Some(540))).await),
+        540,
+        "asked for"
+    );
+    let mut c = s.client.clone();
+    let too_long = c
+        .consume(reserve("k", 10, Some(660)))
+        .await
+        .expect_err("past max_ttl");
+    assert_eq!(too_long.code(), tonic::Code::InvalidArgument);
+    assert!(
+        too_long.message().starts_with("reserve.ttl: at most 10m"),
+        "{}",
+        too_long.message()
+    );
+}

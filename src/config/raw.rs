@@ -38,6 +38,21 @@ pub struct RawConfig {
     /// Threshold events: the default thresholds and the webhooks.
     #[serde(default)]
     pub events: Option<RawEvents>,
+    /// How long reservations are held: `{ ttl, max_ttl }`.
+    #[serde(default)]
+    pub reservations: Option<RawReservations>,
+}
+
+/// `reservations:` of the file, or of a plan (`ttl` only).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReservations {
+    /// How long a reservation is held when the request does not say.
+    #[serde(default)]
+    pub ttl: Option<Spanned<String>>,
+    /// The longest a request may ask for (the file's only).
+    #[serde(default)]
+    pub max_ttl: Option<Spanned<String>>,
 }
 
 /// `events:` at the top of the file.
@@ -223,6 +238,9 @@ pub struct RawPlan {
     /// Every limit of the plan tried, not enforced.
     #[serde(default)]
     pub shadow: Option<Spanned<bool>>,
+    /// How long this plan's reservations are held: `{ ttl }`.
+    #[serde(default)]
+    pub reservations: Option<RawReservations>,
 }
 
 /// One limit, deny or unlimited entry of a plan.
@@ -268,6 +286,10 @@ pub struct RawLimit {
     /// Tried, not enforced: counted as if enforced, never refusing.
     #[serde(default)]
     pub shadow: Option<Spanned<bool>>,
+    /// How long a reservation counted against it is held, when the request
+    /// does not say (the shortest of a request's limits applies).
+    #[serde(default)]
+    pub reservation_ttl: Option<Spanned<String>>,
 }
 
 /// `burst:` as written: a percentage string or a number of units.

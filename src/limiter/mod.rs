@@ -227,7 +227,18 @@ impl Limiter {
         request: &Request<'_>,
         ttl: Option<Nanos>,
     ) -> Result<Decision, Error> {
-        let ttl = reservations::Reservations::ttl(ttl)?;
+        let asked = ttl.filter(|&t| t > 0);
+        let max = self.catalog().reservations.max;
+        if let Some(t) = asked.filter(|&t| t > max) {
+            return Err(Error::invalid(
+                "reserve.ttl",
+                format!(
+                    "at most {} (reservations.max_ttl), got {}",
+                    humantime::format_duration(std::time::Duration::from_nanos(max)),
+                    humantime::format_duration(std::time::Duration::from_nanos(t)),
+                ),
+            ));
+        }
         if self.counters.shared().is_some() {
             return Err(Error::invalid(
                 "reserve",
@@ -272,6 +283,13 @@ impl Limiter {
                 });
             }
         }
+        // Asked for, else the shortest of the limits', else the plan's,
+        // else the file's.
+        let route = begun.plan.route(begun.class);
+        let ttl = asked
+            .or_else(|| route.limits.iter().filter_map(|l| l.reservation_ttl).min())
+            .or(begun.plan.reservation_ttl)
+            .unwrap_or(begun.snapshot.catalog.reservations.default);
         let expires_at = now.saturating_add(ttl);
         let id = self.reservations.open(reservations::Reservation {
             subject: request.subject.to_owned(),

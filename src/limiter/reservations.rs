@@ -22,12 +22,6 @@ use crate::error::Error;
 
 use super::route::cost_of;
 
-/// How long a reservation is held when the request does not say: five
-/// minutes, longer than any LLM call a gateway waits for.
-pub const DEFAULT_TTL: Nanos = 5 * 60 * 1_000_000_000;
-/// The longest a reservation may be held: an hour.
-pub const MAX_TTL: Nanos = 60 * 60 * 1_000_000_000;
-
 /// The open (and recently settled) reservations of one limiter.
 #[derive(Debug, Default)]
 pub struct Reservations {
@@ -110,23 +104,6 @@ pub struct Settlement {
 // === impl Reservations ===
 
 impl Reservations {
-    /// The time to live a request asks for, or the default; past the
-    /// maximum, refused naming the field.
-    pub fn ttl(asked: Option<Nanos>) -> Result<Nanos, Error> {
-        match asked {
-            None | Some(0) => Ok(DEFAULT_TTL),
-            Some(t) if t > MAX_TTL => Err(Error::invalid(
-                "reserve.ttl",
-                format!(
-                    "at most {}s, got {:.3}s",
-                    MAX_TTL / 1_000_000_000,
-                    t as f64 / 1e9
-                ),
-            )),
-            Some(t) => Ok(t),
-        }
-    }
-
     /// Holds `reservation` under a new id, returned.
     pub fn open(&self, reservation: Reservation) -> Arc<str> {
         let id: Arc<str> = format!("rsv_{:032x}", fastrand::u128(..)).into();

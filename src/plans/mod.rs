@@ -52,6 +52,8 @@ pub struct Catalog {
     pub unsafe_paths: UnsafePaths,
     /// Where threshold events go.
     pub events: events::Events,
+    /// How long reservations are held.
+    pub reservations: ReservationTtl,
 }
 
 /// `http.forward_auth`: which incoming header carries each part of a
@@ -119,6 +121,27 @@ pub struct Plan {
     /// The thresholds of a limit that names none (the plan's or the file's),
     /// for limits an override adds.
     pub thresholds: events::Thresholds,
+    /// How long its reservations are held, when its limits and the request
+    /// do not say.
+    pub reservation_ttl: Option<Nanos>,
+}
+
+/// How long reservations are held: `reservations:` of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservationTtl {
+    /// When nothing else says.
+    pub default: Nanos,
+    /// The longest a request may ask for.
+    pub max: Nanos,
+}
+
+impl Default for ReservationTtl {
+    fn default() -> Self {
+        Self {
+            default: 5 * 60 * crate::engine::clock::SECOND,
+            max: 60 * 60 * crate::engine::clock::SECOND,
+        }
+    }
 }
 
 /// What applies to a request of one class under one plan.
@@ -152,6 +175,9 @@ pub struct Limit {
     /// The usage shares whose crossing is announced (`events`); empty for
     /// none.
     pub thresholds: events::Thresholds,
+    /// How long a reservation counted against it is held, when the request
+    /// does not say.
+    pub reservation_ttl: Option<Nanos>,
     /// Tried, not enforced: counted as if enforced, never refusing.
     pub shadow: bool,
 }
@@ -286,6 +312,7 @@ impl Plan {
             limits,
             routes,
             thresholds,
+            reservation_ttl: None,
         }
     }
 

@@ -147,7 +147,7 @@ pub fn apply(
             None => limits.push(Arc::new(changed)),
         }
     }
-    let plan = Plan::new(
+    let mut overridden = Plan::new(
         &plan.name,
         plan.description.clone(),
         plan.extends.clone(),
@@ -155,7 +155,8 @@ pub fn apply(
         class_names,
         plan.thresholds.clone(),
     );
-    Ok((plan, valid_until))
+    overridden.reservation_ttl = plan.reservation_ttl;
+    Ok((overridden, valid_until))
 }
 
 fn with_amount(limit: &Limit, amount: u64) -> Result<Limit, OverrideError> {
@@ -249,6 +250,7 @@ fn custom(
         },
         max_cost: None,
         thresholds: thresholds.clone(),
+        reservation_ttl: None,
         shadow: false,
     })
 }

@@ -80,6 +80,7 @@ fn limit(
         kind,
         max_cost: e.max_cost,
         thresholds: e.thresholds.clone().unwrap_or_else(|| thresholds.clone()),
+        reservation_ttl: e.reservation_ttl,
         shadow: e.shadow,
     }
 }

@@ -33,6 +33,8 @@ pub(super) struct Entry {
     pub(super) thresholds: Option<Thresholds>,
     /// `shadow: true`.
     pub(super) shadow: bool,
+    /// `reservation_ttl:`.
+    pub(super) reservation_ttl: Option<Nanos>,
 }
 
 /// What an entry does to its class and unit.
@@ -58,12 +60,13 @@ pub(super) fn plan_entries(
     plan: &str,
     raw: &RawPlan,
     classes: &BTreeMap<String, RawClass>,
+    ttl: crate::plans::ReservationTtl,
 ) -> Vec<Entry> {
     check_multiplier(p, plan, raw);
     let mut entries: Vec<Entry> = Vec::new();
     for (i, limit) in raw.limits.iter().enumerate() {
         let field = format!("plans.{plan}.limits[{i}]");
-        let Some(entry) = entry(p, &field, limit, classes) else {
+        let Some(entry) = entry(p, &field, limit, classes, ttl) else {
             continue;
         };
         if let Some(j) = entries.iter().position(|e| e.same_identity(&entry)) {
@@ -106,6 +109,7 @@ fn entry(
     field: &str,
     limit: &Spanned<RawLimit>,
     classes: &BTreeMap<String, RawClass>,
+    ttl: crate::plans::ReservationTtl,
 ) -> Option<Entry> {
     let line = limit.referenced.line();
     let raw = &limit.value;
@@ -121,6 +125,7 @@ fn entry(
         .thresholds
         .as_ref()
         .and_then(|t| super::events::thresholds(p, &format!("{field}.thresholds"), t));
+    let reservation_ttl = super::reservations::limit(p, field, raw.reservation_ttl.as_ref(), ttl);
     (p.list.len() == before).then(|| Entry {
         name: raw.name.as_ref().map(|n| n.value.clone()),
         class,
@@ -130,6 +135,7 @@ fn entry(
         max_cost,
         thresholds,
         shadow: raw.shadow.as_ref().is_some_and(|s| s.value),
+        reservation_ttl,
     })
 }
 

@@ -15,6 +15,7 @@ mod events;
 mod forward_auth;
 mod inherit;
 mod problems;
+mod reservations;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -47,7 +48,8 @@ pub(super) fn compile(
     let unsafe_paths = unsafe_paths(&mut p, raw.paths.as_ref());
     let (classes, class_names) = classes(&mut p, &raw.classes, unsafe_paths);
     let (thresholds, events) = events::events(&mut p, raw.events.as_ref(), &raw.plans.value);
-    let plans = plans(&mut p, &raw, &class_names, &thresholds, slots);
+    let reservations = reservations::file(&mut p, raw.reservations.as_ref());
+    let plans = plans(&mut p, &raw, &class_names, &thresholds, reservations, slots);
     let default_plan = default_plan(&mut p, &raw, &plans);
     let assignments = assignments(&mut p, &raw.assignments, &plans);
     match default_plan {
@@ -62,6 +64,7 @@ pub(super) fn compile(
             forward_auth,
             unsafe_paths,
             events,
+            reservations,
         }),
         _ => {
             p.list.sort_by_key(|problem| problem.line);
@@ -161,6 +164,7 @@ fn plans(
     raw: &RawConfig,
     class_names: &[Arc<str>],
     global: &Thresholds,
+    ttl: crate::plans::ReservationTtl,
     slots: &SlotRegistry,
 ) -> BTreeMap<String, Arc<Plan>> {
     let plans = &raw.plans.value;
@@ -169,7 +173,7 @@ fn plans(
         p.check_name(plan.referenced.line(), &format!("plans.{name}"), name);
         own.insert(
             name,
-            entry::plan_entries(p, name, &plan.value, &raw.classes),
+            entry::plan_entries(p, name, &plan.value, &raw.classes, ttl),
         );
     }
     if plans.is_empty() {
@@ -179,6 +183,13 @@ fn plans(
             "needs at least one plan".into(),
         );
     }
+    let ttls: BTreeMap<&str, Option<crate::engine::Nanos>> = plans
+        .iter()
+        .map(|(name, plan)| {
+            let own = reservations::plan(p, name, plan.value.reservations.as_ref(), ttl);
+            (name.as_str(), own)
+        })
+        .collect();
     let defaults: BTreeMap<&str, Thresholds> = plans
         .keys()
         .map(|name| (name.as_str(), events::plan_thresholds(p, raw, name, global)))
@@ -186,7 +197,7 @@ fn plans(
     inherit::resolve_all(p, plans, &own)
         .iter()
         .map(|(name, entries)| {
-            let plan = build::plan(
+            let mut plan = build::plan(
                 name,
                 &plans[name].value,
                 entries,
@@ -194,6 +205,7 @@ fn plans(
                 defaults[name.as_str()].clone(),
                 slots,
             );
+            plan.reservation_ttl = ttls[name.as_str()];
             (name.clone(), Arc::new(plan))
         })
         .collect()
@@ -258,6 +270,35 @@ mod tests {
         crate::config::parse("t.yaml", yaml, &SlotRegistry::default())
             .expect_err("invalid")
             .to_string()
+    }
+
+    #[test]
+    fn names_each_bad_reservation_ttl_by_line_and_field() {
+        let yaml = "reservations: { ttl: 2h, max_ttl: 1h }
+plans:
+  free:
+    reservations: { ttl: soon, max_ttl: 5m }
+    limits:
+      - { rate: 10/minute, reservation_ttl: 90m }
+      - { unit: tokens, rate: 10/minute, reservation_ttl: 100ms }
+";
+        let out = problems(yaml);
+        for expected in [
+            r#"t.yaml:1: reservations.ttl: at most 1h, the max_ttl, got "2h""#,
+            "t.yaml:4: plans.free.reservations.max_ttl: only the file's reservations have a max_ttl",
+            r#"t.yaml:4: plans.free.reservations.ttl: expected a duration such as 90s or 5m, got "soon""#,
+            r#"t.yaml:6: plans.free.limits[0].reservation_ttl: at most 1h, the max_ttl, got "90m""#,
+            r#"t.yaml:7: plans.free.limits[1].reservation_ttl: at least 1s, got "100ms""#,
+        ] {
+            assert!(out.contains(expected), "{expected}\nnot in:\n{out}");
+        }
+        let big = problems(
+            "reservations: { max_ttl: 30d }\nplans: { free: { limits: [ { rate: 1/minute } ] } }\n",
+        );
+        assert!(
+            big.contains("t.yaml:1: reservations.max_ttl: at most 7days"),
+            "{big}"
+        );
     }
 
     #[test]
