@@ -545,3 +545,23 @@ assignments: { acme: pro }
         too_long.message()
     );
 }
+
+/// A unit the estimate did not count is counted at settle: 0 tokens
+/// reserved, 500 used.
+#[tokio::test]
+async fn a_settle_counts_a_unit_the_estimate_left_at_zero() {
+    let s = TestServer::start(CONFIG).await;
+    let mut c = s.client.clone();
+    let mut r = req("z", "/v1/chat");
+    r.reserve = Some(pb::Reserve { ttl: None });
+    let id = s.consume(r).await.reservation.expect("reserved").id;
+    assert_eq!(left(&s, "z", "tokens-minute").await, 5000);
+    c.settle(pb::SettleRequest {
+        id,
+        actual: actual(500),
+    })
+    .await
+    .expect("settle");
+    assert_eq!(left(&s, "z", "tokens-minute").await, 4500);
+    assert_eq!(left(&s, "z", "tokens-day").await, 99_500);
+}

@@ -265,7 +265,8 @@ impl Limiter {
             let items = route::items(std::slice::from_ref(limit), scope, scope, |_| units);
             for item in items.iter() {
                 let Some(status) = statuses.next() else { break };
-                if limit.shadow || item.cost == 0 {
+                // Held even at 0: a settle past the estimate counts there.
+                if limit.shadow {
                     continue;
                 }
                 held.push(reservations::Held {
