@@ -239,6 +239,7 @@ impl Limiter {
                 ),
             ));
         }
+        self.reservations.room()?;
         if self.counters.shared().is_some() {
             return Err(Error::invalid(
                 "reserve",

@@ -22,10 +22,22 @@ use crate::error::Error;
 
 use super::route::cost_of;
 
+/// The most reservations held at once (open, or settled and kept for
+/// retries until they expire): about 300 MB of them.
+pub const MAX_HELD: usize = 1_000_000;
+
 /// The open (and recently settled) reservations of one limiter.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Reservations {
     held: Mutex<HashMap<Arc<str>, Reservation>>,
+    /// The most held at once.
+    cap: usize,
+}
+
+impl Default for Reservations {
+    fn default() -> Self {
+        Self::with_cap(MAX_HELD)
+    }
 }
 
 /// One reservation.
@@ -104,6 +116,26 @@ pub struct Settlement {
 // === impl Reservations ===
 
 impl Reservations {
+    /// Room for `cap` reservations at most.
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            held: Mutex::default(),
+            cap,
+        }
+    }
+
+    /// Whether one more may be held; refused with `RESOURCE_EXHAUSTED`
+    /// when the cap ([`MAX_HELD`]) is.
+    pub fn room(&self) -> Result<(), Error> {
+        if self.len() >= self.cap {
+            return Err(Error::ResourceExhausted(format!(
+                "{} reservations are held already: settle or release some, or wait for them to expire",
+                self.cap
+            )));
+        }
+        Ok(())
+    }
+
     /// Holds `reservation` under a new id, returned.
     pub fn open(&self, reservation: Reservation) -> Arc<str> {
         let id: Arc<str> = format!("rsv_{:032x}", fastrand::u128(..)).into();
@@ -217,5 +249,49 @@ impl Reservations {
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reservation(expires_at: Nanos) -> Reservation {
+        Reservation {
+            subject: "k".into(),
+            account: "k".into(),
+            estimate: HashMap::from([("tokens".to_owned(), 10)]),
+            held: Vec::new(),
+            expires_at,
+            settled: None,
+        }
+    }
+
+    #[test]
+    fn past_the_cap_one_more_is_refused_until_one_expires() {
+        let r = Reservations::with_cap(2);
+        r.open(reservation(10));
+        r.room().expect("room for a second");
+        r.open(reservation(20));
+        let full = r.room().expect_err("full");
+        assert!(matches!(full, Error::ResourceExhausted(_)), "{full}");
+        let expired = r.expire(10);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].actual["tokens"], 10, "settled at its estimate");
+        r.room().expect("room again");
+    }
+
+    #[test]
+    fn a_release_retried_answers_the_same_and_changes_nothing_twice() {
+        let r = Reservations::with_cap(2);
+        let id = r.open(reservation(100));
+        let (first, changes) = r.settle(&id, None, 1).expect("released");
+        assert_eq!(first.actual["tokens"], 0);
+        assert!(changes.is_empty(), "nothing held: nothing to change");
+        let (again, changes) = r.settle(&id, None, 2).expect("retried");
+        assert_eq!((again, changes.len()), (first, 0));
+        let other = HashMap::from([("tokens".to_owned(), 3)]);
+        assert!(r.settle(&id, Some(&other), 3).is_err());
+        assert!(r.settle(&id, None, 100).is_err(), "expired");
     }
 }
