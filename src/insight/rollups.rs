@@ -156,13 +156,7 @@ impl Rollups {
         // What failed before goes first, under the ids it was tried with
         // (Redis may have added it already); until it is in, new usage
         // waits in the table, where it merges, rather than piling up here.
-        while let Some(batch) = batches.front() {
-            shared
-                .store
-                .add_usage(&batch.id, &batch.rows, expires)
-                .await?;
-            batches.pop_front();
-        }
+        send(&shared.store, batches, expires).await?;
         let drained = self.table.drain();
         let rows = drained.len();
         let mut drained = drained.into_iter().map(counts).peekable();
@@ -173,13 +167,7 @@ impl Rollups {
             let id = format!("{}:{seq}", shared.replica);
             batches.push_back(Batch { id, rows });
         }
-        while let Some(batch) = batches.front() {
-            shared
-                .store
-                .add_usage(&batch.id, &batch.rows, expires)
-                .await?;
-            batches.pop_front();
-        }
+        send(&shared.store, batches, expires).await?;
         Ok(rows)
     }
 
@@ -230,6 +218,20 @@ impl Rollups {
         }
         Ok(sums.export(from, to, granularity, account)?)
     }
+}
+
+/// Sends `batches` to Redis in order, each under its id, dropping each once
+/// it is in; the first failure leaves it and those after it for a retry.
+async fn send(
+    store: &RedisStore,
+    batches: &mut VecDeque<Batch>,
+    expires: impl Fn(Table, u64) -> u64 + Copy,
+) -> Result<(), StoreError> {
+    while let Some(batch) = batches.front() {
+        store.add_usage(&batch.id, &batch.rows, expires).await?;
+        batches.pop_front();
+    }
+    Ok(())
 }
 
 /// A drained row as Redis keeps it.

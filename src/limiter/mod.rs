@@ -350,16 +350,9 @@ impl Limiter {
                 reservations::Change::Record(units) => records.push(item(units)),
             }
         }
-        // Each counter on its own: a reservation's counters are distinct,
-        // but their scopes (hash tags) may differ.
-        for (item, counted) in &refunds {
-            self.counters
-                .refund(
-                    item.key.scope,
-                    std::slice::from_ref(&(*item, *counted)),
-                    now,
-                )
-                .await?;
+        // A reservation's counters are distinct: one call gives back all.
+        if !refunds.is_empty() {
+            self.counters.refund(&refunds, now).await?;
         }
         for item in &records {
             self.counters

@@ -87,15 +87,13 @@ impl Counters {
         }
     }
 
-    /// Gives back at `now` what each item's `Charged` counted, all under
-    /// hash tag `tag` (a reservation settled for less, or released).
+    /// Gives back at `now` what each item's `Charged` counted (a
+    /// reservation settled for less, or released).
     pub async fn refund(
         &self,
-        tag: &str,
         items: &[(Item<'_>, crate::engine::algorithm::Charged)],
         now: Nanos,
     ) -> Result<(), StoreError> {
-        let _ = tag;
         match self {
             Self::Memory(engine) => {
                 engine.refund(now, items);
