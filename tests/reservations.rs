@@ -565,3 +565,156 @@ async fn a_settle_counts_a_unit_the_estimate_left_at_zero() {
     assert_eq!(left(&s, "z", "tokens-minute").await, 4500);
     assert_eq!(left(&s, "z", "tokens-day").await, 99_500);
 }
+
+const IN_FLIGHT: &str = r#"
+headers: both
+classes:
+  chat: { match: ["/v1/chat"] }
+plans:
+  free:
+    limits:
+      - { unit: concurrent, amount: 2 }
+      - { class: chat, unit: concurrent, amount: 1, per: account }
+      - { name: requests, rate: 100/minute }
+default_plan: free
+"#;
+
+/// A concurrency limit: a Consume holds a slot as a reservation until it is
+/// settled, released or expires; at most `amount` are held at once.
+#[tokio::test]
+async fn at_most_amount_requests_are_in_flight_until_settled_released_or_expired() {
+    let s = TestServer::start(IN_FLIGHT).await;
+    let mut c = s.client.clone();
+    let first = s.consume(req("k", "/v1/items")).await;
+    assert_eq!(verdict(&first), Verdict::Allowed);
+    assert_eq!(remaining(&first, "concurrent"), 1);
+    let first = first.reservation.expect("a slot is held as a reservation");
+    let second = s.consume(req("k", "/v1/items")).await;
+    assert_eq!(verdict(&second), Verdict::Allowed);
+    let second = second.reservation.expect("held");
+
+    let full = s.consume(req("k", "/v1/items")).await;
+    assert_eq!(verdict(&full), Verdict::RateLimited);
+    assert_eq!(full.reason, "concurrent exhausted: 0 of 2 concurrent left");
+    assert!(full.reservation.is_none(), "nothing held when refused");
+    assert_eq!(header(&full, "Retry-After"), Some("1"), "a hint: a second");
+    assert_eq!(
+        remaining(&full, "requests"),
+        98,
+        "the refusal counted nothing"
+    );
+    let policy = header(&full, "RateLimit-Policy").expect("IETF headers");
+    assert!(
+        policy.contains(r#""concurrent";q=2;qu="concurrent""#) && !policy.contains("w=0"),
+        "no window for requests in flight: {policy}"
+    );
+    // A check counts nothing and says whether a slot is free.
+    let check = s.check(req("k", "/v1/items")).await;
+    assert_eq!(verdict(&check), Verdict::RateLimited);
+    assert_eq!(s.limiter.expire_reservations().await.len(), 0);
+
+    // Released: the slot is free again; settled: too, whatever the actual.
+    c.release(pb::ReleaseRequest {
+        id: first.id.clone(),
+    })
+    .await
+    .expect("released");
+    let third = s.consume(req("k", "/v1/items")).await;
+    assert_eq!(verdict(&third), Verdict::Allowed);
+    assert_eq!(
+        verdict(&s.consume(req("k", "/v1/items")).await),
+        Verdict::RateLimited
+    );
+    let settled = c
+        .settle(pb::SettleRequest {
+            id: second.id.clone(),
+            actual: HashMap::from([("requests".to_owned(), 1)]),
+        })
+        .await
+        .expect("settled")
+        .into_inner();
+    assert!(
+        !settled.estimate.contains_key("concurrent"),
+        "slots are held, not billed: {settled:?}"
+    );
+    let fourth = s.consume(req("k", "/v1/items")).await;
+    assert_eq!(verdict(&fourth), Verdict::Allowed);
+    // Retried, a settle gives nothing back twice.
+    c.release(pb::ReleaseRequest { id: first.id })
+        .await
+        .expect("retried");
+    assert_eq!(
+        verdict(&s.consume(req("k", "/v1/items")).await),
+        Verdict::RateLimited
+    );
+
+    // Unsettled, the slots expire with their reservations (five minutes).
+    s.advance(secs(301));
+    assert_eq!(s.limiter.expire_reservations().await.len(), 2);
+    let after = s.consume(req("k", "/v1/items")).await;
+    assert_eq!(verdict(&after), Verdict::Allowed);
+    assert_eq!(remaining(&after, "concurrent"), 1);
+}
+
+/// Per class and per account: the chat class holds one slot of the whole
+/// account, beside each subject's two.
+#[tokio::test]
+async fn a_class_concurrency_limit_per_account_holds_across_its_subjects() {
+    let s = TestServer::start(IN_FLIGHT).await;
+    let mut c = s.client.clone();
+    let chat = |subject: &str| of_account(req(subject, "/v1/chat"), "acme");
+    let held = s.consume(chat("k1")).await;
+    assert_eq!(verdict(&held), Verdict::Allowed);
+    let other = s.consume(chat("k2")).await;
+    assert_eq!(verdict(&other), Verdict::RateLimited);
+    assert_eq!(
+        other.reason,
+        "chat:concurrent@account exhausted: 0 of 1 concurrent left"
+    );
+    assert_eq!(
+        verdict(&s.consume(of_account(req("k2", "/v1/items"), "acme")).await),
+        Verdict::Allowed,
+        "other classes hold their own slots"
+    );
+    c.release(pb::ReleaseRequest {
+        id: held.reservation.expect("held").id,
+    })
+    .await
+    .expect("released");
+    assert_eq!(verdict(&s.consume(chat("k2")).await), Verdict::Allowed);
+}
+
+/// Many callers at once: exactly `amount` are admitted, however the calls
+/// interleave; once they are released, exactly `amount` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_never_hold_more_than_amount() {
+    let yaml =
+        "plans: { free: { limits: [ { unit: concurrent, amount: 5 } ] } }\ndefault_plan: free\n";
+    let s = TestServer::start(yaml).await;
+    for round in 0..3 {
+        let calls = (0..40).map(|_| {
+            let mut c = s.client.clone();
+            tokio::spawn(async move {
+                c.consume(req("k", "/v1/x"))
+                    .await
+                    .expect("decided")
+                    .into_inner()
+            })
+        });
+        let mut held = Vec::new();
+        for call in calls.collect::<Vec<_>>() {
+            let d = call.await.expect("joined");
+            if let Some(r) = d.reservation {
+                held.push(r.id);
+            }
+        }
+        assert_eq!(held.len(), 5, "round {round}: exactly the amount admitted");
+        for id in held {
+            s.client
+                .clone()
+                .release(pb::ReleaseRequest { id })
+                .await
+                .expect("released");
+        }
+    }
+}

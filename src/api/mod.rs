@@ -93,9 +93,9 @@ impl RateLimiterService {
     }
 
     /// Settles the reservations that expired unsettled, at their estimate.
-    pub fn expire_reservations(&self) -> usize {
+    pub async fn expire_reservations(&self) -> usize {
         let started = Instant::now();
-        let expired = self.limiter.expire_reservations();
+        let expired = self.limiter.expire_reservations().await;
         for settlement in &expired {
             self.settled(Door::Expiry, settlement, started);
         }

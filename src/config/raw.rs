@@ -290,6 +290,9 @@ pub struct RawLimit {
     /// does not say (the shortest of a request's limits applies).
     #[serde(default)]
     pub reservation_ttl: Option<Spanned<String>>,
+    /// With `unit: concurrent`, how many requests may be in flight at once.
+    #[serde(default)]
+    pub amount: Option<Spanned<u64>>,
 }
 
 /// `burst:` as written: a percentage string or a number of units.

@@ -39,12 +39,11 @@ pub fn build(style: HeaderStyle, decision: &Decision, now: Nanos) -> Vec<(&'stat
         for (i, l) in counted.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             let name = sf_string(&l.limit.name);
-            let _ = write!(
-                policy,
-                "{sep}{name};q={};w={}",
-                l.amount(),
-                l.window().div_ceil(SECOND)
-            );
+            let _ = write!(policy, "{sep}{name};q={}", l.amount());
+            // A concurrency limit has no window.
+            if l.window() > 0 {
+                let _ = write!(policy, ";w={}", l.window().div_ceil(SECOND));
+            }
             if &*l.limit.unit != "requests" {
                 let _ = write!(policy, ";qu={}", sf_string(&l.limit.unit));
             }

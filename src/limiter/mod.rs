@@ -174,47 +174,10 @@ impl Limiter {
 
     /// Decides `request` in `mode`. A resource that cannot be normalized
     /// safely ([`path`]) is [`Error::Invalid`] naming it, and counts nothing.
+    /// A Consume admitted by a concurrency limit holds its slot as a
+    /// reservation ([`Decision::reservation`]), as [`Limiter::reserve`] does.
     pub async fn decide(&self, mode: Mode, request: &Request<'_>) -> Result<Decision, Error> {
-        Ok(self.decide_holding(mode, request).await?.0)
-    }
-
-    /// [`Limiter::decide`], with the time it counted at and the engine's
-    /// outcome when it ran the counters.
-    async fn decide_holding<'r>(
-        &self,
-        mode: Mode,
-        request: &Request<'r>,
-    ) -> Result<(Decision, Option<(Begun<'r>, Nanos, Outcome)>), Error> {
-        let begun = match self.begin(mode, request) {
-            Ok(begun) => begun,
-            Err(Early::Decided(decision)) => return Ok((*decision, None)),
-            Err(Early::Refused(e)) => return Err(e),
-        };
-        let route = begun.plan.route(begun.class);
-        let cost = |l: &Limit| cost_of(request.cost, &l.unit, mode);
-        let stored = self.timed.then(std::time::Instant::now);
-        let (now, outcome) = if route.shadow {
-            self.shadowed(&begun, request, &route.limits, cost).await?
-        } else {
-            let items = route::items(&route.limits, request.subject, begun.account, cost);
-            self.counters
-                .run(
-                    begun.run_mode,
-                    begun.account,
-                    &items,
-                    Some(Notify {
-                        subject: request.subject,
-                        account: begun.account,
-                    }),
-                    &self.slots,
-                    begun.now,
-                    request.deadline,
-                )
-                .await?
-        };
-        let mut decision = self.conclude(&begun, request, now, &outcome);
-        decision.store_time = stored.map(|at| at.elapsed());
-        Ok((decision, Some((begun, now, outcome))))
+        self.decide_holding(mode, request, None).await
     }
 
     /// A Consume that counts `request`'s cost as an estimate and, when
@@ -239,22 +202,81 @@ impl Limiter {
                 ),
             ));
         }
-        self.reservations.room()?;
-        if self.counters.shared().is_some() {
-            return Err(Error::invalid(
-                "reserve",
-                "reservations are not kept in Redis yet: this server counts there",
-            ));
-        }
-        let (mut decision, ran) = self.decide_holding(Mode::Consume, request).await?;
-        let Some((begun, now, outcome)) = ran.filter(|_| decision.counted) else {
-            return Ok(decision);
+        self.decide_holding(Mode::Consume, request, Some(asked))
+            .await
+    }
+
+    /// Decides `request` in `mode`; a Consume that reserves (`reserve`,
+    /// with the TTL asked for) or meets a concurrency limit holds what it
+    /// counted as a reservation when admitted.
+    async fn decide_holding(
+        &self,
+        mode: Mode,
+        request: &Request<'_>,
+        reserve: Option<Option<Nanos>>,
+    ) -> Result<Decision, Error> {
+        let begun = match self.begin(mode, request) {
+            Ok(begun) => begun,
+            Err(Early::Decided(decision)) => return Ok(*decision),
+            Err(Early::Refused(e)) => return Err(e),
         };
+        let route = begun.plan.route(begun.class);
+        let holds = mode == Mode::Consume && (reserve.is_some() || route.holds);
+        if holds {
+            self.reservations.room()?;
+            if self.counters.shared().is_some() {
+                return Err(Error::invalid(
+                    "reserve",
+                    "reservations are not kept in Redis yet: this server counts there",
+                ));
+            }
+        }
+        let cost = |l: &Limit| cost_of(request.cost, &l.unit, mode);
+        let stored = self.timed.then(std::time::Instant::now);
+        let (now, outcome) = if route.shadow {
+            self.shadowed(&begun, request, &route.limits, cost).await?
+        } else {
+            let items = route::items(&route.limits, request.subject, begun.account, cost);
+            self.counters
+                .run(
+                    begun.run_mode,
+                    begun.account,
+                    &items,
+                    Some(Notify {
+                        subject: request.subject,
+                        account: begun.account,
+                    }),
+                    &self.slots,
+                    begun.now,
+                    request.deadline,
+                )
+                .await?
+        };
+        let mut decision = self.conclude(&begun, request, now, &outcome);
+        decision.store_time = stored.map(|at| at.elapsed());
+        if holds && decision.counted {
+            let ttl = reserve.flatten();
+            decision.reservation = Some(self.hold(&begun, request, now, &outcome, ttl));
+        }
+        Ok(decision)
+    }
+
+    /// Holds what an admitted Consume counted as a reservation; its id
+    /// and expiry.
+    fn hold(
+        &self,
+        begun: &Begun<'_>,
+        request: &Request<'_>,
+        now: Nanos,
+        outcome: &Outcome,
+        asked: Option<Nanos>,
+    ) -> (Arc<str>, Nanos) {
         // Every enforced counter the estimate was counted against, with what
         // a refund needs; the outcome lists them in the route's order.
+        let route = begun.plan.route(begun.class);
         let mut held = Vec::new();
         let mut statuses = outcome.items.iter();
-        for limit in &begun.plan.route(begun.class).limits {
+        for limit in &route.limits {
             if limit.counted().is_none() {
                 continue;
             }
@@ -287,7 +309,6 @@ impl Limiter {
         }
         // Asked for, else the shortest of the limits', else the plan's,
         // else the file's.
-        let route = begun.plan.route(begun.class);
         let ttl = asked
             .or_else(|| route.limits.iter().filter_map(|l| l.reservation_ttl).min())
             .or(begun.plan.reservation_ttl)
@@ -301,8 +322,7 @@ impl Limiter {
             expires_at,
             settled: None,
         });
-        decision.reservation = Some((id, expires_at));
-        Ok(decision)
+        (id, expires_at)
     }
 
     /// Settles reservation `id` for `actual` per unit (units not named at
@@ -333,9 +353,19 @@ impl Limiter {
         Error::required("id", id)?;
         let now = self.clock.now();
         let (settlement, changes) = self.reservations.settle(id, actual, now)?;
+        self.apply(&changes, now).await?;
+        Ok(settlement)
+    }
+
+    /// Makes a reservation's `changes` to the counters at `now`.
+    async fn apply(
+        &self,
+        changes: &[(reservations::Held, reservations::Change)],
+        now: Nanos,
+    ) -> Result<(), Error> {
         let mut refunds = Vec::new();
         let mut records = Vec::new();
-        for (held, change) in &changes {
+        for (held, change) in changes {
             let item = |cost| Item {
                 key: crate::engine::CounterKey {
                     scope: &held.scope,
@@ -367,13 +397,23 @@ impl Limiter {
                 )
                 .await?;
         }
-        Ok(settlement)
+        Ok(())
     }
 
     /// Forgets the reservations expired by now; those never settled are
-    /// settled at their estimate, and returned.
-    pub fn expire_reservations(&self) -> Vec<reservations::Settlement> {
-        self.reservations.expire(self.clock.now())
+    /// settled at their estimate (their slots in flight given back), and
+    /// returned.
+    pub async fn expire_reservations(&self) -> Vec<reservations::Settlement> {
+        let now = self.clock.now();
+        let expired = self.reservations.expire(now);
+        let mut settled = Vec::with_capacity(expired.len());
+        for (settlement, changes) in expired {
+            if let Err(e) = self.apply(&changes, now).await {
+                tracing::warn!(error = %e, id = %settlement.id, "an expired reservation's slots in flight were not given back");
+            }
+            settled.push(settlement);
+        }
+        settled
     }
 
     /// A decision whose limits include shadow ones: the enforced limits

@@ -21,6 +21,7 @@ use crate::engine::{Algorithm, Mode, Nanos, Rate};
 use crate::error::Error;
 
 use super::route::cost_of;
+use crate::plans::CONCURRENT;
 
 /// The most reservations held at once (open, or settled and kept for
 /// retries until they expire): about 300 MB of them.
@@ -63,7 +64,9 @@ impl Reservation {
     fn by_unit(&self) -> BTreeMap<String, u64> {
         let mut units: BTreeMap<String, u64> =
             self.estimate.iter().map(|(u, &n)| (u.clone(), n)).collect();
-        for h in &self.held {
+        // Slots in flight are held, not billed.
+        units.remove(CONCURRENT);
+        for h in self.held.iter().filter(|h| &*h.unit != CONCURRENT) {
             units
                 .entry(h.unit.to_string())
                 .or_insert_with(|| cost_of(&self.estimate, &h.unit, Mode::Consume));
@@ -197,7 +200,11 @@ impl Reservations {
             .held
             .iter()
             .filter_map(|h| {
-                let actual = settlement.actual.get(&*h.unit).copied().unwrap_or(0);
+                // A slot in flight is given back whatever the actual.
+                let actual = match &*h.unit {
+                    CONCURRENT => 0,
+                    unit => settlement.actual.get(unit).copied().unwrap_or(0),
+                };
                 let counted = h.counted.units;
                 let change = match actual.cmp(&counted) {
                     std::cmp::Ordering::Less => Change::Refund(Charged {
@@ -217,9 +224,10 @@ impl Reservations {
     }
 
     /// Forgets what expired by `now`: those never settled are settled at
-    /// their estimate (nothing to give back), returned; the settled ones no
-    /// longer answer retries.
-    pub fn expire(&self, now: Nanos) -> Vec<Settlement> {
+    /// their estimate, returned with the changes that gives (their slots in
+    /// flight back; nothing else); the settled ones no longer answer
+    /// retries.
+    pub fn expire(&self, now: Nanos) -> Vec<(Settlement, Vec<(Held, Change)>)> {
         let mut held = self.held.lock();
         let mut expired = Vec::new();
         held.retain(|id, r| {
@@ -228,13 +236,22 @@ impl Reservations {
             }
             if r.settled.is_none() {
                 let estimate = r.by_unit();
-                expired.push(Settlement {
-                    id: id.clone(),
-                    subject: std::mem::take(&mut r.subject),
-                    account: std::mem::take(&mut r.account),
-                    actual: estimate.clone(),
-                    estimate,
-                });
+                let slots = r
+                    .held
+                    .iter()
+                    .filter(|h| &*h.unit == CONCURRENT && h.counted.units > 0)
+                    .map(|h| (h.clone(), Change::Refund(h.counted)))
+                    .collect();
+                expired.push((
+                    Settlement {
+                        id: id.clone(),
+                        subject: std::mem::take(&mut r.subject),
+                        account: std::mem::take(&mut r.account),
+                        actual: estimate.clone(),
+                        estimate,
+                    },
+                    slots,
+                ));
             }
             false
         });
@@ -277,7 +294,7 @@ mod tests {
         assert!(matches!(full, Error::ResourceExhausted(_)), "{full}");
         let expired = r.expire(10);
         assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].actual["tokens"], 10, "settled at its estimate");
+        assert_eq!(expired[0].0.actual["tokens"], 10, "settled at its estimate");
         r.room().expect("room again");
     }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::decision::LimitStatus;
-use crate::engine::{Algorithm, CounterKey, Item, ItemStatus, Mode, Nanos, Outcome};
-use crate::plans::{Counted, Limit, Per};
+use crate::engine::{Algorithm, CounterKey, Item, ItemStatus, Mode, Nanos, Outcome, clock::SECOND};
+use crate::plans::{CONCURRENT, Counted, Limit, Per};
 
 /// Items of one decision; four inline covers nearly every plan.
 pub type Items<'a> = SmallVec<[Item<'a>; 4]>;
@@ -89,16 +89,22 @@ pub fn statuses<'l>(
                     too_large = Some(&**limit);
                 }
                 let denied = !s.fits;
+                let (reset_at, wait) = if limit.concurrent() {
+                    // A slot frees when a request in flight settles, which
+                    // no counter knows: a second is the hint.
+                    let wait = if denied && !s.too_large { SECOND } else { 0 };
+                    (now + wait, wait)
+                } else if denied && !s.too_large {
+                    (now + s.wait, s.wait)
+                } else {
+                    (s.free_at, if denied { s.wait } else { 0 })
+                };
                 LimitStatus {
                     limit: limit.clone(),
                     remaining: s.remaining,
-                    reset_at: if denied && !s.too_large {
-                        now + s.wait
-                    } else {
-                        s.free_at
-                    },
+                    reset_at,
                     denied,
-                    wait: if denied { s.wait } else { 0 },
+                    wait,
                 }
             }
             None => LimitStatus {
@@ -116,11 +122,14 @@ pub fn statuses<'l>(
 }
 
 /// The cost of a request in `unit`: as given; otherwise one request for
-/// checks and consumption, and for a record with no cost at all.
+/// checks and consumption, and for a record with no cost at all; one slot
+/// in flight ([`CONCURRENT`]) for checks and consumption (a record holds
+/// none: nothing would give it back).
 pub fn cost_of(cost: &HashMap<String, u64>, unit: &str, mode: Mode) -> u64 {
     match cost.get(unit) {
         Some(&c) => c,
         None if unit == "requests" && (mode != Mode::Record || cost.is_empty()) => 1,
+        None if unit == CONCURRENT && mode != Mode::Record => 1,
         None => 0,
     }
 }

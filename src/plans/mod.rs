@@ -153,7 +153,20 @@ pub struct Route {
     pub limits: Vec<Arc<Limit>>,
     /// Whether any of them is a shadow limit (decided apart).
     pub shadow: bool,
+    /// Whether any enforced one is a concurrency limit: a Consume then
+    /// holds its slot as a reservation.
+    pub holds: bool,
 }
+
+/// The unit of a concurrency limit (`unit: concurrent`, `amount: N`):
+/// requests in flight, each holding a slot from admission until it is
+/// settled, released or expires.
+pub const CONCURRENT: &str = "concurrent";
+
+/// The window of a concurrency limit's counter: one that never ends (2^62
+/// ns from the epoch, in the year 2116), so its count goes down only when
+/// a slot is given back. Answers show no window for it.
+pub const IN_FLIGHT: Nanos = 1 << 62;
 
 /// One limit of a plan.
 #[derive(Debug, Clone)]
@@ -298,6 +311,7 @@ impl Plan {
                         LimitKind::Deny(message) => r.deny = Some(message.clone()),
                         _ => {
                             r.shadow |= limit.shadow && limit.counted().is_some();
+                            r.holds |= !limit.shadow && limit.concurrent();
                             r.limits.push(limit.clone());
                         }
                     }
@@ -325,6 +339,11 @@ impl Plan {
 // === impl Limit ===
 
 impl Limit {
+    /// Whether it limits requests in flight ([`CONCURRENT`]).
+    pub fn concurrent(&self) -> bool {
+        &*self.unit == CONCURRENT
+    }
+
     /// How the engine counts it; `None` when it does not count.
     pub fn counted(&self) -> Option<Counted> {
         match &self.kind {

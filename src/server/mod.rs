@@ -777,16 +777,16 @@ async fn reclaim(
         }
         let limiter = limiter.clone();
         let service = service.clone();
-        let (reclaimed, expired) = tokio::task::spawn_blocking(move || {
+        let expired = service.expire_reservations().await;
+        let reclaimed = tokio::task::spawn_blocking(move || {
             use crate::engine::CounterStore;
-            let reclaimed = limiter
+            limiter
                 .counters()
                 .memory()
-                .map_or(0, |m| m.reclaim(limiter.now()));
-            (reclaimed, service.expire_reservations())
+                .map_or(0, |m| m.reclaim(limiter.now()))
         })
         .await
-        .unwrap_or((0, 0));
+        .unwrap_or(0);
         if reclaimed > 0 || expired > 0 {
             tracing::trace!(
                 reclaimed,

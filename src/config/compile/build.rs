@@ -9,7 +9,9 @@ use crate::config::burst::Extra;
 use crate::config::raw::RawPlan;
 use crate::engine::{Algorithm, Nanos, Rate};
 use crate::plans::events::Thresholds;
-use crate::plans::{Limit, LimitKind, Plan, SlotRegistry, counter_identity, default_name};
+use crate::plans::{
+    IN_FLIGHT, Limit, LimitKind, Plan, SlotRegistry, counter_identity, default_name,
+};
 
 /// The plan `name` with its resolved `entries`.
 pub(super) fn plan(
@@ -63,7 +65,8 @@ fn limit(
             algorithm,
             burst,
         } => (
-            *window,
+            // In flight has no window to show (its counter's never ends).
+            if *window == IN_FLIGHT { 0 } else { *window },
             counted(e, *amount, *window, *algorithm, *burst, slots),
         ),
     };
@@ -136,6 +139,9 @@ fn generated(e: &Entry, window: Nanos) -> String {
             format!("{class_part}deny")
         }
         EntryKind::Unlimited { window: None } => {
+            default_name(e.class.as_deref(), &e.unit, None, e.per)
+        }
+        EntryKind::Counted { window, .. } if *window == IN_FLIGHT => {
             default_name(e.class.as_deref(), &e.unit, None, e.per)
         }
         _ => default_name(e.class.as_deref(), &e.unit, Some(window), e.per),

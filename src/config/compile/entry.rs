@@ -16,8 +16,8 @@ use crate::config::burst::Extra;
 use crate::config::rate::{parse_rate, parse_window};
 use crate::config::raw::{Burst, RawClass, RawLimit, RawPlan};
 use crate::engine::{Algorithm, Nanos};
-use crate::plans::Per;
 use crate::plans::events::Thresholds;
+use crate::plans::{CONCURRENT, IN_FLIGHT, Per};
 
 /// A plan entry before inheritance is applied.
 #[derive(Debug, Clone)]
@@ -205,6 +205,10 @@ fn kind(
     algorithm: Option<Algorithm>,
 ) -> Option<EntryKind> {
     let unlimited = raw.unlimited.as_ref().is_some_and(|u| u.value);
+    let concurrent = raw.unit.as_ref().is_some_and(|u| u.value == CONCURRENT);
+    if concurrent || raw.amount.is_some() {
+        return concurrent_kind(p, field, line, raw, concurrent, algorithm);
+    }
     match (&raw.deny, unlimited, &raw.rate) {
         (Some(deny), false, None) => Some(deny_kind(p, field, deny, has_class)),
         (None, true, None) => Some(EntryKind::Unlimited {
@@ -228,6 +232,93 @@ fn kind(
             None
         }
     }
+}
+
+/// `unit: concurrent` with its `amount:`: requests in flight, counted on
+/// a counter that never resets ([`IN_FLIGHT`]) and given back when each
+/// settles, is released or expires. It has no window, so no rate, no
+/// algorithm and no burst.
+fn concurrent_kind(
+    p: &mut Problems<'_>,
+    field: &str,
+    line: u64,
+    raw: &RawLimit,
+    concurrent: bool,
+    algorithm: Option<Algorithm>,
+) -> Option<EntryKind> {
+    let before = p.list.len();
+    let Some(amount) = &raw.amount else {
+        p.push(
+            line,
+            field,
+            "unit: concurrent needs amount: the most requests in flight at once".into(),
+        );
+        return None;
+    };
+    let amount_field = format!("{field}.amount");
+    if !concurrent {
+        p.push(
+            amount.referenced.line(),
+            &amount_field,
+            "only for unit: concurrent; a windowed limit's amount is in its rate".into(),
+        );
+    }
+    if amount.value == 0 {
+        p.push(
+            amount.referenced.line(),
+            &amount_field,
+            "must be at least 1 (use deny to refuse a class)".into(),
+        );
+    }
+    if let Err(e) = crate::config::rate::check_amount(amount.value) {
+        p.push(amount.referenced.line(), &amount_field, e);
+    }
+    let windowless = "a concurrency limit counts requests in flight, not a window";
+    if let Some(rate) = &raw.rate {
+        p.push(
+            rate.referenced.line(),
+            &format!("{field}.rate"),
+            format!("{windowless}: give amount, not rate"),
+        );
+    }
+    if let (Some(a), Some(raw_a)) = (algorithm, &raw.algorithm) {
+        p.push(
+            raw_a.referenced.line(),
+            &format!("{field}.algorithm"),
+            format!("{windowless}: {} does not apply", a.as_str()),
+        );
+    }
+    if let Some(b) = &raw.burst {
+        p.push(
+            b.referenced.line(),
+            &format!("{field}.burst"),
+            format!("{windowless}: it has no burst"),
+        );
+    }
+    for (key, set) in [
+        (
+            "unlimited",
+            raw.unlimited.as_ref().map(|u| u.referenced.line()),
+        ),
+        ("deny", raw.deny.as_ref().map(|d| d.referenced.line())),
+        ("window", raw.window.as_ref().map(|w| w.referenced.line())),
+        // Tried slots would be held with nothing to give them back.
+        ("shadow", raw.shadow.as_ref().map(|s| s.referenced.line())),
+    ] {
+        if let Some(at) = set {
+            p.push(
+                at,
+                &format!("{field}.{key}"),
+                "not for a concurrency limit".into(),
+            );
+        }
+    }
+    (p.list.len() == before).then_some(EntryKind::Counted {
+        amount: amount.value,
+        window: IN_FLIGHT,
+        algorithm: Algorithm::FixedWindow,
+        burst: None,
+    })
 }
 
 /// `deny:`; an empty message becomes `not in plan`.

@@ -302,6 +302,33 @@ plans:
     }
 
     #[test]
+    fn names_each_bad_concurrency_limit_by_line_and_field() {
+        let yaml = "plans:
+  free:
+    limits:
+      - { unit: concurrent, rate: 5/minute }
+      - { unit: concurrent, amount: 5, rate: 5/minute }
+      - { unit: concurrent, amount: 5, algorithm: token_bucket }
+      - { unit: concurrent, amount: 0 }
+      - { unit: tokens, amount: 5 }
+      - { unit: concurrent, amount: 5, burst: 2 }
+      - { unit: concurrent, amount: 5, shadow: true }
+";
+        let out = problems(yaml);
+        for expected in [
+            "t.yaml:4: plans.free.limits[0]: unit: concurrent needs amount: the most requests in flight at once",
+            "t.yaml:5: plans.free.limits[1].rate: a concurrency limit counts requests in flight, not a window: give amount, not rate",
+            "t.yaml:6: plans.free.limits[2].algorithm: a concurrency limit counts requests in flight, not a window: token_bucket does not apply",
+            "t.yaml:7: plans.free.limits[3].amount: must be at least 1",
+            "t.yaml:8: plans.free.limits[4].amount: only for unit: concurrent; a windowed limit's amount is in its rate",
+            "t.yaml:9: plans.free.limits[5].burst: a concurrency limit counts requests in flight, not a window: it has no burst",
+            "t.yaml:10: plans.free.limits[6].shadow: not for a concurrency limit",
+        ] {
+            assert!(out.contains(expected), "{expected}\nnot in:\n{out}");
+        }
+    }
+
+    #[test]
     fn refuses_amounts_over_the_maximum() {
         let err =
             problems("plans:\n  free:\n    limits:\n      - rate: 18446744073709551615/day\n");
