@@ -496,3 +496,136 @@ fn a_burst_ceiling_over_a_second_answers_alike() {
     let answers = harness.answers(&case);
     assert!(answers[0].fits && !answers[1].fits, "{answers:?}");
 }
+
+/// One refund case: a limit, a Consume, a wait, a refund of part of what it
+/// counted, and a Check.
+#[derive(Debug, Clone)]
+struct RefundCase {
+    limit: Limit,
+    cost: u64,
+    pause_ms: u64,
+    /// Counted by others after the wait, before the refund.
+    later: u64,
+    units: u64,
+    check: u64,
+}
+
+fn refund_case() -> impl Strategy<Value = RefundCase> {
+    (
+        0..ALGORITHMS.len(),
+        prop::sample::select(vec![5u64, 40, 1_000, 60_000]),
+        1..50u64,
+    )
+        .prop_flat_map(|(a, window_ms, amount)| {
+            (
+                Just(one(ALGORITHMS[a], window_ms, amount)),
+                0..=amount,
+                // Across the window only for the short ones: a test waits for it.
+                prop::sample::select(vec![
+                    0u64,
+                    (window_ms / 2).min(500),
+                    (window_ms + 1).min(1_001),
+                ]),
+                0..=amount,
+                0..=amount,
+                0..=amount,
+            )
+        })
+        .prop_map(|(limit, cost, pause_ms, later, units, check)| RefundCase {
+            units: units.min(cost),
+            limit,
+            cost,
+            pause_ms,
+            later,
+            check,
+        })
+}
+
+/// One decision of `item` (under its scope as hash tag) at `now`.
+async fn run_one(
+    counters: &Counters,
+    slots: &SlotRegistry,
+    item: Item<'_>,
+    mode: Mode,
+    now: u64,
+) -> (u64, Outcome) {
+    counters
+        .run(mode, item.key.scope, &[item], None, slots, now, None)
+        .await
+        .expect("decided")
+}
+
+/// Counts `case.cost` on both stores, waits, counts `case.later`, gives `case.units` back on
+/// both at Redis's time, then checks on both: every answer alike.
+async fn refund_differ(redis: &Counters, case: &RefundCase) -> Result<(), TestCaseError> {
+    use tollgate::engine::algorithm::Charged;
+    let store = &redis.shared().expect("the redis counters").store;
+    let tag = format!("refund{}", CASES.fetch_add(1, Ordering::Relaxed));
+    let slots = SlotRegistry::default();
+    let l = &case.limit;
+    let slot = slots.intern_counter(
+        &format!("{}|{}ms", l.algorithm.as_str(), l.window_ms),
+        l.algorithm,
+        l.window_ms * MILLISECOND,
+    );
+    let memory = Counters::from(MemoryStore::new(100));
+    let rate = Rate::new(l.amount, l.window_ms * MILLISECOND).expect("nonzero");
+    let item = |cost| Item {
+        key: CounterKey { scope: &tag, slot },
+        algorithm: l.algorithm,
+        rate,
+        cost,
+    };
+    let (at, remote) = run_one(redis, &slots, item(case.cost), Mode::Consume, 0).await;
+    let (_, local) = run_one(&memory, &slots, item(case.cost), Mode::Consume, at).await;
+    prop_assert_eq!(answers(&remote), answers(&local), "consume at {}", at);
+    let free_at = remote.items[0].free_at;
+    wait_for(store, at / MILLISECOND + case.pause_ms).await;
+    let (then, remote) = run_one(redis, &slots, item(case.later), Mode::Consume, 0).await;
+    let (_, local) = run_one(&memory, &slots, item(case.later), Mode::Consume, then).await;
+    prop_assert_eq!(answers(&remote), answers(&local), "later at {}", then);
+    let charged = Charged {
+        units: case.units,
+        rate,
+        at,
+        free_at,
+    };
+    let refunded = redis
+        .refund(&tag, &[(item(0), charged)], &slots, 0)
+        .await
+        .expect("refunded");
+    memory
+        .refund(&tag, &[(item(0), charged)], &slots, refunded)
+        .await
+        .expect("refunded");
+    let (checked, remote) = run_one(redis, &slots, item(case.check), Mode::Check, 0).await;
+    let (_, local) = run_one(&memory, &slots, item(case.check), Mode::Check, checked).await;
+    prop_assert_eq!(
+        answers(&remote),
+        answers(&local),
+        "check at {} after a refund at {}",
+        checked,
+        refunded
+    );
+    Ok(())
+}
+
+/// The refunds exist twice too (`Algorithm::refund`, and `steps.lua`'s
+/// that reservations settle with): on random counts, waits (within the
+/// window, across it) and refunds, both stores then answer alike.
+#[test]
+fn the_engine_and_the_redis_script_refund_alike() {
+    let harness = Harness::start();
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        failure_persistence: None,
+        max_shrink_iters: 64,
+        ..Config::default()
+    });
+    let result = runner.run(&refund_case(), |case| {
+        harness.rt.block_on(refund_differ(&harness.counters, &case))
+    });
+    if let Err(e) = result {
+        panic!("the engine and the script refund differently: {e}");
+    }
+}

@@ -222,17 +222,20 @@ impl Limiter {
         };
         let route = begun.plan.route(begun.class);
         let holds = mode == Mode::Consume && (reserve.is_some() || route.holds);
-        if holds {
+        let shared = self.counters.shared().filter(|_| holds);
+        if holds && shared.is_none() {
             self.reservations.room()?;
-            if self.counters.shared().is_some() {
-                return Err(Error::invalid(
-                    "reserve",
-                    "reservations are not kept in Redis yet: this server counts there",
-                ));
-            }
         }
         let cost = |l: &Limit| cost_of(request.cost, &l.unit, mode);
         let stored = self.timed.then(std::time::Instant::now);
+        if let Some(shared) = shared.filter(|_| begun.run_mode == Mode::Consume) {
+            let ttl = self.ttl_of(&begun, reserve.flatten());
+            let (now, outcome, held) = self.reserve_shared(shared, &begun, request, ttl).await?;
+            let mut decision = self.conclude(&begun, request, now, &outcome);
+            decision.store_time = stored.map(|at| at.elapsed());
+            decision.reservation = held;
+            return Ok(decision);
+        }
         let (now, outcome) = if route.shadow {
             self.shadowed(&begun, request, &route.limits, cost).await?
         } else {
@@ -255,10 +258,89 @@ impl Limiter {
         let mut decision = self.conclude(&begun, request, now, &outcome);
         decision.store_time = stored.map(|at| at.elapsed());
         if holds && decision.counted {
-            let ttl = reserve.flatten();
+            let ttl = self.ttl_of(&begun, reserve.flatten());
             decision.reservation = Some(self.hold(&begun, request, now, &outcome, ttl));
         }
         Ok(decision)
+    }
+
+    /// How long a reservation is held: asked for, else the shortest of the
+    /// route's limits', else the plan's, else the file's.
+    fn ttl_of(&self, begun: &Begun<'_>, asked: Option<Nanos>) -> Nanos {
+        let route = begun.plan.route(begun.class);
+        asked
+            .or_else(|| route.limits.iter().filter_map(|l| l.reservation_ttl).min())
+            .or(begun.plan.reservation_ttl)
+            .unwrap_or(begun.snapshot.catalog.reservations.default)
+    }
+
+    /// A reservation in Redis, in one script call: the account's expired
+    /// reservations settled first (their slots given back), then the
+    /// Consume, kept as a reservation when admitted. A shadow limit is
+    /// only checked. Returns Redis's time, the outcome and, admitted, the
+    /// reservation's id and expiry.
+    async fn reserve_shared(
+        &self,
+        shared: &crate::storage::redis::SharedCounters,
+        begun: &Begun<'_>,
+        request: &Request<'_>,
+        ttl: Nanos,
+    ) -> Result<(Nanos, Outcome, Option<(Arc<str>, Nanos)>), Error> {
+        use crate::storage::redis::{Counter, RedisStore, reservations::Hold};
+        let route = begun.plan.route(begun.class);
+        let tag = begun.account;
+        let mut holds = Vec::new();
+        for limit in route.limits.iter().filter(|l| l.counted().is_some()) {
+            let units = if limit.shadow {
+                0
+            } else {
+                cost_of(request.cost, &limit.unit, Mode::Consume)
+            };
+            let scope = match limit.per {
+                crate::plans::Per::Subject => request.subject,
+                crate::plans::Per::Account => begun.account,
+            };
+            for item in route::items(std::slice::from_ref(limit), scope, scope, |_| units).iter() {
+                holds.push(Hold {
+                    counter: Counter {
+                        key: RedisStore::key(
+                            tag,
+                            item.key.scope,
+                            &self.slots.identity(item.key.slot).unwrap_or_default(),
+                        ),
+                        algorithm: item.algorithm,
+                        amount: item.rate.amount(),
+                        window: item.rate.window(),
+                        cost: item.cost,
+                    },
+                    unit: (!limit.shadow).then(|| limit.unit.to_string()),
+                });
+            }
+        }
+        let estimate = reservations::by_unit(
+            request.cost,
+            route.limits.iter().filter(|l| !l.shadow).map(|l| &*l.unit),
+        );
+        let id = RedisStore::reservation_id(tag);
+        let (now, outcome, expires_at, expired) = shared
+            .store
+            .reserve(
+                tag,
+                &id,
+                request.subject,
+                begun.account,
+                &estimate,
+                &holds,
+                ttl,
+                0,
+            )
+            .await?;
+        self.reservations.expired_elsewhere(expired);
+        if outcome.counted {
+            self.reservations.reserved_in(tag, expires_at);
+        }
+        let held = outcome.counted.then(|| (Arc::from(id), expires_at));
+        Ok((now, outcome, held))
     }
 
     /// Holds what an admitted Consume counted as a reservation; its id
@@ -269,7 +351,7 @@ impl Limiter {
         request: &Request<'_>,
         now: Nanos,
         outcome: &Outcome,
-        asked: Option<Nanos>,
+        ttl: Nanos,
     ) -> (Arc<str>, Nanos) {
         // Every enforced counter the estimate was counted against, with what
         // a refund needs; the outcome lists them in the route's order.
@@ -307,12 +389,6 @@ impl Limiter {
                 });
             }
         }
-        // Asked for, else the shortest of the limits', else the plan's,
-        // else the file's.
-        let ttl = asked
-            .or_else(|| route.limits.iter().filter_map(|l| l.reservation_ttl).min())
-            .or(begun.plan.reservation_ttl)
-            .unwrap_or(begun.snapshot.catalog.reservations.default);
         let expires_at = now.saturating_add(ttl);
         let id = self.reservations.open(reservations::Reservation {
             subject: request.subject.to_owned(),
@@ -351,6 +427,12 @@ impl Limiter {
         actual: Option<&std::collections::HashMap<String, u64>>,
     ) -> Result<reservations::Settlement, Error> {
         Error::required("id", id)?;
+        if let Some(shared) = self.counters.shared() {
+            return self
+                .reservations
+                .settled_in(&shared.store, id, actual)
+                .await;
+        }
         let now = self.clock.now();
         let (settlement, changes) = self.reservations.settle(id, actual, now)?;
         self.apply(&changes, now).await?;
@@ -382,7 +464,10 @@ impl Limiter {
         }
         // A reservation's counters are distinct: one call gives back all.
         if !refunds.is_empty() {
-            self.counters.refund(&refunds, now).await?;
+            let tag = refunds[0].0.key.scope;
+            self.counters
+                .refund(tag, &refunds, &self.slots, now)
+                .await?;
         }
         for item in &records {
             self.counters
@@ -404,6 +489,12 @@ impl Limiter {
     /// settled at their estimate (their slots in flight given back), and
     /// returned.
     pub async fn expire_reservations(&self) -> Vec<reservations::Settlement> {
+        if let Some(shared) = self.counters.shared() {
+            return self
+                .reservations
+                .expire_in(&shared.store, self.clock.now())
+                .await;
+        }
         let now = self.clock.now();
         let expired = self.reservations.expire(now);
         let mut settled = Vec::with_capacity(expired.len());

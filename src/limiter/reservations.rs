@@ -22,17 +22,24 @@ use crate::error::Error;
 
 use super::route::cost_of;
 use crate::plans::CONCURRENT;
+use crate::storage::redis::reservations as redis_store;
 
 /// The most reservations held at once (open, or settled and kept for
 /// retries until they expire): about 300 MB of them.
 pub const MAX_HELD: usize = 1_000_000;
 
-/// The open (and recently settled) reservations of one limiter.
+/// The open (and recently settled) reservations of one limiter; with
+/// Redis, they are kept there, and this remembers only the accounts it
+/// reserved for (to expire theirs) and the expiries it met on the way.
 #[derive(Debug)]
 pub struct Reservations {
     held: Mutex<HashMap<Arc<str>, Reservation>>,
     /// The most held at once.
     cap: usize,
+    /// With Redis: accounts this replica reserved for, by latest expiry.
+    tags: Mutex<HashMap<String, Nanos>>,
+    /// With Redis: reservations expired by a reserve, until reported.
+    expired: Mutex<Vec<Settlement>>,
 }
 
 impl Default for Reservations {
@@ -59,20 +66,26 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Its estimate for every unit it named or counted (a request counts
-    /// one `requests` unless it says otherwise).
+    /// Its estimate for every unit it named or counted.
     fn by_unit(&self) -> BTreeMap<String, u64> {
-        let mut units: BTreeMap<String, u64> =
-            self.estimate.iter().map(|(u, &n)| (u.clone(), n)).collect();
-        // Slots in flight are held, not billed.
-        units.remove(CONCURRENT);
-        for h in self.held.iter().filter(|h| &*h.unit != CONCURRENT) {
-            units
-                .entry(h.unit.to_string())
-                .or_insert_with(|| cost_of(&self.estimate, &h.unit, Mode::Consume));
-        }
-        units
+        by_unit(&self.estimate, self.held.iter().map(|h| &*h.unit))
     }
+}
+
+/// A reservation's estimate for every unit its request named (`cost`) or
+/// its limits count (`units`): a request counts one `requests` unless it
+/// says otherwise. Slots in flight are held, not billed.
+pub fn by_unit<'u>(
+    cost: &HashMap<String, u64>,
+    units: impl Iterator<Item = &'u str>,
+) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = cost.iter().map(|(u, &n)| (u.clone(), n)).collect();
+    out.remove(CONCURRENT);
+    for unit in units.filter(|u| *u != CONCURRENT) {
+        out.entry(unit.to_owned())
+            .or_insert_with(|| cost_of(cost, unit, Mode::Consume));
+    }
+    out
 }
 
 /// One counter a reservation counted against.
@@ -116,6 +129,18 @@ pub struct Settlement {
     pub actual: BTreeMap<String, u64>,
 }
 
+impl From<redis_store::Closed> for Settlement {
+    fn from(c: redis_store::Closed) -> Self {
+        Self {
+            id: c.id.into(),
+            subject: c.subject,
+            account: c.account,
+            estimate: c.estimate,
+            actual: c.actual,
+        }
+    }
+}
+
 // === impl Reservations ===
 
 impl Reservations {
@@ -124,6 +149,8 @@ impl Reservations {
         Self {
             held: Mutex::default(),
             cap,
+            tags: Mutex::default(),
+            expired: Mutex::default(),
         }
     }
 
@@ -256,6 +283,80 @@ impl Reservations {
             false
         });
         expired
+    }
+
+    /// With Redis: remembers that `tag` has a reservation until `expires_at`.
+    pub fn reserved_in(&self, tag: &str, expires_at: Nanos) {
+        let mut tags = self.tags.lock();
+        let at = tags.entry(tag.to_owned()).or_default();
+        *at = (*at).max(expires_at);
+    }
+
+    /// With Redis: reservations a reserve expired on the way, reported at
+    /// the next [`Reservations::expire_in`].
+    pub fn expired_elsewhere(&self, closed: Vec<redis_store::Closed>) {
+        if !closed.is_empty() {
+            self.expired
+                .lock()
+                .extend(closed.into_iter().map(Settlement::from));
+        }
+    }
+
+    /// Settles `id` in Redis for `actual` (`None`: released).
+    pub async fn settled_in(
+        &self,
+        store: &crate::storage::redis::RedisStore,
+        id: &str,
+        actual: Option<&HashMap<String, u64>>,
+    ) -> Result<Settlement, Error> {
+        let actual: Option<BTreeMap<String, u64>> =
+            actual.map(|a| a.iter().map(|(u, &n)| (u.clone(), n)).collect());
+        match store.settle(id, actual.as_ref()).await? {
+            redis_store::Settled::Done(closed) => Ok(closed.into()),
+            redis_store::Settled::Gone => Err(Error::not_found(
+                "id",
+                format!("no reservation {id}: it is unknown, or expired"),
+            )),
+            redis_store::Settled::Conflict(before) => Err(Error::invalid(
+                "id",
+                format!("{id} was settled already, for {before:?}"),
+            )),
+        }
+    }
+
+    /// With Redis: expires what is due among the accounts this replica
+    /// reserved for, and (outside a Cluster) every account's; returns those
+    /// settled at their estimate, with those a reserve expired since.
+    pub async fn expire_in(
+        &self,
+        store: &crate::storage::redis::RedisStore,
+        now: Nanos,
+    ) -> Vec<Settlement> {
+        let mut tags: Vec<String> = self.tags.lock().keys().cloned().collect();
+        match store.due_reservations().await {
+            Ok(due) => tags.extend(due),
+            Err(e) => tracing::debug!(error = %e, "accounts with reservations due not read"),
+        }
+        tags.sort();
+        tags.dedup();
+        let mut out = std::mem::take(&mut *self.expired.lock());
+        for tag in tags {
+            match store.expire_reservations(&tag).await {
+                Ok(closed) => out.extend(closed.into_iter().map(Settlement::from)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reservations not expired; tried again later");
+                    continue;
+                }
+            }
+            // Forgotten here once its last reservation from here is past.
+            let mut mine = self.tags.lock();
+            if let Some(&last) = mine.get(&tag)
+                && last <= now
+            {
+                mine.remove(&tag);
+            }
+        }
+        out
     }
 
     /// How many are held, open or settled.

@@ -765,9 +765,6 @@ async fn reclaim(
     service: Arc<RateLimiterService>,
     stopping: CancellationToken,
 ) {
-    if limiter.counters().memory().is_none() {
-        return;
-    }
     let mut every = tokio::time::interval(RECLAIM_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -87,23 +87,44 @@ impl Counters {
         }
     }
 
-    /// Gives back at `now` what each item's `Charged` counted (a
-    /// reservation settled for less, or released).
+    /// Gives back what each item's `Charged` counted (a reservation
+    /// settled for less, or released), at `now` (in Redis: at Redis's time,
+    /// returned), the items all under hash tag `tag`. (A reservation kept
+    /// in Redis is settled there by its own script; this is the same
+    /// refund, one call.)
     pub async fn refund(
         &self,
+        tag: &str,
         items: &[(Item<'_>, crate::engine::algorithm::Charged)],
+        slots: &SlotRegistry,
         now: Nanos,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Nanos, StoreError> {
         match self {
             Self::Memory(engine) => {
                 engine.refund(now, items);
-                Ok(())
+                Ok(now)
             }
-            // Not yet: the script gives nothing back, so a reservation is
-            // refused before it counts (`Limiter::reserve`).
-            Self::Redis(_) => Err(StoreError::Url(
-                "reservations are not kept in Redis yet".into(),
-            )),
+            Self::Redis(shared) => {
+                let counters: Vec<(Counter, crate::engine::algorithm::Charged)> = items
+                    .iter()
+                    .map(|(i, charged)| {
+                        let key = RedisStore::key(
+                            tag,
+                            i.key.scope,
+                            &slots.identity(i.key.slot).unwrap_or_default(),
+                        );
+                        let counter = Counter {
+                            key,
+                            algorithm: i.algorithm,
+                            amount: i.rate.amount(),
+                            window: i.rate.window(),
+                            cost: 0,
+                        };
+                        (counter, *charged)
+                    })
+                    .collect();
+                shared.store.refund(&counters).await
+            }
         }
     }
 

@@ -19,6 +19,7 @@ mod batch;
 mod conn;
 mod counters;
 mod millis;
+pub mod reservations;
 pub mod runtime;
 pub mod usage;
 
@@ -38,7 +39,8 @@ use super::StoreError;
 use crate::engine::{Algorithm, ItemStatus, Mode, Nanos, Outcome};
 use millis::Millis;
 
-const SCRIPT: &str = include_str!("consume.lua");
+/// The algorithms, then the decisions over them.
+const SCRIPT: &str = concat!(include_str!("steps.lua"), include_str!("consume.lua"));
 
 /// The counters of a Redis deployment.
 #[derive(Clone)]
