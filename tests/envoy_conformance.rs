@@ -318,6 +318,29 @@ async fn request_hits_addend_zero_means_one() {
     assert_eq!(e.hit(r).await.statuses, [ok(20, Unit::Minute, 18, 60)]);
 }
 
+/// Envoy 1.40's `is_negative_hits` (a stream-done call giving hits back):
+/// taken off the window's count, never below nothing, and never counted.
+#[tokio::test]
+async fn negative_hits_are_given_back() {
+    let e = Envoy::start(&[BASIC]).await;
+    let mut r = request("test-domain", &[&[("key2", "a")]]);
+    r.descriptors[0].hits_addend = Some(15);
+    assert_eq!(
+        e.hit(r.clone()).await.statuses,
+        [ok(20, Unit::Minute, 5, 60)]
+    );
+    let mut back = r.clone();
+    back.descriptors[0].hits_addend = Some(10);
+    back.descriptors[0].is_negative_hits = true;
+    assert_eq!(
+        e.hit(back.clone()).await.statuses,
+        [ok(20, Unit::Minute, 15, 60)]
+    );
+    back.descriptors[0].hits_addend = Some(50);
+    assert_eq!(e.hit(back).await.statuses, [ok(20, Unit::Minute, 20, 60)]);
+    assert_eq!(e.hit(r).await.statuses, [ok(20, Unit::Minute, 5, 60)]);
+}
+
 #[tokio::test]
 async fn descriptor_hits_addend_wins_over_the_requests() {
     let e = Envoy::start(&[BASIC]).await;

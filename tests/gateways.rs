@@ -416,3 +416,64 @@ async fn envoy_gives_clients_the_contract() {
     assert_eq!(r.status, 500, "{r:?}");
     assert_eq!(app.seen().len(), before);
 }
+
+/// An LLM API behind Envoy (`examples/envoy/llm-tokens.yaml`): each request
+/// is checked before the call (hits 0), and charged the tokens its response
+/// says it used (`x-tokens-used`, sent by Envoy once the stream is done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_charges_the_tokens_a_response_used() {
+    let s = tollgate_for_envoy().await;
+    let app = App::start().await;
+    let envoy = Gateway::envoy_with("envoy/llm-tokens.yaml", s.addr, app.addr);
+    let key = [("x-api-key", "llm_key")];
+    // What the budget has left, as the next request's check reports it
+    // (the stream-done charge arrives after the response): waits for it.
+    let left_after = |expected: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = envoy.get("/v1/models", &key);
+            let left = r.header("x-ratelimit-remaining").map(str::to_owned);
+            if left.as_deref() == Some(expected) {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {expected} left: {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let r = envoy.send("POST", "/v1/chat?tokens=6000", &key, "{}");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        Some("10000"),
+        "checked before the call, charged after it"
+    );
+    assert_eq!(r.header("x-tokens-used"), Some("6000"));
+    left_after("4000");
+
+    // A response that does not say is not charged.
+    let r = envoy.send("POST", "/v1/chat", &key, "{}");
+    assert_eq!(r.status, 200, "{r:?}");
+    // The check still sees 4000; then a call that uses more than is left is
+    // admitted (the budget was checked, not reserved) and overdraws it.
+    let r = envoy.send("POST", "/v1/chat?tokens=5000", &key, "{}");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("4000"));
+    let r = left_after("0");
+    assert_eq!(r.status, 429, "{r:?}");
+    let served = app.seen().len();
+    let r = envoy.send("POST", "/v1/chat?tokens=1", &key, "{}");
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.header("x-envoy-ratelimited"), Some("true"));
+    assert_eq!(app.seen().len(), served, "refused before the upstream");
+
+    // The next minute, the budget is whole again.
+    s.advance(secs(60));
+    let r = envoy.send("POST", "/v1/chat?tokens=10", &key, "{}");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("10000"));
+    left_after("9990");
+}

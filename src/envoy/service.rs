@@ -167,6 +167,11 @@ impl EnvoyService {
                 {
                     Answer::no_limit()
                 }
+                Some(Limits::Rule(m, entries)) if d.is_negative_hits => {
+                    let scope = scope(&r.domain, entries, &m.shared);
+                    self.give_back(&m.rule.limits, &scope, hits, deadline)
+                        .await?
+                }
                 Some(Limits::Rule(m, entries)) => {
                     let scope = scope(&r.domain, entries, &m.shared);
                     let mut a = self.count(&m.rule.limits, &scope, hits, deadline).await?;
@@ -255,6 +260,39 @@ impl EnvoyService {
         Ok(Answer::of(best.expect("a rule has one limit at least").0))
     }
 
+    /// Negative hits (`is_negative_hits`): `hits` given back now to each
+    /// of `limits` (what the current window, ring bucket or bucket still
+    /// counts, at most), then the descriptor's state as a check reads it.
+    async fn give_back(
+        &self,
+        limits: &[RuleLimit],
+        scope: &str,
+        hits: u64,
+        deadline: Option<Deadline>,
+    ) -> Result<Answer, Error> {
+        let mut items = Items::new();
+        for l in limits.iter().filter(|l| l.amount > 0) {
+            route::push_items(&mut items, counted(l), scope, 0);
+        }
+        let now = self.limiter.now();
+        let refunds: Vec<_> = items
+            .iter()
+            .map(|i| {
+                let charged = crate::engine::algorithm::Charged {
+                    units: hits,
+                    rate: i.rate,
+                    at: now,
+                    free_at: crate::engine::Nanos::MAX,
+                };
+                (*i, charged)
+            })
+            .collect();
+        if !refunds.is_empty() {
+            self.limiter.refund(scope, &refunds).await?;
+        }
+        self.count(limits, scope, 0, deadline).await
+    }
+
     /// A reference zero limit: counted like any fixed window, and over as
     /// soon as the window holds anything (so a check of a fresh window, with
     /// `hits_addend` 0, is OK with nothing remaining), as the reference
@@ -312,7 +350,10 @@ impl EnvoyService {
                 key.and_then(|k| d.entries.iter().find(|e| e.key == k))
                     .map(|e| e.value.as_str())
             };
-            let Some(subject) = entry(Some(&domain.subject)).filter(|s| !s.is_empty()) else {
+            // Negative hits carry no reservation to settle: a plan's
+            // counts are given back by Settle and Release only.
+            let subject = entry(Some(&domain.subject)).filter(|s| !s.is_empty());
+            let Some(subject) = subject.filter(|_| !d.is_negative_hits) else {
                 answers.push(Answer::no_limit());
                 continue;
             };

@@ -631,6 +631,20 @@ impl Limiter {
             .await
     }
 
+    /// Gives back what each item's `Charged` counted, the items all under
+    /// hash tag `tag` (Envoy's negative hits).
+    pub async fn refund(
+        &self,
+        tag: &str,
+        items: &[(Item<'_>, crate::engine::algorithm::Charged)],
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        self.counters
+            .refund(tag, items, &self.slots, now)
+            .await
+            .map(drop)
+    }
+
     /// Resolves the plan and class of `request`; a class outside the plan
     /// is decided at once (`Err`), without counting.
     fn begin<'r>(&self, mode: Mode, request: &Request<'r>) -> Result<Begun<'r>, Early> {

@@ -86,6 +86,15 @@ impl App {
                     "hello"
                 };
                 let mut echoed = HeaderMap::new();
+                // What an LLM API says it used: `?tokens=N` answers
+                // `x-tokens-used: N`.
+                if let Some(n) = uri
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("tokens=")))
+                    && let Ok(value) = n.parse()
+                {
+                    echoed.insert("x-tokens-used", value);
+                }
                 if echo {
                     for (name, value) in &headers {
                         if name.as_str().starts_with("x-ratelimit-") {
@@ -225,10 +234,14 @@ impl Gateway {
     /// Envoy with `examples/envoy/envoy.yaml`: tollgate's gRPC at
     /// `tollgate`, the upstream at `app`.
     pub fn envoy(tollgate: SocketAddr, app: SocketAddr) -> Self {
+        Self::envoy_with("envoy/envoy.yaml", tollgate, app)
+    }
+
+    /// Envoy with the example configuration `file` (under `examples/`).
+    pub fn envoy_with(file: &str, tollgate: SocketAddr, app: SocketAddr) -> Self {
         let envoy = binary("envoy");
         Self::start("envoy", &["admin"], |dir, ports| {
-            let mut text =
-                std::fs::read_to_string(example_path("envoy/envoy.yaml")).expect("example");
+            let mut text = std::fs::read_to_string(example_path(file)).expect("example");
             for (from, to) in [
                 ("address: 0.0.0.0, port_value: 10000", ports[0]),
                 ("address: 127.0.0.1, port_value: 8081", tollgate),
