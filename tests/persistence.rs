@@ -50,16 +50,17 @@ impl Process {
 
     fn restore(&self) -> Result<tollgate::persist::Restored, PersistError> {
         self.persist
-            .restore(self.engine.store(), None, T0, &self.slots)
+            .restore(self.engine.store(), None, T0, &self.slots, &())
     }
 
     fn flush(&self) -> Result<u64, PersistError> {
-        self.persist.flush(self.engine.store(), T0, &self.slots)
+        self.persist
+            .flush(self.engine.store(), T0, &self.slots, &())
     }
 
     fn save(&self) -> Result<(), PersistError> {
         self.persist
-            .save(self.engine.store(), T0, &self.slots)
+            .save(self.engine.store(), T0, &self.slots, &())
             .map(drop)
     }
 
@@ -370,7 +371,7 @@ fn the_previous_versions_counters_carry_over_once() {
     let runtime = tollgate::state::RuntimeState::open(&state).expect("opens");
     let p = Process::new(&state, true, None);
     p.persist
-        .restore(p.engine.store(), Some(&runtime), T0, &p.slots)
+        .restore(p.engine.store(), Some(&runtime), T0, &p.slots, &())
         .expect("restores");
     let slot = p.slots.intern(IDENTITY);
     let mut count = 0;
@@ -395,4 +396,102 @@ fn the_previous_versions_counters_carry_over_once() {
             false
         });
     assert_eq!(count, 6);
+}
+
+const IN_FLIGHT_IDENTITY: &str = "subject||concurrent|4611686018427387904|fixed_window";
+
+/// A slot in flight (`unit: concurrent`) counted by `process`, held by a
+/// reservation of `ledger` when given.
+fn hold_slot(
+    p: &Process,
+    ledger: Option<&tollgate::limiter::reservations::Reservations>,
+) -> Option<std::sync::Arc<str>> {
+    use tollgate::engine::algorithm::Charged;
+    use tollgate::limiter::reservations::{Held, Reservation};
+    let slot = p.slots.intern_counter(
+        IN_FLIGHT_IDENTITY,
+        Algorithm::FixedWindow,
+        tollgate::plans::IN_FLIGHT,
+    );
+    let rate = Rate::new(5, tollgate::plans::IN_FLIGHT).expect("nonzero");
+    let item = Item {
+        key: CounterKey { scope: "a", slot },
+        algorithm: Algorithm::FixedWindow,
+        rate,
+        cost: 1,
+    };
+    assert!(p.engine.decide(Mode::Consume, T0, &[item]).counted);
+    let ledger = ledger?;
+    Some(ledger.open(Reservation {
+        subject: "a".into(),
+        account: "a".into(),
+        estimate: Default::default(),
+        held: vec![Held {
+            scope: "a".into(),
+            slot,
+            algorithm: Algorithm::FixedWindow,
+            rate,
+            unit: "concurrent".into(),
+            counted: Charged {
+                units: 1,
+                rate,
+                at: T0,
+                free_at: tollgate::plans::IN_FLIGHT,
+            },
+        }],
+        expires_at: T0 + DAY,
+        settled: None,
+    }))
+}
+
+fn in_flight(p: &Process) -> u64 {
+    let slot = p.slots.intern_counter(
+        IN_FLIGHT_IDENTITY,
+        Algorithm::FixedWindow,
+        tollgate::plans::IN_FLIGHT,
+    );
+    let mut count = 0;
+    p.engine
+        .store()
+        .transact(&[CounterKey { scope: "a", slot }], T0, &mut |s, _| {
+            count = s[0].b;
+            false
+        });
+    count
+}
+
+/// Reservations are journaled with the counters: after a crash, the ones
+/// a flush wrote are back (with their slots in flight), and a slot whose
+/// reservation was not written is free again, never held for good.
+#[test]
+fn journaled_reservations_come_back_and_lost_ones_free_their_slots() {
+    use tollgate::limiter::reservations::Reservations;
+    let state = fresh("reservations");
+    let before = Process::new(&state, true, None);
+    let ledger = Reservations::default();
+    ledger.journal();
+    before
+        .persist
+        .restore(before.engine.store(), None, T0, &before.slots, &ledger)
+        .expect("restores");
+    let kept = hold_slot(&before, Some(&ledger)).expect("a reservation");
+    hold_slot(&before, None); // Counted, its reservation never written.
+    assert_eq!(in_flight(&before), 2);
+    before
+        .persist
+        .flush(before.engine.store(), T0, &before.slots, &ledger)
+        .expect("flushed");
+    drop(before); // A crash: no save.
+
+    let after = Process::new(&state, true, None);
+    let restored = Reservations::default();
+    after
+        .persist
+        .restore(after.engine.store(), None, T0, &after.slots, &restored)
+        .expect("restores");
+    assert_eq!(restored.len(), 1, "the journaled reservation is back");
+    assert_eq!(in_flight(&after), 1, "the lost one's slot is free");
+    let (settlement, changes) = restored.settle(&kept, None, T0 + SEC).expect("settles");
+    assert_eq!(&*settlement.id, &*kept);
+    assert_eq!(changes.len(), 1, "its slot is given back");
 }

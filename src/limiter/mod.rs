@@ -137,6 +137,11 @@ impl Limiter {
         &self.counters
     }
 
+    /// The reservations held here, as the journal writes them.
+    pub fn ledger(&self) -> &reservations::Reservations {
+        &self.reservations
+    }
+
     /// Where admin changes are kept.
     pub fn state(&self) -> &Arc<RuntimeState> {
         &self.state
@@ -226,6 +231,12 @@ impl Limiter {
         if holds && shared.is_none() {
             self.reservations.room()?;
         }
+        // A reservation in memory opens as one step for the journal: its
+        // counting and its record, both or neither in a cut.
+        let _moving = match holds && shared.is_none() {
+            true => Some(self.reservations.moving().await),
+            false => None,
+        };
         let cost = |l: &Limit| cost_of(request.cost, &l.unit, mode);
         let stored = self.timed.then(std::time::Instant::now);
         if let Some(shared) = shared.filter(|_| begun.run_mode == Mode::Consume) {
@@ -433,6 +444,7 @@ impl Limiter {
                 .settled_in(&shared.store, id, actual)
                 .await;
         }
+        let _moving = self.reservations.moving().await;
         let now = self.clock.now();
         let (settlement, changes) = self.reservations.settle(id, actual, now)?;
         self.apply(&changes, now).await?;
@@ -495,6 +507,7 @@ impl Limiter {
                 .expire_in(&shared.store, self.clock.now())
                 .await;
         }
+        let _moving = self.reservations.moving().await;
         let now = self.clock.now();
         let expired = self.reservations.expire(now);
         let mut settled = Vec::with_capacity(expired.len());

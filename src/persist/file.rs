@@ -71,6 +71,8 @@ pub(super) struct Reader {
 pub(super) enum Next<'a> {
     /// A row.
     Row(Row<'a>),
+    /// A reservation's record.
+    Entry(record::Entry<'a>),
     /// A snapshot's end, with its row count.
     End(u64),
     /// The end of the file.
@@ -211,6 +213,9 @@ impl Reader {
                 Err(_) => Err(PersistError::damaged(&self.path, at, "a bad end record")),
             };
         }
+        if let Some(entry) = record::decode_entry(&self.buf) {
+            return Ok(Next::Entry(entry));
+        }
         match record::decode(&self.buf) {
             Some(row) => Ok(Next::Row(row)),
             None => Err(PersistError::damaged(
@@ -322,6 +327,14 @@ impl Writer {
         record::encode(row, &mut self.buf);
         self.frame(at);
         self.rows += 1;
+    }
+
+    /// Buffers a reservation's record (not a row: rows count counters).
+    pub(super) fn push_entry(&mut self, entry: &record::Entry<'_>) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; FRAME]);
+        record::encode_entry(entry, &mut self.buf);
+        self.frame(at);
     }
 
     /// Buffers a snapshot's end record, with the rows pushed so far.
@@ -446,7 +459,7 @@ mod tests {
         loop {
             match r.next()? {
                 Next::Row(Row::Counter { state, .. }) => got.push(state.a),
-                Next::Row(Row::Reset { .. }) => unreachable!("none written"),
+                Next::Row(Row::Reset { .. }) | Next::Entry(_) => unreachable!("none written"),
                 Next::End(n) => assert_eq!(n, got.len() as u64),
                 Next::Eof => return Ok((got, None)),
                 Next::Torn(at) => return Ok((got, Some(at))),

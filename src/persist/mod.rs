@@ -46,9 +46,49 @@ use crate::plans::SlotRegistry;
 use crate::state::RuntimeState;
 use crate::storage::memory::MemoryStore;
 use file::{Kind, Next, Reader, Writer};
+pub use record::Entry;
 
 /// Bytes buffered before they are written, within a shard's rows.
 const WRITE_AT: usize = 1 << 20;
+
+/// Reservations, written in the counters' files (`limiter::reservations`)
+/// so that a restore never pairs a reservation with counters that do not
+/// hold its estimate, nor forgets a settle whose refund they hold.
+///
+/// Each flush appends, as one cut taken while no reservation opens or
+/// settles ([`Ledger::still`]): the settles since the last flush, then the
+/// changed counters, then the reservations opened since. Any prefix of
+/// that (a crash mid-append) is safe: a settle whose refund is missing
+/// gives back too little, never twice; a reservation whose record is
+/// missing is lost (its estimate stays counted, it returns nothing).
+pub trait Ledger: Send + Sync {
+    /// Runs `f` while no reservation is opened or settled.
+    fn still(&self, f: &mut dyn FnMut() -> Result<(), PersistError>) -> Result<(), PersistError>;
+    /// Every reservation held (a settled one's settle too), and forgets
+    /// what was queued: a whole file holds them all.
+    fn held(&self, slots: &SlotRegistry, emit: &mut dyn FnMut(Entry<'_>));
+    /// The reservations opened since last taken.
+    fn take_opened(&self, slots: &SlotRegistry, emit: &mut dyn FnMut(Entry<'_>));
+    /// The settles and expiries since last taken.
+    fn take_closed(&self, emit: &mut dyn FnMut(Entry<'_>));
+    /// A record read back, in file order.
+    fn restore(&self, entry: Entry<'_>, slots: &SlotRegistry, now: Nanos);
+    /// Once read back: the units in flight (`unit: concurrent`) each
+    /// restored reservation holds, by scope and slot.
+    fn in_flight(&self, emit: &mut dyn FnMut(&str, u32, u64));
+}
+
+/// No reservations (tests, and servers that keep none here).
+impl Ledger for () {
+    fn still(&self, f: &mut dyn FnMut() -> Result<(), PersistError>) -> Result<(), PersistError> {
+        f()
+    }
+    fn held(&self, _: &SlotRegistry, _: &mut dyn FnMut(Entry<'_>)) {}
+    fn take_opened(&self, _: &SlotRegistry, _: &mut dyn FnMut(Entry<'_>)) {}
+    fn take_closed(&self, _: &mut dyn FnMut(Entry<'_>)) {}
+    fn restore(&self, _: Entry<'_>, _: &SlotRegistry, _: Nanos) {}
+    fn in_flight(&self, _: &mut dyn FnMut(&str, u32, u64)) {}
+}
 
 /// Counters across restarts: the journal or the snapshot beside a state
 /// file.
@@ -262,6 +302,7 @@ impl Persistence {
         legacy: Option<&RuntimeState>,
         now: Nanos,
         slots: &SlotRegistry,
+        ledger: &dyn Ledger,
     ) -> Result<Restored, PersistError> {
         let journal = Reader::open(&self.journal_path, Kind::Journal)?;
         let snapshot = Reader::open(&self.snapshot_path, Kind::Snapshot)?;
@@ -286,10 +327,22 @@ impl Persistence {
                         restore_legacy_snapshot(store, &saved, now, slots);
                     }
                 }
-                self.read_into(store, reader, Kind::Journal, now, slots, &mut restored)?;
+                self.read_into(
+                    store,
+                    reader,
+                    Kind::Journal,
+                    (now, slots, ledger),
+                    &mut restored,
+                )?;
             }
             (_, Some((reader, _))) => {
-                self.read_into(store, reader, Kind::Snapshot, now, slots, &mut restored)?;
+                self.read_into(
+                    store,
+                    reader,
+                    Kind::Snapshot,
+                    (now, slots, ledger),
+                    &mut restored,
+                )?;
             }
             (_, None) => {
                 if let Some(saved) = legacy
@@ -303,6 +356,7 @@ impl Persistence {
                 }
             }
         }
+        recount_in_flight(store, now, slots, ledger);
         restored.counters = store.len();
         self.step(Step::Restored)?;
         let epoch = journal_epoch.max(snapshot_epoch).unwrap_or(0) + 1;
@@ -310,11 +364,11 @@ impl Persistence {
         if self.every.is_some() {
             // A new journal holds everything restored; what it supersedes
             // goes only once it is in place.
-            self.rewrite(store, now, slots)?;
+            self.rewrite(store, now, slots, ledger)?;
             store.track_changes();
         } else if legacy_rows {
             // The previous version's files are replaced now, by a snapshot.
-            self.write_snapshot(store, now, slots)?;
+            self.write_snapshot(store, now, slots, ledger)?;
         }
         if legacy_rows && let Some(state) = legacy {
             state.drop_legacy_counters()?;
@@ -329,8 +383,7 @@ impl Persistence {
         store: &MemoryStore,
         mut reader: Reader,
         kind: Kind,
-        now: Nanos,
-        slots: &SlotRegistry,
+        (now, slots, ledger): (Nanos, &SlotRegistry, &dyn Ledger),
         restored: &mut Restored,
     ) -> Result<(), PersistError> {
         let path = reader.path().to_owned();
@@ -345,6 +398,12 @@ impl Persistence {
                     }
                     rows += 1;
                     store.restore(row, now, slots);
+                }
+                Next::Entry(entry) => {
+                    if ended {
+                        return Err(PersistError::damaged(&path, 0, "records after its end"));
+                    }
+                    ledger.restore(entry, slots, now);
                 }
                 Next::End(n) if n == rows => ended = true,
                 Next::End(n) => {
@@ -374,6 +433,7 @@ impl Persistence {
         store: &MemoryStore,
         now: Nanos,
         slots: &SlotRegistry,
+        ledger: &dyn Ledger,
     ) -> Result<u64, PersistError> {
         if self.every.is_none() {
             return Ok(0);
@@ -384,17 +444,17 @@ impl Persistence {
             open.writer.len() > open.base.max(2 * live) + (64 << 20)
         });
         if oversized || self.rewrite.load(Ordering::Acquire) {
-            self.rewrite(store, now, slots)?;
+            self.rewrite(store, now, slots, ledger)?;
             return Ok(self.journal.lock().as_ref().map_or(0, |o| o.writer.len()));
         }
         let mut guard = self.journal.lock();
         let Some(open) = guard.as_mut() else {
             drop(guard);
-            self.rewrite(store, now, slots)?;
+            self.rewrite(store, now, slots, ledger)?;
             return Ok(0);
         };
         let good = open.writer.len();
-        let appended = self.append(store, &mut open.writer, now, slots);
+        let appended = self.append(store, &mut open.writer, now, slots, ledger);
         match appended {
             Ok(()) => Ok(open.writer.len()),
             Err(e @ PersistError::Crashed(_)) => Err(e),
@@ -415,17 +475,24 @@ impl Persistence {
         writer: &mut Writer,
         now: Nanos,
         slots: &SlotRegistry,
+        ledger: &dyn Ledger,
     ) -> Result<(), PersistError> {
         let mut failed = None;
-        for shard in 0..store.shard_count() {
-            store.drain_changes(shard, now, slots, &mut |row| writer.push(&row));
-            if writer.buffered() >= WRITE_AT
-                && let Err(e) = writer.write()
-            {
-                // Drain every shard anyway: the rewrite that follows holds it all.
-                failed.get_or_insert(e);
+        // One cut, in the order that keeps every prefix safe (see Ledger).
+        ledger.still(&mut || {
+            ledger.take_closed(&mut |entry| writer.push_entry(&entry));
+            for shard in 0..store.shard_count() {
+                store.drain_changes(shard, now, slots, &mut |row| writer.push(&row));
+                if writer.buffered() >= WRITE_AT
+                    && let Err(e) = writer.write()
+                {
+                    // Drain every shard anyway: the rewrite that follows holds it all.
+                    failed.get_or_insert(e);
+                }
             }
-        }
+            ledger.take_opened(slots, &mut |entry| writer.push_entry(&entry));
+            Ok(())
+        })?;
         if let Some(e) = failed {
             return Err(e);
         }
@@ -443,10 +510,18 @@ impl Persistence {
         store: &MemoryStore,
         now: Nanos,
         slots: &SlotRegistry,
+        ledger: &dyn Ledger,
     ) -> Result<(), PersistError> {
         let epoch = *self.epoch.lock();
         let tmp = with_suffix(&self.journal_path, ".tmp");
-        let written = self.write_new(&tmp, Kind::Journal, epoch, store, now, slots, true);
+        let written = self.write_new(
+            &tmp,
+            Kind::Journal,
+            epoch,
+            store,
+            (now, slots, ledger),
+            true,
+        );
         let writer = match written {
             Ok(w) => w,
             Err(e) => {
@@ -475,15 +550,16 @@ impl Persistence {
         store: &MemoryStore,
         now: Nanos,
         slots: &SlotRegistry,
+        ledger: &dyn Ledger,
     ) -> Result<Saved, PersistError> {
         if self.every.is_some() {
-            self.flush(store, now, slots)?;
+            self.flush(store, now, slots, ledger)?;
             return Ok(Saved {
                 counters: store.len() as u64,
                 path: self.journal_path.clone(),
             });
         }
-        self.write_snapshot(store, now, slots)
+        self.write_snapshot(store, now, slots, ledger)
     }
 
     fn write_snapshot(
@@ -491,6 +567,7 @@ impl Persistence {
         store: &MemoryStore,
         now: Nanos,
         slots: &SlotRegistry,
+        ledger: &dyn Ledger,
     ) -> Result<Saved, PersistError> {
         let epoch = {
             let mut epoch = self.epoch.lock();
@@ -498,7 +575,15 @@ impl Persistence {
             *epoch
         };
         let tmp = with_suffix(&self.snapshot_path, ".tmp");
-        let writer = match self.write_new(&tmp, Kind::Snapshot, epoch, store, now, slots, false) {
+        let written = self.write_new(
+            &tmp,
+            Kind::Snapshot,
+            epoch,
+            store,
+            (now, slots, ledger),
+            false,
+        );
+        let writer = match written {
             Ok(w) => w,
             Err(e) => {
                 if !matches!(e, PersistError::Crashed(_)) {
@@ -522,25 +607,23 @@ impl Persistence {
         kind: Kind,
         epoch: u64,
         store: &MemoryStore,
-        now: Nanos,
-        slots: &SlotRegistry,
+        (now, slots, ledger): (Nanos, &SlotRegistry, &dyn Ledger),
         clear: bool,
     ) -> Result<Writer, PersistError> {
         let mut writer = Writer::create(path, kind, epoch)?;
-        for shard in 0..store.shard_count() {
-            let mut failed = None;
-            store.live_rows(shard, now, slots, clear, &mut |row| {
-                writer.push(&row);
-            });
-            if writer.buffered() >= WRITE_AT
-                && let Err(e) = writer.write()
-            {
-                failed = Some(e);
+        // One cut: every reservation, then every counter.
+        ledger.still(&mut || {
+            ledger.held(slots, &mut |entry| writer.push_entry(&entry));
+            for shard in 0..store.shard_count() {
+                store.live_rows(shard, now, slots, clear, &mut |row| {
+                    writer.push(&row);
+                });
+                if writer.buffered() >= WRITE_AT {
+                    writer.write()?;
+                }
             }
-            if let Some(e) = failed {
-                return Err(e);
-            }
-        }
+            Ok(())
+        })?;
         if kind == Kind::Snapshot {
             writer.end();
         }
@@ -606,6 +689,59 @@ impl PersistError {
             offset,
             reason: reason.to_owned(),
         }
+    }
+}
+
+/// Sets every counter of requests in flight (`unit: concurrent`) to what
+/// the restored reservations hold: a slot whose reservation was lost in a
+/// crash is free again, never held for good.
+fn recount_in_flight(store: &MemoryStore, now: Nanos, slots: &SlotRegistry, ledger: &dyn Ledger) {
+    use std::collections::HashMap;
+    let in_flight = |slot: u32| {
+        slots
+            .family(slot)
+            .is_some_and(|(_, window)| window == crate::plans::IN_FLIGHT)
+    };
+    let mut held: HashMap<(String, u32), u64> = HashMap::new();
+    ledger.in_flight(&mut |scope, slot, units| {
+        *held.entry((scope.to_owned(), slot)).or_default() += units;
+    });
+    let mut counted: Vec<(String, u32)> = Vec::new();
+    for shard in 0..store.shard_count() {
+        store.live_rows(shard, now, slots, false, &mut |row| {
+            if let crate::storage::memory::Row::Counter {
+                scope, identity, ..
+            } = row
+            {
+                let slot = slots.intern(identity);
+                if in_flight(slot) {
+                    counted.push((scope.to_owned(), slot));
+                }
+            }
+        });
+    }
+    let keys: std::collections::HashSet<(String, u32)> =
+        counted.into_iter().chain(held.keys().cloned()).collect();
+    for (scope, slot) in keys {
+        let units = held.get(&(scope.clone(), slot)).copied().unwrap_or(0);
+        let Some(identity) = slots.identity(slot) else {
+            continue;
+        };
+        // The window that never ends: index 0, this many in it.
+        store.restore(
+            crate::storage::memory::Row::Counter {
+                scope: &scope,
+                identity: &identity,
+                state: crate::engine::State {
+                    a: now / crate::plans::IN_FLIGHT,
+                    b: units,
+                    ..Default::default()
+                },
+                expires_at: (now / crate::plans::IN_FLIGHT + 1) * crate::plans::IN_FLIGHT,
+            },
+            now,
+            slots,
+        );
     }
 }
 

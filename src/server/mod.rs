@@ -653,7 +653,10 @@ async fn restore(
     let (l, p) = (limiter.clone(), persist.clone());
     let restored = tokio::task::spawn_blocking(move || {
         let memory = l.counters().memory().expect("checked: counting in memory");
-        p.restore(memory, Some(l.state()), l.now(), l.slots())
+        if p.every().is_some() {
+            l.ledger().journal();
+        }
+        p.restore(memory, Some(l.state()), l.now(), l.slots(), l.ledger())
     })
     .await
     .expect("restoring never panics")?;
@@ -681,7 +684,7 @@ async fn save(limiter: &Arc<Limiter>, persist: Arc<Persistence>) {
         let memory = l.counters().memory()?;
         Some(
             persist
-                .save(memory, l.now(), l.slots())
+                .save(memory, l.now(), l.slots(), l.ledger())
                 .map_err(|e| (e, persist)),
         )
     })
@@ -734,7 +737,7 @@ async fn journal(
         let flushed = tokio::task::spawn_blocking(move || {
             let memory = l.counters().memory().expect("checked: counting in memory");
             let started = std::time::Instant::now();
-            p.flush(memory, l.now(), l.slots())
+            p.flush(memory, l.now(), l.slots(), l.ledger())
                 .map(|len| (len, started.elapsed()))
         })
         .await;
