@@ -629,3 +629,87 @@ fn the_engine_and_the_redis_script_refund_alike() {
         panic!("the engine and the script refund differently: {e}");
     }
 }
+
+/// A calendar window (a month, a week, in UTC and in a zone) counts, checks
+/// and gives back alike in both stores; its reset is the period's end.
+#[test]
+fn a_calendar_window_answers_alike() {
+    use tollgate::engine::algorithm::Charged;
+    use tollgate::engine::algorithm::calendar::{Calendar, Unit, zone};
+    let harness = Harness::start();
+    let berlin = zone("Europe/Berlin").expect("a zone");
+    harness.rt.block_on(async {
+        let redis = &harness.counters;
+        for (i, calendar) in [
+            Calendar {
+                unit: Unit::Month,
+                zone: 0,
+                anchor: 0,
+            },
+            Calendar {
+                unit: Unit::Month,
+                zone: berlin,
+                anchor: 14,
+            },
+            Calendar {
+                unit: Unit::Week,
+                zone: 0,
+                anchor: 0,
+            },
+            Calendar {
+                unit: Unit::Year,
+                zone: berlin,
+                anchor: 0,
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let slots = SlotRegistry::default();
+            let slot = slots.intern_counter(
+                &format!("calendar{i}"),
+                Algorithm::Calendar,
+                calendar.unit.nominal(),
+            );
+            let tag = format!("calendar{}", CASES.fetch_add(1, Ordering::Relaxed));
+            let rate = Rate::calendar(5, calendar).expect("nonzero");
+            let item = |cost| Item {
+                key: CounterKey { scope: &tag, slot },
+                algorithm: Algorithm::Calendar,
+                rate,
+                cost,
+            };
+            let memory = Counters::from(MemoryStore::new(100));
+            let mut free_at = 0;
+            for (mode, cost) in [(Mode::Consume, 3), (Mode::Consume, 3), (Mode::Consume, 2)] {
+                let (at, remote) = run_one(redis, &slots, item(cost), mode, 0).await;
+                let (_, local) = run_one(&memory, &slots, item(cost), mode, at).await;
+                assert_eq!(answers(&remote), answers(&local), "{calendar:?} at {at}");
+                assert_eq!(remote.items[0].free_at, calendar.period(at).1);
+                free_at = remote.items[0].free_at;
+            }
+            let charged = Charged {
+                units: 2,
+                rate,
+                at: 0,
+                free_at,
+            };
+            let back = redis
+                .refund(&tag, &[(item(0), charged)], &slots, 0)
+                .await
+                .expect("refunded");
+            memory
+                .refund(&tag, &[(item(0), charged)], &slots, back)
+                .await
+                .expect("refunded");
+            let (at, remote) = run_one(redis, &slots, item(1), Mode::Check, 0).await;
+            let (_, local) = run_one(&memory, &slots, item(1), Mode::Check, at).await;
+            assert_eq!(
+                answers(&remote),
+                answers(&local),
+                "{calendar:?} after a refund"
+            );
+            assert_eq!(remote.items[0].remaining, 2, "3 + 2 counted, 2 given back");
+        }
+    });
+}

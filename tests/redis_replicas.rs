@@ -1,5 +1,5 @@
 //! Several real tollgate processes on one real redis-server behave as one
-//! limiter: exact totals for every algorithm with clients spread across the
+//! limiter: exact totals for every algorithm (a calendar month too) with clients spread across the
 //! replicas, upgrades and watchers across replicas, Envoy's rule files on the
 //! same store, and a replica restart that loses nothing.
 
@@ -19,6 +19,7 @@ classes:
   sliding: { match: ["/sliding"] }
   bucket: { match: ["/bucket"] }
   burst: { match: ["/burst"] }
+  monthly: { match: ["/monthly"] }
 plans:
   free:
     limits:
@@ -26,6 +27,7 @@ plans:
       - { name: sliding, class: sliding, rate: 30/day, algorithm: sliding_window }
       - { name: bucket, class: bucket, rate: 30/day, algorithm: token_bucket }
       - { name: burst, class: burst, rate: 30/day, burst: 5 }
+      - { name: monthly, class: monthly, rate: 30/month }
   pro:
     extends: free
     multiplier: 10
@@ -131,11 +133,11 @@ async fn three_replicas_admit_exactly_the_limit_for_every_algorithm() {
     for s in &r.served {
         clients.push(client(s).await);
     }
-    for class in ["fixed", "sliding", "bucket", "burst"] {
+    for class in ["fixed", "sliding", "bucket", "burst", "monthly"] {
         let allowed = spread(&clients, &req("key_1", &format!("/{class}")), 90).await;
         assert_eq!(
             allowed, 30,
-            "{class}: 90 calls over 3 replicas against 30/day"
+            "{class}: 90 calls over 3 replicas against 30 a day (a month)"
         );
     }
 }

@@ -295,6 +295,41 @@ impl AdminService {
         })
     }
 
+    async fn anchor(
+        &self,
+        peer: String,
+        r: pb::SetBillingAnchorRequest,
+    ) -> Result<pb::SetBillingAnchorResponse, Error> {
+        Error::required("account", &r.account)?;
+        convert::bounded("account", &r.account)?;
+        let day = match (r.clear, r.day) {
+            (true, _) => None,
+            (false, d @ 1..=31) => Some(d as u8),
+            (false, d) => {
+                return Err(Error::invalid(
+                    "day",
+                    format!("a day of the month, 1 to 31, got {d} (clear: true to remove it)"),
+                ));
+            }
+        };
+        let previous = self
+            .change(
+                &r.account,
+                Cause::PlanChanged,
+                |state, account| async move {
+                    let before = state.set_anchor(&account, day).await?;
+                    Ok((before, before != day))
+                },
+            )
+            .await?;
+        tracing::info!(admin.action = "set_billing_anchor", client.addr = %peer, account = %r.account, day = ?day, previous = ?previous, "billing anchor set");
+        Ok(pb::SetBillingAnchorResponse {
+            account: r.account,
+            day: day.map_or(0, u32::from),
+            previous_day: previous.map_or(0, u32::from),
+        })
+    }
+
     async fn subject_state(&self, r: pb::GetSubjectRequest) -> Result<pb::SubjectState, Error> {
         Error::required("subject", &r.subject)?;
         convert::bounded("subject", &r.subject)?;
@@ -320,6 +355,12 @@ impl AdminService {
                 .map(|o| convert::override_to_pb(&account, o))
                 .collect(),
             limits: quota.limits.iter().map(convert::limit_status).collect(),
+            billing_anchor_day: self
+                .limiter
+                .resolver()
+                .runtime()
+                .anchor(&account)
+                .map_or(0, u32::from),
             denied_classes: quota
                 .denied
                 .iter()
@@ -473,6 +514,18 @@ impl pb::admin_server::Admin for AdminService {
         let peer = peer(&request);
         Ok(Response::new(
             self.assign_plan(peer, request.into_inner())
+                .await
+                .map_err(failed)?,
+        ))
+    }
+
+    async fn set_billing_anchor(
+        &self,
+        request: Request<pb::SetBillingAnchorRequest>,
+    ) -> Result<Response<pb::SetBillingAnchorResponse>, Status> {
+        let peer = peer(&request);
+        Ok(Response::new(
+            self.anchor(peer, request.into_inner())
                 .await
                 .map_err(failed)?,
         ))

@@ -136,6 +136,7 @@ pub fn algorithm(a: Algorithm) -> pb::Algorithm {
     match a {
         Algorithm::FixedWindow => pb::Algorithm::FixedWindow,
         Algorithm::SlidingWindow | Algorithm::SlidingRing => pb::Algorithm::SlidingWindow,
+        Algorithm::Calendar => pb::Algorithm::FixedWindow,
         Algorithm::TokenBucket => pb::Algorithm::TokenBucket,
     }
 }
@@ -189,8 +190,8 @@ pub fn duration_of(field: &'static str, d: &prost_types::Duration) -> Result<Nan
 
 /// The custom limit an override with a `rate` defines.
 pub fn custom(o: &pb::Override) -> Result<Custom, Error> {
-    let (amount, window) =
-        crate::config::parse_rate(&o.rate).map_err(|e| Error::invalid("rate", e.to_string()))?;
+    let (amount, window) = crate::config::parse_fixed_rate(&o.rate)
+        .map_err(|e| Error::invalid("rate", e.to_string()))?;
     let per = match o.per.as_str() {
         "" => Per::Subject,
         per => per

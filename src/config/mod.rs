@@ -20,7 +20,7 @@ use std::path::Path;
 
 pub(crate) use burst::{burst_ceiling, burst_extra};
 pub use error::{ConfigError, Problem};
-pub(crate) use rate::{check_amount, parse_rate, parse_window};
+pub(crate) use rate::{check_amount, parse_fixed_rate, parse_window};
 
 use crate::plans::{Catalog, SlotRegistry};
 

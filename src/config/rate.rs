@@ -3,10 +3,34 @@
 //! One reading for the configuration file, Envoy rule files and admin
 //! overrides, so all three accept and refuse the same text with the same words.
 
+use crate::engine::algorithm::calendar::Unit;
 use crate::engine::{MAX_AMOUNT, Nanos, clock::SECOND};
 
-/// `<amount>/<window>`: `30/minute`, `100_000/day`, `10/30s`.
-pub(crate) fn parse_rate(s: &str) -> Result<(u64, Nanos), String> {
+/// A rate's window as written: a duration, aligned to the epoch, or a
+/// calendar's periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Span {
+    /// `minute`, `day`, `30s`: that long, from the epoch.
+    Every(Nanos),
+    /// `week`, `month`, `year`: as the calendar counts them.
+    Calendar(Unit),
+}
+
+/// `<amount>/<window>` with a duration only (an override's rate), as
+/// [`parse_rate`] reads it, a calendar window refused.
+pub(crate) fn parse_fixed_rate(s: &str) -> Result<(u64, Nanos), String> {
+    match parse_rate(s)? {
+        (amount, Span::Every(window)) => Ok((amount, window)),
+        (_, Span::Calendar(unit)) => Err(format!(
+            "a {} is a calendar window, set in the configuration file; give a duration such as 30d",
+            unit.as_str()
+        )),
+    }
+}
+
+/// `<amount>/<window>`: `30/minute`, `100_000/day`, `10/30s`, or a
+/// calendar's `10000/month` (also `week`, `year`).
+pub(crate) fn parse_rate(s: &str) -> Result<(u64, Span), String> {
     let bad =
         || format!("expected \"<amount>/<window>\" such as \"30/minute\" or \"10/30s\", got {s:?}");
     let (amount, window) = s.split_once('/').ok_or_else(bad)?;
@@ -22,7 +46,10 @@ pub(crate) fn parse_rate(s: &str) -> Result<(u64, Nanos), String> {
         ));
     }
     check_amount(amount)?;
-    Ok((amount, parse_window(window)?))
+    if let Some(unit) = Unit::of_name(window.trim()) {
+        return Ok((amount, Span::Calendar(unit)));
+    }
+    Ok((amount, Span::Every(parse_window(window)?)))
 }
 
 /// Refuses an amount or a cost over [`MAX_AMOUNT`], in the words every
@@ -71,16 +98,25 @@ mod tests {
 
     #[test]
     fn parses_rates_and_windows() {
-        assert_eq!(parse_rate("30/minute"), Ok((30, 60 * SECOND)));
-        assert_eq!(parse_rate("100_000/day"), Ok((100_000, 86_400 * SECOND)));
-        assert_eq!(parse_rate("10/30s"), Ok((10, 30 * SECOND)));
-        assert_eq!(parse_rate("5/1h30m"), Ok((5, 5_400 * SECOND)));
+        let every = |n| Span::Every(n * SECOND);
+        assert_eq!(parse_rate("30/minute"), Ok((30, every(60))));
+        assert_eq!(parse_rate("100_000/day"), Ok((100_000, every(86_400))));
+        assert_eq!(parse_rate("10/30s"), Ok((10, every(30))));
+        assert_eq!(parse_rate("5/1h30m"), Ok((5, every(5_400))));
+        assert_eq!(
+            parse_rate("10000/month"),
+            Ok((10_000, Span::Calendar(Unit::Month)))
+        );
+        assert_eq!(parse_rate("7/week"), Ok((7, Span::Calendar(Unit::Week))));
+        assert_eq!(parse_rate("1/year"), Ok((1, Span::Calendar(Unit::Year))));
+        assert_eq!(parse_rate("30/30d"), Ok((30, every(30 * 86_400))));
+        assert!(parse_fixed_rate("1/month").is_err());
         assert!(parse_rate("30 per min").is_err());
         assert!(parse_rate("0/minute").is_err());
         assert!(parse_rate("3/fortnight").is_err());
         assert_eq!(
             parse_rate("9007199254740991/day"),
-            Ok((9_007_199_254_740_991, 86_400 * SECOND))
+            Ok((9_007_199_254_740_991, every(86_400)))
         );
         assert_eq!(
             parse_rate("18446744073709551615/day"),

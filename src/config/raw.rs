@@ -41,6 +41,18 @@ pub struct RawConfig {
     /// How long reservations are held: `{ ttl, max_ttl }`.
     #[serde(default)]
     pub reservations: Option<RawReservations>,
+    /// Calendar windows (`week`, `month`, `year`): `{ zone }`.
+    #[serde(default)]
+    pub calendar: Option<RawCalendar>,
+}
+
+/// `calendar:` of the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCalendar {
+    /// The IANA zone whose midnight starts a period; UTC when absent.
+    #[serde(default)]
+    pub zone: Option<Spanned<String>>,
 }
 
 /// `reservations:` of the file, or of a plan (`ttl` only).

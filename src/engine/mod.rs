@@ -30,6 +30,8 @@ pub enum Algorithm {
     TokenBucket,
     /// A strict sliding window over six buckets: a burst's ceiling.
     SlidingRing,
+    /// A fixed window over a calendar's periods (week, month, year).
+    Calendar,
 }
 
 /// What a decision does with the counters.
@@ -130,6 +132,7 @@ impl Algorithm {
             Self::SlidingWindow => "sliding_window",
             Self::TokenBucket => "token_bucket",
             Self::SlidingRing => "sliding_ring",
+            Self::Calendar => "calendar",
         }
     }
 
@@ -140,6 +143,7 @@ impl Algorithm {
             Self::SlidingWindow => algorithm::sliding_window::step(state, rate, now, cost),
             Self::TokenBucket => algorithm::gcra::step(state, rate, now, cost),
             Self::SlidingRing => algorithm::sliding_ring::step(state, rate, now, cost),
+            Self::Calendar => algorithm::calendar::step(state, rate, now, cost),
         }
     }
 
@@ -163,6 +167,7 @@ impl Algorithm {
             Self::SlidingWindow => algorithm::sliding_window::refund(state, rate, counted, now),
             Self::TokenBucket => algorithm::gcra::refund(state, rate, counted, now),
             Self::SlidingRing => algorithm::sliding_ring::refund(state, rate, counted, now),
+            Self::Calendar => algorithm::calendar::refund(state, rate, counted, now),
         }
     }
 }

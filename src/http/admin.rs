@@ -115,6 +115,7 @@ macro_rules! method {
 /// not-found message are read from here.
 const METHODS: &[AdminMethod] = &[
     method!("set-plan", get: false, set_plan),
+    method!("set-billing-anchor", get: false, set_billing_anchor),
     method!("get-subject", get: false, get_subject),
     method!("set-override", get: false, set_override),
     method!("remove-override", get: false, remove_override),

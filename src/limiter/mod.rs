@@ -250,7 +250,7 @@ impl Limiter {
         let (now, outcome) = if route.shadow {
             self.shadowed(&begun, request, &route.limits, cost).await?
         } else {
-            let items = route::items(&route.limits, request.subject, begun.account, cost);
+            let items = self.items(&route.limits, request.subject, begun.account, cost);
             self.counters
                 .run(
                     begun.run_mode,
@@ -311,7 +311,10 @@ impl Limiter {
                 crate::plans::Per::Subject => request.subject,
                 crate::plans::Per::Account => begun.account,
             };
-            for item in route::items(std::slice::from_ref(limit), scope, scope, |_| units).iter() {
+            for item in self
+                .items(std::slice::from_ref(limit), scope, begun.account, |_| units)
+                .iter()
+            {
                 holds.push(Hold {
                     counter: Counter {
                         key: RedisStore::key(
@@ -323,6 +326,7 @@ impl Limiter {
                         amount: item.rate.amount(),
                         window: item.rate.window(),
                         cost: item.cost,
+                        period: Counter::periods(item.rate),
                     },
                     unit: (!limit.shadow).then(|| limit.unit.to_string()),
                 });
@@ -378,7 +382,7 @@ impl Limiter {
                 crate::plans::Per::Subject => request.subject,
                 crate::plans::Per::Account => begun.account,
             };
-            let items = route::items(std::slice::from_ref(limit), scope, scope, |_| units);
+            let items = self.items(std::slice::from_ref(limit), scope, begun.account, |_| units);
             for item in items.iter() {
                 let Some(status) = statuses.next() else { break };
                 // Held even at 0: a settle past the estimate counts there.
@@ -534,7 +538,7 @@ impl Limiter {
     ) -> Result<(Nanos, Outcome), StoreError> {
         let (shadow, enforced): (Vec<Arc<Limit>>, Vec<Arc<Limit>>) =
             limits.iter().cloned().partition(|l| l.shadow);
-        let items = route::items(&enforced, request.subject, begun.account, &cost);
+        let items = self.items(&enforced, request.subject, begun.account, &cost);
         let (now, held) = if items.is_empty() {
             let held = Outcome {
                 fits: true,
@@ -564,7 +568,7 @@ impl Limiter {
         } else {
             Mode::Check
         };
-        let items = route::items(&shadow, request.subject, begun.account, &cost);
+        let items = self.items(&shadow, request.subject, begun.account, &cost);
         let tried = match self
             .counters
             .run(
@@ -656,6 +660,39 @@ impl Limiter {
             .refund(tag, items, &self.slots, now)
             .await
             .map(drop)
+    }
+
+    /// The engine items of `limits` for `subject` of `account`
+    /// ([`route::items`]), a monthly limit's periods starting on the
+    /// account's anchor day when it has one (`SetBillingAnchor`).
+    fn items<'a>(
+        &self,
+        limits: &'a [Arc<Limit>],
+        subject: &'a str,
+        account: &'a str,
+        cost: impl Fn(&Limit) -> u64,
+    ) -> route::Items<'a> {
+        let mut items = route::items(limits, subject, account, cost);
+        let monthly = |i: &Item<'_>| {
+            i.rate
+                .periods()
+                .is_some_and(|c| c.unit == crate::engine::algorithm::calendar::Unit::Month)
+        };
+        if items.iter().any(monthly)
+            && let Some(anchor) = self.state.runtime().anchor(account)
+        {
+            for item in items.iter_mut().filter(|i| monthly(i)) {
+                if let Some(c) = item.rate.periods() {
+                    item.rate =
+                        item.rate
+                            .with_calendar(crate::engine::algorithm::calendar::Calendar {
+                                anchor,
+                                ..c
+                            });
+                }
+            }
+        }
+        items
     }
 
     /// Resolves the plan and class of `request`; a class outside the plan
@@ -779,7 +816,7 @@ impl Limiter {
             .filter(|l| !matches!(l.kind, LimitKind::Deny(_)))
             .cloned()
             .collect();
-        let items = route::items(&limits, subject, account, |_| 0);
+        let items = self.items(&limits, subject, account, |_| 0);
         let (now, outcome) = self.run(Mode::Check, account, &items, None, None).await?;
         let (statuses, _) = route::statuses(&limits, &outcome, now);
         let denied = plan

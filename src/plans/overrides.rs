@@ -179,8 +179,8 @@ fn with_amount(limit: &Limit, amount: u64) -> Result<Limit, OverrideError> {
             limit: limit.name.to_string(),
         });
     };
-    let window = rate.window();
-    let scaled = |n: u64| Rate::new(n, window).expect("nonzero amount and window");
+    // The same size (a calendar's too), another amount.
+    let scaled = |n: u64| rate.with_amount(n).expect("a nonzero amount");
     // A burst ceiling keeps its share of the rate; its ring counts in 32
     // bits, so an amount past that cannot keep a burst.
     let ring_max = u64::from(u32::MAX);

@@ -32,6 +32,13 @@ pub struct Maps {
     pub overrides: HashMap<String, Vec<Override>>,
 }
 
+/// Where an account's billing anchor day is kept: among the assignments
+/// (stored, replicated and restored with them), under a key no account can
+/// have (it starts with a NUL, which no account name holds).
+pub fn anchor_key(account: &str) -> String {
+    format!("\u{0}anchor\u{0}{account}")
+}
+
 // === impl Runtime ===
 
 impl Runtime {
@@ -57,6 +64,15 @@ impl Runtime {
     pub fn knows(&self, account: &str) -> bool {
         let maps = self.maps.load();
         maps.assignments.contains_key(account) || maps.overrides.contains_key(account)
+    }
+
+    /// The day `account`'s months start on (`SetBillingAnchor`), if set.
+    pub fn anchor(&self, account: &str) -> Option<u8> {
+        self.maps
+            .load()
+            .assignments
+            .get(&anchor_key(account))
+            .and_then(|d| d.parse().ok())
     }
 
     /// The overrides of `account`.

@@ -207,6 +207,20 @@ impl RuntimeState {
         Ok(self.runtime.set_assignment(account, plan))
     }
 
+    /// Sets (`Some`, 1 to 31) or clears the day `account`'s months start
+    /// on; returns the previous one.
+    pub async fn set_anchor(
+        &self,
+        account: &str,
+        day: Option<u8>,
+    ) -> Result<Option<u8>, StateError> {
+        let key = crate::plans::runtime::anchor_key(account);
+        let before = self
+            .set_assignment(&key, day.map(|d| d.to_string()).as_deref())
+            .await?;
+        Ok(before.and_then(|d| d.parse().ok()))
+    }
+
     /// Adds or replaces (by limit name) an override of `account`.
     pub async fn set_override(&self, account: &str, o: Override) -> Result<(), StateError> {
         let _guard = self.write.lock().await;

@@ -77,6 +77,7 @@ impl Counters {
                             amount: i.rate.amount(),
                             window: i.rate.window(),
                             cost: i.cost,
+                            period: Counter::periods(i.rate),
                         })
                         .collect();
                     let notice = notify.map(|c| shared.notice(c.subject, c.account));
@@ -119,6 +120,7 @@ impl Counters {
                             amount: i.rate.amount(),
                             window: i.rate.window(),
                             cost: 0,
+                            period: None,
                         };
                         (counter, *charged)
                     })

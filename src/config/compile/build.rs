@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::entry::{Entry, EntryKind};
 use crate::config::burst::Extra;
 use crate::config::raw::RawPlan;
+use crate::engine::algorithm::calendar::Calendar;
 use crate::engine::{Algorithm, Nanos, Rate};
 use crate::plans::events::Thresholds;
 use crate::plans::{
@@ -64,10 +65,11 @@ fn limit(
             window,
             algorithm,
             burst,
+            calendar,
         } => (
             // In flight has no window to show (its counter's never ends).
             if *window == IN_FLIGHT { 0 } else { *window },
-            counted(e, *amount, *window, *algorithm, *burst, slots),
+            counted(e, *amount, (*window, *calendar), *algorithm, *burst, slots),
         ),
     };
     Limit {
@@ -92,7 +94,7 @@ fn limit(
 fn counted(
     e: &Entry,
     amount: u64,
-    window: Nanos,
+    (window, calendar): (Nanos, Option<Calendar>),
     algorithm: Algorithm,
     burst: Option<Extra>,
     slots: &SlotRegistry,
@@ -102,7 +104,11 @@ fn counted(
         // Tried beside the enforced limit of the same window: its own count.
         identity.push_str("|shadow");
     }
-    let rate = Rate::new(amount, window).expect("amount and window checked nonzero");
+    let rate = match calendar {
+        Some(c) => Rate::calendar(amount, c),
+        None => Rate::new(amount, window),
+    }
+    .expect("amount and window checked nonzero");
     let burst = burst.map(|b| {
         let cap = Rate::new(b.ceiling(amount), window).expect("a ceiling is at least its amount");
         let slot =

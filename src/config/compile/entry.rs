@@ -13,8 +13,9 @@ use serde_saphyr::Spanned;
 
 use super::problems::Problems;
 use crate::config::burst::Extra;
-use crate::config::rate::{parse_rate, parse_window};
+use crate::config::rate::{Span, parse_rate, parse_window};
 use crate::config::raw::{Burst, RawClass, RawLimit, RawPlan};
+use crate::engine::algorithm::calendar::Calendar;
 use crate::engine::{Algorithm, Nanos};
 use crate::plans::events::Thresholds;
 use crate::plans::{CONCURRENT, IN_FLIGHT, Per};
@@ -47,9 +48,12 @@ pub(super) enum EntryKind {
     /// Counts the unit.
     Counted {
         amount: u64,
+        /// The window (a calendar's: its usual length).
         window: Nanos,
         algorithm: Algorithm,
         burst: Option<Extra>,
+        /// The calendar's periods, for a `week`, `month` or `year`.
+        calendar: Option<Calendar>,
     },
 }
 
@@ -61,12 +65,13 @@ pub(super) fn plan_entries(
     raw: &RawPlan,
     classes: &BTreeMap<String, RawClass>,
     ttl: crate::plans::ReservationTtl,
+    zone: u16,
 ) -> Vec<Entry> {
     check_multiplier(p, plan, raw);
     let mut entries: Vec<Entry> = Vec::new();
     for (i, limit) in raw.limits.iter().enumerate() {
         let field = format!("plans.{plan}.limits[{i}]");
-        let Some(entry) = entry(p, &field, limit, classes, ttl) else {
+        let Some(entry) = entry(p, &field, limit, classes, (ttl, zone)) else {
             continue;
         };
         if let Some(j) = entries.iter().position(|e| e.same_identity(&entry)) {
@@ -109,7 +114,7 @@ fn entry(
     field: &str,
     limit: &Spanned<RawLimit>,
     classes: &BTreeMap<String, RawClass>,
-    ttl: crate::plans::ReservationTtl,
+    (ttl, zone): (crate::plans::ReservationTtl, u16),
 ) -> Option<Entry> {
     let line = limit.referenced.line();
     let raw = &limit.value;
@@ -118,7 +123,7 @@ fn entry(
     let unit = unit(p, field, raw);
     let per = parsed(p, field, "per", raw.per.as_ref()).unwrap_or(Per::Subject);
     let algorithm = parsed(p, field, "algorithm", raw.algorithm.as_ref());
-    let kind = kind(p, field, line, raw, class.is_some(), algorithm)?;
+    let kind = kind(p, field, line, raw, class.is_some(), (algorithm, zone))?;
     check_fields_fit(p, field, line, raw, &kind);
     let max_cost = max_cost(p, field, raw);
     let thresholds = raw
@@ -202,7 +207,7 @@ fn kind(
     line: u64,
     raw: &RawLimit,
     has_class: bool,
-    algorithm: Option<Algorithm>,
+    (algorithm, zone): (Option<Algorithm>, u16),
 ) -> Option<EntryKind> {
     let unlimited = raw.unlimited.as_ref().is_some_and(|u| u.value);
     let concurrent = raw.unit.as_ref().is_some_and(|u| u.value == CONCURRENT);
@@ -214,7 +219,9 @@ fn kind(
         (None, true, None) => Some(EntryKind::Unlimited {
             window: unlimited_window(p, field, raw),
         }),
-        (None, false, Some(rate)) => counted_kind(p, field, rate, raw.burst.as_ref(), algorithm),
+        (None, false, Some(rate)) => {
+            counted_kind(p, field, rate, raw.burst.as_ref(), (algorithm, zone))
+        }
         (None, false, None) => {
             p.push(
                 line,
@@ -318,6 +325,7 @@ fn concurrent_kind(
         window: IN_FLIGHT,
         algorithm: Algorithm::FixedWindow,
         burst: None,
+        calendar: None,
     })
 }
 
@@ -362,9 +370,9 @@ fn counted_kind(
     field: &str,
     rate: &Spanned<String>,
     burst: Option<&Spanned<Burst>>,
-    algorithm: Option<Algorithm>,
+    (algorithm, zone): (Option<Algorithm>, u16),
 ) -> Option<EntryKind> {
-    let (amount, window) = match parse_rate(&rate.value) {
+    let (amount, span) = match parse_rate(&rate.value) {
         Ok(parsed) => parsed,
         Err(e) => {
             p.push(rate.referenced.line(), &format!("{field}.rate"), e);
@@ -385,6 +393,44 @@ fn counted_kind(
         }
         extra
     });
+    if let Span::Calendar(unit) = span {
+        // A calendar's periods are fixed windows: a bucket or a sliding
+        // window needs a duration.
+        let why = format!(
+            "a {} is a calendar window, counted as a fixed window; give a duration such as 30d",
+            unit.as_str()
+        );
+        if let Some(a) = algorithm.filter(|a| *a != Algorithm::FixedWindow) {
+            p.push(
+                rate.referenced.line(),
+                &format!("{field}.algorithm"),
+                format!("{why} for {}", a.as_str()),
+            );
+            return None;
+        }
+        if let Some(b) = burst {
+            p.push(
+                b.referenced.line(),
+                &format!("{field}.burst"),
+                format!("{why} for a burst"),
+            );
+            return None;
+        }
+        return Some(EntryKind::Counted {
+            amount,
+            window: unit.nominal(),
+            algorithm: Algorithm::Calendar,
+            burst: None,
+            calendar: Some(Calendar {
+                unit,
+                zone,
+                anchor: 0,
+            }),
+        });
+    }
+    let Span::Every(window) = span else {
+        return None;
+    };
     // A burst is always a token bucket at the rate under a sliding window at
     // the burst ceiling (README, "Bursts").
     let algorithm = match (algorithm, burst) {
@@ -397,6 +443,7 @@ fn counted_kind(
         window,
         algorithm,
         burst: extra,
+        calendar: None,
     })
 }
 

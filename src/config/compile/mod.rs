@@ -157,6 +157,18 @@ fn classes(
     (classes, class_names)
 }
 
+/// `calendar.zone`: the number of the zone calendar windows count in (0,
+/// UTC, when absent or refused).
+fn calendar_zone(p: &mut Problems<'_>, raw: &RawConfig) -> u16 {
+    let Some(zone) = raw.calendar.as_ref().and_then(|c| c.zone.as_ref()) else {
+        return 0;
+    };
+    crate::engine::algorithm::calendar::zone(&zone.value).unwrap_or_else(|e| {
+        p.push(zone.referenced.line(), "calendar.zone", e);
+        0
+    })
+}
+
 /// `plans`: each plan's own entries checked, inheritance resolved, limits
 /// built. A plan caught in a broken `extends` chain is left out.
 fn plans(
@@ -168,12 +180,13 @@ fn plans(
     slots: &SlotRegistry,
 ) -> BTreeMap<String, Arc<Plan>> {
     let plans = &raw.plans.value;
+    let zone = calendar_zone(p, raw);
     let mut own: BTreeMap<&str, Vec<Entry>> = BTreeMap::new();
     for (name, plan) in plans {
         p.check_name(plan.referenced.line(), &format!("plans.{name}"), name);
         own.insert(
             name,
-            entry::plan_entries(p, name, &plan.value, &raw.classes, ttl),
+            entry::plan_entries(p, name, &plan.value, &raw.classes, ttl, zone),
         );
     }
     if plans.is_empty() {

@@ -8,6 +8,7 @@
 //! again. Nothing is read from a clock or written anywhere; the engine decides
 //! what to keep.
 
+pub mod calendar;
 pub mod fixed_window;
 pub mod gcra;
 pub mod sliding_ring;
@@ -28,6 +29,9 @@ pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
 pub struct Rate {
     amount: u64,
     window: Nanos,
+    /// A calendar's periods (week, month, year) rather than `window`
+    /// (then its usual length).
+    calendar: Option<calendar::Calendar>,
 }
 
 /// What one algorithm says about one cost against one counter.
@@ -83,7 +87,39 @@ impl Rate {
     /// assert!(Rate::new(0, 1).is_none());
     /// ```
     pub fn new(amount: u64, window: Nanos) -> Option<Self> {
-        (amount > 0 && window > 0).then_some(Self { amount, window })
+        (amount > 0 && window > 0).then_some(Self {
+            amount,
+            window,
+            calendar: None,
+        })
+    }
+
+    /// `amount` units per period of `calendar` (counted by
+    /// `Algorithm::Calendar`); `None` when `amount` is zero.
+    pub fn calendar(amount: u64, calendar: calendar::Calendar) -> Option<Self> {
+        (amount > 0).then_some(Self {
+            amount,
+            window: calendar.unit.nominal(),
+            calendar: Some(calendar),
+        })
+    }
+
+    /// Its calendar, when it counts calendar periods.
+    pub fn periods(self) -> Option<calendar::Calendar> {
+        self.calendar
+    }
+
+    /// The same rate with `calendar` (an account's anchor day).
+    pub fn with_calendar(self, calendar: calendar::Calendar) -> Self {
+        Self {
+            calendar: Some(calendar),
+            ..self
+        }
+    }
+
+    /// The same size, `amount` units.
+    pub fn with_amount(self, amount: u64) -> Option<Self> {
+        (amount > 0).then_some(Self { amount, ..self })
     }
 
     /// Units per window.
@@ -132,6 +168,7 @@ impl super::Algorithm {
             Self::SlidingWindow => sliding_window::at(state, window, now),
             Self::TokenBucket => gcra::at(state, now),
             Self::SlidingRing => sliding_ring::at(state, window, now),
+            Self::Calendar => calendar::at(state, now),
         }
     }
 

@@ -49,7 +49,7 @@ local channel, m = ARGV[1], tonumber(ARGV[2])
 local step, amount, window = {}, {}, {}
 local arg = 3
 for c = 1, m do
-  step[c], amount[c], window[c] = steps[ARGV[arg]], tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2])
+  step[c], amount[c], window[c] = steps[ARGV[arg]], tonumber(ARGV[arg + 1]), window_of(ARGV[arg + 2])
   arg = arg + 3
 end
 

@@ -66,6 +66,39 @@ pub struct Counter {
     pub window: Nanos,
     /// This decision's cost.
     pub cost: u64,
+    /// A calendar window's periods around the replica's now: the start and
+    /// end of the current one and the end of the next (the script picks by
+    /// Redis's clock).
+    pub period: Option<[Nanos; 3]>,
+}
+
+// === impl Counter ===
+
+impl Counter {
+    /// The periods a calendar `rate` counts around this machine's time
+    /// (Redis decides on its own clock, which this one follows; never a
+    /// test's manual clock), for [`Counter::period`].
+    pub fn periods(rate: crate::engine::Rate) -> Option<[Nanos; 3]> {
+        use crate::engine::Clock;
+        let calendar = rate.periods()?;
+        let (start, end) = calendar.period(crate::engine::SystemClock.now());
+        let (_, next) = calendar.period(end);
+        Some([start, end, next])
+    }
+
+    /// Its window as the script takes it: milliseconds, or a calendar's
+    /// three boundaries in milliseconds.
+    pub(super) fn window_arg(&self) -> String {
+        match self.period {
+            Some([a, b, c]) => format!(
+                "{} {} {}",
+                Millis::floor(a).get(),
+                Millis::floor(b).get(),
+                Millis::floor(c).get()
+            ),
+            None => Millis::window(self.window).get().to_string(),
+        }
+    }
 }
 
 // === impl RedisStore ===
@@ -192,9 +225,13 @@ impl RedisStore {
                     Algorithm::SlidingWindow => "s",
                     Algorithm::TokenBucket => "t",
                     Algorithm::SlidingRing => "r",
+                    Algorithm::Calendar => "c",
                 })
-                .arg(c.amount)
-                .arg(*window);
+                .arg(c.amount);
+            match c.period {
+                Some(_) => call.arg(c.window_arg()),
+                None => call.arg(*window),
+            };
         }
         // Markers follow the counters in KEYS, each once.
         let mut markers: HashMap<&str, usize> = HashMap::new();

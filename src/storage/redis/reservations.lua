@@ -79,7 +79,7 @@ local function held(r, i)
     from = space + 1
     f = f + 1
   end
-  return r['k' .. i], a[1], tonumber(a[2]), tonumber(a[3]), tonumber(a[4]),
+  return r['k' .. i], a[1], tonumber(a[2]), window_of((string.gsub(a[3], ',', ' '))), tonumber(a[4]),
     tonumber(a[5]), tonumber(a[6]), sub(h, from)
 end
 
@@ -140,11 +140,13 @@ if op == 'reserve' then
   local arg = 11
   for i = 1, n do
     local k = KEYS[3 + i]
-    local algorithm, amount, w, cost = ARGV[arg], tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2]), tonumber(ARGV[arg + 3])
+    local algorithm, amount, w, cost = ARGV[arg], tonumber(ARGV[arg + 1]), window_of(ARGV[arg + 2]), tonumber(ARGV[arg + 3])
     local fits, after, left, left_after, wait, free, free_after, expires =
       steps[algorithm](fields(redis.call('GET', k) or nil), amount, w, cost)
     if not fits then all = false if wait == 0 then wait = 1 end end
-    steps_of[i] = { k, after, left, left_after, wait, free, free_after, expires, algorithm, amount, w, cost, ARGV[arg + 4] }
+    -- The window as written (a calendar's periods joined by commas).
+    local wtext = (string.gsub(ARGV[arg + 2], ' ', ','))
+    steps_of[i] = { k, after, left, left_after, wait, free, free_after, expires, algorithm, amount, wtext, cost, ARGV[arg + 4] }
     arg = arg + 5
   end
   out[2] = all and 1 or 0
@@ -160,7 +162,7 @@ if op == 'reserve' then
         fields_of[#fields_of + 1] = 'k' .. h
         fields_of[#fields_of + 1] = s[1]
         fields_of[#fields_of + 1] = 'h' .. h
-        fields_of[#fields_of + 1] = format('%s %s %s %s %s %s %s', s[9], num(s[10]), num(s[11]),
+        fields_of[#fields_of + 1] = format('%s %s %s %s %s %s %s', s[9], num(s[10]), s[11],
           num(s[12]), num(now), num(s[7]), s[13])
       end
     else

@@ -148,7 +148,7 @@ impl RedisStore {
             call.key(&c.key)
                 .arg(letter(c.algorithm))
                 .arg(c.amount)
-                .arg(Millis::window(c.window))
+                .arg(c.window_arg())
                 .arg(c.cost)
                 .arg(h.unit.as_deref().unwrap_or(""));
         }
@@ -281,6 +281,7 @@ fn letter(algorithm: Algorithm) -> &'static str {
         Algorithm::SlidingWindow => "s",
         Algorithm::TokenBucket => "t",
         Algorithm::SlidingRing => "r",
+        Algorithm::Calendar => "c",
     }
 }
 

@@ -137,7 +137,29 @@ local function ring(s, amount, w, cost)
     (index + RING) * width
 end
 
-local steps = { f = fixed, s = sliding, t = bucket, r = ring }
+-- A calendar's period (a week, a month, a year): w holds the start and end
+-- of the period around the replica's now and the end of the next; the one
+-- holding Redis's now counts. State: the end of its period, its count.
+local function calendar(s, amount, w, cost)
+  local finish = w[2]
+  if now < w[1] then finish = w[1] elseif now >= w[2] then finish = w[3] end
+  local count = 0
+  if s[1] ~= nil and s[1] > now then count = s[2] end
+  local after = count + cost
+  local fits = after <= amount
+  local wait = 0
+  if not fits then if cost > amount then wait = -1 else wait = finish - now end end
+  return fits, { finish, after }, pos(amount - count), pos(amount - after), wait, finish, finish, finish
+end
+
+local steps = { f = fixed, s = sliding, t = bucket, r = ring, c = calendar }
+
+-- A counter's window argument: milliseconds, or a calendar's periods.
+local function window_of(text)
+  local n = tonumber(text)
+  if n ~= nil then return n end
+  return fields(text)
+end
 
 
 -- Each refund takes a parsed state and what a reservation counted there
@@ -188,7 +210,13 @@ local function refund_ring(s, amount, w, units, at)
   return { index, b[1], b[2], b[3], b[4], b[5], b[6], b[7] }
 end
 
-local refunds = { f = refund_fixed, s = refund_sliding, t = refund_bucket, r = refund_ring }
+local function refund_calendar(s, amount, w, units, at, free_at)
+  if s[1] == nil or s[1] <= now or s[1] ~= free_at then return nil end
+  return { s[1], pos(s[2] - units) }
+end
+
+local refunds = { f = refund_fixed, s = refund_sliding, t = refund_bucket, r = refund_ring,
+  c = refund_calendar }
 
 -- A state as stored: its numbers, space-separated.
 local function text(s)
