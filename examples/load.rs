@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! load ADDR consume  [--keys N] [--conns C] [--inflight M] [--seconds S]
+//! load ADDR reserve  [--keys N] [--conns C] [--inflight M] [--seconds S]
 //! load ADDR envoy    [--keys N] [--conns C] [--inflight M] [--seconds S] [--warm]
 //! load ADDR latency  [--path consume|envoy] [--calls N]
 //! load ADDR stream   [--conns C] [--seconds S]
 //! ```
 //!
-//! Throughput modes print `MODE: N calls/s`; `--warm` first makes one call
+//! Throughput modes print `MODE: N calls/s` (`reserve`: a Consume that
+//! reserves, then a Settle of its id, counted as one); `--warm` first makes one call
 //! per key, so every counter exists before the timed run (and prints the
 //! server's counters as seen by the caller's `--pid`, if given). Latency
 //! prints percentiles in microseconds.
@@ -44,7 +46,7 @@ async fn main() -> Result<(), Error> {
     let args = parse()?;
     let channels = connect(&args).await?;
     match args.mode.as_str() {
-        "consume" | "envoy" => {
+        "consume" | "envoy" | "reserve" => {
             let keys: Arc<Vec<String>> =
                 Arc::new((0..args.keys).map(|i| format!("key_{i}")).collect());
             if args.warm {
@@ -84,6 +86,7 @@ async fn run(
             let (channel, keys, done, next) =
                 (channel.clone(), keys.clone(), done.clone(), next.clone());
             let envoy = args.mode == "envoy";
+            let reserve = args.mode == "reserve";
             tasks.push(tokio::spawn(async move {
                 let mut consume = pb::rate_limiter_client::RateLimiterClient::new(channel.clone());
                 let mut envoy_client =
@@ -98,6 +101,18 @@ async fn run(
                     let key = keys[i % keys.len()].clone();
                     if envoy {
                         envoy_client.should_rate_limit(rls_request(key)).await?;
+                    } else if reserve {
+                        let mut r = limit_request(key);
+                        r.cost.insert("requests".into(), 3);
+                        r.reserve = Some(pb::Reserve { ttl: None });
+                        let d = consume.consume(r).await?.into_inner();
+                        let id = d.reservation.map(|r| r.id).unwrap_or_default();
+                        consume
+                            .settle(pb::SettleRequest {
+                                id,
+                                actual: [("requests".to_owned(), 1)].into(),
+                            })
+                            .await?;
                     } else {
                         consume.consume(limit_request(key)).await?;
                     }

@@ -9,7 +9,8 @@
 # over 1,000,000 distinct keys, warm, and the server's memory per counter
 # (steady and peak, with the journal on and off)
 # (examples/load.rs); latency at one call in flight (one connection, one call
-# at a time); Decide streams; Consume counted in Redis, with Redis's CPU time
+# at a time); Decide streams; a reserve then a settle against one Consume;
+# Consume counted in Redis, with Redis's CPU time
 # per decision (INFO commandstats and INFO cpu over the run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +82,12 @@ row "tollgate: ShouldRateLimit, one key" "$(h2 "$rls" "$work/rls.bin") calls/s"
 row "tollgate: latency, Consume" "$(load latency --calls 20000 | cut -d: -f2-)"
 row "tollgate: latency, ShouldRateLimit" "$(load latency --path envoy --calls 20000 | cut -d: -f2-)"
 row "tollgate: Decide stream (8 streams)" "$(load stream --keys 1000 --seconds 5 | cut -d: -f2-)"
+# Reserve then settle (two calls) against one Consume, same keys and load.
+plain="$(load consume --keys 1000 --seconds 5 | awk '{print $2}')"
+pairs="$(load reserve --keys 1000 --seconds 5 | awk '{print $2}')"
+row "tollgate: Consume, 1,000 keys (load tool)" "$plain calls/s"
+row "tollgate: reserve + settle, 1,000 keys" "$pairs pairs/s"
+row "tollgate: reserve + settle / Consume" "$(awk -v a="$plain" -v b="$pairs" 'BEGIN {printf "%.2fx the cost", a / b}')"
 stop
 
 # Memory per counter: one hour-long counter per key, so all of them are held

@@ -31,6 +31,12 @@ use crate::storage::redis::reservations as redis_store;
 /// retries until they expire): about 300 MB of them.
 pub const MAX_HELD: usize = 1_000_000;
 
+/// How long a settled reservation still answers a retried settle (the
+/// same answer) before it is forgotten (`NOT_FOUND`), at most until it would
+/// have expired: a retry follows a timeout within seconds, and a gateway
+/// settling thousands a second would otherwise hold each for its whole TTL.
+pub const SETTLED_KEPT: Nanos = 30 * crate::engine::clock::SECOND;
+
 /// The open (and recently settled) reservations of one limiter; with
 /// Redis, they are kept there, and this remembers only the accounts it
 /// reserved for (to expire theirs) and the expiries it met on the way.
@@ -312,7 +318,10 @@ impl Reservations {
             })
             .collect();
         if let Some(r) = held.get_mut(&key) {
+            // Kept only to answer retries, briefly, and without its counters.
             r.settled = Some(settlement.actual.clone());
+            r.held = Vec::new();
+            r.expires_at = r.expires_at.min(now.saturating_add(SETTLED_KEPT));
         }
         // Queued before the counters change: a journal's cut that holds
         // the refund holds the settle.
@@ -499,7 +508,9 @@ impl crate::persist::Ledger for Reservations {
         let ids = std::mem::take(&mut *self.opened.lock());
         let held = self.held.lock();
         for id in ids {
-            // One expired and forgotten meanwhile has its expiry queued.
+            // One expired and forgotten meanwhile has its expiry queued. One
+            // settled already is written settled (without its counters), to
+            // answer a retry after a restart.
             if let Some(r) = held.get(&id) {
                 let body = self.saved(r, slots);
                 emit(Entry {
