@@ -202,10 +202,15 @@ pub fn custom(o: &pb::Override) -> Result<Custom, Error> {
         amount,
         window,
         class: (!o.class.is_empty()).then(|| o.class.clone()),
-        unit: if o.unit.is_empty() {
-            "requests".into()
-        } else {
-            o.unit.clone()
+        unit: match o.unit.as_str() {
+            "" => "requests".into(),
+            crate::plans::CONCURRENT => {
+                return Err(Error::invalid(
+                    "unit",
+                    "a concurrency limit is set in the configuration (unit: concurrent, amount: N), not by an override's rate",
+                ));
+            }
+            unit => unit.to_owned(),
         },
         algorithm: match pb::Algorithm::try_from(o.algorithm).unwrap_or(pb::Algorithm::Unspecified)
         {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::engine::algorithm::Charged;
+use crate::engine::algorithm::{Charged, calendar};
 use crate::engine::{Algorithm, Mode, Nanos, Rate};
 use crate::error::Error;
 
@@ -87,6 +87,9 @@ struct SavedHeld {
     units: u64,
     at: Nanos,
     free_at: Nanos,
+    /// A calendar window's: its unit, zone and anchor day.
+    #[serde(default)]
+    calendar: Option<(String, String, u8)>,
 }
 
 impl Default for Reservations {
@@ -265,6 +268,9 @@ impl Reservations {
         let mut held = self.held.lock();
         let (key, r) = match held.get_key_value(id) {
             Some((key, r)) if r.expires_at > now => (key.clone(), r),
+            // Expired, not yet swept: `expire` settles it (and gives back
+            // its slots in flight).
+            Some((_, r)) if r.settled.is_none() => return Err(gone()),
             Some(_) => {
                 held.remove(id);
                 return Err(gone());
@@ -473,6 +479,13 @@ impl Reservations {
                     units: h.counted.units,
                     at: h.counted.at,
                     free_at: h.counted.free_at,
+                    calendar: h.rate.periods().map(|c| {
+                        (
+                            c.unit.as_str().to_owned(),
+                            calendar::zone_name(c.zone),
+                            c.anchor,
+                        )
+                    }),
                 })
                 .collect(),
             expires_at: r.expires_at,
@@ -569,7 +582,17 @@ impl crate::persist::Ledger for Reservations {
                 .held
                 .into_iter()
                 .filter_map(|h| {
-                    let rate = Rate::new(h.amount, h.window)?;
+                    let rate = match &h.calendar {
+                        Some((unit, zone, anchor)) => Rate::calendar(
+                            h.amount,
+                            calendar::Calendar {
+                                unit: calendar::Unit::of_name(unit)?,
+                                zone: calendar::zone(zone).ok()?,
+                                anchor: *anchor,
+                            },
+                        )?,
+                        None => Rate::new(h.amount, h.window)?,
+                    };
                     Some(Held {
                         slot: slots.intern_counter(&h.identity, h.algorithm, h.window),
                         scope: h.scope,
@@ -633,6 +656,33 @@ mod tests {
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].0.actual["tokens"], 10, "settled at its estimate");
         r.room().expect("room again");
+    }
+
+    /// A settle that comes after the expiry, before the sweep, is refused
+    /// and leaves the reservation to the sweep, which gives its slot back.
+    #[test]
+    fn a_late_settle_leaves_an_expired_slot_to_the_sweep() {
+        let r = Reservations::with_cap(2);
+        let rate = Rate::new(5, crate::plans::IN_FLIGHT).expect("nonzero");
+        let mut slot = reservation(10);
+        slot.held.push(Held {
+            scope: "k".into(),
+            slot: 1,
+            algorithm: Algorithm::FixedWindow,
+            rate,
+            unit: CONCURRENT.into(),
+            counted: Charged {
+                units: 1,
+                rate,
+                at: 0,
+                free_at: crate::plans::IN_FLIGHT,
+            },
+        });
+        let id = r.open(slot);
+        assert!(r.settle(&id, None, 11).is_err(), "expired");
+        let expired = r.expire(11);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].1.len(), 1, "its slot is given back");
     }
 
     #[test]

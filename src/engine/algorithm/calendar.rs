@@ -64,6 +64,14 @@ pub fn zone(name: &str) -> Result<u16, String> {
     Ok(i)
 }
 
+/// The IANA name of zone number `zone` (UTC when unknown).
+pub fn zone_name(zone: u16) -> String {
+    ZONES
+        .load()
+        .get(usize::from(zone))
+        .map_or_else(|| "UTC".to_owned(), |(name, _)| name.clone())
+}
+
 // === impl Unit ===
 
 impl Unit {

@@ -175,8 +175,8 @@ if op == 'reserve' then
     redis.call('HSET', rk, unpack(fields_of))
     redis.call('PEXPIREAT', rk, num(exp + grace))
     redis.call('ZADD', index, num(exp), id)
-    local last = redis.call('PEXPIRETIME', index)
-    if last < exp + grace then redis.call('PEXPIREAT', index, num(exp + grace)) end
+    local left = redis.call('PTTL', index)
+    if left < 0 or now + left < exp + grace then redis.call('PEXPIREAT', index, num(exp + grace)) end
     if due ~= index then
       local first = redis.call('ZSCORE', due, tag)
       if not first or tonumber(first) > exp then redis.call('ZADD', due, num(exp), tag) end
@@ -216,6 +216,11 @@ if op == 'settle' then
     end
   end
   redis.call('HSET', KEYS[1], 'settled', billed_text)
+  -- Kept only to answer retries, briefly (as SETTLED_KEPT in memory).
+  local keep = now + 30000
+  if tonumber(r.exp) < keep then keep = tonumber(r.exp) end
+  redis.call('HSET', KEYS[1], 'exp', num(keep))
+  redis.call('PEXPIREAT', KEYS[1], num(keep))
   return { 'ok', r.head, r.estimate, billed_text }
 end
 
