@@ -113,7 +113,7 @@ fn check_validates_a_rule_directory() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 envoy domains)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 envoy domains)"));
 
     let dir = temp_dir("envoy-check");
     std::fs::write(dir.join("a.yaml"), "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: second\n      requests_per_unit: 1\n    unit: minute\n").expect("write");

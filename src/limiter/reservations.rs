@@ -326,6 +326,13 @@ impl Reservations {
         if let Some(r) = held.get_mut(&key) {
             // Kept only to answer retries, briefly, and without its counters.
             r.settled = Some(settlement.actual.clone());
+            // Its estimate per unit as settled, so a retry's reads the same
+            // without the counters.
+            r.estimate = settlement
+                .estimate
+                .iter()
+                .map(|(u, &n)| (u.clone(), n))
+                .collect();
             r.held = Vec::new();
             r.expires_at = r.expires_at.min(now.saturating_add(SETTLED_KEPT));
         }
