@@ -300,38 +300,26 @@ impl Limiter {
         use crate::storage::redis::{Counter, RedisStore, reservations::Hold};
         let route = begun.plan.route(begun.class);
         let tag = begun.account;
-        let mut holds = Vec::new();
-        for limit in route.limits.iter().filter(|l| l.counted().is_some()) {
-            let units = if limit.shadow {
-                0
-            } else {
-                cost_of(request.cost, &limit.unit, Mode::Consume)
-            };
-            let scope = match limit.per {
-                crate::plans::Per::Subject => request.subject,
-                crate::plans::Per::Account => begun.account,
-            };
-            for item in self
-                .items(std::slice::from_ref(limit), scope, begun.account, |_| units)
-                .iter()
-            {
-                holds.push(Hold {
-                    counter: Counter {
-                        key: RedisStore::key(
-                            tag,
-                            item.key.scope,
-                            &self.slots.identity(item.key.slot).unwrap_or_default(),
-                        ),
-                        algorithm: item.algorithm,
-                        amount: item.rate.amount(),
-                        window: item.rate.window(),
-                        cost: item.cost,
-                        period: Counter::periods(item.rate),
-                    },
-                    unit: (!limit.shadow).then(|| limit.unit.to_string()),
-                });
-            }
-        }
+        let holds: Vec<Hold> = self
+            .estimated(&route.limits, request, begun.account)
+            .into_iter()
+            .map(|(limit, item)| Hold {
+                counter: Counter {
+                    key: RedisStore::key(
+                        tag,
+                        item.key.scope,
+                        &self.slots.identity(item.key.slot).unwrap_or_default(),
+                    ),
+                    algorithm: item.algorithm,
+                    amount: item.rate.amount(),
+                    window: item.rate.window(),
+                    // A shadow limit is only checked.
+                    cost: if limit.shadow { 0 } else { item.cost },
+                    period: Counter::periods(item.rate),
+                },
+                unit: (!limit.shadow).then(|| limit.unit.to_string()),
+            })
+            .collect();
         let estimate = reservations::by_unit(
             request.cost,
             route.limits.iter().filter(|l| !l.shadow).map(|l| &*l.unit),
@@ -358,6 +346,31 @@ impl Limiter {
         Ok((now, outcome, held))
     }
 
+    /// Every counter of `limits` with its limit, counting what `request`
+    /// estimates for its unit, in the order the engine's outcome lists them.
+    fn estimated<'a>(
+        &self,
+        limits: &'a [Arc<Limit>],
+        request: &'a Request<'_>,
+        account: &'a str,
+    ) -> Vec<(&'a Arc<Limit>, Item<'a>)> {
+        limits
+            .iter()
+            .filter(|l| l.counted().is_some())
+            .flat_map(|limit| {
+                let units = cost_of(request.cost, &limit.unit, Mode::Consume);
+                self.items(
+                    std::slice::from_ref(limit),
+                    request.subject,
+                    account,
+                    |_| units,
+                )
+                .into_iter()
+                .map(move |item| (limit, item))
+            })
+            .collect()
+    }
+
     /// Holds what an admitted Consume counted as a reservation; its id
     /// and expiry.
     fn hold(
@@ -372,37 +385,25 @@ impl Limiter {
         // a refund needs; the outcome lists them in the route's order.
         let route = begun.plan.route(begun.class);
         let mut held = Vec::new();
-        let mut statuses = outcome.items.iter();
-        for limit in &route.limits {
-            if limit.counted().is_none() {
+        let estimated = self.estimated(&route.limits, request, begun.account);
+        for ((limit, item), status) in estimated.iter().zip(outcome.items.iter()) {
+            // Held even at 0: a settle past the estimate counts there.
+            if limit.shadow {
                 continue;
             }
-            let units = cost_of(request.cost, &limit.unit, Mode::Consume);
-            let scope = match limit.per {
-                crate::plans::Per::Subject => request.subject,
-                crate::plans::Per::Account => begun.account,
-            };
-            let items = self.items(std::slice::from_ref(limit), scope, begun.account, |_| units);
-            for item in items.iter() {
-                let Some(status) = statuses.next() else { break };
-                // Held even at 0: a settle past the estimate counts there.
-                if limit.shadow {
-                    continue;
-                }
-                held.push(reservations::Held {
-                    scope: item.key.scope.to_owned(),
-                    slot: item.key.slot,
-                    algorithm: item.algorithm,
+            held.push(reservations::Held {
+                scope: item.key.scope.to_owned(),
+                slot: item.key.slot,
+                algorithm: item.algorithm,
+                rate: item.rate,
+                unit: limit.unit.clone(),
+                counted: crate::engine::algorithm::Charged {
+                    units: item.cost,
                     rate: item.rate,
-                    unit: limit.unit.clone(),
-                    counted: crate::engine::algorithm::Charged {
-                        units: item.cost,
-                        rate: item.rate,
-                        at: now,
-                        free_at: status.free_at,
-                    },
-                });
-            }
+                    at: now,
+                    free_at: status.free_at,
+                },
+            });
         }
         let expires_at = now.saturating_add(ttl);
         let id = self.reservations.open(reservations::Reservation {

@@ -354,9 +354,7 @@ impl Reservations {
                 return true;
             }
             if r.settled.is_none() {
-                if self.journaled.load(Ordering::Relaxed) {
-                    self.closed.lock().push((id.clone(), None));
-                }
+                self.closing(id, None);
                 let estimate = r.by_unit();
                 let slots = r
                     .held

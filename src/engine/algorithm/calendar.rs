@@ -206,30 +206,11 @@ fn calendar(rate: Rate) -> Calendar {
 pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let (_, end) = calendar(rate).period(now);
     let count = if state.a > now { state.b } else { 0 };
-    let sum = count.checked_add(cost);
-    let after = sum.unwrap_or(u64::MAX);
-    let fits = sum.is_some_and(|n| n <= rate.amount);
-    let wait = if fits {
-        Some(0)
-    } else if cost > rate.amount {
-        None
-    } else {
-        Some(end.saturating_sub(now))
-    };
-    Step {
-        fits,
-        counted: State {
-            a: end,
-            b: after,
-            ..State::default()
-        },
-        remaining: rate.amount.saturating_sub(count),
-        remaining_after: rate.amount.saturating_sub(after),
-        wait,
-        free_at: end,
-        free_at_after: end,
-        expires_at: end,
-    }
+    super::fixed_window::counting(count, rate, now, cost, end, |b| State {
+        a: end,
+        b,
+        ..State::default()
+    })
 }
 
 /// `state` as of `now`: a period that ended reads as empty.

@@ -46,9 +46,24 @@ impl Window {
 /// Evaluates `cost` against `state` at `now`.
 pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     let index = now / rate.window;
-    let start = index * rate.window;
-    let end = start.saturating_add(rate.window);
+    let end = (index * rate.window).saturating_add(rate.window);
     let count = Window::from(state).as_of(index).count;
+    counting(count, rate, now, cost, end, |count| {
+        Window { index, count }.into()
+    })
+}
+
+/// A window ending at `end` holding `count` (this one's, or a calendar
+/// period's), evaluating `cost` at `now`; `counted` is the state holding a
+/// count.
+pub(super) fn counting(
+    count: u64,
+    rate: Rate,
+    now: Nanos,
+    cost: u64,
+    end: Nanos,
+    counted: impl FnOnce(u64) -> State,
+) -> Step {
     // An overflowing sum never fits; the state keeps the saturated count,
     // which is still past any amount.
     let sum = count.checked_add(cost);
@@ -59,15 +74,11 @@ pub fn step(state: State, rate: Rate, now: Nanos, cost: u64) -> Step {
     } else if cost > rate.amount {
         None
     } else {
-        Some(end - now)
+        Some(end.saturating_sub(now))
     };
     Step {
         fits,
-        counted: Window {
-            index,
-            count: after,
-        }
-        .into(),
+        counted: counted(after),
         remaining: rate.amount.saturating_sub(count),
         remaining_after: rate.amount.saturating_sub(after),
         wait,

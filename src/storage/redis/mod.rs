@@ -219,15 +219,7 @@ impl RedisStore {
         }
         call.arg(runtime::CONSUMED).arg(specs.len());
         for (c, window) in &specs {
-            call.key(&c.key)
-                .arg(match c.algorithm {
-                    Algorithm::FixedWindow => "f",
-                    Algorithm::SlidingWindow => "s",
-                    Algorithm::TokenBucket => "t",
-                    Algorithm::SlidingRing => "r",
-                    Algorithm::Calendar => "c",
-                })
-                .arg(c.amount);
+            call.key(&c.key).arg(letter(c.algorithm)).arg(c.amount);
             match c.period {
                 Some(_) => call.arg(c.window_arg()),
                 None => call.arg(*window),
@@ -418,6 +410,17 @@ fn outcomes(reply: &[i64], jobs: &[batch::Job]) -> Result<(Nanos, Outcomes), Sto
         }));
     }
     Ok((now, out))
+}
+
+/// The scripts' letter for `algorithm` (`steps.lua`).
+fn letter(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::FixedWindow => "f",
+        Algorithm::SlidingWindow => "s",
+        Algorithm::TokenBucket => "t",
+        Algorithm::SlidingRing => "r",
+        Algorithm::Calendar => "c",
+    }
 }
 
 /// Limits whose arithmetic in Redis would pass 2^53 (amount × window in

@@ -20,9 +20,9 @@ use std::sync::LazyLock;
 use smallvec::SmallVec;
 
 use super::millis::Millis;
-use super::{Counter, RedisStore};
+use super::{Counter, RedisStore, letter};
 use crate::engine::algorithm::Charged;
-use crate::engine::{Algorithm, ItemStatus, Nanos, Outcome};
+use crate::engine::{ItemStatus, Nanos, Outcome};
 use crate::storage::StoreError;
 
 /// The script: the algorithms, then the reservations' operations.
@@ -88,11 +88,7 @@ pub type Reserved = (Nanos, Outcome, Nanos, Vec<Closed>);
 impl RedisStore {
     /// The id of a new reservation of `tag`.
     pub fn reservation_id(tag: &str) -> String {
-        let mut id = format!("rsv_{:032x}.", fastrand::u128(..));
-        for b in tag.bytes() {
-            id.push_str(&format!("{b:02x}"));
-        }
-        id
+        id_of(&format!("rsv_{:032x}", fastrand::u128(..)), tag)
     }
 
     /// Gives back what each counter's `Charged` counted; Redis's time.
@@ -274,15 +270,14 @@ fn index(tag: &str) -> String {
     format!("tg:{{{tag}}}:rsvs")
 }
 
-/// The script's letter for `algorithm`.
-fn letter(algorithm: Algorithm) -> &'static str {
-    match algorithm {
-        Algorithm::FixedWindow => "f",
-        Algorithm::SlidingWindow => "s",
-        Algorithm::TokenBucket => "t",
-        Algorithm::SlidingRing => "r",
-        Algorithm::Calendar => "c",
+/// Reservation `n`'s id: its number, `.`, then its hash tag in hex.
+fn id_of(n: &str, tag: &str) -> String {
+    use std::fmt::Write;
+    let mut id = format!("{n}.");
+    for b in tag.bytes() {
+        let _ = write!(id, "{b:02x}");
     }
+    id
 }
 
 /// The number and the hash tag of reservation `id`.
@@ -346,13 +341,8 @@ fn closed_list(tag: &str, values: &[redis::Value]) -> Result<Vec<Closed>, StoreE
         };
         let (subject, account) = head(&text(h)?)?;
         let estimate = units_of(&text(e)?)?;
-        let mut id = text(n)?;
-        id.push('.');
-        for b in tag.bytes() {
-            id.push_str(&format!("{b:02x}"));
-        }
         out.push(Closed {
-            id,
+            id: id_of(&text(n)?, tag),
             subject,
             account,
             actual: estimate.clone(),
