@@ -77,6 +77,10 @@ pub enum What<'a> {
     Settled {
         /// The settlement.
         settlement: &'a crate::limiter::reservations::Settlement,
+        /// What a settle counted past the estimate, as a Record of the
+        /// excess and the limits it was counted against (only those
+        /// announcing thresholds); `None` when nothing was.
+        excess: Option<(&'a Request<'a>, &'a Decision)>,
     },
     /// A call in a domain of envoyproxy/ratelimit rules (no plan, no
     /// subject: descriptors).
@@ -248,7 +252,7 @@ impl Consumer for Hub {
                 self.consumed(request.subject, request.account);
             }
             // Given back or counted past the estimate.
-            What::Settled { settlement } => {
+            What::Settled { settlement, .. } => {
                 self.consumed(&settlement.subject, &settlement.account);
             }
             _ => {}

@@ -425,6 +425,7 @@ fn hold_slot(
     Some(ledger.open(Reservation {
         subject: "a".into(),
         account: "a".into(),
+        class: None,
         estimate: Default::default(),
         held: vec![Held {
             scope: "a".into(),

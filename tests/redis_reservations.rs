@@ -8,7 +8,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::process::{Served, serve};
+use support::process::{Served, serve_env};
 use support::redis::RedisServer;
 use tollgate::proto::tollgate::v1 as pb;
 use tonic::transport::Channel;
@@ -34,23 +34,30 @@ struct Replicas {
 }
 
 async fn replicas(n: usize) -> Replicas {
+    replicas_with(n, CONFIG).await
+}
+
+async fn replicas_with(n: usize, config_text: &str) -> Replicas {
     let redis = RedisServer::start();
     let dir = support::process::temp_dir(&format!("rsv-{}", redis.port));
     std::fs::create_dir_all(&dir).expect("dir");
     let config = dir.join("tollgate.yaml");
-    std::fs::write(&config, CONFIG).expect("config");
+    std::fs::write(&config, config_text).expect("config");
     let config = config.display().to_string();
     let url = redis.url();
     let served: Vec<Served> = (0..n)
         .map(|_| {
-            serve(&[
-                "--config",
-                &config,
-                "--store",
-                &url,
-                "--store-timeout",
-                "2s",
-            ])
+            serve_env(
+                &[
+                    "--config",
+                    &config,
+                    "--store",
+                    &url,
+                    "--store-timeout",
+                    "2s",
+                ],
+                &[("TOLLGATE_ADMIN_TOKEN", support::ADMIN_TOKEN)],
+            )
         })
         .collect();
     let mut clients = Vec::new();
@@ -262,4 +269,56 @@ async fn an_expired_reservation_frees_its_slot_on_every_replica() {
         })
         .await;
     assert!(gone.is_ok(), "{gone:?}");
+}
+
+/// Reserved on one replica, settled past the estimate on another: the
+/// excess crosses a threshold of the reservation's class, and the replica
+/// that settled announces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settles_excess_on_another_replica_announces_its_crossing() {
+    let config = CONFIG.replace(
+        "      - { name: in-flight,",
+        "      - { name: chat-tokens, class: chat, unit: tokens, rate: 1000/hour, thresholds: [80%] }\n      - { name: in-flight,",
+    );
+    let mut r = replicas_with(2, &config).await;
+    let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", r.served[1].addr))
+        .await
+        .expect("connect");
+    let mut events = admin
+        .watch_events(support::with_token(
+            pb::WatchEventsRequest::default(),
+            support::ADMIN_TOKEN,
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut chat = req("k", "/v1/chat", 100);
+    chat.reserve = Some(pb::Reserve { ttl: None });
+    let d = r.clients[0]
+        .consume(chat)
+        .await
+        .expect("reserve")
+        .into_inner();
+    let id = d.reservation.expect("a reservation").id;
+    r.clients[1]
+        .settle(pb::SettleRequest {
+            id,
+            actual: HashMap::from([("tokens".to_owned(), 850)]),
+        })
+        .await
+        .expect("settle");
+    let event = tokio::time::timeout(Duration::from_secs(20), events.message())
+        .await
+        .expect("an event in time")
+        .expect("stream ok")
+        .expect("stream open");
+    assert_eq!(
+        (
+            event.limit.as_str(),
+            event.threshold.as_str(),
+            event.used,
+            event.amount
+        ),
+        ("chat-tokens", "80%", 850, 1000)
+    );
 }

@@ -718,3 +718,69 @@ async fn concurrent_callers_never_hold_more_than_amount() {
         }
     }
 }
+
+/// A settle past the estimate counts the excess as a Record does: a
+/// threshold it crosses is announced, on the limits of the reservation's
+/// class only, and a retried settle announces nothing again.
+#[tokio::test]
+async fn a_settles_excess_announces_the_thresholds_it_crosses() {
+    let s = TestServer::start(
+        r#"
+classes:
+  chat: { match: ["/v1/chat"] }
+  embed: { match: ["/v1/embed"] }
+plans:
+  free:
+    limits:
+      - { name: chat-tokens, class: chat, unit: tokens, rate: 1000/minute, thresholds: [80%] }
+      - { name: embed-tokens, class: embed, unit: tokens, rate: 1000/minute, thresholds: [50%] }
+default_plan: free
+"#,
+    )
+    .await;
+    let mut c = s.client.clone();
+    let mut admin = s.admin().await;
+    let mut events = admin
+        .watch_events(authed(pb::WatchEventsRequest::default()))
+        .await
+        .expect("watch")
+        .into_inner();
+    let d = s.consume(reserve("k", 100, None)).await;
+    let id = d.reservation.expect("reserved").id;
+    let settle = pb::SettleRequest {
+        id,
+        actual: actual(900),
+    };
+    c.settle(settle.clone()).await.expect("settle");
+    let event = next_event(&mut events).await;
+    assert_eq!(
+        (
+            event.subject.as_str(),
+            event.limit.as_str(),
+            event.threshold.as_str(),
+            event.used,
+            event.amount,
+            event.unit.as_str()
+        ),
+        ("k", "chat-tokens", "80%", 900, 1000, "tokens")
+    );
+    // A retry changes nothing, and announces nothing.
+    c.settle(settle).await.expect("retried");
+    // The next event is the embed class's own crossing: the chat excess
+    // announced nothing there.
+    let embed = with_cost(req("k", "/v1/embed"), &[("tokens", 600)]);
+    assert_eq!(verdict(&s.consume(embed).await), Verdict::Allowed);
+    let event = next_event(&mut events).await;
+    assert_eq!(
+        (event.limit.as_str(), event.threshold.as_str(), event.used),
+        ("embed-tokens", "50%", 600)
+    );
+}
+
+async fn next_event(stream: &mut tonic::Streaming<pb::QuotaEvent>) -> pb::QuotaEvent {
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event in time")
+        .expect("stream ok")
+        .expect("stream open")
+}

@@ -43,7 +43,7 @@ impl Consumer for Recorder {
         let who = match d.what {
             What::Plan { request, .. } => request.subject.to_owned(),
             What::Rules { domain, .. } => domain.to_owned(),
-            What::Settled { settlement } => settlement.subject.clone(),
+            What::Settled { settlement, .. } => settlement.subject.clone(),
         };
         self.0.lock().expect("lock").push((d.door, d.mode, who));
     }

@@ -84,11 +84,21 @@ impl RateLimiterService {
         actual: Option<&std::collections::HashMap<String, u64>>,
     ) -> Result<crate::limiter::reservations::Settlement, Error> {
         let started = Instant::now();
-        let settlement = match actual {
+        let (settlement, excess) = match actual {
             Some(actual) => self.limiter.settle(id, actual).await?,
-            None => self.limiter.release(id).await?,
+            None => (self.limiter.release(id).await?, None),
         };
-        self.settled(door, &settlement, started);
+        let request = excess.as_ref().map(|e| crate::limiter::Request {
+            subject: &settlement.subject,
+            account: &settlement.account,
+            resource: "",
+            method: None,
+            plan: None,
+            cost: &e.cost,
+            deadline: None,
+        });
+        let excess = request.as_ref().zip(excess.as_ref().map(|e| &e.decision));
+        self.settled(door, &settlement, excess, started);
         Ok(settlement)
     }
 
@@ -97,7 +107,7 @@ impl RateLimiterService {
         let started = Instant::now();
         let expired = self.limiter.expire_reservations().await;
         for settlement in &expired {
-            self.settled(Door::Expiry, settlement, started);
+            self.settled(Door::Expiry, settlement, None, started);
         }
         expired.len()
     }
@@ -106,6 +116,7 @@ impl RateLimiterService {
         &self,
         door: Door,
         settlement: &crate::limiter::reservations::Settlement,
+        excess: Option<(&crate::limiter::Request<'_>, &Decision)>,
         started: Instant,
     ) {
         self.sink.decided(&Decided {
@@ -113,7 +124,7 @@ impl RateLimiterService {
             mode: Mode::Consume,
             took: started.elapsed(),
             parent: &Parent::NONE,
-            what: What::Settled { settlement },
+            what: What::Settled { settlement, excess },
         });
     }
 

@@ -76,8 +76,14 @@ impl Consumer for Insight {
         let (request, decision) = match d.what {
             What::Plan { request, decision } => (request, decision),
             // A reservation's cost in the end: what its usage bills.
-            What::Settled { settlement } => {
+            What::Settled { settlement, excess } => {
                 self.bill(settlement);
+                // The excess counts as a Record would: it may cross a
+                // threshold.
+                if let Some((request, decision)) = excess {
+                    let now = self.limiter.now();
+                    self.events.decided(Mode::Record, request, decision, now);
+                }
                 return;
             }
             What::Rules { .. } => return,

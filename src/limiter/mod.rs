@@ -79,6 +79,25 @@ struct Begun<'r> {
     over_max_cost: Option<String>,
 }
 
+/// What a settle counted past its reservation's estimate, as a Record
+/// would: the excess per unit, and the limits announcing thresholds that
+/// counted it, as they stand right after (a [`Decision`] of mode Record).
+#[derive(Debug)]
+pub struct Excess {
+    /// The excess, per unit.
+    pub cost: std::collections::HashMap<String, u64>,
+    /// Those limits.
+    pub decision: Decision,
+}
+
+impl Begun<'_> {
+    /// The name of the class matched, if any.
+    fn class_name(&self) -> Option<Arc<str>> {
+        self.class
+            .map(|c| self.snapshot.catalog.class_names[c].clone())
+    }
+}
+
 // === impl Limiter ===
 
 impl Limiter {
@@ -332,6 +351,7 @@ impl Limiter {
                 &id,
                 request.subject,
                 begun.account,
+                begun.class_name().as_deref(),
                 &estimate,
                 &holds,
                 ttl,
@@ -409,6 +429,7 @@ impl Limiter {
         let id = self.reservations.open(reservations::Reservation {
             subject: request.subject.to_owned(),
             account: begun.account.to_owned(),
+            class: begun.class_name(),
             estimate: request.cost.clone(),
             held,
             expires_at,
@@ -419,29 +440,37 @@ impl Limiter {
 
     /// Settles reservation `id` for `actual` per unit (units not named at
     /// their estimate): gives back what the estimate counted beyond the
-    /// actual, and counts the actual beyond the estimate.
+    /// actual, and counts the actual beyond the estimate; with what that
+    /// excess left of the limits announcing thresholds.
     pub async fn settle(
         &self,
         id: &str,
         actual: &std::collections::HashMap<String, u64>,
-    ) -> Result<reservations::Settlement, Error> {
+    ) -> Result<(reservations::Settlement, Option<Excess>), Error> {
         for (unit, &n) in actual {
             crate::config::check_amount(n)
                 .map_err(|e| Error::invalid(format!("actual[{unit}]"), e))?;
         }
-        self.close(id, Some(actual)).await
+        let (settlement, fresh) = self.close(id, Some(actual)).await?;
+        let excess = match fresh {
+            true => self.excess(&settlement).await,
+            false => None,
+        };
+        Ok((settlement, excess))
     }
 
     /// Gives reservation `id`'s whole estimate back.
     pub async fn release(&self, id: &str) -> Result<reservations::Settlement, Error> {
-        self.close(id, None).await
+        Ok(self.close(id, None).await?.0)
     }
 
+    /// Settles or releases `id`; whether that changed anything now (not a
+    /// retry).
     async fn close(
         &self,
         id: &str,
         actual: Option<&std::collections::HashMap<String, u64>>,
-    ) -> Result<reservations::Settlement, Error> {
+    ) -> Result<(reservations::Settlement, bool), Error> {
         Error::required("id", id)?;
         if let Some(shared) = self.counters.shared() {
             return self
@@ -453,7 +482,53 @@ impl Limiter {
         let now = self.clock.now();
         let (settlement, changes) = self.reservations.settle(id, actual, now)?;
         self.apply(&changes, now).await?;
-        Ok(settlement)
+        Ok((settlement, !changes.is_empty()))
+    }
+
+    /// The limits of `settlement`'s class that count a unit it billed past
+    /// its estimate and announce thresholds, read right after the excess
+    /// was counted: what the threshold events need. `None` when there is
+    /// none, or the read failed (events are announced on a best effort).
+    async fn excess(&self, settlement: &reservations::Settlement) -> Option<Excess> {
+        let cost = settlement.excess();
+        if cost.is_empty() {
+            return None;
+        }
+        let snapshot = self.catalog.load_full();
+        let account = &*settlement.account;
+        let plan = self.resolver.resolve(
+            &snapshot.catalog,
+            snapshot.generation,
+            account,
+            self.clock.now(),
+        );
+        let limits: Vec<Arc<Limit>> = plan
+            .limits
+            .iter()
+            .filter(|l| {
+                !l.shadow
+                    && !l.thresholds.is_empty()
+                    && l.counted().is_some()
+                    && cost.contains_key(&*l.unit)
+                    && l.class.as_ref().is_none_or(|c| Some(c) == settlement.class.as_ref())
+            })
+            .cloned()
+            .collect();
+        if limits.is_empty() {
+            return None;
+        }
+        let items = self.items(&limits, &settlement.subject, account, |_| 0);
+        let (now, outcome) = match self.run(Mode::Check, account, &items, None, None).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::debug!(error = %e, "limits after a settle's excess not read");
+                return None;
+            }
+        };
+        let mut decision = Decision::new(&plan, settlement.class.clone());
+        decision.limits = route::statuses(&limits, &outcome, now).0;
+        decision.counted = true;
+        Some(Excess { cost, decision })
     }
 
     /// Makes a reservation's `changes` to the counters at `now`.
@@ -753,10 +828,7 @@ impl Limiter {
         let catalog = &begun.snapshot.catalog;
         let mode = begun.mode;
         let route = begun.plan.route(begun.class);
-        let mut decision = Decision::new(
-            &begun.plan,
-            begun.class.map(|c| catalog.class_names[c].clone()),
-        );
+        let mut decision = Decision::new(&begun.plan, begun.class_name());
         let (limits, too_large) = route::statuses(&route.limits, outcome, now);
         decision.limits = limits;
         decision.counted = outcome.counted;

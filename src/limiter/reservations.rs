@@ -70,6 +70,8 @@ type Amounts = BTreeMap<String, u64>;
 struct Saved {
     subject: String,
     account: String,
+    #[serde(default)]
+    class: Option<String>,
     estimate: HashMap<String, u64>,
     held: Vec<SavedHeld>,
     expires_at: Nanos,
@@ -105,6 +107,8 @@ pub struct Reservation {
     pub subject: String,
     /// Whose plan it counted under (the subject when it names none).
     pub account: String,
+    /// The class of the request it was made for, if any.
+    pub class: Option<Arc<str>>,
     /// What was reserved, per unit, as the request named it.
     pub estimate: HashMap<String, u64>,
     /// Every counter the estimate was counted against.
@@ -173,10 +177,26 @@ pub struct Settlement {
     pub subject: String,
     /// Whose plan it counted under.
     pub account: String,
+    /// The class of the request it was made for, if any.
+    pub class: Option<Arc<str>>,
     /// What was reserved, per unit.
     pub estimate: BTreeMap<String, u64>,
     /// What was billed, per unit.
     pub actual: BTreeMap<String, u64>,
+}
+
+impl Settlement {
+    /// What it billed past its estimate, per unit (none past: empty).
+    pub fn excess(&self) -> HashMap<String, u64> {
+        self.actual
+            .iter()
+            .filter(|(unit, _)| *unit != CONCURRENT)
+            .filter_map(|(unit, &n)| {
+                let over = n.saturating_sub(self.estimate.get(unit).copied().unwrap_or(0));
+                (over > 0).then(|| (unit.clone(), over))
+            })
+            .collect()
+    }
 }
 
 impl From<redis_store::Closed> for Settlement {
@@ -185,6 +205,7 @@ impl From<redis_store::Closed> for Settlement {
             id: c.id.into(),
             subject: c.subject,
             account: c.account,
+            class: c.class.map(Into::into),
             estimate: c.estimate,
             actual: c.actual,
         }
@@ -289,6 +310,7 @@ impl Reservations {
             id: key.clone(),
             subject: r.subject.clone(),
             account: r.account.clone(),
+            class: r.class.clone(),
             estimate,
             actual: billed,
         };
@@ -367,6 +389,7 @@ impl Reservations {
                         id: id.clone(),
                         subject: std::mem::take(&mut r.subject),
                         account: std::mem::take(&mut r.account),
+                        class: r.class.take(),
                         actual: estimate.clone(),
                         estimate,
                     },
@@ -395,17 +418,19 @@ impl Reservations {
         }
     }
 
-    /// Settles `id` in Redis for `actual` (`None`: released).
+    /// Settles `id` in Redis for `actual` (`None`: released); whether that
+    /// changed anything now (not a retry).
     pub async fn settled_in(
         &self,
         store: &crate::storage::redis::RedisStore,
         id: &str,
         actual: Option<&HashMap<String, u64>>,
-    ) -> Result<Settlement, Error> {
+    ) -> Result<(Settlement, bool), Error> {
         let actual: Option<BTreeMap<String, u64>> =
             actual.map(|a| a.iter().map(|(u, &n)| (u.clone(), n)).collect());
         match store.settle(id, actual.as_ref()).await? {
-            redis_store::Settled::Done(closed) => Ok(closed.into()),
+            redis_store::Settled::Done(closed) => Ok((closed.into(), true)),
+            redis_store::Settled::Again(closed) => Ok((closed.into(), false)),
             redis_store::Settled::Gone => Err(Error::not_found(
                 "id",
                 format!("no reservation {id}: it is unknown, or expired"),
@@ -470,6 +495,7 @@ impl Reservations {
         let saved = Saved {
             subject: r.subject.clone(),
             account: r.account.clone(),
+            class: r.class.as_deref().map(str::to_owned),
             estimate: r.estimate.clone(),
             held: r
                 .held
@@ -582,6 +608,7 @@ impl crate::persist::Ledger for Reservations {
         let mut r = Reservation {
             subject: saved.subject,
             account: saved.account,
+            class: saved.class.map(Into::into),
             estimate: saved.estimate,
             held: saved
                 .held
@@ -642,6 +669,7 @@ mod tests {
         Reservation {
             subject: "k".into(),
             account: "k".into(),
+            class: None,
             estimate: HashMap::from([("tokens".to_owned(), 10)]),
             held: Vec::new(),
             expires_at,

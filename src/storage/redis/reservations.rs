@@ -62,6 +62,8 @@ pub struct Closed {
     pub subject: String,
     /// Whose plan it counted under.
     pub account: String,
+    /// The class of the request it was made for, if any.
+    pub class: Option<String>,
     /// What was reserved, per unit.
     pub estimate: BTreeMap<String, u64>,
     /// What was billed, per unit.
@@ -71,8 +73,10 @@ pub struct Closed {
 /// What settling found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
-    /// Settled now, or before for the same amounts.
+    /// Settled now.
     Done(Closed),
+    /// Settled before, for the same amounts: nothing changed now.
+    Again(Closed),
     /// Unknown, or expired.
     Gone,
     /// Settled before, for these other amounts.
@@ -119,6 +123,7 @@ impl RedisStore {
         id: &str,
         subject: &str,
         account: &str,
+        class: Option<&str>,
         estimate: &BTreeMap<String, u64>,
         holds: &[Hold],
         ttl: Nanos,
@@ -132,7 +137,10 @@ impl RedisStore {
             .arg("reserve")
             .arg(n)
             .arg(format!("tg:{{{tag}}}:rsv:"))
-            .arg(format!("{subject}{US}{account}"))
+            .arg(match class {
+                Some(class) => format!("{subject}{US}{account}{US}{class}"),
+                None => format!("{subject}{US}{account}"),
+            })
             .arg(units_text(estimate))
             .arg(Millis::window(ttl))
             .arg(GRACE.as_millis() as u64)
@@ -203,12 +211,17 @@ impl RedisStore {
             Some("conflict") => Ok(Settled::Conflict(units_of(
                 reply.get(1).ok_or_else(bad_reply)?,
             )?)),
-            Some("ok" | "same") if reply.len() == 4 => {
-                let (subject, account) = head(&reply[1])?;
-                Ok(Settled::Done(Closed {
+            Some(what @ ("ok" | "same")) if reply.len() == 4 => {
+                let (subject, account, class) = head(&reply[1])?;
+                let done = match what {
+                    "ok" => Settled::Done,
+                    _ => Settled::Again,
+                };
+                Ok(done(Closed {
                     id: id.to_owned(),
                     subject,
                     account,
+                    class,
                     estimate: units_of(&reply[2])?,
                     actual: units_of(&reply[3])?,
                 }))
@@ -322,9 +335,14 @@ fn units_of(text: &str) -> Result<BTreeMap<String, u64>, StoreError> {
     Ok(out)
 }
 
-fn head(text: &str) -> Result<(String, String), StoreError> {
-    let (s, a) = text.split_once(US).ok_or_else(bad_reply)?;
-    Ok((s.to_owned(), a.to_owned()))
+/// A record's head: subject US account, then US class when it has one.
+fn head(text: &str) -> Result<(String, String, Option<String>), StoreError> {
+    let (s, rest) = text.split_once(US).ok_or_else(bad_reply)?;
+    let (a, class) = match rest.split_once(US) {
+        Some((a, c)) => (a, Some(c.to_owned())),
+        None => (rest, None),
+    };
+    Ok((s.to_owned(), a.to_owned(), class))
 }
 
 /// Expired reservations of `tag` as the script lists them: id, head,
@@ -339,12 +357,13 @@ fn closed_list(tag: &str, values: &[redis::Value]) -> Result<Vec<Closed>, StoreE
         let [n, h, e] = chunk else {
             return Err(bad_reply());
         };
-        let (subject, account) = head(&text(h)?)?;
+        let (subject, account, class) = head(&text(h)?)?;
         let estimate = units_of(&text(e)?)?;
         out.push(Closed {
             id: id_of(&text(n)?, tag),
             subject,
             account,
+            class,
             actual: estimate.clone(),
             estimate,
         });
