@@ -441,7 +441,6 @@ fn hold_slot(
             },
         }],
         expires_at: T0 + DAY,
-        settled: None,
     }))
 }
 
@@ -494,5 +493,5 @@ fn journaled_reservations_come_back_and_lost_ones_free_their_slots() {
     assert_eq!(in_flight(&after), 1, "the lost one's slot is free");
     let (settlement, changes) = restored.settle(&kept, None, T0 + SEC).expect("settles");
     assert_eq!(&*settlement.id, &*kept);
-    assert_eq!(changes.len(), 1, "its slot is given back");
+    assert_eq!(changes.map(|c| c.len()), Some(1), "its slot is given back");
 }

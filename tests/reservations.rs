@@ -331,12 +331,15 @@ async fn the_usage_export_bills_the_settled_actuals() {
     let mut c = s.client.clone();
     let id = |d: &Decision| d.reservation.clone().expect("reserved").id;
     let settled = id(&s.consume(reserve("settled", 1000, None)).await);
-    c.settle(pb::SettleRequest {
-        id: settled,
-        actual: actual(300),
-    })
-    .await
-    .expect("settle");
+    // Settled, then retried: billed once.
+    for _ in 0..2 {
+        c.settle(pb::SettleRequest {
+            id: settled.clone(),
+            actual: actual(300),
+        })
+        .await
+        .expect("settle");
+    }
     let released = id(&s.consume(reserve("released", 1000, None)).await);
     c.release(pb::ReleaseRequest { id: released })
         .await

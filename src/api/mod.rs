@@ -84,11 +84,16 @@ impl RateLimiterService {
         actual: Option<&std::collections::HashMap<String, u64>>,
     ) -> Result<crate::limiter::reservations::Settlement, Error> {
         let started = Instant::now();
-        let (settlement, excess) = match actual {
+        let finished = match actual {
             Some(actual) => self.limiter.settle(id, actual).await?,
-            None => (self.limiter.release(id).await?, None),
+            None => self.limiter.release(id).await?,
         };
-        let request = excess.as_ref().map(|e| crate::limiter::Request {
+        // A retry changed nothing: nothing to bill, watch or announce.
+        if finished.again {
+            return Ok(finished.settlement);
+        }
+        let settlement = finished.settlement;
+        let request = finished.excess.as_ref().map(|e| crate::limiter::Request {
             subject: &settlement.subject,
             account: &settlement.account,
             resource: "",
@@ -97,7 +102,9 @@ impl RateLimiterService {
             cost: &e.cost,
             deadline: None,
         });
-        let excess = request.as_ref().zip(excess.as_ref().map(|e| &e.decision));
+        let excess = request
+            .as_ref()
+            .zip(finished.excess.as_ref().map(|e| &e.decision));
         self.settled(door, &settlement, excess, started);
         Ok(settlement)
     }

@@ -79,6 +79,18 @@ struct Begun<'r> {
     over_max_cost: Option<String>,
 }
 
+/// What a settle or a release did.
+#[derive(Debug)]
+pub struct Finished {
+    /// The answer. A retry's names no subject, account or class: it only
+    /// repeats the amounts.
+    pub settlement: reservations::Settlement,
+    /// A retry: settled before for the same amounts, nothing changed now.
+    pub again: bool,
+    /// What a settle counted past the estimate, if anything.
+    pub excess: Option<Excess>,
+}
+
 /// What a settle counted past its reservation's estimate, as a Record
 /// would: the excess per unit, and the limits announcing thresholds that
 /// counted it, as they stand right after (a [`Decision`] of mode Record).
@@ -433,7 +445,6 @@ impl Limiter {
             estimate: request.cost.clone(),
             held,
             expires_at,
-            settled: None,
         });
         (id, expires_at)
     }
@@ -446,7 +457,7 @@ impl Limiter {
         &self,
         id: &str,
         actual: &std::collections::HashMap<String, u64>,
-    ) -> Result<(reservations::Settlement, Option<Excess>), Error> {
+    ) -> Result<Finished, Error> {
         for (unit, &n) in actual {
             crate::config::check_amount(n)
                 .map_err(|e| Error::invalid(format!("actual[{unit}]"), e))?;
@@ -456,12 +467,21 @@ impl Limiter {
             true => self.excess(&settlement).await,
             false => None,
         };
-        Ok((settlement, excess))
+        Ok(Finished {
+            settlement,
+            again: !fresh,
+            excess,
+        })
     }
 
     /// Gives reservation `id`'s whole estimate back.
-    pub async fn release(&self, id: &str) -> Result<reservations::Settlement, Error> {
-        Ok(self.close(id, None).await?.0)
+    pub async fn release(&self, id: &str) -> Result<Finished, Error> {
+        let (settlement, fresh) = self.close(id, None).await?;
+        Ok(Finished {
+            settlement,
+            again: !fresh,
+            excess: None,
+        })
     }
 
     /// Settles or releases `id`; whether that changed anything now (not a
@@ -481,8 +501,11 @@ impl Limiter {
         let _moving = self.reservations.moving().await;
         let now = self.clock.now();
         let (settlement, changes) = self.reservations.settle(id, actual, now)?;
+        let Some(changes) = changes else {
+            return Ok((settlement, false));
+        };
         self.apply(&changes, now).await?;
-        Ok((settlement, !changes.is_empty()))
+        Ok((settlement, true))
     }
 
     /// The limits of `settlement`'s class that count a unit it billed past
@@ -510,7 +533,9 @@ impl Limiter {
                     && !l.thresholds.is_empty()
                     && l.counted().is_some()
                     && cost.contains_key(&*l.unit)
-                    && l.class.as_ref().is_none_or(|c| Some(c) == settlement.class.as_ref())
+                    && l.class
+                        .as_ref()
+                        .is_none_or(|c| Some(c) == settlement.class.as_ref())
             })
             .cloned()
             .collect();

@@ -27,9 +27,13 @@ use crate::persist::Entry;
 use crate::plans::CONCURRENT;
 use crate::storage::redis::reservations as redis_store;
 
-/// The most reservations held at once (open, or settled and kept for
-/// retries until they expire): about 300 MB of them.
+/// The most reservations open at once: about 300 MB of them.
 pub const MAX_HELD: usize = 1_000_000;
+
+/// The most settled reservations kept in one generation to answer retries
+/// (at most twice as many kept, some 100 bytes each): past it, the older
+/// generation is forgotten before [`SETTLED_KEPT`].
+pub const MAX_KEPT: usize = 1_000_000;
 
 /// How long a settled reservation still answers a retried settle (the
 /// same answer) before it is forgotten (`NOT_FOUND`), at most until it would
@@ -42,9 +46,13 @@ pub const SETTLED_KEPT: Nanos = 30 * crate::engine::clock::SECOND;
 /// reserved for (to expire theirs) and the expiries it met on the way.
 #[derive(Debug)]
 pub struct Reservations {
+    /// The open ones.
     held: Mutex<HashMap<Arc<str>, Reservation>>,
-    /// The most held at once.
+    /// The most open at once.
     cap: usize,
+    /// The settled ones, to answer retries. Locked after `held` when both
+    /// are.
+    kept: Mutex<Kept>,
     /// With Redis: accounts this replica reserved for, by latest expiry.
     tags: Mutex<HashMap<String, Nanos>>,
     /// With Redis: reservations expired by a reserve, until reported.
@@ -115,8 +123,28 @@ pub struct Reservation {
     pub held: Vec<Held>,
     /// When it is settled at its estimate unless settled first.
     pub expires_at: Nanos,
-    /// What it was settled for, once it was.
-    pub settled: Option<BTreeMap<String, u64>>,
+}
+
+/// Settled reservations, kept to answer a retried settle the same for
+/// [`SETTLED_KEPT`] (at most until they would have expired): only their
+/// amounts, compactly, in two generations that take turns every
+/// [`SETTLED_KEPT`] (or [`MAX_KEPT`]), so forgetting is dropping the older.
+#[derive(Debug, Default)]
+struct Kept {
+    young: HashMap<u128, Answer>,
+    old: HashMap<u128, Answer>,
+    /// When `young` began.
+    since: Nanos,
+}
+
+/// A settled reservation's amounts, and until when they answer.
+#[derive(Debug)]
+struct Answer {
+    until: Nanos,
+    /// Per unit: its name's length (u32) and bytes, a flag byte (1: in the
+    /// estimate, 2: in the actual), the estimate and the actual (u64 each,
+    /// little-endian).
+    amounts: Box<[u8]>,
 }
 
 impl Reservation {
@@ -212,6 +240,125 @@ impl From<redis_store::Closed> for Settlement {
     }
 }
 
+/// `estimate` with each unit at its `actual` (`None`: released, all 0;
+/// units `actual` does not name at their estimate).
+fn billed(
+    estimate: &BTreeMap<String, u64>,
+    actual: Option<&HashMap<String, u64>>,
+) -> BTreeMap<String, u64> {
+    let mut billed = estimate.clone();
+    match actual {
+        None => billed.values_mut().for_each(|n| *n = 0),
+        Some(actual) => billed.extend(actual.iter().map(|(u, &n)| (u.clone(), n))),
+    }
+    billed
+}
+
+// === impl Kept ===
+
+impl Kept {
+    /// An id as the memory store makes them (`rsv_` and 32 hex digits), as
+    /// a number.
+    fn key(id: &str) -> Option<u128> {
+        let hex = id.strip_prefix("rsv_")?;
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u128::from_str_radix(hex, 16).ok())
+            .flatten()
+    }
+
+    /// Keeps `id`'s amounts until `until`; returns the generation it
+    /// forgot to make room, if any, to drop outside the lock.
+    fn keep(
+        &mut self,
+        id: &str,
+        estimate: &BTreeMap<String, u64>,
+        actual: &BTreeMap<String, u64>,
+        until: Nanos,
+        now: Nanos,
+    ) -> Option<HashMap<u128, Answer>> {
+        let forgotten = self.turn(now);
+        if let Some(key) = Self::key(id) {
+            let amounts = Answer::encode(estimate, actual);
+            self.young.insert(key, Answer { until, amounts });
+        }
+        forgotten
+    }
+
+    /// Starts a new generation when the young one is [`SETTLED_KEPT`] old
+    /// or [`MAX_KEPT`] large, forgetting the older one (returned).
+    fn turn(&mut self, now: Nanos) -> Option<HashMap<u128, Answer>> {
+        if now < self.since.saturating_add(SETTLED_KEPT) && self.young.len() < MAX_KEPT {
+            return None;
+        }
+        self.since = now;
+        let young = HashMap::with_capacity(self.young.len());
+        let old = std::mem::replace(&mut self.old, std::mem::replace(&mut self.young, young));
+        Some(old)
+    }
+
+    /// What `id` was settled for, if it still answers at `now`: its
+    /// estimate and actual.
+    fn answer(&self, id: &str, now: Nanos) -> Option<(Amounts, Amounts)> {
+        let key = Self::key(id)?;
+        let a = self.young.get(&key).or_else(|| self.old.get(&key))?;
+        (a.until > now).then(|| a.decode())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u128, &Answer)> {
+        self.young.iter().chain(&self.old).map(|(&k, a)| (k, a))
+    }
+}
+
+// === impl Answer ===
+
+impl Answer {
+    fn encode(estimate: &Amounts, actual: &Amounts) -> Box<[u8]> {
+        let mut out = Vec::with_capacity(actual.len() * 28);
+        let units = actual
+            .keys()
+            .chain(estimate.keys().filter(|u| !actual.contains_key(*u)));
+        for unit in units {
+            let (e, a) = (estimate.get(unit), actual.get(unit));
+            out.extend_from_slice(&(unit.len() as u32).to_le_bytes());
+            out.extend_from_slice(unit.as_bytes());
+            out.push(u8::from(e.is_some()) | (u8::from(a.is_some()) << 1));
+            out.extend_from_slice(&e.copied().unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(&a.copied().unwrap_or(0).to_le_bytes());
+        }
+        out.into_boxed_slice()
+    }
+
+    /// The estimate and the actual, as encoded.
+    fn decode(&self) -> (Amounts, Amounts) {
+        let (mut estimate, mut actual) = (Amounts::new(), Amounts::new());
+        let mut rest = &self.amounts[..];
+        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+            let len = u32::from_le_bytes(*len) as usize;
+            let Some((unit, tail)) = tail.split_at_checked(len) else {
+                break;
+            };
+            let Some((&flags, tail)) = tail.split_first() else {
+                break;
+            };
+            let Some((e, tail)) = tail.split_first_chunk::<8>() else {
+                break;
+            };
+            let Some((a, tail)) = tail.split_first_chunk::<8>() else {
+                break;
+            };
+            let unit = String::from_utf8_lossy(unit).into_owned();
+            if flags & 1 != 0 {
+                estimate.insert(unit.clone(), u64::from_le_bytes(*e));
+            }
+            if flags & 2 != 0 {
+                actual.insert(unit, u64::from_le_bytes(*a));
+            }
+            rest = tail;
+        }
+        (estimate, actual)
+    }
+}
+
 // === impl Reservations ===
 
 impl Reservations {
@@ -220,6 +367,7 @@ impl Reservations {
         Self {
             held: Mutex::default(),
             cap,
+            kept: Mutex::default(),
             tags: Mutex::default(),
             expired: Mutex::default(),
             still: tokio::sync::RwLock::new(()),
@@ -272,14 +420,15 @@ impl Reservations {
 
     /// Settles `id` at `now` for `actual` (units it does not name at their
     /// estimate; all zero: released). Returns the settlement and the
-    /// changes to make to the counters, none when it was settled before for
-    /// the same amounts.
+    /// changes to make to the counters; `None` for a retry: settled before,
+    /// for the same amounts, nothing changes.
+    #[allow(clippy::type_complexity)]
     pub fn settle(
         &self,
         id: &str,
         actual: Option<&HashMap<String, u64>>,
         now: Nanos,
-    ) -> Result<(Settlement, Vec<(Held, Change)>), Error> {
+    ) -> Result<(Settlement, Option<Vec<(Held, Change)>>), Error> {
         let gone = || {
             Error::not_found(
                 "id",
@@ -287,51 +436,47 @@ impl Reservations {
             )
         };
         let mut held = self.held.lock();
-        let (key, r) = match held.get_key_value(id) {
-            Some((key, r)) if r.expires_at > now => (key.clone(), r),
-            // Expired, not yet swept: `expire` settles it (and gives back
-            // its slots in flight).
-            Some((_, r)) if r.settled.is_none() => return Err(gone()),
-            Some(_) => {
-                held.remove(id);
-                return Err(gone());
-            }
-            None => return Err(gone()),
-        };
-        // Every unit the estimate named or counted; then each at its actual
-        // (released: all 0; settled: as named, else at its estimate).
-        let estimate = r.by_unit();
-        let mut billed = estimate.clone();
-        match actual {
-            None => billed.values_mut().for_each(|n| *n = 0),
-            Some(actual) => billed.extend(actual.iter().map(|(u, &n)| (u.clone(), n))),
-        }
-        let settlement = Settlement {
-            id: key.clone(),
-            subject: r.subject.clone(),
-            account: r.account.clone(),
-            class: r.class.clone(),
-            estimate,
-            actual: billed,
-        };
-        match &r.settled {
-            Some(before) if *before == settlement.actual => return Ok((settlement, Vec::new())),
-            Some(before) => {
+        let Some((key, r)) = held.get_key_value(id) else {
+            // Settled before, or gone.
+            let (estimate, before) = self.kept.lock().answer(id, now).ok_or_else(gone)?;
+            let billed = billed(&estimate, actual);
+            if billed != before {
                 return Err(Error::invalid(
                     "id",
                     format!("{id} was settled already, for {before:?}"),
                 ));
             }
-            None => {}
+            let again = Settlement {
+                id: id.into(),
+                subject: String::new(),
+                account: String::new(),
+                class: None,
+                estimate,
+                actual: billed,
+            };
+            return Ok((again, None));
+        };
+        // Expired, not yet swept: `expire` settles it (and gives back its
+        // slots in flight).
+        if r.expires_at <= now {
+            return Err(gone());
         }
+        let key = key.clone();
+        let Some(r) = held.remove(&key) else {
+            return Err(gone());
+        };
+        // Every unit the estimate named or counted; then each at its actual
+        // (released: all 0; settled: as named, else at its estimate).
+        let estimate = r.by_unit();
+        let billed = billed(&estimate, actual);
         let changes = r
             .held
-            .iter()
+            .into_iter()
             .filter_map(|h| {
                 // A slot in flight is given back whatever the actual.
                 let actual = match &*h.unit {
                     CONCURRENT => 0,
-                    unit => settlement.actual.get(unit).copied().unwrap_or(0),
+                    unit => billed.get(unit).copied().unwrap_or(0),
                 };
                 let counted = h.counted.units;
                 let change = match actual.cmp(&counted) {
@@ -342,60 +487,60 @@ impl Reservations {
                     std::cmp::Ordering::Greater => Change::Record(actual - counted),
                     std::cmp::Ordering::Equal => return None,
                 };
-                Some((h.clone(), change))
+                Some((h, change))
             })
             .collect();
-        if let Some(r) = held.get_mut(&key) {
-            // Kept only to answer retries, briefly, and without its counters.
-            r.settled = Some(settlement.actual.clone());
-            // Its estimate per unit as settled, so a retry's reads the same
-            // without the counters.
-            r.estimate = settlement
-                .estimate
-                .iter()
-                .map(|(u, &n)| (u.clone(), n))
-                .collect();
-            r.held = Vec::new();
-            r.expires_at = r.expires_at.min(now.saturating_add(SETTLED_KEPT));
-        }
+        // Kept only to answer retries, briefly, and without its counters.
+        let until = r.expires_at.min(now.saturating_add(SETTLED_KEPT));
+        let forgotten = self.kept.lock().keep(&key, &estimate, &billed, until, now);
+        drop(held);
+        drop(forgotten);
         // Queued before the counters change: a journal's cut that holds
         // the refund holds the settle.
-        self.closing(&key, Some(&settlement.actual));
-        Ok((settlement, changes))
+        self.closing(&key, Some(&billed));
+        let settlement = Settlement {
+            id: key,
+            subject: r.subject,
+            account: r.account,
+            class: r.class,
+            estimate,
+            actual: billed,
+        };
+        Ok((settlement, Some(changes)))
     }
 
-    /// Forgets what expired by `now`: those never settled are settled at
-    /// their estimate, returned with the changes that gives (their slots in
-    /// flight back; nothing else); the settled ones no longer answer
-    /// retries.
+    /// Forgets what expired by `now`: those open are settled at their
+    /// estimate, returned with the changes that gives (their slots in
+    /// flight back; nothing else); the settled ones kept past their time no
+    /// longer answer retries.
     pub fn expire(&self, now: Nanos) -> Vec<(Settlement, Vec<(Held, Change)>)> {
+        let forgotten = self.kept.lock().turn(now);
+        drop(forgotten);
         let mut held = self.held.lock();
         let mut expired = Vec::new();
         held.retain(|id, r| {
             if r.expires_at > now {
                 return true;
             }
-            if r.settled.is_none() {
-                self.closing(id, None);
-                let estimate = r.by_unit();
-                let slots = r
-                    .held
-                    .iter()
-                    .filter(|h| &*h.unit == CONCURRENT && h.counted.units > 0)
-                    .map(|h| (h.clone(), Change::Refund(h.counted)))
-                    .collect();
-                expired.push((
-                    Settlement {
-                        id: id.clone(),
-                        subject: std::mem::take(&mut r.subject),
-                        account: std::mem::take(&mut r.account),
-                        class: r.class.take(),
-                        actual: estimate.clone(),
-                        estimate,
-                    },
-                    slots,
-                ));
-            }
+            self.closing(id, None);
+            let estimate = r.by_unit();
+            let slots = r
+                .held
+                .iter()
+                .filter(|h| &*h.unit == CONCURRENT && h.counted.units > 0)
+                .map(|h| (h.clone(), Change::Refund(h.counted)))
+                .collect();
+            expired.push((
+                Settlement {
+                    id: id.clone(),
+                    subject: std::mem::take(&mut r.subject),
+                    account: std::mem::take(&mut r.account),
+                    class: r.class.take(),
+                    actual: estimate.clone(),
+                    estimate,
+                },
+                slots,
+            ));
             false
         });
         expired
@@ -477,7 +622,7 @@ impl Reservations {
         out
     }
 
-    /// How many are held, open or settled.
+    /// How many are open.
     pub fn len(&self) -> usize {
         self.held.lock().len()
     }
@@ -520,7 +665,22 @@ impl Reservations {
                 })
                 .collect(),
             expires_at: r.expires_at,
-            settled: r.settled.clone(),
+            settled: None,
+        };
+        serde_json::to_vec(&saved).unwrap_or_default()
+    }
+
+    /// A settled one as the journal writes it: its amounts only.
+    fn saved_kept(answer: &Answer) -> Vec<u8> {
+        let (estimate, actual) = answer.decode();
+        let saved = Saved {
+            subject: String::new(),
+            account: String::new(),
+            class: None,
+            estimate: estimate.into_iter().collect(),
+            held: Vec::new(),
+            expires_at: answer.until,
+            settled: Some(actual),
         };
         serde_json::to_vec(&saved).unwrap_or_default()
     }
@@ -538,11 +698,21 @@ impl crate::persist::Ledger for Reservations {
     fn held(&self, slots: &crate::plans::SlotRegistry, emit: &mut dyn FnMut(Entry<'_>)) {
         self.opened.lock().clear();
         self.closed.lock().clear();
-        for (id, r) in self.held.lock().iter() {
+        let held = self.held.lock();
+        for (id, r) in held.iter() {
             let body = self.saved(r, slots);
             emit(Entry {
                 opened: true,
                 id,
+                body: &body,
+            });
+        }
+        // Settled ones, to answer a retry after a restart.
+        for (key, answer) in self.kept.lock().iter() {
+            let body = Self::saved_kept(answer);
+            emit(Entry {
+                opened: true,
+                id: &format!("rsv_{key:032x}"),
                 body: &body,
             });
         }
@@ -551,18 +721,23 @@ impl crate::persist::Ledger for Reservations {
     fn take_opened(&self, slots: &crate::plans::SlotRegistry, emit: &mut dyn FnMut(Entry<'_>)) {
         let ids = std::mem::take(&mut *self.opened.lock());
         let held = self.held.lock();
+        let kept = self.kept.lock();
         for id in ids {
             // One expired and forgotten meanwhile has its expiry queued. One
             // settled already is written settled (without its counters), to
             // answer a retry after a restart.
-            if let Some(r) = held.get(&id) {
-                let body = self.saved(r, slots);
-                emit(Entry {
-                    opened: true,
-                    id: &id,
-                    body: &body,
-                });
-            }
+            let body = match held.get(&id) {
+                Some(r) => self.saved(r, slots),
+                None => match Kept::key(&id).and_then(|k| kept.young.get(&k)) {
+                    Some(answer) => Self::saved_kept(answer),
+                    None => continue,
+                },
+            };
+            emit(Entry {
+                opened: true,
+                id: &id,
+                body: &body,
+            });
         }
     }
 
@@ -587,11 +762,12 @@ impl crate::persist::Ledger for Reservations {
                 .then(|| serde_json::from_slice(entry.body).ok())
                 .flatten();
             let mut held = self.held.lock();
-            match (held.get_mut(&id), settled) {
-                (Some(r), Some(s)) => r.settled = Some(s),
-                (Some(_), None) => {
-                    held.remove(&id);
+            match (held.remove(&id), settled) {
+                (Some(r), Some(s)) => {
+                    let until = r.expires_at.min(now.saturating_add(SETTLED_KEPT));
+                    self.kept.lock().keep(&id, &r.by_unit(), &s, until, now);
                 }
+                (Some(_), None) => {}
                 (None, settled) => {
                     self.early.lock().insert(id, settled);
                 }
@@ -605,7 +781,7 @@ impl crate::persist::Ledger for Reservations {
         if saved.expires_at <= now {
             return;
         }
-        let mut r = Reservation {
+        let r = Reservation {
             subject: saved.subject,
             account: saved.account,
             class: saved.class.map(Into::into),
@@ -641,19 +817,28 @@ impl crate::persist::Ledger for Reservations {
                 })
                 .collect(),
             expires_at: saved.expires_at,
-            settled: saved.settled,
         };
-        match self.early.lock().remove(&id) {
+        let settled = match self.early.lock().remove(&id) {
             Some(None) => return,
-            Some(Some(settled)) => r.settled = Some(settled),
-            None => {}
+            Some(Some(settled)) => Some((r.by_unit(), settled)),
+            None => saved
+                .settled
+                .map(|s| (r.estimate.iter().map(|(u, &n)| (u.clone(), n)).collect(), s)),
+        };
+        match settled {
+            Some((estimate, actual)) => {
+                let until = r.expires_at.min(now.saturating_add(SETTLED_KEPT));
+                self.kept.lock().keep(&id, &estimate, &actual, until, now);
+            }
+            None => {
+                self.held.lock().insert(id, r);
+            }
         }
-        self.held.lock().insert(id, r);
     }
 
     fn in_flight(&self, emit: &mut dyn FnMut(&str, u32, u64)) {
         self.early.lock().clear();
-        for r in self.held.lock().values().filter(|r| r.settled.is_none()) {
+        for r in self.held.lock().values() {
             for h in r.held.iter().filter(|h| &*h.unit == CONCURRENT) {
                 emit(&h.scope, h.slot, h.counted.units);
             }
@@ -673,7 +858,6 @@ mod tests {
             estimate: HashMap::from([("tokens".to_owned(), 10)]),
             held: Vec::new(),
             expires_at,
-            settled: None,
         }
     }
 
@@ -724,11 +908,74 @@ mod tests {
         let id = r.open(reservation(100));
         let (first, changes) = r.settle(&id, None, 1).expect("released");
         assert_eq!(first.actual["tokens"], 0);
-        assert!(changes.is_empty(), "nothing held: nothing to change");
+        assert_eq!(
+            changes.map(|c| c.len()),
+            Some(0),
+            "nothing held: nothing to change"
+        );
         let (again, changes) = r.settle(&id, None, 2).expect("retried");
-        assert_eq!((again, changes.len()), (first, 0));
+        assert!(changes.is_none(), "a retry changes nothing");
+        assert_eq!(
+            (&again.id, &again.estimate, &again.actual),
+            (&first.id, &first.estimate, &first.actual)
+        );
         let other = HashMap::from([("tokens".to_owned(), 3)]);
         assert!(r.settle(&id, Some(&other), 3).is_err());
         assert!(r.settle(&id, None, 100).is_err(), "expired");
+    }
+
+    /// The compact amounts a settled reservation is kept with read back
+    /// as the maps they were made from, whatever the units' names.
+    #[test]
+    fn kept_amounts_read_back_as_written() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let names = [
+            "requests",
+            "tokens",
+            "",
+            "ünïcode",
+            "a\u{1f}b",
+            "input_tokens",
+        ];
+        for _ in 0..500 {
+            let pick = |rng: &mut fastrand::Rng| {
+                let mut m = Amounts::new();
+                for name in names {
+                    if rng.bool() {
+                        m.insert(name.to_owned(), rng.u64(..));
+                    }
+                }
+                m
+            };
+            let (estimate, actual) = (pick(&mut rng), pick(&mut rng));
+            let answer = Answer {
+                until: 0,
+                amounts: Answer::encode(&estimate, &actual),
+            };
+            assert_eq!(answer.decode(), (estimate, actual));
+        }
+    }
+
+    /// A settled reservation answers retries for SETTLED_KEPT (not past its
+    /// expiry), then is forgotten: NOT_FOUND.
+    #[test]
+    fn a_settled_reservation_answers_retries_for_a_while_then_is_forgotten() {
+        let r = Reservations::with_cap(10);
+        let long = SETTLED_KEPT * 10;
+        let id = r.open(reservation(long));
+        let actual = HashMap::from([("tokens".to_owned(), 4)]);
+        r.settle(&id, Some(&actual), 1).expect("settled");
+        assert_eq!(r.len(), 0, "no longer open");
+        let (again, changes) = r.settle(&id, Some(&actual), SETTLED_KEPT).expect("retried");
+        assert!(changes.is_none());
+        assert_eq!(again.actual["tokens"], 4);
+        // Sweeps meanwhile turn the generations; it is kept its time.
+        r.expire(SETTLED_KEPT / 2);
+        r.expire(SETTLED_KEPT);
+        assert!(r.settle(&id, Some(&actual), SETTLED_KEPT).is_ok());
+        let gone = r.settle(&id, Some(&actual), SETTLED_KEPT + 1);
+        assert!(matches!(gone, Err(Error::NotFound { .. })), "{gone:?}");
+        r.expire(3 * SETTLED_KEPT);
+        assert!(r.kept.lock().iter().next().is_none(), "forgotten");
     }
 }
