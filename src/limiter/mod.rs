@@ -278,10 +278,16 @@ impl Limiter {
             decision.reservation = held;
             return Ok(decision);
         }
+        // What a reservation holds: every counter with its limit, counted at
+        // the estimate (the same items, in the same order).
+        let estimated = holds.then(|| self.estimated(&route.limits, request, begun.account));
         let (now, outcome) = if route.shadow {
             self.shadowed(&begun, request, &route.limits, cost).await?
         } else {
-            let items = self.items(&route.limits, request.subject, begun.account, cost);
+            let items = match &estimated {
+                Some(estimated) => estimated.iter().map(|(_, item)| *item).collect(),
+                None => self.items(&route.limits, request.subject, begun.account, cost),
+            };
             self.counters
                 .run(
                     begun.run_mode,
@@ -299,9 +305,9 @@ impl Limiter {
         };
         let mut decision = self.conclude(&begun, request, now, &outcome);
         decision.store_time = stored.map(|at| at.elapsed());
-        if holds && decision.counted {
+        if let Some(estimated) = estimated.filter(|_| decision.counted) {
             let ttl = self.ttl_of(&begun, reserve.flatten());
-            decision.reservation = Some(self.hold(&begun, request, now, &outcome, ttl));
+            decision.reservation = Some(self.hold(&begun, request, &estimated, now, &outcome, ttl));
         }
         Ok(decision)
     }
@@ -409,15 +415,14 @@ impl Limiter {
         &self,
         begun: &Begun<'_>,
         request: &Request<'_>,
+        estimated: &[(&Arc<Limit>, Item<'_>)],
         now: Nanos,
         outcome: &Outcome,
         ttl: Nanos,
     ) -> (Arc<str>, Nanos) {
         // Every enforced counter the estimate was counted against, with what
         // a refund needs; the outcome lists them in the route's order.
-        let route = begun.plan.route(begun.class);
-        let mut held = Vec::new();
-        let estimated = self.estimated(&route.limits, request, begun.account);
+        let mut held = Vec::with_capacity(estimated.len());
         for ((limit, item), status) in estimated.iter().zip(outcome.items.iter()) {
             // Held even at 0: a settle past the estimate counts there.
             if limit.shadow {

@@ -47,7 +47,7 @@ pub const SETTLED_KEPT: Nanos = 30 * crate::engine::clock::SECOND;
 #[derive(Debug)]
 pub struct Reservations {
     /// The open ones.
-    held: Mutex<HashMap<Arc<str>, Reservation>>,
+    held: Mutex<Fast<Arc<str>, Reservation>>,
     /// The most open at once.
     cap: usize,
     /// The settled ones, to answer retries. Locked after `held` when both
@@ -72,6 +72,10 @@ pub struct Reservations {
 
 /// Amounts per unit.
 type Amounts = BTreeMap<String, u64>;
+
+/// The maps of reservations by id: ids are random, made here, so a fast
+/// hash (foldhash) serves.
+type Fast<K, V> = hashbrown::HashMap<K, V>;
 
 /// A reservation as the journal writes it (counter identities by name).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -131,8 +135,8 @@ pub struct Reservation {
 /// [`SETTLED_KEPT`] (or [`MAX_KEPT`]), so forgetting is dropping the older.
 #[derive(Debug, Default)]
 struct Kept {
-    young: HashMap<u128, Answer>,
-    old: HashMap<u128, Answer>,
+    young: Fast<u128, Answer>,
+    old: Fast<u128, Answer>,
     /// When `young` began.
     since: Nanos,
 }
@@ -275,7 +279,7 @@ impl Kept {
         actual: &BTreeMap<String, u64>,
         until: Nanos,
         now: Nanos,
-    ) -> Option<HashMap<u128, Answer>> {
+    ) -> Option<Fast<u128, Answer>> {
         let forgotten = self.turn(now);
         if let Some(key) = Self::key(id) {
             let amounts = Answer::encode(estimate, actual);
@@ -286,12 +290,12 @@ impl Kept {
 
     /// Starts a new generation when the young one is [`SETTLED_KEPT`] old
     /// or [`MAX_KEPT`] large, forgetting the older one (returned).
-    fn turn(&mut self, now: Nanos) -> Option<HashMap<u128, Answer>> {
+    fn turn(&mut self, now: Nanos) -> Option<Fast<u128, Answer>> {
         if now < self.since.saturating_add(SETTLED_KEPT) && self.young.len() < MAX_KEPT {
             return None;
         }
         self.since = now;
-        let young = HashMap::with_capacity(self.young.len());
+        let young = Fast::with_capacity(self.young.len());
         let old = std::mem::replace(&mut self.old, std::mem::replace(&mut self.young, young));
         Some(old)
     }
