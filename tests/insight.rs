@@ -120,14 +120,6 @@ async fn start(hook: SocketAddr, metrics: Option<TcpListener>) -> TestServer {
     TestServer::start_opts(&config(hook), MemoryStore::new(10_000), options).await
 }
 
-async fn next_event(stream: &mut tonic::Streaming<pb::QuotaEvent>) -> pb::QuotaEvent {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("an event in time")
-        .expect("stream ok")
-        .expect("stream open")
-}
-
 async fn delivery(rx: &mut mpsc::UnboundedReceiver<Delivery>) -> Delivery {
     tokio::time::timeout(Duration::from_secs(20), rx.recv())
         .await

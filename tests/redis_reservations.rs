@@ -307,11 +307,7 @@ async fn a_settles_excess_on_another_replica_announces_its_crossing() {
         })
         .await
         .expect("settle");
-    let event = tokio::time::timeout(Duration::from_secs(20), events.message())
-        .await
-        .expect("an event in time")
-        .expect("stream ok")
-        .expect("stream open");
+    let event = support::next_event(&mut events).await;
     assert_eq!(
         (
             event.limit.as_str(),

@@ -779,11 +779,3 @@ default_plan: free
         ("embed-tokens", "50%", 600)
     );
 }
-
-async fn next_event(stream: &mut tonic::Streaming<pb::QuotaEvent>) -> pb::QuotaEvent {
-    tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
-        .await
-        .expect("an event in time")
-        .expect("stream ok")
-        .expect("stream open")
-}

@@ -265,9 +265,13 @@ impl Kept {
     /// a number.
     fn key(id: &str) -> Option<u128> {
         let hex = id.strip_prefix("rsv_")?;
-        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| u128::from_str_radix(hex, 16).ok())
-            .flatten()
+        if hex.len() != 32 {
+            return None;
+        }
+        hex.bytes().try_fold(0u128, |n, b| {
+            let digit = (b as char).to_digit(16)?;
+            Some(n << 4 | u128::from(digit))
+        })
     }
 
     /// Keeps `id`'s amounts until `until`; returns the generation it
@@ -280,10 +284,16 @@ impl Kept {
         until: Nanos,
         now: Nanos,
     ) -> Option<Fast<u128, Answer>> {
+        let amounts = Answer::encode(estimate, actual);
+        self.insert(id, Answer { until, amounts }, now)
+    }
+
+    /// Keeps `answer` for `id`; returns the generation it forgot to make
+    /// room, if any.
+    fn insert(&mut self, id: &str, answer: Answer, now: Nanos) -> Option<Fast<u128, Answer>> {
         let forgotten = self.turn(now);
         if let Some(key) = Self::key(id) {
-            let amounts = Answer::encode(estimate, actual);
-            self.young.insert(key, Answer { until, amounts });
+            self.young.insert(key, answer);
         }
         forgotten
     }
@@ -315,7 +325,33 @@ impl Kept {
 
 // === impl Answer ===
 
+/// The first byte of a settled reservation's journal record (an open one's
+/// is JSON: `{`).
+const SETTLED_RECORD: u8 = 1;
+
 impl Answer {
+    /// As the journal writes it: [`SETTLED_RECORD`], `until` (u64,
+    /// little-endian), the amounts as kept.
+    fn journaled(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.amounts.len());
+        out.push(SETTLED_RECORD);
+        out.extend_from_slice(&self.until.to_le_bytes());
+        out.extend_from_slice(&self.amounts);
+        out
+    }
+
+    /// Read back from [`Answer::journaled`]; `None` for another record.
+    fn from_journal(body: &[u8]) -> Option<Self> {
+        let (&SETTLED_RECORD, rest) = body.split_first()? else {
+            return None;
+        };
+        let (until, amounts) = rest.split_first_chunk::<8>()?;
+        Some(Self {
+            until: Nanos::from_le_bytes(*until),
+            amounts: amounts.into(),
+        })
+    }
+
     fn encode(estimate: &Amounts, actual: &Amounts) -> Box<[u8]> {
         let mut out = Vec::with_capacity(actual.len() * 28);
         let units = actual
@@ -673,21 +709,6 @@ impl Reservations {
         };
         serde_json::to_vec(&saved).unwrap_or_default()
     }
-
-    /// A settled one as the journal writes it: its amounts only.
-    fn saved_kept(answer: &Answer) -> Vec<u8> {
-        let (estimate, actual) = answer.decode();
-        let saved = Saved {
-            subject: String::new(),
-            account: String::new(),
-            class: None,
-            estimate: estimate.into_iter().collect(),
-            held: Vec::new(),
-            expires_at: answer.until,
-            settled: Some(actual),
-        };
-        serde_json::to_vec(&saved).unwrap_or_default()
-    }
 }
 
 impl crate::persist::Ledger for Reservations {
@@ -713,7 +734,7 @@ impl crate::persist::Ledger for Reservations {
         }
         // Settled ones, to answer a retry after a restart.
         for (key, answer) in self.kept.lock().iter() {
-            let body = Self::saved_kept(answer);
+            let body = answer.journaled();
             emit(Entry {
                 opened: true,
                 id: &format!("rsv_{key:032x}"),
@@ -733,7 +754,7 @@ impl crate::persist::Ledger for Reservations {
             let body = match held.get(&id) {
                 Some(r) => self.saved(r, slots),
                 None => match Kept::key(&id).and_then(|k| kept.young.get(&k)) {
-                    Some(answer) => Self::saved_kept(answer),
+                    Some(answer) => answer.journaled(),
                     None => continue,
                 },
             };
@@ -775,6 +796,16 @@ impl crate::persist::Ledger for Reservations {
                 (None, settled) => {
                     self.early.lock().insert(id, settled);
                 }
+            }
+            return;
+        }
+        if let Some(answer) = Answer::from_journal(entry.body) {
+            // Settled before it was journaled open (a closed entry for it,
+            // read first, says the same).
+            self.early.lock().remove(&id);
+            if answer.until > now {
+                let forgotten = self.kept.lock().insert(&id, answer, now);
+                drop(forgotten);
             }
             return;
         }
@@ -981,5 +1012,75 @@ mod tests {
         assert!(matches!(gone, Err(Error::NotFound { .. })), "{gone:?}");
         r.expire(3 * SETTLED_KEPT);
         assert!(r.kept.lock().iter().next().is_none(), "forgotten");
+    }
+
+    /// Opened and settled within one journal interval: the cut writes its
+    /// settle, then it as settled; read back in that order, a retry
+    /// answers the same, and a reservation still open stays open.
+    #[test]
+    fn a_settled_reservation_read_back_from_the_journal_answers_retries() {
+        use crate::persist::Ledger;
+        let slots = crate::plans::SlotRegistry::default();
+        let before = Reservations::with_cap(10);
+        before.journal();
+        let settled = before.open(reservation(SETTLED_KEPT * 10));
+        let open = before.open(reservation(SETTLED_KEPT * 10));
+        let actual = HashMap::from([("tokens".to_owned(), 4)]);
+        let (first, _) = before.settle(&settled, Some(&actual), 1).expect("settled");
+        let mut entries: Vec<(bool, String, Vec<u8>)> = Vec::new();
+        let mut keep = |e: Entry<'_>| entries.push((e.opened, e.id.to_owned(), e.body.to_vec()));
+        before.take_closed(&mut keep);
+        before.take_opened(&slots, &mut keep);
+        assert_eq!(entries.len(), 3, "the settle, then both opens");
+
+        let after = Reservations::with_cap(10);
+        for (opened, id, body) in &entries {
+            let entry = Entry {
+                opened: *opened,
+                id,
+                body,
+            };
+            after.restore(entry, &slots, 2);
+        }
+        assert_eq!(after.len(), 1, "the open one");
+        let (again, changes) = after.settle(&settled, Some(&actual), 3).expect("retried");
+        assert!(changes.is_none(), "a retry changes nothing");
+        assert_eq!(
+            (&again.estimate, &again.actual),
+            (&first.estimate, &first.actual)
+        );
+        let other = HashMap::from([("tokens".to_owned(), 5)]);
+        assert!(
+            after.settle(&settled, Some(&other), 3).is_err(),
+            "other amounts"
+        );
+        assert!(after.settle(&open, None, 3).expect("open").1.is_some());
+    }
+
+    /// The id parsed by hand reads as the obvious parse does, and refuses
+    /// what it refuses.
+    #[test]
+    fn an_id_parses_as_from_str_radix_does() {
+        let obvious = |id: &str| {
+            let hex = id.strip_prefix("rsv_")?;
+            (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u128::from_str_radix(hex, 16).ok())
+                .flatten()
+        };
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut ids = vec![
+            String::new(),
+            "rsv_".into(),
+            format!("rsv_+{}", "0".repeat(31)),
+            format!("rsv_{}", "F".repeat(32)),
+            format!("rsv_{}", "f".repeat(33)),
+            format!("rsx_{}", "0".repeat(32)),
+            format!("rsv_{}g", "0".repeat(31)),
+            format!("rsv_{}é", "0".repeat(30)),
+        ];
+        ids.extend((0..1000).map(|_| format!("rsv_{:032x}", rng.u128(..))));
+        for id in &ids {
+            assert_eq!(Kept::key(id), obvious(id), "{id}");
+        }
     }
 }

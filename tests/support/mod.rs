@@ -312,3 +312,12 @@ pub fn update_remaining(u: &pb::QuotaUpdate, name: &str) -> Option<u64> {
         .find(|l| l.name == name)
         .and_then(|l| l.remaining)
 }
+
+/// The next threshold event on a `WatchEvents` stream, within 10 s.
+pub async fn next_event(stream: &mut tonic::Streaming<pb::QuotaEvent>) -> pb::QuotaEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
