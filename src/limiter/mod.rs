@@ -522,41 +522,28 @@ impl Limiter {
         if cost.is_empty() {
             return None;
         }
-        let snapshot = self.catalog.load_full();
-        let account = &*settlement.account;
-        let plan = self.resolver.resolve(
-            &snapshot.catalog,
-            snapshot.generation,
-            account,
-            self.clock.now(),
-        );
-        let limits: Vec<Arc<Limit>> = plan
-            .limits
-            .iter()
-            .filter(|l| {
-                !l.shadow
-                    && !l.thresholds.is_empty()
-                    && l.counted().is_some()
-                    && cost.contains_key(&*l.unit)
-                    && l.class
-                        .as_ref()
-                        .is_none_or(|c| Some(c) == settlement.class.as_ref())
-            })
-            .cloned()
-            .collect();
-        if limits.is_empty() {
-            return None;
-        }
-        let items = self.items(&limits, &settlement.subject, account, |_| 0);
-        let (now, outcome) = match self.run(Mode::Check, account, &items, None, None).await {
-            Ok(read) => read,
+        let counted_there = |l: &Limit| {
+            !l.shadow
+                && !l.thresholds.is_empty()
+                && l.counted().is_some()
+                && cost.contains_key(&*l.unit)
+                && l.class
+                    .as_ref()
+                    .is_none_or(|c| Some(c) == settlement.class.as_ref())
+        };
+        let read = self
+            .read(&settlement.subject, &settlement.account, counted_there)
+            .await;
+        let (plan, _, limits) = match read {
+            Ok(read) if !read.2.is_empty() => read,
+            Ok(_) => return None,
             Err(e) => {
                 tracing::debug!(error = %e, "limits after a settle's excess not read");
                 return None;
             }
         };
         let mut decision = Decision::new(&plan, settlement.class.clone());
-        decision.limits = route::statuses(&limits, &outcome, now).0;
+        decision.limits = limits;
         decision.counted = true;
         Some(Excess { cost, decision })
     }
@@ -907,21 +894,10 @@ impl Limiter {
     /// The plan of a subject and the state of every limit of it, counting
     /// nothing: what `WatchQuota` and `Admin.GetSubject` show.
     pub async fn quota(&self, subject: &str, account: &str) -> Result<Quota, StoreError> {
-        let snapshot = self.catalog.load_full();
         let account = account_of(subject, account);
-        let now = self.clock.now();
-        let plan = self
-            .resolver
-            .resolve(&snapshot.catalog, snapshot.generation, account, now);
-        let limits: Vec<Arc<Limit>> = plan
-            .limits
-            .iter()
-            .filter(|l| !matches!(l.kind, LimitKind::Deny(_)))
-            .cloned()
-            .collect();
-        let items = self.items(&limits, subject, account, |_| 0);
-        let (now, outcome) = self.run(Mode::Check, account, &items, None, None).await?;
-        let (statuses, _) = route::statuses(&limits, &outcome, now);
+        let (plan, now, statuses) = self
+            .read(subject, account, |l| !matches!(l.kind, LimitKind::Deny(_)))
+            .await?;
         let denied = plan
             .limits
             .iter()
@@ -936,6 +912,29 @@ impl Limiter {
             denied,
             at: now,
         })
+    }
+
+    /// The plan of `account` and the state of those of its limits that
+    /// `keep`, counting nothing (none read when none is kept).
+    async fn read(
+        &self,
+        subject: &str,
+        account: &str,
+        keep: impl Fn(&Limit) -> bool,
+    ) -> Result<(Arc<Plan>, Nanos, Vec<LimitStatus>), StoreError> {
+        let snapshot = self.catalog.load_full();
+        let now = self.clock.now();
+        let plan = self
+            .resolver
+            .resolve(&snapshot.catalog, snapshot.generation, account, now);
+        let limits: Vec<Arc<Limit>> = plan.limits.iter().filter(|l| keep(l)).cloned().collect();
+        if limits.is_empty() {
+            return Ok((plan, now, Vec::new()));
+        }
+        let items = self.items(&limits, subject, account, |_| 0);
+        let (now, outcome) = self.run(Mode::Check, account, &items, None, None).await?;
+        let (statuses, _) = route::statuses(&limits, &outcome, now);
+        Ok((plan, now, statuses))
     }
 
     /// Forgets every counter of `subject` (and, when given, the shared ones

@@ -7,9 +7,10 @@
 //! with the actual cost: a smaller actual gives the difference back
 //! ([`crate::engine::Algorithm::refund`]: what is still counted in a live
 //! window, what a bucket still owes), a larger one counts the excess as a
-//! Record. A settled reservation is kept until its expiry so a retry with
-//! the same amounts gets the same answer; one never settled is settled at
-//! its estimate when it expires (nothing given back).
+//! Record. A settled reservation's amounts are kept apart for
+//! [`SETTLED_KEPT`] so a retry with the same amounts gets the same answer;
+//! one never settled is settled at its estimate when it expires (nothing
+//! given back).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -191,6 +192,9 @@ pub struct Held {
     pub counted: Charged,
 }
 
+/// What settling does to a reservation's counters.
+pub type Changes = Vec<(Held, Change)>;
+
 /// What settling does to one held counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -332,7 +336,7 @@ const SETTLED_RECORD: u8 = 1;
 impl Answer {
     /// As the journal writes it: [`SETTLED_RECORD`], `until` (u64,
     /// little-endian), the amounts as kept.
-    fn journaled(&self) -> Vec<u8> {
+    fn record(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(9 + self.amounts.len());
         out.push(SETTLED_RECORD);
         out.extend_from_slice(&self.until.to_le_bytes());
@@ -340,8 +344,8 @@ impl Answer {
         out
     }
 
-    /// Read back from [`Answer::journaled`]; `None` for another record.
-    fn from_journal(body: &[u8]) -> Option<Self> {
+    /// Read back from [`Answer::record`]; `None` for another record.
+    fn from_record(body: &[u8]) -> Option<Self> {
         let (&SETTLED_RECORD, rest) = body.split_first()? else {
             return None;
         };
@@ -462,13 +466,12 @@ impl Reservations {
     /// estimate; all zero: released). Returns the settlement and the
     /// changes to make to the counters; `None` for a retry: settled before,
     /// for the same amounts, nothing changes.
-    #[allow(clippy::type_complexity)]
     pub fn settle(
         &self,
         id: &str,
         actual: Option<&HashMap<String, u64>>,
         now: Nanos,
-    ) -> Result<(Settlement, Option<Vec<(Held, Change)>>), Error> {
+    ) -> Result<(Settlement, Option<Changes>), Error> {
         let gone = || {
             Error::not_found(
                 "id",
@@ -553,7 +556,7 @@ impl Reservations {
     /// estimate, returned with the changes that gives (their slots in
     /// flight back; nothing else); the settled ones kept past their time no
     /// longer answer retries.
-    pub fn expire(&self, now: Nanos) -> Vec<(Settlement, Vec<(Held, Change)>)> {
+    pub fn expire(&self, now: Nanos) -> Vec<(Settlement, Changes)> {
         let forgotten = self.kept.lock().turn(now);
         drop(forgotten);
         let mut held = self.held.lock();
@@ -734,7 +737,7 @@ impl crate::persist::Ledger for Reservations {
         }
         // Settled ones, to answer a retry after a restart.
         for (key, answer) in self.kept.lock().iter() {
-            let body = answer.journaled();
+            let body = answer.record();
             emit(Entry {
                 opened: true,
                 id: &format!("rsv_{key:032x}"),
@@ -754,7 +757,7 @@ impl crate::persist::Ledger for Reservations {
             let body = match held.get(&id) {
                 Some(r) => self.saved(r, slots),
                 None => match Kept::key(&id).and_then(|k| kept.young.get(&k)) {
-                    Some(answer) => answer.journaled(),
+                    Some(answer) => answer.record(),
                     None => continue,
                 },
             };
@@ -799,7 +802,7 @@ impl crate::persist::Ledger for Reservations {
             }
             return;
         }
-        if let Some(answer) = Answer::from_journal(entry.body) {
+        if let Some(answer) = Answer::from_record(entry.body) {
             // Settled before it was journaled open (a closed entry for it,
             // read first, says the same).
             self.early.lock().remove(&id);
