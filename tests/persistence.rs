@@ -441,6 +441,7 @@ fn hold_slot(
             },
         }],
         expires_at: T0 + DAY,
+        journaled: false,
     }))
 }
 

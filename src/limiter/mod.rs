@@ -450,6 +450,7 @@ impl Limiter {
             estimate: request.cost.clone(),
             held,
             expires_at,
+            journaled: false,
         });
         (id, expires_at)
     }

@@ -128,6 +128,10 @@ pub struct Reservation {
     pub held: Vec<Held>,
     /// When it is settled at its estimate unless settled first.
     pub expires_at: Nanos,
+    /// Whether the journal has written it open: until it has, its settle
+    /// or expiry need no record of their own (settled, it is written
+    /// settled; expired, not at all).
+    pub journaled: bool,
 }
 
 /// Settled reservations, kept to answer a retried settle the same for
@@ -540,7 +544,9 @@ impl Reservations {
         drop(forgotten);
         // Queued before the counters change: a journal's cut that holds
         // the refund holds the settle.
-        self.closing(&key, Some(&billed));
+        if r.journaled {
+            self.closing(&key, Some(&billed));
+        }
         let settlement = Settlement {
             id: key,
             subject: r.subject,
@@ -565,7 +571,9 @@ impl Reservations {
             if r.expires_at > now {
                 return true;
             }
-            self.closing(id, None);
+            if r.journaled {
+                self.closing(id, None);
+            }
             let estimate = r.by_unit();
             let slots = r
                 .held
@@ -726,8 +734,9 @@ impl crate::persist::Ledger for Reservations {
     fn held(&self, slots: &crate::plans::SlotRegistry, emit: &mut dyn FnMut(Entry<'_>)) {
         self.opened.lock().clear();
         self.closed.lock().clear();
-        let held = self.held.lock();
-        for (id, r) in held.iter() {
+        let mut held = self.held.lock();
+        for (id, r) in held.iter_mut() {
+            r.journaled = true;
             let body = self.saved(r, slots);
             emit(Entry {
                 opened: true,
@@ -748,14 +757,17 @@ impl crate::persist::Ledger for Reservations {
 
     fn take_opened(&self, slots: &crate::plans::SlotRegistry, emit: &mut dyn FnMut(Entry<'_>)) {
         let ids = std::mem::take(&mut *self.opened.lock());
-        let held = self.held.lock();
+        let mut held = self.held.lock();
         let kept = self.kept.lock();
         for id in ids {
-            // One expired and forgotten meanwhile has its expiry queued. One
+            // One expired and forgotten meanwhile is not written. One
             // settled already is written settled (without its counters), to
             // answer a retry after a restart.
-            let body = match held.get(&id) {
-                Some(r) => self.saved(r, slots),
+            let body = match held.get_mut(&id) {
+                Some(r) => {
+                    r.journaled = true;
+                    self.saved(r, slots)
+                }
                 None => match Kept::key(&id).and_then(|k| kept.young.get(&k)) {
                     Some(answer) => answer.record(),
                     None => continue,
@@ -855,6 +867,7 @@ impl crate::persist::Ledger for Reservations {
                 })
                 .collect(),
             expires_at: saved.expires_at,
+            journaled: true,
         };
         let settled = match self.early.lock().remove(&id) {
             Some(None) => return,
@@ -896,6 +909,7 @@ mod tests {
             estimate: HashMap::from([("tokens".to_owned(), 10)]),
             held: Vec::new(),
             expires_at,
+            journaled: false,
         }
     }
 
@@ -1034,7 +1048,11 @@ mod tests {
         let mut keep = |e: Entry<'_>| entries.push((e.opened, e.id.to_owned(), e.body.to_vec()));
         before.take_closed(&mut keep);
         before.take_opened(&slots, &mut keep);
-        assert_eq!(entries.len(), 3, "the settle, then both opens");
+        assert_eq!(
+            entries.iter().map(|e| e.0).collect::<Vec<_>>(),
+            [true, true],
+            "both opens, one written settled: the settle needs no record of its own"
+        );
 
         let after = Reservations::with_cap(10);
         for (opened, id, body) in &entries {
@@ -1058,6 +1076,12 @@ mod tests {
             "other amounts"
         );
         assert!(after.settle(&open, None, 3).expect("open").1.is_some());
+
+        // Once its open is written, a settle is written too.
+        before.settle(&open, None, 4).expect("released");
+        let mut closed = Vec::new();
+        before.take_closed(&mut |e| closed.push((e.opened, e.id.to_owned())));
+        assert_eq!(closed, [(false, open.to_string())]);
     }
 
     /// The id parsed by hand reads as the obvious parse does, and refuses
